@@ -1,0 +1,13 @@
+"""streamfit: softmax models over corpora larger than memory, without backpropagation.
+
+Stages, each a module: reading → featurize → kernels/accumulate → stats (format, merge) →
+solve (explicit solution) → model (weights I/O, scoring) → evaluate.
+"""
+__version__ = "0.1.0"
+
+from .accumulate import Accumulator, accumulate  # noqa: E402
+from .errors import FormatError, InputError, StreamfitError  # noqa: E402
+from .stats import Statistics, load as load_stats, merge, save as save_stats  # noqa: E402
+
+__all__ = ["Accumulator", "accumulate", "Statistics", "load_stats", "save_stats", "merge",
+           "StreamfitError", "InputError", "FormatError", "__version__"]

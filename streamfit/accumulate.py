@@ -1,0 +1,245 @@
+"""Accumulating: record batches into sufficient statistics, batch by batch.
+
+`Accumulator` is what a data pipeline calls (`update(record_batch)`, then `stats()`);
+`accumulate(paths)` streams Parquet files through one, recording which row groups were
+consumed. Counting runs in the numba kernels of `streamfit.kernels` over a hash table that
+grows as new (feature, class) pairs appear.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from . import kernels
+from .errors import InputError
+from .featurize import FeatureRows, TokenArrays, feature_rows, token_arrays
+from .reading import (DEFAULT_BATCH_ROWS, FEATURES, INDICES, LABEL, TOKENS, VALUES,
+                      detect_task, iter_batches, open_parquet, resolve_paths)
+from .stats import Statistics
+
+MAX_LOAD = 0.5
+
+
+class CountTable:
+    """Open-addressing hash table of packed (feature, class) keys to sums."""
+
+    def __init__(self, value_dtype: type, capacity_bits: int = 16):
+        self.value_dtype = value_dtype
+        self._allocate(capacity_bits)
+        self.n_used = 0
+
+    def _allocate(self, bits: int) -> None:
+        self.bits = bits
+        self.keys = np.full(1 << bits, kernels.EMPTY, dtype=np.int64)
+        self.vals = np.zeros(1 << bits, dtype=self.value_dtype)
+
+    @property
+    def shift(self) -> int:
+        return 64 - self.bits
+
+    @property
+    def max_used(self) -> int:
+        return int((1 << self.bits) * MAX_LOAD)
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.vals.nbytes
+
+    def grow(self) -> None:
+        old_keys, old_vals = self.keys, self.vals
+        self._allocate(self.bits + 1)
+        kernels.rehash(old_keys, old_vals, self.keys, self.vals, self.shift)
+
+    def add_windows(self, tokens: np.ndarray, doc_offsets: np.ndarray, window: int) -> None:
+        doc, pos, n_docs = 0, 0, doc_offsets.size - 1
+        while True:
+            doc, pos, self.n_used = kernels.count_windows(
+                tokens, doc_offsets, window, doc, pos, self.keys, self.vals,
+                self.n_used, self.max_used, self.shift)
+            if doc == n_docs:
+                return
+            self.grow()
+
+    def add_rows(self, rows: FeatureRows) -> None:
+        row = 0
+        while True:
+            row, self.n_used = kernels.add_feature_rows(
+                rows.indptr, rows.indices, rows.values, rows.labels, row,
+                self.keys, self.vals, self.n_used, self.max_used, self.shift)
+            if row == rows.n_rows:
+                return
+            self.grow()
+
+    def items(self) -> tuple[np.ndarray, np.ndarray]:
+        """Occupied (key, value) pairs sorted by key."""
+        occupied = self.keys != kernels.EMPTY
+        keys, vals = self.keys[occupied], self.vals[occupied]
+        order = np.argsort(keys, kind="stable")
+        return keys[order], vals[order]
+
+
+class Accumulator:
+    """Sufficient statistics of a stream of batches.
+
+    task "lm": record batches with a list<integer> token column (default "tokens"), one
+    document per row; `window` previous tokens are the features of each token.
+    task "classify": an integer label column with a dense list<float> `features` column, or
+    sparse `indices` + `values` list columns (set features=None).
+    `vocab_size` / `n_classes` / `n_features` fix the sizes up front (ids beyond them are
+    errors); otherwise they are discovered as the largest id seen plus one.
+    """
+
+    def __init__(self, task: str, *, window: int = 1, column: str = TOKENS,
+                 label: str = LABEL, features: str | None = FEATURES, indices: str = INDICES,
+                 values: str = VALUES, vocab_size: int | None = None,
+                 n_classes: int | None = None, n_features: int | None = None):
+        if task not in ("lm", "classify"):
+            raise ValueError(f"task must be 'lm' or 'classify', not {task!r}")
+        if task == "lm" and not 1 <= window <= kernels.MAX_WINDOW:
+            raise ValueError(f"window must be between 1 and {kernels.MAX_WINDOW}, not {window}")
+        self.task = task
+        self.window = window if task == "lm" else 0
+        self.columns = dict(column=column, label=label, features=features, indices=indices,
+                            values=values)
+        self.n_classes = vocab_size if task == "lm" else n_classes
+        self.n_features_fixed = n_features
+        self.table = CountTable(np.int64 if task == "lm" else np.float64)
+        self.n_examples = 0
+        self.l1_sum = 0.0
+        self.empty_rows = 0
+        self.max_label = -1
+        self.max_width = 0
+        self.sources: list[dict] = []
+
+    @property
+    def input_columns(self) -> list[str]:
+        c = self.columns
+        if self.task == "lm":
+            return [c["column"]]
+        if c["features"] is not None:
+            return [c["label"], c["features"]]
+        return [c["label"], c["indices"], c["values"]]
+
+    def update(self, batch: pa.RecordBatch | pa.Table) -> None:
+        """Add one Arrow record batch (or table)."""
+        if isinstance(batch, pa.Table):
+            for rb in batch.to_batches():
+                self.update(rb)
+            return
+        if self.task == "lm":
+            self.add_tokens(token_arrays(batch, self.columns["column"], self.n_classes))
+        else:
+            c = self.columns
+            self.add_rows(feature_rows(batch, label=c["label"], features=c["features"],
+                                       indices=c["indices"], values=c["values"],
+                                       n_features=self.n_features_fixed, n_classes=self.n_classes))
+
+    def add_tokens(self, arrays: TokenArrays) -> None:
+        """Add documents given as numpy arrays (already validated, e.g. by token_arrays)."""
+        self.table.add_windows(arrays.tokens, arrays.doc_offsets, self.window)
+        self.n_examples += arrays.n_tokens
+
+    def add_rows(self, rows: FeatureRows) -> None:
+        """Add feature rows given as numpy arrays (already validated, e.g. by feature_rows)."""
+        self.table.add_rows(rows)
+        row_of = np.repeat(np.arange(rows.n_rows), np.diff(rows.indptr))
+        sums = np.bincount(row_of, weights=rows.values, minlength=rows.n_rows)
+        self.empty_rows += int(np.sum(sums <= 0))
+        self.n_examples += rows.n_rows
+        self.l1_sum += float(sums.sum())
+        if rows.n_rows:
+            self.max_label = max(self.max_label, int(rows.labels.max()))
+        self.max_width = max(self.max_width, rows.n_features)
+
+    def stats(self) -> Statistics:
+        """The statistics of everything added so far (the accumulator stays usable)."""
+        keys, vals = self.table.items()
+        if self.task == "lm":
+            k = keys >> 56
+            ctx = (keys >> kernels.TOKEN_BITS) & kernels.TOKEN_MASK
+            target = keys & kernels.TOKEN_MASK
+            v = self.n_classes if self.n_classes is not None else \
+                (int(target.max()) + 1 if target.size else 0)
+            rows = k * (v + 1) + np.where(ctx == kernels.BOS_KEY, v, ctx)
+            cols, n_classes, n_features = target, v, self.window * (v + 1)
+            l1_sum = float(self.n_examples * self.window)
+        else:
+            rows = keys >> kernels.LABEL_BITS
+            cols = keys & kernels.LABEL_MASK
+            n_classes = self.n_classes if self.n_classes is not None else self.max_label + 1
+            n_features = self.n_features_fixed if self.n_features_fixed is not None else \
+                max(self.max_width, int(rows.max()) + 1 if rows.size else 0)
+            l1_sum = self.l1_sum
+        indptr = np.zeros(n_features + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=n_features), out=indptr[1:])
+        return Statistics(task=self.task, n_classes=n_classes, n_features=n_features,
+                          window=self.window, indptr=indptr, indices=cols.astype(np.int32),
+                          data=vals, n_examples=self.n_examples, l1_sum=l1_sum,
+                          empty_rows=self.empty_rows, sources=list(self.sources))
+
+
+def accumulator_for(paths: list[Path], task: str | None = None, **options) -> Accumulator:
+    """An Accumulator for these files, with the task detected from the first file's columns
+    when not given (dense vs sparse features too)."""
+    schema = open_parquet(paths[0]).schema_arrow
+    if task is None:
+        task = detect_task(schema)
+    if task == "classify" and options.get("features", FEATURES) == FEATURES \
+            and FEATURES not in schema.names and INDICES in schema.names:
+        options["features"] = None
+    return Accumulator(task, **options)
+
+
+def consume(acc: Accumulator, paths: Iterable[Path], *, skip: set[tuple[str, int]] = frozenset(),
+            batch_rows: int = DEFAULT_BATCH_ROWS, progress: bool = True) -> None:
+    """Stream files into `acc` row group by row group, recording each consumed row group
+    in `acc.sources`; row groups listed in `skip` ((resolved path, row group)) are passed."""
+    paths = list(paths)
+    plan = []
+    for p in paths:
+        pf = open_parquet(p)
+        key = str(p.resolve())
+        groups = [rg for rg in range(pf.num_row_groups) if (key, rg) not in skip]
+        rows = sum(pf.metadata.row_group(rg).num_rows for rg in groups)
+        plan.append((p, key, groups, rows, os.path.getsize(p)))
+    unit = "docs" if acc.task == "lm" else "rows"
+    with tqdm(total=sum(r for *_, r, _ in plan), unit=unit, unit_scale=True,
+              disable=not progress, desc="accumulate") as bar:
+        for p, key, groups, _, size in plan:
+            for rg in groups:
+                n_rows = 0
+                for b in iter_batches(p, acc.input_columns, row_groups=[rg], batch_rows=batch_rows):
+                    try:
+                        acc.update(b.data)
+                    except InputError as exc:
+                        raise exc.located(path=str(p), row_group=rg, row_offset=b.row_offset) from None
+                    n_rows += b.data.num_rows
+                    bar.update(b.data.num_rows)
+                    if acc.task == "lm":
+                        bar.set_postfix(tokens=acc.n_examples, refresh=False)
+                _record(acc.sources, key, size, rg, n_rows)
+
+
+def _record(sources: list[dict], path: str, size: int, row_group: int, rows: int) -> None:
+    for s in sources:
+        if s["path"] == path:
+            s["row_groups"].append(row_group)
+            s["rows"] += rows
+            return
+    sources.append({"path": path, "size": size, "row_groups": [row_group], "rows": rows})
+
+
+def accumulate(paths: Iterable[str | os.PathLike], *, task: str | None = None,
+               progress: bool = False, batch_rows: int = DEFAULT_BATCH_ROWS,
+               **options) -> Statistics:
+    """Statistics of Parquet files, globs or directories, streamed batch by batch.
+    Options are those of `Accumulator` (window, column names, fixed sizes)."""
+    files = resolve_paths(paths)
+    acc = accumulator_for(files, task, **options)
+    consume(acc, files, batch_rows=batch_rows, progress=progress)
+    return acc.stats()

@@ -1,0 +1,40 @@
+"""Exceptions that carry what a user needs to fix the problem."""
+from __future__ import annotations
+
+
+class StreamfitError(Exception):
+    """Base class: the CLI prints these as one clear line and exits non-zero."""
+
+
+class InputError(StreamfitError, ValueError):
+    """Bad input data. Names the file, row group, row and column where known."""
+
+    def __init__(self, message: str, *, path: str | None = None, row_group: int | None = None,
+                 row: int | None = None, column: str | None = None):
+        self.message = message
+        self.path = path
+        self.row_group = row_group
+        self.row = row
+        self.column = column
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = []
+        if self.path is not None:
+            where.append(str(self.path))
+        if self.row_group is not None:
+            where.append(f"row group {self.row_group}")
+        if self.row is not None:
+            where.append(f"row {self.row}")
+        if self.column is not None:
+            where.append(f"column {self.column!r}")
+        return f"{', '.join(where)}: {self.message}" if where else self.message
+
+    def located(self, *, path: str, row_group: int, row_offset: int) -> "InputError":
+        """The same error with the file, row group and absolute row filled in."""
+        row = None if self.row is None else self.row + row_offset
+        return InputError(self.message, path=path, row_group=row_group, row=row, column=self.column)
+
+
+class FormatError(StreamfitError):
+    """A statistics directory or weights file that is missing, corrupt or incompatible."""

@@ -1,0 +1,105 @@
+"""Evaluating and predicting: streaming passes of a model over Parquet files.
+
+Memory is bounded by one record batch and one block of logits, whatever the corpus size;
+weights stay memory-mapped.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from .errors import InputError
+from .featurize import Examples, batch_examples
+from .fileio import atomic_path
+from .model import Model
+from .reading import (DEFAULT_BATCH_ROWS, FEATURES, INDICES, LABEL, TOKENS, VALUES,
+                      iter_batches, open_parquet, resolve_paths)
+
+
+def _input_columns(task: str, schema: pa.Schema, columns: dict, need_label: bool) -> list[str]:
+    if task == "lm":
+        return [columns.get("column", TOKENS)]
+    label = columns.get("label", LABEL)
+    features = columns.get("features", FEATURES)
+    names = schema.names
+    cols = [label] if (need_label or label in names) else []
+    if features is not None and (features in names or columns.get("indices", INDICES) not in names):
+        return cols + [features]
+    return cols + [columns.get("indices", INDICES), columns.get("values", VALUES)]
+
+
+def iter_examples(paths: Iterable[str | os.PathLike], *, task: str, window: int, n_classes: int,
+                  n_features: int, need_label: bool = True, batch_rows: int = DEFAULT_BATCH_ROWS,
+                  progress: bool = False, desc: str = "read", **columns) -> Iterator[Examples]:
+    """Examples of every batch of the files, in the layout of a model or statistics."""
+    files = resolve_paths(paths)
+    total = sum(open_parquet(p).metadata.num_rows for p in files)
+    with tqdm(total=total, unit="docs" if task == "lm" else "rows", unit_scale=True,
+              disable=not progress, desc=desc) as bar:
+        for p in files:
+            cols = _input_columns(task, open_parquet(p).schema_arrow, columns, need_label)
+            for b in iter_batches(p, cols, batch_rows=batch_rows):
+                try:
+                    ex = batch_examples(b.data, task=task, window=window, n_classes=n_classes,
+                                        n_features=n_features, **columns)
+                except InputError as exc:
+                    raise exc.located(path=str(p), row_group=b.row_group,
+                                      row_offset=b.row_offset) from None
+                bar.update(b.data.num_rows)
+                yield ex
+
+
+def model_examples(model: Model, paths, **kw) -> Iterator[Examples]:
+    return iter_examples(paths, task=model.task, window=model.window, n_classes=model.n_classes,
+                         n_features=model.n_features, **kw)
+
+
+def evaluate(model: Model, paths: Iterable[str | os.PathLike], *, top_k: int = 5,
+             progress: bool = False, batch_rows: int = DEFAULT_BATCH_ROWS, **columns) -> dict:
+    """Cross-entropy (nats per example), perplexity, accuracy and top-k accuracy."""
+    n = 0
+    nll_sum = 0.0
+    correct = 0
+    in_top = 0
+    for ex in model_examples(model, paths, progress=progress, batch_rows=batch_rows,
+                             desc="evaluate", **columns):
+        nll, rank, _ = model.score(ex)
+        n += ex.n
+        nll_sum += float(nll.sum())
+        correct += int(np.sum(rank == 0))
+        in_top += int(np.sum(rank < top_k))
+    if n == 0:
+        raise InputError("no examples to evaluate: the files hold no rows (or no tokens)")
+    ce = nll_sum / n
+    return {"cross_entropy": ce, "perplexity": math.exp(ce) if ce < 700 else math.inf,
+            "bits_per_example": ce / math.log(2), "accuracy": correct / n,
+            f"top{top_k}_accuracy": in_top / n, "top_k": top_k, "n": n}
+
+
+def predict(model: Model, paths: Iterable[str | os.PathLike], out: str | os.PathLike, *,
+            top_k: int = 5, progress: bool = False, batch_rows: int = DEFAULT_BATCH_ROWS,
+            **columns) -> int:
+    """Write the top-k classes and their probabilities for every example (every token of
+    a token corpus) to a Parquet file, crash-safely. Returns the number of examples."""
+    schema = pa.schema([("top_classes", pa.list_(pa.int32())),
+                        ("top_probabilities", pa.list_(pa.float32()))])
+    n = 0
+    with atomic_path(out) as tmp:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for ex in model_examples(model, paths, need_label=False, progress=progress,
+                                     batch_rows=batch_rows, desc="predict", **columns):
+                top, probs = model.top_k(ex, top_k)
+                k = top.shape[1]
+                offsets = pa.array(np.arange(0, ex.n * k + 1, k, dtype=np.int32))
+                writer.write_table(pa.table({
+                    "top_classes": pa.ListArray.from_arrays(offsets, pa.array(top.ravel().astype(np.int32))),
+                    "top_probabilities": pa.ListArray.from_arrays(offsets, pa.array(probs.ravel().astype(np.float32))),
+                }, schema=schema))
+                n += ex.n
+    return n

@@ -1,0 +1,249 @@
+"""Featurizing: Arrow record batches to validated numpy arrays.
+
+Validation happens here, once, at the edge, with errors naming the row and column, so the
+numeric kernels can trust their arrays. Two outputs:
+
+- `TokenArrays` / `FeatureRows`: what the accumulating kernels read;
+- `Examples`: normalised inputs x̃ (CSR rows summing to 1) and targets, what scoring reads.
+
+Token windows become features k*(V+1) + token[t-1-k] for k = 0..m-1, with the id V of
+each block standing for "before the start of the document" (BOS).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from .errors import InputError
+from .kernels import MAX_FEATURE, MAX_LABEL, MAX_TOKEN_ID
+
+
+@dataclass
+class TokenArrays:
+    tokens: np.ndarray       # int32 or int64, documents concatenated
+    doc_offsets: np.ndarray  # int64, n_docs + 1
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.tokens.size)
+
+
+@dataclass
+class FeatureRows:
+    indptr: np.ndarray   # int64, n_rows + 1
+    indices: np.ndarray  # int64 feature ids
+    values: np.ndarray   # float64, finite, >= 0
+    labels: np.ndarray   # int64
+    n_features: int      # 1 + largest feature id seen (dense: the row length)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.labels.size)
+
+
+@dataclass
+class Examples:
+    """Normalised inputs as CSR rows (values sum to 1 per non-empty row) and targets."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
+    targets: np.ndarray  # int64; -1 where there is no target
+
+    @property
+    def n(self) -> int:
+        return int(self.targets.size)
+
+
+def _first_row(offsets: np.ndarray, flat_positions: np.ndarray) -> int:
+    """The row holding the first of the given flat positions of a list column."""
+    return int(np.searchsorted(offsets, flat_positions[0], side="right") - 1)
+
+
+def _list_parts(arr: pa.Array, column: str) -> tuple[np.ndarray, pa.Array]:
+    """(offsets rebased to 0, flat values) of a list column, rejecting null rows."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if arr.null_count:
+        row = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
+        raise InputError("null value (each row needs a list)", row=row, column=column)
+    offsets = arr.offsets.to_numpy().astype(np.int64)
+    values = arr.values.slice(offsets[0], offsets[-1] - offsets[0])
+    return offsets - offsets[0], values
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def _column(batch: pa.RecordBatch, name: str) -> pa.Array:
+    idx = batch.schema.get_field_index(name)
+    if idx < 0:
+        raise InputError(f"missing column {name!r}; the data has {batch.schema.names}")
+    return batch.column(idx)
+
+
+def token_arrays(batch: pa.RecordBatch, column: str = "tokens",
+                 vocab_size: int | None = None) -> TokenArrays:
+    """Token ids of each document (row) of a list<integer> column, validated."""
+    arr = _column(batch, column)
+    if not (_is_list(arr.type) and pa.types.is_integer(arr.type.value_type)):
+        raise InputError(f"expected list<integer> token ids, found {arr.type}", column=column)
+    offsets, values = _list_parts(arr, column)
+    if values.null_count:
+        bad = np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))
+        raise InputError("null token id", row=_first_row(offsets, bad), column=column)
+    tokens = values.to_numpy()
+    if tokens.dtype not in (np.int32, np.int64):
+        tokens = tokens.astype(np.int64)
+    limit = MAX_TOKEN_ID if vocab_size is None else vocab_size - 1
+    if tokens.size:
+        bad = np.flatnonzero((tokens < 0) | (tokens > limit))
+        if bad.size:
+            value = int(tokens[bad[0]])
+            what = ("negative token id" if value < 0 else
+                    f"token id {value} out of range for vocabulary size {vocab_size}"
+                    if vocab_size is not None else f"token id {value} above {MAX_TOKEN_ID}")
+            raise InputError(f"{what} ({value})" if value < 0 else what,
+                             row=_first_row(offsets, bad), column=column)
+    return TokenArrays(np.ascontiguousarray(tokens), offsets)
+
+
+def _labels(batch: pa.RecordBatch, column: str, n_classes: int | None) -> np.ndarray:
+    arr = _column(batch, column)
+    if not pa.types.is_integer(arr.type):
+        raise InputError(f"expected integer class labels, found {arr.type}", column=column)
+    if arr.null_count:
+        row = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
+        raise InputError("null label", row=row, column=column)
+    labels = arr.to_numpy().astype(np.int64)
+    limit = MAX_LABEL if n_classes is None else n_classes - 1
+    bad = np.flatnonzero((labels < 0) | (labels > limit))
+    if bad.size:
+        value = int(labels[bad[0]])
+        raise InputError(f"label {value} out of range 0..{limit}", row=int(bad[0]), column=column)
+    return labels
+
+
+def _check_values(values: np.ndarray, offsets: np.ndarray, column: str) -> None:
+    bad = np.flatnonzero(~np.isfinite(values) | (values < 0))
+    if bad.size:
+        v = values[bad[0]]
+        what = "NaN" if np.isnan(v) else "infinite" if np.isinf(v) else "negative"
+        raise InputError(f"{what} feature value ({v}); features must be finite and "
+                         f"non-negative", row=_first_row(offsets, bad), column=column)
+
+
+def _float_values(values: pa.Array, offsets: np.ndarray, column: str) -> np.ndarray:
+    if not (pa.types.is_floating(values.type) or pa.types.is_integer(values.type)):
+        raise InputError(f"expected numeric feature values, found {values.type}", column=column)
+    if values.null_count:
+        bad = np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))
+        raise InputError("null feature value", row=_first_row(offsets, bad), column=column)
+    out = values.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    _check_values(out, offsets, column)
+    return out
+
+
+def feature_rows(batch: pa.RecordBatch, *, label: str = "label", features: str | None = "features",
+                 indices: str = "indices", values: str = "values", n_features: int | None = None,
+                 n_classes: int | None = None) -> FeatureRows:
+    """Feature rows from a dense `features` list column, or (features=None) from sparse
+    `indices` + `values` list columns, with integer labels; validated."""
+    labels = _labels(batch, label, n_classes)
+    if features is not None:
+        arr = _column(batch, features)
+        if not _is_list(arr.type):
+            raise InputError(f"expected a list<float> of features per row, found {arr.type}",
+                             column=features)
+        offsets, flat = _list_parts(arr, features)
+        lengths = np.diff(offsets)
+        width = n_features if n_features is not None else (int(lengths[0]) if lengths.size else 0)
+        bad = np.flatnonzero(lengths != width)
+        if bad.size:
+            raise InputError(f"ragged dense features: row has {int(lengths[bad[0]])} values, "
+                             f"expected {width}", row=int(bad[0]), column=features)
+        vals = _float_values(flat, offsets, features)
+        idx = np.tile(np.arange(width, dtype=np.int64), lengths.size)
+        return FeatureRows(offsets, idx, vals, labels, width)
+    iarr, varr = _column(batch, indices), _column(batch, values)
+    for arr, name in ((iarr, indices), (varr, values)):
+        if not _is_list(arr.type):
+            raise InputError(f"expected a list column, found {arr.type}", column=name)
+    if not pa.types.is_integer(iarr.type.value_type):
+        raise InputError(f"expected list<integer> feature indices, found {iarr.type}", column=indices)
+    ioff, iflat = _list_parts(iarr, indices)
+    voff, vflat = _list_parts(varr, values)
+    if not np.array_equal(ioff, voff):
+        row = int(np.flatnonzero(np.diff(ioff) != np.diff(voff))[0])
+        raise InputError(f"{indices!r} and {values!r} have different lengths", row=row,
+                         column=values)
+    if iflat.null_count:
+        bad = np.flatnonzero(iflat.is_null().to_numpy(zero_copy_only=False))
+        raise InputError("null feature index", row=_first_row(ioff, bad), column=indices)
+    idx = iflat.to_numpy().astype(np.int64)
+    limit = MAX_FEATURE if n_features is None else n_features - 1
+    bad = np.flatnonzero((idx < 0) | (idx > limit))
+    if bad.size:
+        raise InputError(f"feature index {int(idx[bad[0]])} out of range 0..{limit}",
+                         row=_first_row(ioff, bad), column=indices)
+    vals = _float_values(vflat, voff, values)
+    width = int(idx.max()) + 1 if idx.size else 0
+    if n_features is not None:
+        width = n_features
+    return FeatureRows(ioff, idx, vals, labels, width)
+
+
+def window_examples(arrays: TokenArrays, window: int, vocab_size: int) -> Examples:
+    """One example per token: its `window` previous tokens (BOS before the document start)
+    as features k*(V+1) + token, each with weight 1/window, and the token as target."""
+    tokens = arrays.tokens.astype(np.int64)
+    n = tokens.size
+    offsets = arrays.doc_offsets
+    doc_start = np.repeat(offsets[:-1], np.diff(offsets))
+    pos = np.arange(n, dtype=np.int64) - doc_start
+    cols = np.empty((n, window), dtype=np.int64)
+    for k in range(window):
+        has = pos > k
+        ctx = np.full(n, vocab_size, dtype=np.int64)
+        ctx[has] = tokens[np.flatnonzero(has) - 1 - k]
+        cols[:, k] = k * (vocab_size + 1) + ctx
+    indptr = np.arange(0, n * window + 1, window, dtype=np.int64)
+    values = np.full(n * window, 1.0 / window)
+    return Examples(indptr, cols.ravel(), values, tokens)
+
+
+def feature_examples(rows: FeatureRows) -> Examples:
+    """Rows normalised to sum 1, zeros dropped; an all-zero row stays empty."""
+    n = rows.n_rows
+    row_of = np.repeat(np.arange(n, dtype=np.int64), np.diff(rows.indptr))
+    keep = rows.values != 0
+    row_of, idx, vals = row_of[keep], rows.indices[keep], rows.values[keep]
+    counts = np.bincount(row_of, minlength=n)
+    sums = np.bincount(row_of, weights=vals, minlength=n)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return Examples(indptr, idx, vals / sums[row_of], rows.labels)
+
+
+def batch_examples(batch: pa.RecordBatch, *, task: str, window: int, n_classes: int,
+                   n_features: int, column: str = "tokens", label: str = "label",
+                   features: str | None = "features", indices: str = "indices",
+                   values: str = "values") -> Examples:
+    """Examples of a batch in a given model layout. A feature batch without a label column
+    gets targets -1 (prediction); one without `features` is read as sparse."""
+    if task == "lm":
+        return window_examples(token_arrays(batch, column, n_classes), window, n_classes)
+    names = batch.schema.names
+    if features is not None and features not in names and indices in names:
+        features = None
+    has_label = label in names
+    if not has_label:
+        batch = batch.append_column(label, pa.array(np.zeros(batch.num_rows, np.int64)))
+    ex = feature_examples(feature_rows(batch, label=label, features=features, indices=indices,
+                                       values=values, n_features=n_features, n_classes=n_classes))
+    if not has_label:
+        ex.targets = np.full(ex.n, -1, dtype=np.int64)
+    return ex

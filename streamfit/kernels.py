@@ -1,0 +1,252 @@
+"""Numba kernels: counting into a hash table, and scoring examples against sparse weights.
+
+Plain arrays in, plain arrays out, no Python objects. Each kernel has a pure-numpy twin in
+`streamfit.kernels_reference` that the tests compare it with.
+
+Statistics are accumulated in an open-addressing hash table (`keys`, `vals`, linear probing,
+Fibonacci hashing) keyed by a packed (feature, class) int64. A kernel stops early and reports
+where when the table reaches `max_used` entries; the caller grows the table and resumes.
+Keys are packed so that their integer order is (row, class) order, which makes the final
+sort produce CSR directly.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+EMPTY = np.int64(-1)
+HASH_MULT = np.uint64(0x9E3779B97F4A7C15)
+
+# Token-window keys: [k: 7 bits][context: 28 bits][target: 28 bits]. BOS is the largest
+# context value, so that it sorts last in its block, where the statistics layout puts it.
+TOKEN_BITS = 28
+TOKEN_MASK = (1 << TOKEN_BITS) - 1
+BOS_KEY = TOKEN_MASK
+MAX_TOKEN_ID = TOKEN_MASK - 1
+MAX_WINDOW = 127
+
+# Feature keys: [feature: 39 bits][label: 24 bits].
+LABEL_BITS = 24
+LABEL_MASK = (1 << LABEL_BITS) - 1
+MAX_LABEL = LABEL_MASK
+MAX_FEATURE = (1 << 39) - 1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _slot(key, shift):
+    return np.int64((np.uint64(key) * HASH_MULT) >> np.uint64(shift))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _add(keys, vals, key, value, shift, mask):
+    """Add `value` at `key`; returns 1 if the key was new, else 0."""
+    h = _slot(key, shift)
+    while True:
+        k = keys[h]
+        if k == key:
+            vals[h] += value
+            return 0
+        if k == EMPTY:
+            keys[h] = key
+            vals[h] = value
+            return 1
+        h = (h + 1) & mask
+
+
+@njit(cache=True, nogil=True)
+def count_windows(tokens, doc_offsets, window, start_doc, start_pos,
+                  keys, vals, n_used, max_used, shift):
+    """Count (position k, context token, next token) for every token of every document.
+
+    tokens: int32/int64 token ids, documents concatenated; doc_offsets: int64, n_docs + 1.
+    Context positions before a document's start are BOS. Resumes at (start_doc, start_pos)
+    and returns (doc, pos, n_used); doc == n_docs when the batch is done.
+    """
+    mask = keys.size - 1
+    n_docs = doc_offsets.size - 1
+    for d in range(start_doc, n_docs):
+        lo = doc_offsets[d]
+        hi = doc_offsets[d + 1]
+        first = lo + start_pos if d == start_doc else lo
+        for t in range(first, hi):
+            if n_used + window > max_used:
+                return d, t - lo, n_used
+            target = np.int64(tokens[t])
+            for k in range(window):
+                j = t - 1 - k
+                ctx = np.int64(tokens[j]) if j >= lo else np.int64(BOS_KEY)
+                key = (np.int64(k) << 56) | (ctx << TOKEN_BITS) | target
+                n_used += _add(keys, vals, key, np.int64(1), shift, mask)
+    return n_docs, 0, n_used
+
+
+@njit(cache=True, nogil=True)
+def add_feature_rows(indptr, indices, values, labels, start_row,
+                     keys, vals, n_used, max_used, shift):
+    """Add each row's normalised features x / sum(x) at (feature, label).
+
+    Rows are CSR (indptr int64, indices int64, values float64), values already checked
+    finite and non-negative. Rows whose sum is zero add nothing. Resumes at `start_row`
+    and returns (row, n_used); row == n_rows when the batch is done.
+    """
+    mask = keys.size - 1
+    n_rows = indptr.size - 1
+    for r in range(start_row, n_rows):
+        lo = indptr[r]
+        hi = indptr[r + 1]
+        if n_used + (hi - lo) > max_used:
+            return r, n_used
+        total = 0.0
+        for p in range(lo, hi):
+            total += values[p]
+        if total <= 0.0:
+            continue
+        label = np.int64(labels[r])
+        for p in range(lo, hi):
+            v = values[p]
+            if v != 0.0:
+                key = (np.int64(indices[p]) << LABEL_BITS) | label
+                n_used += _add(keys, vals, key, v / total, shift, mask)
+    return n_rows, n_used
+
+
+@njit(cache=True, nogil=True)
+def rehash(old_keys, old_vals, keys, vals, shift):
+    """Insert every occupied slot of the old table into the (larger, empty) new one."""
+    mask = keys.size - 1
+    for i in range(old_keys.size):
+        k = old_keys[i]
+        if k != EMPTY:
+            h = _slot(k, shift)
+            while keys[h] != EMPTY:
+                h = (h + 1) & mask
+            keys[h] = k
+            vals[h] = old_vals[i]
+
+
+@njit(cache=True, nogil=True)
+def _log_expm1(x):
+    """log(exp(x) - 1) for x > 0, without overflow for large x."""
+    if x > 30.0:
+        return x + np.log1p(-np.exp(-x))
+    return np.log(np.expm1(x))
+
+
+@njit(cache=True, nogil=True)
+def score_sparse(x_indptr, x_indices, x_values, targets,
+                 s_indptr, s_indices, s_data, tau, bias,
+                 log_z_bias, bias_desc_values, bias_desc_order, top_k,
+                 out_nll, out_rank, out_top):
+    """Score examples against sparse weights S (rows: features, columns: classes).
+
+    logits_j = tau * sum_i x_i S_ij + bias_j. Classes outside the union support U of the
+    example's rows have logit bias_j, so logsumexp is
+        logaddexp(log_z_bias, logsumexp_{j in U}(bias_j + log(expm1(tau * s_j))))
+    with log_z_bias = logsumexp(bias) precomputed: no pass over all classes per example.
+
+    rank = #{j: z_j > z_y} + #{j < y: z_j == z_y} (ties broken by class index, like argmax),
+    computed with binary searches in the bias sorted descending (ties by ascending index).
+    out_top receives the top_k classes (may be empty: top_k == 0). targets < 0: no target,
+    out_nll and out_rank are left untouched.
+    """
+    n_classes = bias.size
+    scratch = np.zeros(n_classes)
+    in_support = np.zeros(n_classes, dtype=np.bool_)
+    touched = np.empty(n_classes, dtype=np.int64)
+    neg_desc = -bias_desc_values  # ascending, for searchsorted
+    for e in range(x_indptr.size - 1):
+        n_touched = 0
+        for p in range(x_indptr[e], x_indptr[e + 1]):
+            row = x_indices[p]
+            xv = x_values[p]
+            for q in range(s_indptr[row], s_indptr[row + 1]):
+                j = s_indices[q]
+                if not in_support[j]:
+                    in_support[j] = True
+                    touched[n_touched] = j
+                    n_touched += 1
+                scratch[j] += xv * s_data[q]
+        # log-sum-exp over the support part, then combine with the bias-only part.
+        m = -np.inf
+        for t in range(n_touched):
+            j = touched[t]
+            ts = tau * scratch[j]
+            if ts > 0.0:
+                v = bias[j] + _log_expm1(ts)
+                if v > m:
+                    m = v
+        acc = 0.0
+        if m > -np.inf:
+            for t in range(n_touched):
+                j = touched[t]
+                ts = tau * scratch[j]
+                if ts > 0.0:
+                    acc += np.exp(bias[j] + _log_expm1(ts) - m)
+            lse = np.logaddexp(log_z_bias, m + np.log(acc))
+        else:
+            lse = log_z_bias
+        y = targets[e]
+        if y >= 0:
+            zy = bias[y] + (tau * scratch[y] if in_support[y] else 0.0)
+            out_nll[e] = lse - zy
+            # Outside U: z_j = bias_j. Count all classes by binary search, then correct for U.
+            greater = np.searchsorted(neg_desc, -zy, side="left")
+            lo = greater
+            hi = np.searchsorted(neg_desc, -zy, side="right")
+            equal_before = np.searchsorted(bias_desc_order[lo:hi], y, side="left")
+            rank = greater + equal_before
+            for t in range(n_touched):
+                j = touched[t]
+                zj = bias[j] + tau * scratch[j]
+                if bias[j] > zy:
+                    rank -= 1
+                elif bias[j] == zy and j < y:
+                    rank -= 1
+                if zj > zy or (zj == zy and j < y):
+                    rank += 1
+            out_rank[e] = rank
+        if top_k > 0:
+            _top_k_sparse(scratch, in_support, touched, n_touched, tau, bias,
+                          bias_desc_order, top_k, out_top[e])
+        for t in range(n_touched):
+            j = touched[t]
+            scratch[j] = 0.0
+            in_support[j] = False
+
+
+@njit(cache=True, nogil=True)
+def _top_k_sparse(scratch, in_support, touched, n_touched, tau, bias,
+                  bias_desc_order, top_k, out):
+    """The top_k classes by logit (ties by index): candidates are the support and the first
+    top_k classes outside it in bias order."""
+    n_cand = n_touched + top_k
+    cand = np.empty(n_cand, dtype=np.int64)
+    score = np.empty(n_cand)
+    c = 0
+    for t in range(n_touched):
+        j = touched[t]
+        cand[c] = j
+        score[c] = bias[j] + tau * scratch[j]
+        c += 1
+    taken = 0
+    for p in range(bias_desc_order.size):
+        if taken == top_k:
+            break
+        j = bias_desc_order[p]
+        if not in_support[j]:
+            cand[c] = j
+            score[c] = bias[j]
+            c += 1
+            taken += 1
+    for slot in range(top_k):
+        best = -1
+        for i in range(c):
+            if cand[i] < 0:
+                continue
+            if best < 0 or score[i] > score[best] or (score[i] == score[best] and cand[i] < cand[best]):
+                best = i
+        if best < 0:
+            out[slot] = -1
+        else:
+            out[slot] = cand[best]
+            cand[best] = -1

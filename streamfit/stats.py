@@ -1,0 +1,239 @@
+"""Statistics: the sparse co-occurrence matrix F and its totals, on disk and merged.
+
+F has one row per feature and one column per class. For token corpora (task `lm`) it holds
+integer counts of (context position k, context token, next token), row k*(V+1) + token, with
+row k*(V+1) + V for "before the document start"; each example's normalised input puts
+1/window on each of its rows, so the explicit solution only needs the counts. For feature
+corpora (task `classify`) it holds float64 sums of x / sum(x) per (feature, label).
+
+On disk a statistics directory holds `manifest.json` and three CSR arrays as `.npy` files
+whose names carry a generation id: a new save writes new arrays, then atomically replaces
+the manifest, then deletes the old arrays, so a killed save leaves the previous statistics.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import __version__
+from .errors import FormatError
+from .fileio import load_npy, save_npy, verify, write_json
+
+FORMAT = "streamfit-statistics"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+ARRAYS = ("indptr", "indices", "data")
+
+
+@dataclass
+class Statistics:
+    """Sufficient statistics of a corpus: F (CSR) plus counts. Sums, so shards merge by
+    addition."""
+
+    task: str                  # "lm" or "classify"
+    n_classes: int             # lm: the vocabulary size V
+    n_features: int            # lm: window * (V + 1)
+    indptr: np.ndarray         # int64, n_features + 1
+    indices: np.ndarray        # int32 class ids, sorted within each row
+    data: np.ndarray           # lm: int64 counts; classify: float64 masses
+    n_examples: int            # tokens (lm) or rows (classify)
+    l1_sum: float              # sum of the raw inputs' L1 norms (lm: n_examples * window)
+    window: int = 0            # lm only
+    empty_rows: int = 0        # classify rows whose features are all zero (add nothing)
+    sources: list[dict] = field(default_factory=list)  # {"path", "size", "row_groups", "rows"}
+
+    @property
+    def nnz(self) -> int:
+        return int(self.data.size)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.n_classes
+
+    @property
+    def priming_number(self) -> float:
+        """K of the paper's form: the mean L1 norm of the raw inputs."""
+        return self.l1_sum / max(self.n_examples - self.empty_rows, 1)
+
+    def csr(self) -> sp.csr_matrix:
+        return sp.csr_matrix((self.data, self.indices, self.indptr),
+                             shape=(self.n_features, self.n_classes))
+
+    def feature_totals(self) -> np.ndarray:
+        """f_i = sum_j F_ij (float64)."""
+        rows = np.repeat(np.arange(self.n_features), np.diff(self.indptr))
+        return np.bincount(rows, weights=self.data, minlength=self.n_features).astype(np.float64)
+
+    def class_totals(self) -> np.ndarray:
+        """c_j = sum_i F_ij (float64)."""
+        return np.bincount(self.indices, weights=self.data, minlength=self.n_classes).astype(np.float64)
+
+    def relayout(self, n_classes: int, n_features: int | None = None) -> "Statistics":
+        """The same statistics in a layout for more classes (and features): for lm, rows move
+        from k*(V+1)+t to k*(V'+1)+t, BOS to the end of each block."""
+        if n_classes < self.n_classes:
+            raise ValueError("relayout can only grow the vocabulary / class count")
+        if self.task == "lm":
+            old_v, new_v = self.n_classes, n_classes
+            n_features = self.window * (new_v + 1)
+            rows_old = np.arange(self.n_features)
+            k, t = np.divmod(rows_old, old_v + 1)
+            t = np.where(t == old_v, new_v, t)
+            new_rows = k * (new_v + 1) + t
+        else:
+            n_features = max(n_features or self.n_features, self.n_features)
+            new_rows = np.arange(self.n_features)
+        if n_classes == self.n_classes and n_features == self.n_features:
+            return self
+        counts = np.zeros(n_features, dtype=np.int64)
+        counts[new_rows] = np.diff(self.indptr)
+        indptr = np.zeros(n_features + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        return replace(self, n_classes=n_classes, n_features=n_features, indptr=indptr,
+                       indices=np.asarray(self.indices), data=np.asarray(self.data))
+
+    def header(self) -> dict:
+        """The manifest's description of these statistics (no file entries)."""
+        h = {
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "streamfit_version": __version__,
+            "task": self.task,
+            "window": self.window,
+            "n_classes": self.n_classes,
+            "n_features": self.n_features,
+            "value": "count" if self.task == "lm" else "mass",
+            "nnz": self.nnz,
+            "n_examples": self.n_examples,
+            "l1_sum": self.l1_sum,
+            "empty_rows": self.empty_rows,
+            "sources": self.sources,
+        }
+        if self.task == "lm":
+            h["vocab_size"] = self.n_classes
+        return h
+
+
+def _checksum(arrays: dict) -> str:
+    h = hashlib.sha256()
+    for name in ARRAYS:
+        h.update(arrays[name]["sha256"].encode())
+    return h.hexdigest()
+
+
+def save(stats: Statistics, directory: str | os.PathLike) -> dict:
+    """Write statistics to `directory` crash-safely; returns the manifest."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    generation = uuid.uuid4().hex[:12]
+    arrays = {}
+    for name in ARRAYS:
+        fname = f"F-{generation}.{name}.npy"
+        entry = save_npy(directory / fname, getattr(stats, name))
+        arr = getattr(stats, name)
+        arrays[name] = {"file": fname, "dtype": str(arr.dtype), "shape": list(arr.shape), **entry}
+    manifest = {**stats.header(), "arrays": arrays, "checksum": _checksum(arrays),
+                "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    write_json(directory / MANIFEST, manifest)
+    keep = {a["file"] for a in arrays.values()}
+    for p in directory.glob("F-*.npy"):
+        if p.name not in keep:
+            p.unlink(missing_ok=True)
+    for p in directory.glob(".*.tmp-*"):  # leftovers of killed writes
+        p.unlink(missing_ok=True)
+    return manifest
+
+
+def read_manifest(directory: str | os.PathLike) -> dict:
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not directory.is_dir():
+        raise FormatError(f"{directory}: no statistics directory here (run `streamfit accumulate` first)")
+    if not path.exists():
+        raise FormatError(f"{directory}: not a statistics directory (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FormatError(f"{path}: corrupt manifest ({exc})") from None
+    if manifest.get("format") != FORMAT:
+        raise FormatError(f"{path}: not a streamfit statistics manifest")
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise FormatError(f"{path}: schema version {manifest.get('schema_version')}, this "
+                          f"streamfit reads {SCHEMA_VERSION}")
+    return manifest
+
+
+def load(directory: str | os.PathLike, *, mmap: bool = True, check: bool = False) -> Statistics:
+    """Open statistics (memory-mapped by default). Sizes, shapes and dtypes are always
+    checked against the manifest; `check=True` also verifies every byte's checksum."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    arrays = {}
+    for name in ARRAYS:
+        entry = manifest["arrays"][name]
+        path = directory / entry["file"]
+        if check:
+            verify(path, entry)
+        arr = load_npy(path, entry, mmap=mmap)
+        if list(arr.shape) != entry["shape"] or str(arr.dtype) != entry["dtype"]:
+            raise FormatError(f"{path}: shape/dtype {arr.shape}/{arr.dtype} does not match "
+                              f"the manifest ({entry['shape']}/{entry['dtype']})")
+        arrays[name] = arr
+    if arrays["indptr"].size != manifest["n_features"] + 1 or arrays["data"].size != manifest["nnz"]:
+        raise FormatError(f"{directory}: arrays do not match the manifest's sizes")
+    return Statistics(task=manifest["task"], n_classes=manifest["n_classes"],
+                      n_features=manifest["n_features"], window=manifest["window"],
+                      n_examples=manifest["n_examples"], l1_sum=manifest["l1_sum"],
+                      empty_rows=manifest["empty_rows"], sources=manifest["sources"], **arrays)
+
+
+def checksum_of(directory: str | os.PathLike) -> str:
+    return read_manifest(directory)["checksum"]
+
+
+def _source_keys(stats: Statistics) -> set[tuple[str, int]]:
+    return {(s["path"], rg) for s in stats.sources for rg in s["row_groups"]}
+
+
+def merge(*parts: Statistics) -> Statistics:
+    """Exact sum of statistics shards. Refuses shards of different task or window, and
+    shards that consumed the same row group of the same file (that would double count)."""
+    if not parts:
+        raise ValueError("merge needs at least one statistics shard")
+    first = parts[0]
+    for s in parts[1:]:
+        if (s.task, s.window) != (first.task, first.window):
+            raise FormatError(f"cannot merge {s.task} window {s.window} statistics into "
+                              f"{first.task} window {first.window}")
+    seen: set[tuple[str, int]] = set()
+    for s in parts:
+        overlap = seen & _source_keys(s)
+        if overlap:
+            path, rg = sorted(overlap)[0]
+            raise FormatError(f"shards overlap: {path} row group {rg} was counted in more "
+                              f"than one; merging would count it twice")
+        seen |= _source_keys(s)
+    n_classes = max(s.n_classes for s in parts)
+    n_features = max(s.n_features for s in parts)
+    laid = [s.relayout(n_classes, n_features) for s in parts]
+    total = laid[0].csr()
+    for s in laid[1:]:
+        total = total + s.csr()
+    total = sp.csr_matrix(total)
+    total.sum_duplicates()
+    total.sort_indices()
+    return Statistics(
+        task=first.task, n_classes=n_classes, n_features=laid[0].n_features, window=first.window,
+        indptr=total.indptr.astype(np.int64), indices=total.indices.astype(np.int32),
+        data=total.data.astype(first.data.dtype),
+        n_examples=sum(s.n_examples for s in parts), l1_sum=sum(s.l1_sum for s in parts),
+        empty_rows=sum(s.empty_rows for s in parts),
+        sources=[src for s in parts for src in s.sources])
