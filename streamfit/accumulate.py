@@ -114,6 +114,7 @@ class Accumulator:
         self.empty_rows = 0
         self.max_label = -1
         self.max_width = 0
+        self.dense_width: int | None = None  # row length of the dense features seen so far
         self.sources: list[dict] = []
 
     @property
@@ -135,9 +136,16 @@ class Accumulator:
             self.add_tokens(token_arrays(batch, self.columns["column"], self.n_classes))
         else:
             c = self.columns
-            self.add_rows(feature_rows(batch, label=c["label"], features=c["features"],
-                                       indices=c["indices"], values=c["values"],
-                                       n_features=self.n_features_fixed, n_classes=self.n_classes))
+            dense = c["features"] is not None
+            # Dense rows must have one length across batches too, not only within one.
+            width = self.n_features_fixed if self.n_features_fixed is not None or not dense \
+                else self.dense_width
+            rows = feature_rows(batch, label=c["label"], features=c["features"],
+                                indices=c["indices"], values=c["values"],
+                                n_features=width, n_classes=self.n_classes)
+            if dense and self.dense_width is None and rows.n_rows:
+                self.dense_width = rows.n_features
+            self.add_rows(rows)
 
     def add_tokens(self, arrays: TokenArrays) -> None:
         """Add documents given as numpy arrays (already validated, e.g. by token_arrays)."""
@@ -188,7 +196,10 @@ def accumulator_for(paths: list[Path], task: str | None = None, **options) -> Ac
     when not given (dense vs sparse features too)."""
     schema = open_parquet(paths[0]).schema_arrow
     if task is None:
-        task = detect_task(schema)
+        try:
+            task = detect_task(schema)
+        except InputError as exc:
+            raise InputError(exc.message, path=str(paths[0])) from None
     if task == "classify" and options.get("features", FEATURES) == FEATURES \
             and FEATURES not in schema.names and INDICES in schema.names:
         options["features"] = None
@@ -209,7 +220,7 @@ def consume(acc: Accumulator, paths: Iterable[Path], *, skip: set[tuple[str, int
         plan.append((p, key, groups, rows, os.path.getsize(p)))
     unit = "docs" if acc.task == "lm" else "rows"
     with tqdm(total=sum(r for *_, r, _ in plan), unit=unit, unit_scale=True,
-              disable=not progress, desc="accumulate") as bar:
+              disable=None if progress else True, desc="accumulate") as bar:
         for p, key, groups, _, size in plan:
             for rg in groups:
                 n_rows = 0

@@ -41,7 +41,7 @@ def iter_examples(paths: Iterable[str | os.PathLike], *, task: str, window: int,
     files = resolve_paths(paths)
     total = sum(open_parquet(p).metadata.num_rows for p in files)
     with tqdm(total=total, unit="docs" if task == "lm" else "rows", unit_scale=True,
-              disable=not progress, desc=desc) as bar:
+              disable=None if progress else True, desc=desc) as bar:
         for p in files:
             cols = _input_columns(task, open_parquet(p).schema_arrow, columns, need_label)
             for b in iter_batches(p, cols, batch_rows=batch_rows):
@@ -69,11 +69,11 @@ def evaluate(model: Model, paths: Iterable[str | os.PathLike], *, top_k: int = 5
     in_top = 0
     for ex in model_examples(model, paths, progress=progress, batch_rows=batch_rows,
                              desc="evaluate", **columns):
-        nll, rank, _ = model.score(ex)
+        nll, top, _ = model.score(ex, top_k=top_k)
         n += ex.n
         nll_sum += float(nll.sum())
-        correct += int(np.sum(rank == 0))
-        in_top += int(np.sum(rank < top_k))
+        correct += int(np.sum(top[:, 0] == ex.targets))
+        in_top += int(np.sum(top == ex.targets[:, None]))
     if n == 0:
         raise InputError("no examples to evaluate: the files hold no rows (or no tokens)")
     ce = nll_sum / n

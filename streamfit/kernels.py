@@ -133,27 +133,23 @@ def _log_expm1(x):
 
 
 @njit(cache=True, nogil=True)
-def score_sparse(x_indptr, x_indices, x_values, targets,
-                 s_indptr, s_indices, s_data, tau, bias,
-                 log_z_bias, bias_desc_values, bias_desc_order, top_k,
-                 out_nll, out_rank, out_top):
-    """Score examples against sparse weights S (rows: features, columns: classes).
+def score_sparse(x_indptr, x_indices, x_values, s_indptr, s_indices, s_data, tau, bias,
+                 log_z_bias, bias_desc_order, top_k, out_lse, out_top, out_top_logp):
+    """Normaliser and top-k of examples against sparse weights S (rows: features).
 
-    logits_j = tau * sum_i x_i S_ij + bias_j. Classes outside the union support U of the
-    example's rows have logit bias_j, so logsumexp is
+    logits_j = tau * s_j + bias_j with s = x S. Classes outside the union support U of the
+    example's rows have logit bias_j, so the log-normaliser is
         logaddexp(log_z_bias, logsumexp_{j in U}(bias_j + log(expm1(tau * s_j))))
     with log_z_bias = logsumexp(bias) precomputed: no pass over all classes per example.
-
-    rank = #{j: z_j > z_y} + #{j < y: z_j == z_y} (ties broken by class index, like argmax),
-    computed with binary searches in the bias sorted descending (ties by ascending index).
-    out_top receives the top_k classes (may be empty: top_k == 0). targets < 0: no target,
-    out_nll and out_rank are left untouched.
+    Needs tau * s_j >= 0 (true of S = log1p(F / a)). out_top receives the top_k classes,
+    ties broken by class index like argmax (top_k may be 0), out_top_logp their
+    log-probabilities.
     """
     n_classes = bias.size
     scratch = np.zeros(n_classes)
     in_support = np.zeros(n_classes, dtype=np.bool_)
     touched = np.empty(n_classes, dtype=np.int64)
-    neg_desc = -bias_desc_values  # ascending, for searchsorted
+    terms = np.empty(n_classes)
     for e in range(x_indptr.size - 1):
         n_touched = 0
         for p in range(x_indptr[e], x_indptr[e + 1]):
@@ -166,52 +162,54 @@ def score_sparse(x_indptr, x_indices, x_values, targets,
                     touched[n_touched] = j
                     n_touched += 1
                 scratch[j] += xv * s_data[q]
-        # log-sum-exp over the support part, then combine with the bias-only part.
         m = -np.inf
         for t in range(n_touched):
             j = touched[t]
             ts = tau * scratch[j]
-            if ts > 0.0:
-                v = bias[j] + _log_expm1(ts)
-                if v > m:
-                    m = v
-        acc = 0.0
+            v = bias[j] + _log_expm1(ts) if ts > 0.0 else -np.inf
+            terms[t] = v
+            if v > m:
+                m = v
         if m > -np.inf:
+            acc = 0.0
             for t in range(n_touched):
-                j = touched[t]
-                ts = tau * scratch[j]
-                if ts > 0.0:
-                    acc += np.exp(bias[j] + _log_expm1(ts) - m)
+                acc += np.exp(terms[t] - m)
             lse = np.logaddexp(log_z_bias, m + np.log(acc))
         else:
             lse = log_z_bias
-        y = targets[e]
-        if y >= 0:
-            zy = bias[y] + (tau * scratch[y] if in_support[y] else 0.0)
-            out_nll[e] = lse - zy
-            # Outside U: z_j = bias_j. Count all classes by binary search, then correct for U.
-            greater = np.searchsorted(neg_desc, -zy, side="left")
-            lo = greater
-            hi = np.searchsorted(neg_desc, -zy, side="right")
-            equal_before = np.searchsorted(bias_desc_order[lo:hi], y, side="left")
-            rank = greater + equal_before
-            for t in range(n_touched):
-                j = touched[t]
-                zj = bias[j] + tau * scratch[j]
-                if bias[j] > zy:
-                    rank -= 1
-                elif bias[j] == zy and j < y:
-                    rank -= 1
-                if zj > zy or (zj == zy and j < y):
-                    rank += 1
-            out_rank[e] = rank
+        out_lse[e] = lse
         if top_k > 0:
             _top_k_sparse(scratch, in_support, touched, n_touched, tau, bias,
                           bias_desc_order, top_k, out_top[e])
+            for slot in range(top_k):
+                j = out_top[e, slot]
+                if j >= 0:
+                    out_top_logp[e, slot] = bias[j] + (tau * scratch[j] if in_support[j] else 0.0) - lse
         for t in range(n_touched):
             j = touched[t]
             scratch[j] = 0.0
             in_support[j] = False
+
+
+@njit(cache=True, nogil=True)
+def sparse_lookup(x_indptr, x_indices, x_values, targets, s_indptr, s_indices, s_data, out):
+    """out[e] = sum_i x_i S[i, targets[e]] (binary search in each row's sorted classes)."""
+    for e in range(x_indptr.size - 1):
+        y = targets[e]
+        acc = 0.0
+        for p in range(x_indptr[e], x_indptr[e + 1]):
+            row = x_indices[p]
+            lo = s_indptr[row]
+            hi = s_indptr[row + 1]
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if s_indices[mid] < y:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            if lo < s_indptr[row + 1] and s_indices[lo] == y:
+                acc += x_values[p] * s_data[lo]
+        out[e] = acc
 
 
 @njit(cache=True, nogil=True)

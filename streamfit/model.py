@@ -22,6 +22,7 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import scipy.sparse as sp
 from numpy.lib.format import open_memmap
 
 from . import __version__, kernels
@@ -31,7 +32,7 @@ from .fileio import atomic_path, file_digest, fsync_path, load_npy, save_npy, ve
 
 FORMAT = "streamfit-weights"
 SCHEMA_VERSION = 1
-SCORE_BLOCK_BYTES = 64 << 20
+SCORE_BLOCK_BYTES = 8 << 20
 
 
 def stem_of(path: str | os.PathLike) -> Path:
@@ -64,9 +65,7 @@ class Model:
         bias = np.zeros(self.n_classes) if self.bias is None else np.asarray(self.bias, np.float64)
         self._bias = bias
         self._log_z_bias = float(np.logaddexp.reduce(bias)) if bias.size else 0.0
-        order = np.lexsort((np.arange(bias.size), -bias))
-        self._bias_desc_order = order.astype(np.int64)
-        self._bias_desc_values = bias[order]
+        self._bias_desc_order = np.lexsort((np.arange(bias.size), -bias)).astype(np.int64)
 
     @property
     def layout(self) -> str:
@@ -110,17 +109,12 @@ class Model:
             yield lo, min(ex.n, lo + step)
 
     def logits(self, ex: Examples) -> np.ndarray:
-        """Dense logits (n × classes) up to a per-example constant (sparse layout)."""
-        from .kernels_reference import dense_logits
-
+        """Dense logits (n × classes), up to a per-example constant in the sparse layout."""
+        x = sp.csr_matrix((ex.values, ex.indices, ex.indptr), shape=(ex.n, self.n_features))
         if self.dense is not None:
-            import scipy.sparse as sp
-            x = sp.csr_matrix((ex.values, ex.indices, ex.indptr), shape=(ex.n, self.n_features))
             return self.tau * np.asarray(x @ self.dense, dtype=np.float64) + self._bias
         indptr, indices, data = self.sparse
-        import scipy.sparse as sp
         s = sp.csr_matrix((data, indices, indptr), shape=(self.n_features, self.n_classes))
-        x = sp.csr_matrix((ex.values, ex.indices, ex.indptr), shape=(ex.n, self.n_features))
         return self.tau * (x @ s).toarray().astype(np.float64) + self._bias
 
     def predict_proba(self, data, **columns) -> np.ndarray:
@@ -130,64 +124,98 @@ class Model:
         p = np.exp(z)
         return p / p.sum(axis=1, keepdims=True)
 
-    def score(self, ex: Examples, top_k: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per example: negative log-likelihood of the target (nats), its rank (0 = the
-        argmax; ties broken by class index), and the top_k classes. Targets < 0 get NaN
-        and -1. Memory is bounded by a block of examples, whatever the dataset size."""
-        nll = np.full(ex.n, np.nan)
-        rank = np.full(ex.n, -1, dtype=np.int64)
-        top = np.full((ex.n, top_k), -1, dtype=np.int64)
+    def score(self, ex: Examples, top_k: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per example: the negative log-likelihood of the target (nats; NaN where the
+        target is < 0), the top_k classes (ties broken by class index, like argmax) and
+        their log-probabilities. Memory is bounded by a block of examples.
+
+        Examples with identical inputs (a bigram's contexts) share their normaliser and
+        top-k: each distinct input is scored once, then each target is looked up."""
+        inputs, inverse = _distinct_inputs(ex)
+        lse = np.empty(inputs.n)
+        top = np.full((inputs.n, top_k), -1, dtype=np.int64)
+        top_logp = np.full((inputs.n, top_k), -np.inf)
         if self.sparse is not None:
-            s_indptr, s_indices, s_data = self.sparse
-            kernels.score_sparse(ex.indptr, ex.indices, ex.values, ex.targets,
-                                 s_indptr, s_indices, s_data, float(self.tau), self._bias,
-                                 self._log_z_bias, self._bias_desc_values,
-                                 self._bias_desc_order, top_k, nll, rank, top)
-            return nll, rank, top
-        for lo, hi in self._chunks(ex):
-            sub = Examples(ex.indptr[lo:hi + 1] - ex.indptr[lo],
-                           ex.indices[ex.indptr[lo]:ex.indptr[hi]],
-                           ex.values[ex.indptr[lo]:ex.indptr[hi]], ex.targets[lo:hi])
-            z = self.logits(sub)
-            has = sub.targets >= 0
-            if has.any():
-                zt = z[has]
-                y = sub.targets[has]
-                m = zt.max(axis=1, keepdims=True)
-                lse = m[:, 0] + np.log(np.exp(zt - m).sum(axis=1))
-                zy = zt[np.arange(y.size), y]
-                cls = np.arange(self.n_classes)
-                nll[lo:hi][has] = lse - zy
-                rank[lo:hi][has] = ((zt > zy[:, None]).sum(axis=1)
-                                    + ((zt == zy[:, None]) & (cls < y[:, None])).sum(axis=1))
-            if top_k:
-                top[lo:hi] = _top_k_dense(z, top_k)
-        return nll, rank, top
+            kernels.score_sparse(inputs.indptr, inputs.indices, inputs.values, *self.sparse,
+                                 float(self.tau), self._bias, self._log_z_bias,
+                                 self._bias_desc_order, top_k, lse, top, top_logp)
+        else:
+            for lo, hi in self._chunks(inputs):
+                z = self.logits(_slice(inputs, lo, hi))
+                m = z.max(axis=1, keepdims=True)
+                lse[lo:hi] = m[:, 0] + np.log(np.exp(z - m).sum(axis=1))
+                if top_k:
+                    best = _top_k_dense(z, top_k)
+                    k = best.shape[1]  # < top_k when there are fewer classes: the rest stay -1
+                    top[lo:hi, :k] = best
+                    top_logp[lo:hi, :k] = np.take_along_axis(z, best, axis=1) - lse[lo:hi, None]
+        nll = np.full(ex.n, np.nan)
+        has = ex.targets >= 0
+        if has.any():
+            nll[has] = lse[inverse[has]] - self._target_logits(_take(ex, np.flatnonzero(has)))
+        return nll, top[inverse], top_logp[inverse]
+
+    def _target_logits(self, ex: Examples) -> np.ndarray:
+        """The logit of each example's target (same per-example constant as `logits`)."""
+        if self.sparse is not None:
+            s = np.empty(ex.n)
+            kernels.sparse_lookup(ex.indptr, ex.indices, ex.values, ex.targets, *self.sparse, s)
+        else:
+            rows = np.repeat(np.arange(ex.n), np.diff(ex.indptr))
+            picked = np.asarray(self.dense[ex.indices, ex.targets[rows]], dtype=np.float64)
+            s = np.bincount(rows, weights=ex.values * picked, minlength=ex.n)
+        return self.tau * s + self._bias[ex.targets]
 
     def top_k(self, ex: Examples, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k most probable classes per example and their probabilities."""
-        nll, _, top = self.score(Examples(ex.indptr, ex.indices, ex.values,
-                                          np.full(ex.n, -1, dtype=np.int64)), top_k=k)
-        probs = np.empty(top.shape)
-        for j in range(k):
-            t = Examples(ex.indptr, ex.indices, ex.values, top[:, j].copy())
-            probs[:, j] = np.exp(-self.score(t)[0])
-        return top, probs
+        _, top, top_logp = self.score(ex, top_k=k)
+        return top, np.exp(top_logp)
+
+
+def _take(ex: Examples, rows: np.ndarray) -> Examples:
+    counts = np.diff(ex.indptr)[rows]
+    indptr = np.zeros(rows.size + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    pos = np.repeat(ex.indptr[rows] - indptr[:-1], counts) + np.arange(indptr[-1])
+    return Examples(indptr, ex.indices[pos], ex.values[pos], ex.targets[rows])
+
+
+def _slice(ex: Examples, lo: int, hi: int) -> Examples:
+    p0, p1 = ex.indptr[lo], ex.indptr[hi]
+    return Examples(ex.indptr[lo:hi + 1] - p0, ex.indices[p0:p1], ex.values[p0:p1], ex.targets[lo:hi])
+
+
+def _distinct_inputs(ex: Examples) -> tuple[Examples, np.ndarray]:
+    """Distinct inputs and, per example, the index of its input. Only examples of one
+    fixed width with equal weights (token windows) are merged; others map to themselves."""
+    widths = np.diff(ex.indptr)
+    if ex.n == 0 or np.any(widths != widths[0]) or widths[0] == 0 or \
+            np.any(ex.values != ex.values[0]):
+        return ex, np.arange(ex.n)
+    w = int(widths[0])
+    rows, inverse = np.unique(ex.indices.reshape(ex.n, w), axis=0, return_inverse=True)
+    if rows.shape[0] > ex.n // 2:
+        return ex, np.arange(ex.n)
+    indptr = np.arange(0, rows.size + 1, w, dtype=np.int64)
+    return (Examples(indptr, rows.ravel(), np.full(rows.size, ex.values[0]),
+                     np.full(rows.shape[0], -1, dtype=np.int64)), inverse.ravel())
 
 
 def _top_k_dense(z: np.ndarray, k: int) -> np.ndarray:
+    """Top-k columns per row, ties broken by column index (argmax's rule)."""
     k = min(k, z.shape[1])
-    part = np.argpartition(-z, k - 1, axis=1)[:, :k] if k < z.shape[1] else \
-        np.tile(np.arange(z.shape[1]), (z.shape[0], 1))
+    if k < z.shape[1]:
+        part = np.argpartition(-z, k - 1, axis=1)[:, :k]
+    else:
+        part = np.tile(np.arange(z.shape[1]), (z.shape[0], 1))
     vals = np.take_along_axis(z, part, axis=1)
-    order = np.lexsort((part, -vals), axis=1)
-    out = np.take_along_axis(part, order, axis=1)
-    # argpartition may cut a tie at the boundary arbitrarily; fix ties by index exactly.
+    out = np.take_along_axis(part, np.lexsort((part, -vals), axis=1), axis=1)
+    # argpartition may cut a run of ties at the k-th value anywhere; settle those rows
+    # exactly with a full sort.
     kth = np.take_along_axis(z, out[:, -1:], axis=1)
     ties = (z == kth).sum(axis=1) > (np.take_along_axis(z, out, axis=1) == kth).sum(axis=1)
     for r in np.flatnonzero(ties):
-        full = np.lexsort((np.arange(z.shape[1]), -z[r]))
-        out[r] = full[:k]
+        out[r] = np.lexsort((np.arange(z.shape[1]), -z[r]))[:k]
     return out
 
 

@@ -92,6 +92,8 @@ def finalize(stats: Statistics, out: str | os.PathLike | None = None, *,
         raise ValueError(f"layout must be 'dense' or 'sparse', not {layout!r}")
     if dtype not in ("float32", "float16", "float64"):
         raise ValueError(f"dtype must be float32, float16 or float64, not {dtype!r}")
+    if dtype == "float16" and layout == "sparse":  # the scoring kernels take float32/64
+        raise ValueError("dtype float16 is for the dense layout; use float32 for sparse")
     if stats.n_examples - stats.empty_rows <= 0 or stats.nnz == 0:
         raise StreamfitError("the statistics are empty: nothing to solve")
     solution = choose(stats, form, smoothing, heldout)

@@ -21,8 +21,9 @@ Tokenizer (pure regex, deterministic)
     from the text itself (``<`` is always a token of its own).
 
 Split
-    By file: ``zlib.crc32(relpath.encode()) % 10 == 0`` goes to test (~10%), the rest
-    to train, so the split does not depend on ``--max-files`` or file order.
+    By file: ``zlib.crc32(relpath.encode()) % 10`` is 0 for test (~10%), 1 for valid
+    (~10%, held-out data for calibration and smoothing choices, so that test stays
+    untouched), the rest train; the split does not depend on ``--max-files`` or file order.
 
 Vocabulary
     From the train split only: id 0 is ``<unk>``, then the ``vocab_size - 1`` most
@@ -30,7 +31,7 @@ Vocabulary
     has fewer distinct tokens.  Out-of-vocabulary tokens map to 0.
 
 Output (``--out DIR``, default ``data/stdlib``)
-    ``train.parquet``/``test.parquet``: one row per source file with columns
+    ``train.parquet``/``valid.parquet``/``test.parquet``: one row per source file with columns
     ``tokens: list<int32>`` and ``path: string``, row groups of 256 rows, files with
     no tokens dropped.  ``vocab.txt``: one token per line, 0-based line number = id.
     ``corpus.json``: provenance, sizes and unk rates.  Everything is written into a
@@ -87,9 +88,10 @@ def stdlib_sources(max_files: int | None = None) -> tuple[Path, list[str]]:
     return root, rels[:max_files] if max_files is not None else rels
 
 
-def is_test(relpath: str) -> bool:
-    """Deterministic ~10% file-level test split."""
-    return zlib.crc32(relpath.encode()) % 10 == 0
+def split_of(relpath: str) -> str:
+    """Deterministic file-level split: ~10% test, ~10% valid, the rest train."""
+    bucket = zlib.crc32(relpath.encode()) % 10
+    return "test" if bucket == 0 else "valid" if bucket == 1 else "train"
 
 
 def _write_split(path: Path, docs: list[tuple[str, np.ndarray]]) -> None:
@@ -114,12 +116,12 @@ def build_corpus(out: str | Path, vocab_size: int = 8192, max_files: int | None 
     # Tokenize once, interning tokens to provisional ids so per-file storage is a
     # compact int32 array instead of millions of Python strings.
     table: dict[str, int] = {}
-    docs: dict[str, list[tuple[str, np.ndarray]]] = {"train": [], "test": []}
+    docs: dict[str, list[tuple[str, np.ndarray]]] = {"train": [], "valid": [], "test": []}
     for rel in tqdm(rels, desc="tokenizing", unit="file", disable=quiet or not sys.stderr.isatty()):
         text = (root / rel).read_text(encoding="utf-8", errors="replace")
         ids = np.array([table.setdefault(t, len(table)) for t in tokenize(text)], dtype=np.int32)
         if ids.size:
-            docs["test" if is_test(rel) else "train"].append((rel, ids))
+            docs[split_of(rel)].append((rel, ids))
 
     # Vocabulary: <unk> + most frequent train tokens, ties by token string.
     tokens = list(table)
@@ -176,13 +178,14 @@ def build_corpus(out: str | Path, vocab_size: int = 8192, max_files: int | None 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; see ``--help``."""
     ap = argparse.ArgumentParser(
-        description="Build a token corpus (train/test parquet + vocab) from the Python "
+        description="Build a token corpus (train/valid/test parquet + vocab) from the Python "
                     "stdlib's .py files. Tokens: identifiers, numbers, single other chars, "
-                    "<nl> per non-blank line. Test split: crc32(relpath) % 10 == 0. "
+                    "<nl> per non-blank line. Split by file: crc32(relpath) % 10 == 0 test, "
+                    "== 1 valid, else train. "
                     "Vocab from train only, id 0 = <unk>. Output is written atomically.",
     )
     ap.add_argument("--out", default="data/stdlib",
-                    help="output dir for train.parquet, test.parquet, vocab.txt, corpus.json "
+                    help="output dir for train/valid/test.parquet, vocab.txt, corpus.json "
                          "(default: %(default)s; replaced atomically)")
     ap.add_argument("--vocab-size", type=int, default=8192,
                     help="ids including <unk>=0; the most frequent train tokens, ties by "
@@ -193,9 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     meta = build_corpus(args.out, args.vocab_size, args.max_files, args.quiet)
     f, t, u = meta["files"], meta["tokens"], meta["unk_rate"]
-    print(f"{args.out}: files train={f['train']} test={f['test']}, tokens train={t['train']} "
-          f"test={t['test']}, vocab={meta['vocab_size']}, unk rate train={u['train']:.4f} "
-          f"test={u['test']:.4f}", file=sys.stderr)
+    print(f"{args.out}: files train={f['train']} valid={f['valid']} test={f['test']}, tokens "
+          f"train={t['train']} valid={t['valid']} test={t['test']}, vocab={meta['vocab_size']}, "
+          f"unk rate train={u['train']:.4f} test={u['test']:.4f}", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,336 @@
+"""The `streamfit` command: a thin layer over the Python API.
+
+    streamfit accumulate corpus/*.parquet          # statistics into ./streamfit-stats
+    streamfit finalize --out weights.npy           # explicit solution from ./streamfit-stats
+    streamfit evaluate --weights weights.npy test/*.parquet --json
+    streamfit predict --weights weights.npy --context "def __init__ ( self"
+    streamfit merge statsA statsB --out stats
+    streamfit info weights.npy
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .accumulate import accumulator_for, consume
+from .errors import StreamfitError
+from .evaluate import evaluate, iter_examples, predict
+from .model import load_model, read_sidecar, sidecar_path
+from .reading import DEFAULT_BATCH_ROWS, resolve_paths
+from .solve import DEFAULT_SMOOTHING, FORMS, finalize
+from .stats import MANIFEST, load, merge, read_manifest, save
+
+DEFAULT_STATS = "streamfit-stats"
+DEFAULT_FORM = "calibrated"
+
+
+def _column_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("input columns")
+    g.add_argument("--column", default="tokens", help="token column of a token corpus (default: tokens)")
+    g.add_argument("--label", default="label", help="label column of a feature corpus (default: label)")
+    g.add_argument("--features", default="features",
+                   help="dense list<float> feature column (default: features; a corpus without "
+                        "it is read as sparse --indices/--values)")
+    g.add_argument("--indices", default="indices", help="sparse feature index column (default: indices)")
+    g.add_argument("--values", default="values", help="sparse feature value column (default: values)")
+    g.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS, metavar="N",
+                   help=f"rows per record batch read (default: {DEFAULT_BATCH_ROWS})")
+
+
+def _columns(args) -> dict:
+    return dict(column=args.column, label=args.label, features=args.features,
+                indices=args.indices, values=args.values)
+
+
+def _progress(args) -> bool:
+    return not args.quiet
+
+
+def cmd_accumulate(args) -> int:
+    files = resolve_paths(args.paths)
+    stats_dir = Path(args.stats)
+    previous = None
+    if (stats_dir / MANIFEST).exists() and not args.overwrite:
+        previous = load(stats_dir, mmap=False)
+    acc = accumulator_for(files, args.task or (previous.task if previous else None),
+                          window=args.window if previous is None or args.window_given else previous.window,
+                          vocab_size=args.vocab_size, n_classes=args.classes,
+                          n_features=args.n_features, **_columns(args))
+    skip: set[tuple[str, int]] = set()
+    if previous is not None:
+        if (previous.task, previous.window) != (acc.task, acc.window):
+            raise StreamfitError(
+                f"{stats_dir} holds {previous.task} statistics with window {previous.window}, "
+                f"not {acc.task} window {acc.window}: use another --stats directory or --overwrite")
+        for src in previous.sources:
+            now = Path(src["path"])
+            if now.exists() and now.stat().st_size != src["size"]:
+                raise StreamfitError(f"{now} changed since it was accumulated into {stats_dir} "
+                                     f"(size {src['size']} → {now.stat().st_size}): use --overwrite")
+            skip |= {(src["path"], rg) for rg in src["row_groups"]}
+    consume(acc, files, skip=skip, batch_rows=args.batch_rows, progress=_progress(args))
+    stats = acc.stats()
+    if previous is not None:
+        if not stats.sources:
+            print(f"{stats_dir}: every row group of these files is already counted; nothing to add")
+            return 0
+        stats = merge(previous, stats)
+    if stats.n_examples == 0:
+        raise StreamfitError("no examples in the input: nothing to accumulate")
+    save(stats, stats_dir)
+    what = "tokens" if stats.task == "lm" else "rows"
+    print(f"{stats_dir}: {stats.task} statistics, {stats.n_examples:,} {what}, "
+          f"{stats.n_features:,} features × {stats.n_classes:,} classes, {stats.nnz:,} non-zeros"
+          + (f", {stats.empty_rows:,} all-zero rows skipped" if stats.empty_rows else ""))
+    return 0
+
+
+def cmd_finalize(args) -> int:
+    stats = load(args.stats)
+    smoothing = args.smoothing if args.smoothing == "auto" else float(args.smoothing)
+    heldout = None
+    if args.heldout:
+        heldout = iter_examples(args.heldout, task=stats.task, window=stats.window,
+                                n_classes=stats.n_classes, n_features=stats.n_features,
+                                progress=_progress(args), desc="calibrate", **_columns(args))
+    if args.form == "calibrated" and heldout is None:
+        raise StreamfitError("--form calibrated fits on held-out data: pass --heldout PATHS "
+                             "(or choose --form conditional / paper)")
+    if smoothing == "auto" and heldout is None:
+        raise StreamfitError("--smoothing auto chooses on held-out data: pass --heldout PATHS")
+    source = {"path": str(Path(args.stats).resolve()),
+              "checksum": read_manifest(args.stats)["checksum"]}
+    model = finalize(stats, args.out, form=args.form, smoothing=smoothing, heldout=heldout,
+                     layout=args.format, dtype=args.dtype, source=source)
+    m = model.meta
+    print(f"{sidecar_path(args.out)}: {m['form']} explicit solution, {args.format} {args.dtype}, "
+          f"{model.n_features:,} × {model.n_classes:,}, smoothing {m['smoothing']:g}, "
+          f"tau {m['tau']:.4g}, beta {m['beta']:.4g}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    model = load_model(args.weights)
+    result = evaluate(model, args.paths, top_k=args.top_k, progress=_progress(args),
+                      batch_rows=args.batch_rows, **_columns(args))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        what = "tokens" if model.task == "lm" else "examples"
+        print(f"{result['n']:,} {what}: cross-entropy {result['cross_entropy']:.4f} nats, "
+              f"perplexity {result['perplexity']:.2f}, accuracy {result['accuracy']:.4f}, "
+              f"top-{args.top_k} accuracy {result[f'top{args.top_k}_accuracy']:.4f}")
+    return 0
+
+
+def _read_vocab(path: str | None) -> list[str] | None:
+    return None if path is None else Path(path).read_text(encoding="utf-8").splitlines()
+
+
+def cmd_predict(args) -> int:
+    model = load_model(args.weights)
+    if args.context is not None:
+        if model.task != "lm":
+            raise StreamfitError("--context is for language models; pass Parquet paths instead")
+        vocab = _read_vocab(args.vocab)
+        ids = {t: i for i, t in enumerate(vocab)} if vocab else None
+        context = []
+        for word in args.context.split():
+            if ids is not None:
+                context.append(ids.get(word, ids.get(args.unknown, 0)))
+            elif word.lstrip("-").isdigit():
+                context.append(int(word))
+            else:
+                raise StreamfitError(f"context word {word!r} is not a token id: pass --vocab FILE "
+                                     f"to map words to ids")
+        top, probs = model.top_k(model.context_examples([context]), args.top_k)
+        rows = [{"id": int(c), "probability": float(p),
+                 **({"token": vocab[c]} if vocab and c < len(vocab) else {})}
+                for c, p in zip(top[0], probs[0])]
+        if args.json:
+            print(json.dumps({"context": context, "top": rows}))
+        else:
+            for r in rows:
+                print(f"{r['probability']:.4f}  {r.get('token', r['id'])}")
+        return 0
+    if not args.paths or args.out is None:
+        raise StreamfitError("predict needs --context TEXT, or Parquet PATHS and --out FILE")
+    n = predict(model, args.paths, args.out, top_k=args.top_k, progress=_progress(args),
+                batch_rows=args.batch_rows, **_columns(args))
+    print(f"{args.out}: top-{args.top_k} predictions for {n:,} examples")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    parts = [load(d) for d in args.dirs]
+    merged = merge(*parts)
+    save(merged, args.out)
+    print(f"{args.out}: merged {len(parts)} shards, {merged.n_examples:,} examples, "
+          f"{merged.nnz:,} non-zeros")
+    return 0
+
+
+def cmd_info(args) -> int:
+    p = Path(args.path)
+    if p.is_dir():
+        info = read_manifest(p)
+        if args.check:
+            load(p, check=True)
+        info = {k: v for k, v in info.items() if k not in ("arrays",)} | \
+            {"bytes": sum(a["size"] for a in info["arrays"].values())}
+    else:
+        info = read_sidecar(p)
+        if args.check:
+            load_model(p, check=True)
+        info = {k: v for k, v in info.items() if k != "arrays"} | \
+            {"files": {k: v["file"] for k, v in info["arrays"].items()},
+             "bytes": sum(a["size"] for a in info["arrays"].values())}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    for key, value in info.items():
+        if key == "sources":
+            value = f"{len(value)} files, {sum(len(s['row_groups']) for s in value)} row groups"
+        elif key == "calibration" and value:
+            value = f"{value.get('examples', 0):,} held-out examples, best of {len(value.get('grid', []))}"
+        print(f"{key:>18}: {value}")
+    if args.check:
+        print(f"{'checksums':>18}: ok")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamfit",
+        description="Softmax models (next-token language models, classifiers) from corpora "
+                    "larger than memory: one streaming pass of sufficient statistics, then an "
+                    "explicit solution — no backpropagation.",
+        epilog="Run `streamfit COMMAND --help` for each command's options.")
+    parser.add_argument("--version", action="version", version=f"streamfit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("accumulate", help="stream Parquet files into sufficient statistics",
+                       description="Count co-occurrence statistics of Parquet files in one "
+                       "streaming pass. Into an existing statistics directory, only row groups "
+                       "not yet counted are added (re-running is safe); --overwrite starts over.")
+    p.add_argument("paths", nargs="+", metavar="PATHS", help="Parquet files, globs or directories")
+    p.add_argument("--stats", default=DEFAULT_STATS, metavar="DIR",
+                   help=f"statistics directory (default: ./{DEFAULT_STATS})")
+    p.add_argument("--task", choices=("lm", "classify"),
+                   help="lm: next token from a token column; classify: label from features "
+                        "(default: detected from the columns)")
+    p.add_argument("--window", type=int, metavar="M",
+                   help="lm: how many previous tokens are the context (default: 1, a bigram)")
+    p.add_argument("--vocab-size", type=int, metavar="V",
+                   help="lm: fix the vocabulary size (default: largest token id + 1)")
+    p.add_argument("--classes", type=int, metavar="C",
+                   help="classify: fix the number of classes (default: largest label + 1)")
+    p.add_argument("--n-features", type=int, metavar="D",
+                   help="classify: fix the number of features (default: discovered)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing statistics")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _column_options(p)
+    p.set_defaults(func=cmd_accumulate)
+
+    p = sub.add_parser("finalize", help="explicit-solution weights from statistics",
+                       description="Compute the explicit solution W_ij = log(F_ij + a) − "
+                       "log(f_i + a·C), logits = tau·(x̃·W) − beta·log(c_j + a·D), and write it "
+                       "block by block to memory-mapped files: OUT (.npy, dense) or "
+                       "OUT.S.*.npy (sparse), OUT.bias.npy when beta ≠ 0, and the sidecar "
+                       "OUT.json. Forms: conditional (tau=1, beta=0: the maximum-likelihood "
+                       "bigram), paper (tau=K, beta=K−1, naive-Bayes-like, K = mean input L1 "
+                       "norm), calibrated (tau, beta fitted on --heldout data in one pass).")
+    p.add_argument("--stats", default=DEFAULT_STATS, metavar="DIR",
+                   help=f"statistics directory (default: ./{DEFAULT_STATS})")
+    p.add_argument("--out", required=True, metavar="FILE", help="weights file, e.g. weights.npy")
+    p.add_argument("--form", choices=FORMS, default=None,
+                   help=f"which explicit solution (default: {DEFAULT_FORM} with --heldout, "
+                        f"else conditional)")
+    p.add_argument("--format", choices=("dense", "sparse"), default="dense",
+                   help="dense: one features × classes .npy; sparse: CSR of log1p(F/a), "
+                        "nnz-sized, same predictions — for large vocabularies (default: dense)")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                   help="stored weight precision (default: float32)")
+    p.add_argument("--smoothing", default=None, metavar="A",
+                   help=f"additive smoothing a > 0 added to every cell of F (lm: counts), or "
+                        f"'auto' to choose it on --heldout data (default: auto with --heldout, "
+                        f"else {DEFAULT_SMOOTHING})")
+    p.add_argument("--heldout", nargs="+", metavar="PATHS",
+                   help="held-out Parquet data for --form calibrated / --smoothing auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _column_options(p)
+    p.set_defaults(func=cmd_finalize)
+
+    p = sub.add_parser("evaluate", help="cross-entropy, perplexity and accuracy on Parquet data",
+                       description="Stream Parquet data through a model: cross-entropy (nats "
+                       "per token / example), perplexity, accuracy and top-k accuracy.")
+    p.add_argument("--weights", required=True, metavar="FILE", help="weights (.npy or .json)")
+    p.add_argument("paths", nargs="+", metavar="PATHS", help="Parquet files, globs or directories")
+    p.add_argument("--top-k", type=int, default=5, metavar="K", help="k of top-k accuracy (default: 5)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object: cross_entropy, perplexity, accuracy, topK_accuracy, n")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _column_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="top-k next tokens for a context, or predictions for Parquet data",
+                       description="With --context: the most probable next tokens after it "
+                       "(words mapped through --vocab, one token per line, line number = id). "
+                       "With PATHS and --out: a Parquet file of top-k classes and probabilities "
+                       "for every example (every token of a token corpus).")
+    p.add_argument("--weights", required=True, metavar="FILE", help="weights (.npy or .json)")
+    p.add_argument("paths", nargs="*", metavar="PATHS", help="Parquet files, globs or directories")
+    p.add_argument("--context", metavar="TEXT", help="lm: space-separated context tokens (ids, or words with --vocab)")
+    p.add_argument("--vocab", metavar="FILE", help="vocabulary file: one token per line, line number = id")
+    p.add_argument("--unknown", default="<unk>", help="vocabulary entry for unknown words (default: <unk>)")
+    p.add_argument("--out", metavar="FILE", help="Parquet output for PATHS")
+    p.add_argument("--top-k", type=int, default=5, metavar="K", help="how many classes (default: 5)")
+    p.add_argument("--json", action="store_true", help="print JSON (with --context)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _column_options(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("merge", help="exact merge of statistics shards",
+                       description="Sum statistics directories into one: the same result as "
+                       "accumulating all their sources at once. Shards that counted the same "
+                       "row group are refused.")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="statistics directories")
+    p.add_argument("--out", required=True, metavar="DIR", help="output statistics directory")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("info", help="what a statistics directory or weights file holds")
+    p.add_argument("path", metavar="PATH", help="statistics directory or weights file (.npy / .json)")
+    p.add_argument("--check", action="store_true", help="verify every file's checksum")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "accumulate":
+        args.window_given = args.window is not None
+        if args.window is None:
+            args.window = 1
+    if args.command == "finalize":
+        if args.form is None:
+            args.form = DEFAULT_FORM if args.heldout else "conditional"
+        if args.smoothing is None:
+            args.smoothing = "auto" if args.heldout else str(DEFAULT_SMOOTHING)
+    try:
+        return args.func(args)
+    except (StreamfitError, ValueError) as exc:
+        print(f"streamfit {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"streamfit {args.command}: interrupted; outputs were left as they were",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
