@@ -1,0 +1,223 @@
+"""The numba kernels against their pure-numpy twins in streamfit.kernels_reference.
+
+Counting starts from a 4-slot table (capacity_bits=2, at most 2 entries before growing),
+so nearly every call stops early, grows the table and resumes mid-document.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings, strategies as st
+from scipy.special import logsumexp
+
+from streamfit import kernels, kernels_reference as ref
+from streamfit.accumulate import CountTable
+from streamfit.featurize import Examples, FeatureRows
+from streamfit.model import Model
+
+SETTINGS = settings(max_examples=40, deadline=None)
+
+# Small ids collide a lot (many repeated keys); the largest allowed id checks the packing.
+token_ids = st.one_of(st.integers(0, 5), st.just(kernels.MAX_TOKEN_ID))
+documents = st.lists(st.lists(token_ids, min_size=0, max_size=12), min_size=0, max_size=8)
+
+
+def as_arrays(docs, dtype):
+    tokens = np.array([t for d in docs for t in d], dtype=dtype)
+    offsets = np.zeros(len(docs) + 1, dtype=np.int64)
+    np.cumsum([len(d) for d in docs], out=offsets[1:])
+    return tokens, offsets
+
+
+@SETTINGS
+@given(docs=documents, window=st.integers(1, 4), dtype=st.sampled_from([np.int32, np.int64]))
+def test_count_windows_matches_reference(docs, window, dtype):
+    tokens, offsets = as_arrays(docs, dtype)
+    table = CountTable(np.int64, capacity_bits=2)
+    table.add_windows(tokens, offsets, window)
+    keys, counts = table.items()
+    want_keys, want_counts = ref.count_windows(tokens, offsets, window)
+    np.testing.assert_array_equal(keys, want_keys)
+    np.testing.assert_array_equal(counts, want_counts)
+    # every token is counted once per position
+    assert counts.sum() == tokens.size * window
+
+
+@SETTINGS
+@given(first=documents, second=documents, window=st.integers(1, 4))
+def test_count_windows_over_two_batches_is_one_count(first, second, window):
+    """Adding batch after batch into one table (growing in between) equals counting all the
+    documents at once."""
+    table = CountTable(np.int64, capacity_bits=2)
+    for docs in (first, second):
+        table.add_windows(*as_arrays(docs, np.int64), window)
+    keys, counts = table.items()
+    want_keys, want_counts = ref.count_windows(*as_arrays(first + second, np.int64), window)
+    np.testing.assert_array_equal(keys, want_keys)
+    np.testing.assert_array_equal(counts, want_counts)
+
+
+def test_count_windows_small_exact_example():
+    """A worked example, by hand: documents [3, 1, 3] and [1], window 2."""
+    tokens, offsets = as_arrays([[3, 1, 3], [1]], np.int64)
+    table = CountTable(np.int64, capacity_bits=2)
+    table.add_windows(tokens, offsets, 2)
+    keys, counts = table.items()
+    bos = kernels.BOS_KEY
+
+    def key(k, ctx, target):
+        return (k << 56) | (ctx << kernels.TOKEN_BITS) | target
+
+    expected = {key(0, bos, 3): 1, key(0, 3, 1): 1, key(0, 1, 3): 1, key(0, bos, 1): 1,
+                key(1, bos, 3): 1, key(1, bos, 1): 2, key(1, 3, 3): 1}
+    assert dict(zip(keys.tolist(), counts.tolist())) == expected
+
+
+# --- feature rows -------------------------------------------------------------------------
+feature_values = st.sampled_from([0.0, 0.0, 0.25, 1.0, 3.0, 1e-3, 7.5])
+feature_row = st.lists(st.tuples(st.integers(0, 6), feature_values), min_size=0, max_size=6)
+
+
+def as_feature_rows(rows, labels):
+    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum([len(r) for r in rows], out=indptr[1:])
+    indices = np.array([i for r in rows for i, _ in r], dtype=np.int64)
+    values = np.array([v for r in rows for _, v in r], dtype=np.float64)
+    width = int(indices.max()) + 1 if indices.size else 0
+    return FeatureRows(indptr, indices, values, np.asarray(labels, dtype=np.int64), width)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_add_feature_rows_matches_reference(data):
+    rows = data.draw(st.lists(feature_row, min_size=0, max_size=10))
+    labels = data.draw(st.lists(st.integers(0, 4), min_size=len(rows), max_size=len(rows)))
+    fr = as_feature_rows(rows, labels)
+    table = CountTable(np.float64, capacity_bits=2)
+    table.add_rows(fr)
+    keys, masses = table.items()
+    want_keys, want_masses = ref.add_feature_rows(fr.indptr, fr.indices, fr.values, fr.labels)
+    np.testing.assert_array_equal(keys, want_keys)
+    np.testing.assert_allclose(masses, want_masses, rtol=1e-12, atol=0)
+    # each row with positive mass adds exactly 1 in total
+    n_positive = sum(1 for r in rows if sum(v for _, v in r) > 0)
+    assert masses.sum() == pytest.approx(n_positive, rel=1e-12)
+
+
+def test_add_feature_rows_all_zero_rows_add_nothing():
+    rows = [[(0, 0.0), (3, 0.0)], [], [(2, 2.0), (5, 0.0), (2, 6.0)]]
+    fr = as_feature_rows(rows, [1, 2, 0])
+    table = CountTable(np.float64, capacity_bits=2)
+    table.add_rows(fr)
+    keys, masses = table.items()
+    # only row 2 contributes: feature 2 twice (2/8 + 6/8) with label 0
+    assert keys.tolist() == [(2 << kernels.LABEL_BITS) | 0]
+    assert masses.tolist() == [1.0]
+
+
+# --- scoring ------------------------------------------------------------------------------
+def random_problem(seed: int, n_examples=40, n_features=15, n_classes=9, s_density=0.3):
+    rng = np.random.default_rng(seed)
+    s = sp.random(n_features, n_classes, density=s_density, format="csr", random_state=rng,
+                  data_rvs=lambda k: rng.choice([0.0, 0.5, 1.0, 2.0, rng.gamma(1.0)], size=k))
+    s.sort_indices()
+    rows = []
+    for _ in range(n_examples):
+        k = rng.integers(0, 4)  # 0: an empty example, all classes at their bias
+        idx = rng.choice(n_features, size=k, replace=True)  # repeated ids allowed
+        vals = rng.choice([0.0, 0.25, 1.0, rng.random()], size=k)
+        rows.append((idx, vals))
+    indptr = np.zeros(n_examples + 1, dtype=np.int64)
+    np.cumsum([r[0].size for r in rows], out=indptr[1:])
+    x_idx = np.concatenate([r[0] for r in rows]).astype(np.int64)
+    x_val = np.concatenate([r[1] for r in rows]).astype(np.float64)
+    targets = rng.integers(0, n_classes, size=n_examples).astype(np.int64)
+    return rng, s, Examples(indptr, x_idx, x_val, targets)
+
+
+BIASES = ["none", "constant", "random", "few_values"]
+
+
+def make_bias(kind, rng, n_classes):
+    if kind == "none":
+        return None
+    if kind == "constant":  # every class ties outside the support
+        return np.full(n_classes, -1.5)
+    if kind == "random":
+        return rng.normal(scale=2.0, size=n_classes)
+    return rng.choice([-1.0, 0.0, 0.5], size=n_classes)  # ties among some classes
+
+
+def reference_scores(z, targets, top_k):
+    """nll, top-k classes and their log-probabilities from dense logits, by numpy."""
+    has = targets >= 0
+    nll, _, top = ref.score_dense(z, np.where(has, targets, 0), min(top_k, z.shape[1]))
+    lse = logsumexp(z, axis=1)
+    return np.where(has, nll, np.nan), top, np.take_along_axis(z, top, axis=1) - lse[:, None]
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("bias_kind", BIASES)
+@pytest.mark.parametrize("tau", [0.3, 1.0, 3.0, 40.0])
+@pytest.mark.parametrize("data_dtype", [np.float32, np.float64])
+def test_score_sparse_matches_dense_reference(seed, bias_kind, tau, data_dtype):
+    rng, s, ex = random_problem(seed)
+    n_features, n_classes = s.shape
+    bias = make_bias(bias_kind, rng, n_classes)
+    data = s.data.astype(data_dtype)
+    top_k = int(rng.integers(1, n_classes + 1))
+    model = Model(task="classify", n_classes=n_classes, n_features=n_features, tau=tau,
+                  bias=bias, sparse=(s.indptr.astype(np.int64), s.indices.astype(np.int32), data))
+    nll, top, top_logp = model.score(ex, top_k=top_k)
+
+    dense_s = sp.csr_matrix((data, s.indices, s.indptr), shape=s.shape).toarray()
+    z = ref.dense_logits(ex.indptr, ex.indices, ex.values, dense_s, tau, bias)
+    want_nll, want_top, want_logp = reference_scores(z, ex.targets, top_k)
+    np.testing.assert_allclose(nll, want_nll, rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(top, want_top)  # exact, ties broken by class index
+    np.testing.assert_allclose(top_logp, want_logp, rtol=1e-9, atol=1e-9)
+    # rank 0 (the argmax, ties by index) is what accuracy counts
+    _, want_rank, _ = ref.score_dense(z, ex.targets, 1)
+    np.testing.assert_array_equal(top[:, 0] == ex.targets, want_rank == 0)
+
+
+@pytest.mark.parametrize("layout", ["sparse", "dense"])
+def test_score_without_targets_and_top_k_beyond_classes(layout):
+    """Targets -1 give NaN and still a top-k; asking for more classes than exist pads with
+    -1 (log-probability -inf), in both layouts alike."""
+    rng, s, ex = random_problem(11, n_examples=12, n_classes=4)
+    bias = np.array([0.0, 0.5, 0.5, -1.0])
+    ex.targets[::3] = -1
+    weights = dict(sparse=(s.indptr, s.indices, s.data)) if layout == "sparse" else \
+        dict(dense=s.toarray())
+    model = Model(task="classify", n_classes=4, n_features=s.shape[0], tau=2.0, bias=bias, **weights)
+    nll, top, top_logp = model.score(ex, top_k=6)
+    z = ref.dense_logits(ex.indptr, ex.indices, ex.values, s.toarray(), 2.0, bias)
+    want_nll, want_top, want_logp = reference_scores(z, ex.targets, 6)
+    assert np.isnan(nll[ex.targets < 0]).all()
+    if layout == "sparse":
+        np.testing.assert_allclose(nll, want_nll, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(top_logp[:, :4], want_logp, rtol=1e-9, atol=1e-12)
+    else:  # the dense layout multiplies through scipy.sparse, in another order
+        np.testing.assert_allclose(nll, want_nll, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(top_logp[:, :4], want_logp, rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(top[:, :4], want_top)
+    assert (top[:, 4:] == -1).all() and np.isneginf(top_logp[:, 4:]).all()
+
+
+def test_score_sparse_extreme_logits():
+    """Large tau * S (exp would overflow) and tiny ones (expm1 near 0) stay accurate."""
+    s = sp.csr_matrix(np.array([[800.0, 0.0, 1e-12], [0.0, 5.0, 0.0]]))
+    ex = Examples(np.array([0, 1, 2, 4]), np.array([0, 1, 0, 1]), np.array([1.0, 1.0, 0.5, 0.5]),
+                  np.array([2, 0, 1]))
+    for bias in (None, np.array([0.0, -3.0, 2.0])):
+        model = Model(task="classify", n_classes=3, n_features=2, tau=1.0, bias=bias,
+                      sparse=(s.indptr, s.indices, s.data))
+        nll, top, top_logp = model.score(ex, top_k=3)
+        z = ref.dense_logits(ex.indptr, ex.indices, ex.values, s.toarray(), 1.0, bias)
+        want_nll, want_top, want_logp = reference_scores(z, ex.targets, 3)
+        assert np.isfinite(nll).all()
+        np.testing.assert_allclose(nll, want_nll, rtol=1e-9, atol=1e-9)
+        np.testing.assert_array_equal(top, want_top)
+        np.testing.assert_allclose(top_logp, want_logp, rtol=1e-9, atol=1e-9)
