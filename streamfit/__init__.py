@@ -1,13 +1,16 @@
 """streamfit: softmax models over corpora larger than memory, without backpropagation.
 
-Stages, each a module: reading → featurize → kernels/accumulate → stats (format, merge) →
-solve (explicit solution) → model (weights I/O, scoring) → evaluate.
+Stages, one module each: reading → featurize → kernels / accumulate → stats (format,
+merge) → solve (explicit solution) → model (weights files, scoring) → evaluate.
 """
 __version__ = "0.1.0"
 
 from .accumulate import Accumulator, accumulate  # noqa: E402
 from .errors import FormatError, InputError, StreamfitError  # noqa: E402
+from .model import Model, load_model  # noqa: E402
+from .solve import finalize  # noqa: E402
 from .stats import Statistics, load as load_stats, merge, save as save_stats  # noqa: E402
 
 __all__ = ["Accumulator", "accumulate", "Statistics", "load_stats", "save_stats", "merge",
+           "finalize", "Model", "load_model",
            "StreamfitError", "InputError", "FormatError", "__version__"]

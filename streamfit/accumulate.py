@@ -200,8 +200,9 @@ def accumulator_for(paths: list[Path], task: str | None = None, **options) -> Ac
             task = detect_task(schema)
         except InputError as exc:
             raise InputError(exc.message, path=str(paths[0])) from None
-    if task == "classify" and options.get("features", FEATURES) == FEATURES \
-            and FEATURES not in schema.names and INDICES in schema.names:
+    features = options.get("features", FEATURES)
+    if task == "classify" and features is not None and features not in schema.names \
+            and options.get("indices", INDICES) in schema.names:
         options["features"] = None
     return Accumulator(task, **options)
 

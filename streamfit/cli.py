@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -79,7 +80,8 @@ def cmd_accumulate(args) -> int:
             return 0
         stats = merge(previous, stats)
     if stats.n_examples == 0:
-        raise StreamfitError("no examples in the input: nothing to accumulate")
+        names = ", ".join(map(str, files[:3])) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+        raise StreamfitError(f"{names}: no examples (no rows, or no tokens): nothing to accumulate")
     save(stats, stats_dir)
     what = "tokens" if stats.task == "lm" else "rows"
     print(f"{stats_dir}: {stats.task} statistics, {stats.n_examples:,} {what}, "
@@ -88,9 +90,22 @@ def cmd_accumulate(args) -> int:
     return 0
 
 
+def _smoothing(text: str) -> float | str:
+    """'auto' or a positive finite number; anything else is refused before any work."""
+    if text == "auto":
+        return text
+    try:
+        a = float(text)
+    except ValueError:
+        a = math.nan
+    if not (a > 0 and math.isfinite(a)):
+        raise StreamfitError(f"--smoothing must be a positive number or 'auto', not {text!r}")
+    return a
+
+
 def cmd_finalize(args) -> int:
+    smoothing = _smoothing(args.smoothing)
     stats = load(args.stats)
-    smoothing = args.smoothing if args.smoothing == "auto" else float(args.smoothing)
     heldout = None
     if args.heldout:
         heldout = iter_examples(args.heldout, task=stats.task, window=stats.window,
@@ -149,7 +164,7 @@ def cmd_predict(args) -> int:
         top, probs = model.top_k(model.context_examples([context]), args.top_k)
         rows = [{"id": int(c), "probability": float(p),
                  **({"token": vocab[c]} if vocab and c < len(vocab) else {})}
-                for c, p in zip(top[0], probs[0])]
+                for c, p in zip(top[0], probs[0]) if c >= 0]  # -1: fewer classes than --top-k
         if args.json:
             print(json.dumps({"context": context, "top": rows}))
         else:

@@ -95,7 +95,8 @@ def predict(model: Model, paths: Iterable[str | os.PathLike], out: str | os.Path
             for ex in model_examples(model, paths, need_label=False, progress=progress,
                                      batch_rows=batch_rows, desc="predict", **columns):
                 top, probs = model.top_k(ex, top_k)
-                k = top.shape[1]
+                k = min(top_k, model.n_classes)
+                top, probs = top[:, :k], probs[:, :k]
                 offsets = pa.array(np.arange(0, ex.n * k + 1, k, dtype=np.int32))
                 writer.write_table(pa.table({
                     "top_classes": pa.ListArray.from_arrays(offsets, pa.array(top.ravel().astype(np.int32))),

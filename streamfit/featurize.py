@@ -69,6 +69,10 @@ def _list_parts(arr: pa.Array, column: str) -> tuple[np.ndarray, pa.Array]:
     if arr.null_count:
         row = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
         raise InputError("null value (each row needs a list)", row=row, column=column)
+    if pa.types.is_fixed_size_list(arr.type):
+        size = arr.type.list_size
+        offsets = np.arange(len(arr) + 1, dtype=np.int64) * size
+        return offsets, arr.values.slice(arr.offset * size, len(arr) * size)
     offsets = arr.offsets.to_numpy().astype(np.int64)
     values = arr.values.slice(offsets[0], offsets[-1] - offsets[0])
     return offsets - offsets[0], values

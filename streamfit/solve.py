@@ -28,7 +28,7 @@ from .model import Model, load_model, write_model
 from .stats import Statistics
 
 FORMS = ("conditional", "paper", "calibrated")
-SMOOTHING_GRID = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+SMOOTHING_GRID = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
 DEFAULT_SMOOTHING = 0.01
 BLOCK_BYTES = 64 << 20
 CALIBRATION_ENTRIES = 4_000_000

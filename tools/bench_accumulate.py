@@ -1,0 +1,449 @@
+#!/usr/bin/env python
+"""Benchmark: accumulate throughput (tokens/s), single process, one core.
+
+What it measures
+    For each context window m (``--windows``, default ``1,3``), on a synthetic first-order
+    Markov corpus (``streamfit.synthetic``; default 30M tokens, vocabulary 8192, documents
+    of 1000 tokens) that is also written to Parquet (``tokens: list<int32>``, row groups of
+    1000 documents):
+
+    kernel      ``CountTable.add_windows`` over the in-memory token arrays (numba JIT warmed
+                on a tiny input first, so compile time is not measured); the sort of the
+                occupied slots (``CountTable.items()``) is timed separately as "kernel+items";
+    end-to-end  ``streamfit.accumulate([parquet files], window=m)``: reading Parquet,
+                validating, counting and building the ``Statistics`` (CSR);
+    numpy       the plain numpy counter ``streamfit.kernels_reference.count_windows``
+                (every packed key built, then ``np.unique(..., return_counts=True)``);
+    scipy       rows/cols built with numpy, then
+                ``scipy.sparse.coo_matrix((ones, (rows, cols))).tocsr()`` (sums duplicates).
+
+    Each timed item is the best of ``--repeat`` wall times (``time.perf_counter``); the
+    candidates are interleaved within each repeat (their order rotating from repeat to
+    repeat) so that machine noise affects all of them alike. Corpus generation and the
+    Parquet write are not timed. Throughput is tokens (positions) per second, whatever m.
+
+    In the same run it checks that the kernel's ``items()`` equal the numpy baseline's
+    (keys, counts) exactly, and that the end-to-end Statistics equal the scipy CSR
+    (indptr, indices, data); it prints OK, or exits with status 1 on a mismatch.
+
+    Target (project issue): >= 25M tokens/s per core at m = 1, and >= 5x the best baseline.
+    The tool reports what is reached; it asserts nothing about speed.
+
+Single process, one core
+    NUMBA_NUM_THREADS, OMP/OpenBLAS/MKL/BLIS/numexpr thread counts are set to 1 before numpy
+    or numba are imported, Arrow's CPU pool is set to one thread, and (unless ``--no-pin``)
+    the process is pinned to one CPU with ``os.sched_setaffinity``.
+
+Rerun
+    /work/venv/bin/python tools/bench_accumulate.py                 # full size (~1-2 min)
+    /work/venv/bin/python tools/bench_accumulate.py --quick         # 1M tokens, 1 repeat
+    /work/venv/bin/python tools/bench_accumulate.py --json > bench.json
+    /work/venv/bin/python tools/bench_accumulate.py --data /tmp/bench-corpus   # keep/reuse
+
+Memory: the transition matrix is vocab^2 float64 (512 MiB at 8192; generation briefly
+needs about three times that); the numpy baselines need roughly 30 bytes per token per
+window unit at their peak (about 3 GiB at 30M tokens, m = 3).
+"""
+from __future__ import annotations
+
+import os
+
+# Pin every thread pool to one thread before numpy / numba / pyarrow are imported.
+for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+             "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import scipy  # noqa: E402
+import scipy.sparse as sp  # noqa: E402
+
+import streamfit  # noqa: E402
+from streamfit import kernels_reference, synthetic  # noqa: E402
+from streamfit.accumulate import CountTable  # noqa: E402
+from streamfit.synthetic import markov_chain, sample_documents  # noqa: E402
+
+TARGET_TOKENS_PER_S = 25e6  # per core, window 1
+TARGET_RATIO = 5.0          # versus the best plain numpy/scipy baseline
+META = "bench_corpus.json"
+ROW_GROUP_DOCS = 1000
+DOCS_PER_FILE = 10_000
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- corpus
+
+def corpus_params(args) -> dict:
+    n_docs = max(1, -(-args.tokens // args.doc_len))
+    return {"tokens": n_docs * args.doc_len, "n_docs": n_docs, "vocab": args.vocab,
+            "doc_len": args.doc_len, "concentration": args.concentration, "seed": args.seed,
+            "row_group_docs": ROW_GROUP_DOCS, "docs_per_file": DOCS_PER_FILE,
+            "stationary": "eig" if args.exact_stationary else "power"}
+
+
+def power_stationary(transition: np.ndarray) -> np.ndarray:
+    """The stationary distribution by power iteration: O(V^2) per step, against the O(V^3)
+    dense eigendecomposition of `streamfit.synthetic.stationary` (minutes at V = 8192 on
+    one thread). Falls back to the package's own function if it does not converge."""
+    n = transition.shape[0]
+    pi = np.full(n, 1.0 / n)
+    for _ in range(10_000):
+        new = pi @ transition
+        new /= new.sum()
+        if np.abs(new - pi).sum() < 1e-14:
+            return new
+        pi = new
+    return _package_stationary(transition)
+
+
+_package_stationary = synthetic.stationary
+
+
+def generate(params: dict, exact_stationary: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    transition = markov_chain(params["vocab"], concentration=params["concentration"],
+                              seed=params["seed"])
+    # sample_documents draws each document's first token from the chain's stationary
+    # distribution; unless --exact-stationary, that distribution comes from power_stationary.
+    if not exact_stationary:
+        synthetic.stationary = power_stationary
+    try:
+        tokens, offsets = sample_documents(transition, params["n_docs"], params["doc_len"],
+                                           seed=params["seed"] + 1, dtype=np.int32)
+    finally:
+        synthetic.stationary = _package_stationary
+    return tokens, offsets
+
+
+def write_parquet(directory: Path, tokens: np.ndarray, offsets: np.ndarray) -> list[Path]:
+    schema = pa.schema([("tokens", pa.list_(pa.int32()))])
+    n_docs = offsets.size - 1
+    files = []
+    for i, d0 in enumerate(range(0, n_docs, DOCS_PER_FILE)):
+        d1 = min(d0 + DOCS_PER_FILE, n_docs)
+        lo, hi = int(offsets[d0]), int(offsets[d1])
+        arr = pa.ListArray.from_arrays(pa.array((offsets[d0:d1 + 1] - lo).astype(np.int32)),
+                                       pa.array(tokens[lo:hi], type=pa.int32()))
+        path = directory / f"corpus-{i:05d}.parquet"
+        pq.write_table(pa.Table.from_arrays([arr], schema=schema), path,
+                       row_group_size=ROW_GROUP_DOCS)
+        files.append(path)
+    return files
+
+
+def read_parquet(files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    col = pa.concat_tables(pq.read_table(f, columns=["tokens"]) for f in files)["tokens"]
+    arr = col.combine_chunks()
+    offsets = arr.offsets.to_numpy().astype(np.int64)
+    tokens = arr.values.to_numpy()[offsets[0]:offsets[-1]].astype(np.int32)
+    return np.ascontiguousarray(tokens), offsets - offsets[0]
+
+
+def prepare_corpus(args, workdir: Path) -> tuple[np.ndarray, np.ndarray, list[Path], dict, str]:
+    """(tokens, doc_offsets, parquet files, params, how): generated, or reused from --data."""
+    params = corpus_params(args)
+    directory = Path(args.data) if args.data else workdir / "corpus"
+    directory.mkdir(parents=True, exist_ok=True)
+    meta_path = directory / META
+    if meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            meta = {}
+        files = [directory / f for f in meta.get("files", [])]
+        if meta.get("params") == params and files and all(f.exists() for f in files):
+            t0 = time.perf_counter()
+            tokens, offsets = read_parquet(files)
+            log(f"reused corpus in {directory} ({time.perf_counter() - t0:.1f}s to load)")
+            return tokens, offsets, files, params, "reused"
+        for f in files:  # stale shards of a corpus with other parameters
+            if f.exists() and f.parent == directory:
+                f.unlink()
+    t0 = time.perf_counter()
+    tokens, offsets = generate(params, params["stationary"] == "eig")
+    t1 = time.perf_counter()
+    files = write_parquet(directory, tokens, offsets)
+    meta_path.write_text(json.dumps({"params": params, "files": [f.name for f in files]},
+                                    indent=1))
+    log(f"generated {tokens.size:,} tokens in {t1 - t0:.1f}s, wrote {len(files)} Parquet "
+        f"file(s) to {directory} in {time.perf_counter() - t1:.1f}s (not timed)")
+    return tokens, offsets, files, params, "generated"
+
+
+# ------------------------------------------------------------------------- candidates
+
+def run_kernel(tokens, offsets, window):
+    table = CountTable(np.int64)
+    table.add_windows(tokens, offsets, window)
+    return table
+
+
+def run_numpy(tokens, offsets, window):
+    return kernels_reference.count_windows(tokens, offsets, window)
+
+
+def run_scipy(tokens, offsets, window, vocab):
+    """Rows k*(V+1) + context (V for before the document start), cols the next token,
+    summed by coo -> csr (the statistics layout of streamfit.stats)."""
+    t = tokens.astype(np.int64)
+    n = t.size
+    pos = np.arange(n, dtype=np.int64) - np.repeat(offsets[:-1], np.diff(offsets))
+    rows = np.empty((window, n), dtype=np.int64)
+    for k in range(window):
+        r = rows[k]
+        r[k + 1:] = t[:n - k - 1]
+        r[:k + 1] = vocab
+        r[pos <= k] = vocab
+        r += k * (vocab + 1)
+    cols = np.tile(t, window)
+    m = sp.coo_matrix((np.ones(window * n, dtype=np.int64), (rows.ravel(), cols)),
+                      shape=(window * (vocab + 1), vocab)).tocsr()
+    m.sum_duplicates()  # tocsr() already sums; explicit, and a no-op when canonical
+    return m
+
+
+def run_e2e(files, window, vocab):
+    return streamfit.accumulate(files, window=window, vocab_size=vocab, progress=False)
+
+
+def warm_up(workdir: Path, windows: list[int], vocab: int) -> None:
+    """Compile the numba kernels (count_windows, rehash) and touch the Parquet path on a
+    tiny input, so no compile time lands inside a timing."""
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, min(vocab, 50), size=3000, dtype=np.int32)
+    offsets = np.array([0, 1, 1000, 2000, 3000], dtype=np.int64)
+    tiny = workdir / "warmup"
+    tiny.mkdir(exist_ok=True)
+    files = write_parquet(tiny, tokens, offsets)
+    for m in windows:
+        table = CountTable(np.int64, capacity_bits=2)  # forces grow() -> rehash
+        table.add_windows(tokens, offsets, m)
+        table.items()
+        run_e2e(files, m, vocab)
+        kernels_reference.count_windows(tokens, offsets, m)
+        run_scipy(tokens, offsets, m, vocab)
+
+
+def timed(fn, *a):
+    gc.collect()
+    t0 = time.perf_counter()
+    out = fn(*a)
+    return time.perf_counter() - t0, out
+
+
+# ---------------------------------------------------------------------------- benchmark
+
+def bench_window(tokens, offsets, files, window, vocab, repeat) -> dict:
+    names = ["kernel", "end_to_end", "numpy", "scipy"]
+    best = {k: float("inf") for k in names + ["items"]}
+    last = {}
+    for r in range(repeat):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            last.pop(name, None)  # free the previous result before timing again
+            if name == "kernel":
+                dt, table = timed(run_kernel, tokens, offsets, window)
+                dti, items = timed(table.items)
+                best["items"] = min(best["items"], dti)
+                last[name] = (items, table.n_used, table.bits)
+                del table
+            elif name == "end_to_end":
+                dt, last[name] = timed(run_e2e, files, window, vocab)
+            elif name == "numpy":
+                dt, last[name] = timed(run_numpy, tokens, offsets, window)
+            else:
+                dt, last[name] = timed(run_scipy, tokens, offsets, window, vocab)
+            best[name] = min(best[name], dt)
+            log(f"  m={window} repeat {r + 1}/{repeat} {name:<10} {dt:7.3f}s")
+
+    n = int(tokens.size)
+    (kkeys, kvals), n_used, bits = last["kernel"]
+    nkeys, ncounts = last["numpy"]
+    problems = []
+    if not (np.array_equal(kkeys, nkeys) and np.array_equal(kvals, ncounts)):
+        problems.append(f"kernel items() != numpy baseline (kernel {kkeys.size} keys, "
+                        f"numpy {nkeys.size} keys)")
+    st, csr = last["end_to_end"], last["scipy"]
+    if not (st.n_examples == n and st.n_features == csr.shape[0]
+            and np.array_equal(st.indptr, csr.indptr)
+            and np.array_equal(st.indices, csr.indices)
+            and np.array_equal(st.data, csr.data)):
+        problems.append("end-to-end Statistics != scipy CSR")
+    if int(ncounts.sum()) != n * window:
+        problems.append(f"numpy counts sum {int(ncounts.sum())} != tokens*window {n * window}")
+
+    seconds = {"kernel": best["kernel"], "kernel_items": best["kernel"] + best["items"],
+               "end_to_end": best["end_to_end"], "numpy": best["numpy"],
+               "scipy": best["scipy"]}
+    tps = {k: n / v for k, v in seconds.items()}
+    base_name = "numpy" if tps["numpy"] >= tps["scipy"] else "scipy"
+    base = tps[base_name]
+    return {
+        "window": window, "tokens": n, "nnz": int(nkeys.size), "table_slots": 1 << bits,
+        "table_used": int(n_used), "seconds": seconds, "tokens_per_s": tps,
+        "best_baseline": base_name,
+        "ratios": {"kernel_vs_best_baseline": tps["kernel"] / base,
+                   "kernel_items_vs_best_baseline": tps["kernel_items"] / base,
+                   "end_to_end_vs_best_baseline": tps["end_to_end"] / base},
+        "check": "OK" if not problems else "FAIL", "problems": problems,
+    }
+
+
+def environment(pinned: list[int] | None) -> dict:
+    cpu_model = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"python": platform.python_version(), "numpy": np.__version__,
+            "numba": numba.__version__, "scipy": scipy.__version__, "pyarrow": pa.__version__,
+            "streamfit": streamfit.__version__, "platform": platform.platform(),
+            "cpu_model": cpu_model, "cpu_count": os.cpu_count(),
+            "pinned_cpus": pinned, "numba_num_threads": numba.config.NUMBA_NUM_THREADS,
+            "arrow_cpu_count": pa.cpu_count()}
+
+
+def format_table(report: dict) -> str:
+    c, env = report["corpus"], report["environment"]
+    lines = [
+        "streamfit accumulate benchmark — single process, one core "
+        f"(pinned to CPU {env['pinned_cpus']}, NUMBA_NUM_THREADS={env['numba_num_threads']}, "
+        f"arrow threads={env['arrow_cpu_count']})",
+        f"corpus: {c['tokens']:,} tokens, {c['n_docs']:,} docs x {c['doc_len']}, vocab "
+        f"{c['vocab']}, first-order Markov (concentration {c['concentration']}, seed "
+        f"{c['seed']}), {c['files']} Parquet file(s), row groups of {c['row_group_docs']} docs",
+        f"best of {report['repeat']} (interleaved); {env['cpu_model']}; python {env['python']}, "
+        f"numpy {env['numpy']}, numba {env['numba']}, scipy {env['scipy']}, "
+        f"pyarrow {env['pyarrow']}; {env['cpu_count']} CPUs",
+        "",
+    ]
+    labels = [("kernel", "kernel: CountTable.add_windows"),
+              ("kernel_items", "kernel + items() (sorted)"),
+              ("end_to_end", "end to end: streamfit.accumulate"),
+              ("numpy", "baseline: numpy np.unique"),
+              ("scipy", "baseline: scipy coo->csr")]
+    for res in report["results"]:
+        base = res["tokens_per_s"][res["best_baseline"]]
+        lines.append(f"window m = {res['window']}  ({res['nnz']:,} distinct keys, table "
+                     f"{res['table_used']:,}/{res['table_slots']:,} slots)  check: {res['check']}")
+        lines.append(f"  {'candidate':<34}{'seconds':>9}{'M tokens/s':>12}{'vs best base':>14}")
+        for key, label in labels:
+            s, t = res["seconds"][key], res["tokens_per_s"][key]
+            lines.append(f"  {label:<34}{s:9.3f}{t / 1e6:12.2f}{t / base:13.2f}x")
+        r = res["ratios"]
+        lines.append(f"  ratios vs best baseline ({res['best_baseline']}): kernel "
+                     f"{r['kernel_vs_best_baseline']:.2f}x, end to end "
+                     f"{r['end_to_end_vs_best_baseline']:.2f}x")
+        for p in res["problems"]:
+            lines.append(f"  MISMATCH: {p}")
+        lines.append("")
+    t = report["target"]
+    lines.append(f"target (m = 1): >= {t['tokens_per_s'] / 1e6:.0f}M tokens/s per core and >= "
+                 f"{t['ratio']:.0f}x best baseline -> kernel: {t['kernel_rate_met']}/"
+                 f"{t['kernel_ratio_met']}, end to end: {t['end_to_end_rate_met']}/"
+                 f"{t['end_to_end_ratio_met']} (rate/ratio reached; reported, not asserted)")
+    lines.append(f"total run time {report['run_seconds']:.1f}s")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokens", type=int, default=30_000_000, help="corpus size (default 30M)")
+    ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--doc-len", type=int, default=1000)
+    ap.add_argument("--concentration", type=float, default=0.05,
+                    help="Dirichlet concentration of the transition rows")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--windows", default="1,3", help="comma-separated windows (default 1,3)")
+    ap.add_argument("--repeat", type=int, default=3, help="best of N (default 3)")
+    ap.add_argument("--data", metavar="DIR",
+                    help="keep the Parquet corpus here and reuse it when the parameters match")
+    ap.add_argument("--quick", action="store_true", help="smoke test: 1M tokens, 1 repeat")
+    ap.add_argument("--json", action="store_true",
+                    help="print one JSON object on stdout (the table goes to stderr)")
+    ap.add_argument("--exact-stationary", action="store_true",
+                    help="draw first tokens from streamfit.synthetic.stationary (dense eig, "
+                         "O(V^3): minutes at V=8192) instead of power iteration")
+    ap.add_argument("--no-pin", action="store_true",
+                    help="do not pin the process to one CPU (thread pools stay at 1)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.tokens, args.repeat = 1_000_000, 1
+    try:
+        windows = [int(w) for w in args.windows.split(",") if w.strip()]
+    except ValueError:
+        ap.error(f"--windows: expected comma-separated integers, not {args.windows!r}")
+    if not windows or any(w < 1 for w in windows) or args.repeat < 1 or args.tokens < 1 \
+            or args.doc_len < 1 or args.vocab < 2:
+        ap.error("windows, --repeat, --tokens, --doc-len must be >= 1 and --vocab >= 2")
+
+    start = time.perf_counter()
+    pinned = None
+    if not args.no_pin and hasattr(os, "sched_setaffinity"):
+        cpu = min(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpu})
+        pinned = [cpu]
+    pa.set_cpu_count(1)
+    pa.set_io_thread_count(1)
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench_accumulate-"))
+    try:
+        tokens, offsets, files, params, how = prepare_corpus(args, workdir)
+        log("warming up (JIT compile on a tiny input, not timed)")
+        warm_up(workdir, windows, args.vocab)
+        results = []
+        for m in windows:
+            log(f"window m = {m}")
+            results.append(bench_window(tokens, offsets, files, m, args.vocab, args.repeat))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    by_w = {r["window"]: r for r in results}
+    r1 = by_w.get(1)
+    target = {"tokens_per_s": TARGET_TOKENS_PER_S, "ratio": TARGET_RATIO, "window": 1}
+    for cand in ("kernel", "end_to_end"):
+        target[f"{cand}_rate_met"] = None if r1 is None else \
+            bool(r1["tokens_per_s"][cand] >= TARGET_TOKENS_PER_S)
+        target[f"{cand}_ratio_met"] = None if r1 is None else \
+            bool(r1["ratios"][f"{cand}_vs_best_baseline"] >= TARGET_RATIO)
+    report = {
+        "benchmark": "streamfit accumulate", "single_process": True, "threads": 1,
+        "corpus": {**params, "files": len(files), "source": how,
+                   "data_dir": str(Path(args.data).resolve()) if args.data else None},
+        "repeat": args.repeat, "timer": "time.perf_counter, best of repeat, interleaved",
+        "environment": environment(pinned), "results": results, "target": target,
+        "ok": all(r["check"] == "OK" for r in results),
+        "run_seconds": time.perf_counter() - start,
+    }
+    table = format_table(report)
+    if args.json:
+        log(table)
+        print(json.dumps(report, indent=1))
+    else:
+        print(table)
+    if not report["ok"]:
+        log("correctness check FAILED")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
