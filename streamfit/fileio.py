@@ -91,3 +91,92 @@ def verify(path: Path, expected: dict) -> None:
     got = file_digest(path)
     if got != {"size": expected["size"], "sha256": expected["sha256"]}:
         raise FormatError(f"{path}: checksum mismatch (corrupted or replaced)")
+
+
+class NpyWriter:
+    """Append rows to a 1-d .npy whose length is known only at the end: a fixed-size
+    header is written first and rewritten with the final length on `close`, so the file
+    is a plain .npy any numpy can memory-map. Write to a temporary name and rename."""
+
+    HEADER_BYTES = 128
+
+    def __init__(self, path: Path, dtype):
+        self.path = Path(path)
+        self.dtype = np.dtype(dtype)
+        self.n = 0
+        self._fh = open(self.path, "wb")
+        self._fh.write(self._header(0))
+
+    def _header(self, n: int) -> bytes:
+        body = repr({"descr": np.lib.format.dtype_to_descr(self.dtype),
+                     "fortran_order": False, "shape": (n,)}).encode("latin1")
+        pad = self.HEADER_BYTES - 10 - len(body) - 1
+        return b"\x93NUMPY\x01\x00" + (self.HEADER_BYTES - 10).to_bytes(2, "little") + \
+            body + b" " * pad + b"\n"
+
+    def append(self, values: np.ndarray) -> None:
+        values = np.ascontiguousarray(values, dtype=self.dtype)
+        self._fh.write(values.tobytes())
+        self.n += values.size
+
+    def close(self) -> None:
+        self._fh.seek(0)
+        self._fh.write(self._header(self.n))
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+
+
+class DirectoryLock:
+    """An exclusive advisory lock on a directory (fcntl.flock on DIR/.lock): held while a
+    process writes there, released by the kernel if the process dies."""
+
+    def __init__(self, directory: Path):
+        self.path = Path(directory) / ".lock"
+
+    def __enter__(self) -> "DirectoryLock":
+        import fcntl
+
+        from .errors import StreamfitError
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._fh.seek(0)
+            holder = self._fh.read().strip() or "another process"
+            self._fh.close()
+            raise StreamfitError(f"{self.path.parent} is in use by {holder}: one writer at a "
+                                 f"time; wait for it to finish (or use another directory)") from None
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(f"pid {os.getpid()}")
+        self._fh.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import fcntl
+
+        fcntl.flock(self._fh, fcntl.LOCK_UN)
+        self._fh.close()
+
+
+_FAULTS: dict[str, int] | None = None
+
+
+def fault_point(name: str) -> None:
+    """Fault injection for crash tests: with STREAMFIT_FAULT="name:n", the n-th time this
+    point is reached the process kills itself with SIGKILL (no cleanup, like power loss)."""
+    global _FAULTS
+    if _FAULTS is None:
+        spec = os.environ.get("STREAMFIT_FAULT", "")
+        _FAULTS = {}
+        for item in filter(None, spec.split(",")):
+            point, _, count = item.partition(":")
+            _FAULTS[point] = int(count or 1)
+    if name in _FAULTS:
+        _FAULTS[name] -= 1
+        if _FAULTS[name] <= 0:
+            import signal
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -129,19 +129,27 @@ def _checksum(arrays: dict) -> str:
     return h.hexdigest()
 
 
-def save(stats: Statistics, directory: str | os.PathLike) -> dict:
-    """Write statistics to `directory` crash-safely; returns the manifest."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    generation = uuid.uuid4().hex[:12]
-    arrays = {}
-    for name in ARRAYS:
-        fname = f"F-{generation}.{name}.npy"
-        entry = save_npy(directory / fname, getattr(stats, name))
-        arr = getattr(stats, name)
-        arrays[name] = {"file": fname, "dtype": str(arr.dtype), "shape": list(arr.shape), **entry}
-    manifest = {**stats.header(), "arrays": arrays, "checksum": _checksum(arrays),
-                "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+def header_checksum(manifest: dict) -> str:
+    """sha256 of the manifest's own fields (all but `written` and itself): an edited or
+    damaged manifest is caught on load without reading the arrays."""
+    body = {k: v for k, v in manifest.items() if k not in ("written", "header_checksum")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def new_generation() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def array_file(generation: str, name: str) -> str:
+    return f"F-{generation}.{name}.npy"
+
+
+def commit(directory: Path, header: dict, arrays: dict) -> dict:
+    """Make arrays already written in `directory` the statistics there: atomically replace
+    the manifest, then delete arrays and temporary files no manifest names."""
+    manifest = {**header, "arrays": arrays, "checksum": _checksum(arrays)}
+    manifest["header_checksum"] = header_checksum(manifest)
+    manifest["written"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_json(directory / MANIFEST, manifest)
     keep = {a["file"] for a in arrays.values()}
     for p in directory.glob("F-*.npy"):
@@ -150,6 +158,20 @@ def save(stats: Statistics, directory: str | os.PathLike) -> dict:
     for p in directory.glob(".*.tmp-*"):  # leftovers of killed writes
         p.unlink(missing_ok=True)
     return manifest
+
+
+def save(stats: Statistics, directory: str | os.PathLike) -> dict:
+    """Write statistics to `directory` crash-safely; returns the manifest."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    generation = new_generation()
+    arrays = {}
+    for name in ARRAYS:
+        fname = array_file(generation, name)
+        arr = getattr(stats, name)
+        entry = save_npy(directory / fname, arr)
+        arrays[name] = {"file": fname, "dtype": str(arr.dtype), "shape": list(arr.shape), **entry}
+    return commit(directory, stats.header(), arrays)
 
 
 def read_manifest(directory: str | os.PathLike) -> dict:
@@ -168,6 +190,8 @@ def read_manifest(directory: str | os.PathLike) -> dict:
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise FormatError(f"{path}: schema version {manifest.get('schema_version')}, this "
                           f"streamfit reads {SCHEMA_VERSION}")
+    if manifest.get("header_checksum") != header_checksum(manifest):
+        raise FormatError(f"{path}: manifest checksum mismatch (edited or damaged)")
     return manifest
 
 

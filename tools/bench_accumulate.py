@@ -35,7 +35,7 @@ Single process, one core
     the process is pinned to one CPU with ``os.sched_setaffinity``.
 
 Rerun
-    /work/venv/bin/python tools/bench_accumulate.py                 # full size (~1-2 min)
+    /work/venv/bin/python tools/bench_accumulate.py                 # full size (~6-7 min on 2-core EPYC)
     /work/venv/bin/python tools/bench_accumulate.py --quick         # 1M tokens, 1 repeat
     /work/venv/bin/python tools/bench_accumulate.py --json > bench.json
     /work/venv/bin/python tools/bench_accumulate.py --data /tmp/bench-corpus   # keep/reuse
