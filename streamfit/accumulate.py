@@ -26,17 +26,22 @@ MAX_LOAD = 0.5
 
 
 class CountTable:
-    """Open-addressing hash table of packed (feature, class) keys to sums."""
+    """Open-addressing hash table of packed (feature, class) keys to sums; keys and values
+    interleaved in one int64 array (float sums through a float64 view of it)."""
 
     def __init__(self, value_dtype: type, capacity_bits: int = 16):
-        self.value_dtype = value_dtype
+        self.value_dtype = np.dtype(value_dtype)
         self._allocate(capacity_bits)
-        self.n_used = 0
 
     def _allocate(self, bits: int) -> None:
         self.bits = bits
-        self.keys = np.full(1 << bits, kernels.EMPTY, dtype=np.int64)
-        self.vals = np.zeros(1 << bits, dtype=self.value_dtype)
+        self.slots = np.zeros(2 << bits, dtype=np.int64)
+        self.slots[0::2] = kernels.EMPTY
+        self.vals = self.slots if self.value_dtype == np.int64 else self.slots.view(np.float64)
+        self.n_used = 0
+
+    def clear(self, capacity_bits: int = 16) -> None:
+        self._allocate(capacity_bits)
 
     @property
     def shift(self) -> int:
@@ -48,18 +53,20 @@ class CountTable:
 
     @property
     def nbytes(self) -> int:
-        return self.keys.nbytes + self.vals.nbytes
+        return self.slots.nbytes
 
     def grow(self) -> None:
-        old_keys, old_vals = self.keys, self.vals
-        self._allocate(self.bits + 1)
-        kernels.rehash(old_keys, old_vals, self.keys, self.vals, self.shift)
+        """Double the capacity (quadruple while small: rehashing is the cost of growth)."""
+        old, n_used = self.slots, self.n_used
+        self._allocate(self.bits + (2 if self.bits < 22 else 1))
+        kernels.rehash(old, self.slots, self.shift)
+        self.n_used = n_used
 
     def add_windows(self, tokens: np.ndarray, doc_offsets: np.ndarray, window: int) -> None:
         doc, pos, n_docs = 0, 0, doc_offsets.size - 1
         while True:
             doc, pos, self.n_used = kernels.count_windows(
-                tokens, doc_offsets, window, doc, pos, self.keys, self.vals,
+                tokens, doc_offsets, window, doc, pos, self.slots, self.vals,
                 self.n_used, self.max_used, self.shift)
             if doc == n_docs:
                 return
@@ -70,16 +77,22 @@ class CountTable:
         while True:
             row, self.n_used = kernels.add_feature_rows(
                 rows.indptr, rows.indices, rows.values, rows.labels, row,
-                self.keys, self.vals, self.n_used, self.max_used, self.shift)
+                self.slots, self.vals, self.n_used, self.max_used, self.shift)
             if row == rows.n_rows:
                 return
             self.grow()
 
     def items(self) -> tuple[np.ndarray, np.ndarray]:
         """Occupied (key, value) pairs sorted by key."""
-        occupied = self.keys != kernels.EMPTY
-        keys, vals = self.keys[occupied], self.vals[occupied]
-        order = np.argsort(keys, kind="stable")
+        keys = np.empty(self.n_used, dtype=np.int64)
+        vals = np.empty(self.n_used, dtype=self.value_dtype)
+        lm = self.value_dtype == np.int64
+        if kernels.sorted_items(self.slots, self.vals, self.n_used,
+                                kernels.TOKEN_BITS if lm else kernels.LABEL_BITS, lm, keys, vals):
+            return keys, vals
+        occupied = self.slots[0::2] != kernels.EMPTY
+        keys, vals = self.slots[0::2][occupied], self.vals[1::2][occupied]
+        order = np.argsort(keys)
         return keys[order], vals[order]
 
 

@@ -103,15 +103,14 @@ def token_arrays(batch: pa.RecordBatch, column: str = "tokens",
     if tokens.dtype not in (np.int32, np.int64):
         tokens = tokens.astype(np.int64)
     limit = MAX_TOKEN_ID if vocab_size is None else vocab_size - 1
-    if tokens.size:
+    if tokens.size and (tokens.min() < 0 or tokens.max() > limit):  # cheap test first
         bad = np.flatnonzero((tokens < 0) | (tokens > limit))
-        if bad.size:
-            value = int(tokens[bad[0]])
-            what = ("negative token id" if value < 0 else
-                    f"token id {value} out of range for vocabulary size {vocab_size}"
-                    if vocab_size is not None else f"token id {value} above {MAX_TOKEN_ID}")
-            raise InputError(f"{what} ({value})" if value < 0 else what,
-                             row=_first_row(offsets, bad), column=column)
+        value = int(tokens[bad[0]])
+        what = ("negative token id" if value < 0 else
+                f"token id {value} out of range for vocabulary size {vocab_size}"
+                if vocab_size is not None else f"token id {value} above {MAX_TOKEN_ID}")
+        raise InputError(f"{what} ({value})" if value < 0 else what,
+                         row=_first_row(offsets, bad), column=column)
     return TokenArrays(np.ascontiguousarray(tokens), offsets)
 
 

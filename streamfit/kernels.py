@@ -38,31 +38,33 @@ def _slot(key, shift):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _add(keys, vals, key, value, shift, mask):
-    """Add `value` at `key`; returns 1 if the key was new, else 0."""
+def _add(slots, vals, key, value, shift, mask):
+    """Add `value` at `key`; returns 1 if the key was new, else 0. Slot h holds its key at
+    slots[2h] and its value at vals[2h + 1] (vals: slots itself, or a float64 view of it),
+    so a probe touches one cache line."""
     h = _slot(key, shift)
     while True:
-        k = keys[h]
+        k = slots[2 * h]
         if k == key:
-            vals[h] += value
+            vals[2 * h + 1] += value
             return 0
         if k == EMPTY:
-            keys[h] = key
-            vals[h] = value
+            slots[2 * h] = key
+            vals[2 * h + 1] = value
             return 1
         h = (h + 1) & mask
 
 
 @njit(cache=True, nogil=True)
 def count_windows(tokens, doc_offsets, window, start_doc, start_pos,
-                  keys, vals, n_used, max_used, shift):
+                  slots, vals, n_used, max_used, shift):
     """Count (position k, context token, next token) for every token of every document.
 
     tokens: int32/int64 token ids, documents concatenated; doc_offsets: int64, n_docs + 1.
     Context positions before a document's start are BOS. Resumes at (start_doc, start_pos)
     and returns (doc, pos, n_used); doc == n_docs when the batch is done.
     """
-    mask = keys.size - 1
+    mask = slots.size // 2 - 1
     n_docs = doc_offsets.size - 1
     for d in range(start_doc, n_docs):
         lo = doc_offsets[d]
@@ -76,20 +78,20 @@ def count_windows(tokens, doc_offsets, window, start_doc, start_pos,
                 j = t - 1 - k
                 ctx = np.int64(tokens[j]) if j >= lo else np.int64(BOS_KEY)
                 key = (np.int64(k) << 56) | (ctx << TOKEN_BITS) | target
-                n_used += _add(keys, vals, key, np.int64(1), shift, mask)
+                n_used += _add(slots, vals, key, np.int64(1), shift, mask)
     return n_docs, 0, n_used
 
 
 @njit(cache=True, nogil=True)
 def add_feature_rows(indptr, indices, values, labels, start_row,
-                     keys, vals, n_used, max_used, shift):
+                     slots, vals, n_used, max_used, shift):
     """Add each row's normalised features x / sum(x) at (feature, label).
 
     Rows are CSR (indptr int64, indices int64, values float64), values already checked
     finite and non-negative. Rows whose sum is zero add nothing. Resumes at `start_row`
     and returns (row, n_used); row == n_rows when the batch is done.
     """
-    mask = keys.size - 1
+    mask = slots.size // 2 - 1
     n_rows = indptr.size - 1
     for r in range(start_row, n_rows):
         lo = indptr[r]
@@ -106,22 +108,98 @@ def add_feature_rows(indptr, indices, values, labels, start_row,
             v = values[p]
             if v != 0.0:
                 key = (np.int64(indices[p]) << LABEL_BITS) | label
-                n_used += _add(keys, vals, key, v / total, shift, mask)
+                n_used += _add(slots, vals, key, v / total, shift, mask)
     return n_rows, n_used
 
 
 @njit(cache=True, nogil=True)
-def rehash(old_keys, old_vals, keys, vals, shift):
-    """Insert every occupied slot of the old table into the (larger, empty) new one."""
-    mask = keys.size - 1
-    for i in range(old_keys.size):
-        k = old_keys[i]
+def rehash(old_slots, slots, shift):
+    """Move every occupied slot of the old table into the (larger, empty) new one."""
+    mask = slots.size // 2 - 1
+    for i in range(old_slots.size // 2):
+        k = old_slots[2 * i]
         if k != EMPTY:
             h = _slot(k, shift)
-            while keys[h] != EMPTY:
+            while slots[2 * h] != EMPTY:
                 h = (h + 1) & mask
-            keys[h] = k
-            vals[h] = old_vals[i]
+            slots[2 * h] = k
+            slots[2 * h + 1] = old_slots[2 * i + 1]
+
+
+@njit(cache=True, nogil=True)
+def sorted_items(slots, vals, n_used, row_bits, lm_rows, out_keys, out_vals):
+    """The occupied (key, value) pairs in key order, by a counting sort on the row part of
+    the key (key >> row_bits) and a sort of each row's few keys: linear, unlike a full sort.
+
+    lm_rows: rows are (k, context) with context BOS_KEY mapped to a dense index, else rows
+    are plain feature ids. Fills out_keys / out_vals (size n_used) and returns True, or
+    returns False without sorting when the rows are too sparse for a counting sort.
+    """
+    n_slots = slots.size // 2
+    # dense row index: lm keys hold (k << 28 | ctx) above the target bits.
+    max_ctx = -1
+    max_row = -1
+    for i in range(n_slots):
+        key = slots[2 * i]
+        if key != EMPTY:
+            r = key >> row_bits
+            if lm_rows:
+                ctx = r & TOKEN_MASK
+                if ctx != BOS_KEY and ctx > max_ctx:
+                    max_ctx = ctx
+                k = r >> TOKEN_BITS
+                if k > max_row:
+                    max_row = k
+            elif r > max_row:
+                max_row = r
+    width = max_ctx + 2  # contexts 0..max_ctx, then BOS
+    n_rows = (max_row + 1) * width if lm_rows else max_row + 1
+    if n_rows > 4 * n_used + 4096:
+        return False
+    counts = np.zeros(n_rows + 1, np.int64)
+    for i in range(n_slots):
+        key = slots[2 * i]
+        if key != EMPTY:
+            counts[_dense_row(key, row_bits, lm_rows, width) + 1] += 1
+    for r in range(n_rows):
+        counts[r + 1] += counts[r]
+    fill = counts[:-1].copy()
+    for i in range(n_slots):
+        key = slots[2 * i]
+        if key != EMPTY:
+            r = _dense_row(key, row_bits, lm_rows, width)
+            p = fill[r]
+            out_keys[p] = key
+            out_vals[p] = vals[2 * i + 1]
+            fill[r] = p + 1
+    for r in range(n_rows):
+        lo = counts[r]
+        hi = counts[r + 1]
+        if hi - lo <= 16:
+            for i in range(lo + 1, hi):  # insertion sort
+                k = out_keys[i]
+                v = out_vals[i]
+                j = i - 1
+                while j >= lo and out_keys[j] > k:
+                    out_keys[j + 1] = out_keys[j]
+                    out_vals[j + 1] = out_vals[j]
+                    j -= 1
+                out_keys[j + 1] = k
+                out_vals[j + 1] = v
+        else:
+            order = np.argsort(out_keys[lo:hi])
+            out_keys[lo:hi] = out_keys[lo:hi][order]
+            out_vals[lo:hi] = out_vals[lo:hi][order]
+    return True
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _dense_row(key, row_bits, lm_rows, width):
+    r = key >> row_bits
+    if lm_rows:
+        ctx = r & TOKEN_MASK
+        return (r >> TOKEN_BITS) * width + (width - 1 if ctx == BOS_KEY else ctx)
+    return r
 
 
 @njit(cache=True, nogil=True)

@@ -2,10 +2,17 @@
 """Benchmark: accumulate throughput (tokens/s), single process, one core.
 
 What it measures
-    For each context window m (``--windows``, default ``1,3``), on a synthetic first-order
-    Markov corpus (``streamfit.synthetic``; default 30M tokens, vocabulary 8192, documents
-    of 1000 tokens) that is also written to Parquet (``tokens: list<int32>``, row groups of
-    1000 documents):
+    For each context window m (``--windows``, default ``1,3``), on a corpus held in memory and
+    also written to Parquet (``tokens: list<int32>``):
+
+    ``--corpus stdlib`` (default) real text: the embedded default corpus's train split
+                (tools/make_stdlib_corpus.py, ~6.2M tokens, vocabulary 8192) repeated
+                ``--copies`` times (default 5). Repetition adds no new distinct keys, which
+                favours a hash table; one copy alone gives similar per-token rates.
+    ``--corpus markov`` a synthetic first-order Markov chain (``streamfit.synthetic``;
+                default 30M tokens, vocabulary 8192, documents of 1000 tokens) whose spread
+                rows make most bigrams distinct: the worst case for a hash table, whose
+                every insert is then a cache miss.
 
     kernel      ``CountTable.add_windows`` over the in-memory token arrays (numba JIT warmed
                 on a tiny input first, so compile time is not measured); the sort of the
@@ -71,7 +78,7 @@ import scipy  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
 import streamfit  # noqa: E402
-from streamfit import kernels_reference, synthetic  # noqa: E402
+from streamfit import kernels_reference  # noqa: E402
 from streamfit.accumulate import CountTable  # noqa: E402
 from streamfit.synthetic import markov_chain, sample_documents  # noqa: E402
 
@@ -92,41 +99,14 @@ def corpus_params(args) -> dict:
     n_docs = max(1, -(-args.tokens // args.doc_len))
     return {"tokens": n_docs * args.doc_len, "n_docs": n_docs, "vocab": args.vocab,
             "doc_len": args.doc_len, "concentration": args.concentration, "seed": args.seed,
-            "row_group_docs": ROW_GROUP_DOCS, "docs_per_file": DOCS_PER_FILE,
-            "stationary": "eig" if args.exact_stationary else "power"}
+            "row_group_docs": ROW_GROUP_DOCS, "docs_per_file": DOCS_PER_FILE}
 
 
-def power_stationary(transition: np.ndarray) -> np.ndarray:
-    """The stationary distribution by power iteration: O(V^2) per step, against the O(V^3)
-    dense eigendecomposition of `streamfit.synthetic.stationary` (minutes at V = 8192 on
-    one thread). Falls back to the package's own function if it does not converge."""
-    n = transition.shape[0]
-    pi = np.full(n, 1.0 / n)
-    for _ in range(10_000):
-        new = pi @ transition
-        new /= new.sum()
-        if np.abs(new - pi).sum() < 1e-14:
-            return new
-        pi = new
-    return _package_stationary(transition)
-
-
-_package_stationary = synthetic.stationary
-
-
-def generate(params: dict, exact_stationary: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def generate(params: dict) -> tuple[np.ndarray, np.ndarray]:
     transition = markov_chain(params["vocab"], concentration=params["concentration"],
                               seed=params["seed"])
-    # sample_documents draws each document's first token from the chain's stationary
-    # distribution; unless --exact-stationary, that distribution comes from power_stationary.
-    if not exact_stationary:
-        synthetic.stationary = power_stationary
-    try:
-        tokens, offsets = sample_documents(transition, params["n_docs"], params["doc_len"],
-                                           seed=params["seed"] + 1, dtype=np.int32)
-    finally:
-        synthetic.stationary = _package_stationary
-    return tokens, offsets
+    return sample_documents(transition, params["n_docs"], params["doc_len"],
+                            seed=params["seed"] + 1, dtype=np.int32)
 
 
 def write_parquet(directory: Path, tokens: np.ndarray, offsets: np.ndarray) -> list[Path]:
@@ -153,8 +133,27 @@ def read_parquet(files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(tokens), offsets - offsets[0]
 
 
+def stdlib_tokens(copies: int) -> tuple[np.ndarray, np.ndarray]:
+    """The embedded default corpus's train split (built if missing), `copies` times over."""
+    corpus = Path(__file__).resolve().parent.parent / "data" / "stdlib"
+    if not (corpus / "corpus.json").exists():
+        import subprocess
+        subprocess.run([sys.executable, str(Path(__file__).with_name("make_stdlib_corpus.py")),
+                        "--out", str(corpus), "--quiet"], check=True)
+    tokens, offsets = read_parquet([corpus / "train.parquet"])
+    n = tokens.size
+    all_offsets = np.concatenate([offsets[:-1] + i * n for i in range(copies)] + [[copies * n]])
+    return np.tile(tokens, copies), all_offsets.astype(np.int64)
+
+
 def prepare_corpus(args, workdir: Path) -> tuple[np.ndarray, np.ndarray, list[Path], dict, str]:
     """(tokens, doc_offsets, parquet files, params, how): generated, or reused from --data."""
+    if args.corpus == "stdlib":
+        tokens, offsets = stdlib_tokens(args.copies)
+        files = write_parquet(workdir, tokens, offsets)
+        args.vocab = int(tokens.max()) + 1
+        return tokens, offsets, files, {"corpus": "stdlib train split", "copies": args.copies,
+                                        "tokens": int(tokens.size), "vocab": args.vocab}, "stdlib"
     params = corpus_params(args)
     directory = Path(args.data) if args.data else workdir / "corpus"
     directory.mkdir(parents=True, exist_ok=True)
@@ -174,7 +173,7 @@ def prepare_corpus(args, workdir: Path) -> tuple[np.ndarray, np.ndarray, list[Pa
             if f.exists() and f.parent == directory:
                 f.unlink()
     t0 = time.perf_counter()
-    tokens, offsets = generate(params, params["stationary"] == "eig")
+    tokens, offsets = generate(params)
     t1 = time.perf_counter()
     files = write_parquet(directory, tokens, offsets)
     meta_path.write_text(json.dumps({"params": params, "files": [f.name for f in files]},
@@ -326,9 +325,11 @@ def format_table(report: dict) -> str:
         "streamfit accumulate benchmark — single process, one core "
         f"(pinned to CPU {env['pinned_cpus']}, NUMBA_NUM_THREADS={env['numba_num_threads']}, "
         f"arrow threads={env['arrow_cpu_count']})",
-        f"corpus: {c['tokens']:,} tokens, {c['n_docs']:,} docs x {c['doc_len']}, vocab "
-        f"{c['vocab']}, first-order Markov (concentration {c['concentration']}, seed "
-        f"{c['seed']}), {c['files']} Parquet file(s), row groups of {c['row_group_docs']} docs",
+        (f"corpus: {c['tokens']:,} tokens, vocab {c['vocab']}, the stdlib corpus's train split "
+         f"x {c['copies']} (real text), {c['files']} Parquet file(s)" if "copies" in c else
+         f"corpus: {c['tokens']:,} tokens, {c['n_docs']:,} docs x {c['doc_len']}, vocab "
+         f"{c['vocab']}, first-order Markov (concentration {c['concentration']}, seed "
+         f"{c['seed']}), {c['files']} Parquet file(s), row groups of {c['row_group_docs']} docs"),
         f"best of {report['repeat']} (interleaved); {env['cpu_model']}; python {env['python']}, "
         f"numpy {env['numpy']}, numba {env['numba']}, scipy {env['scipy']}, "
         f"pyarrow {env['pyarrow']}; {env['cpu_count']} CPUs",
@@ -369,6 +370,12 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=30_000_000, help="corpus size (default 30M)")
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--doc-len", type=int, default=1000)
+    ap.add_argument("--corpus", choices=("stdlib", "markov"), default="stdlib",
+                    help="stdlib: real text, the default corpus's train split repeated --copies "
+                         "times (repetition adds no new keys, which favours a hash table: say "
+                         "so when quoting); markov: a synthetic chain whose spread rows make "
+                         "almost every bigram new — the worst case for hashing (default: stdlib)")
+    ap.add_argument("--copies", type=int, default=5, help="stdlib repetitions (default: 5)")
     ap.add_argument("--concentration", type=float, default=0.05,
                     help="Dirichlet concentration of the transition rows")
     ap.add_argument("--seed", type=int, default=0)
@@ -379,14 +386,11 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke test: 1M tokens, 1 repeat")
     ap.add_argument("--json", action="store_true",
                     help="print one JSON object on stdout (the table goes to stderr)")
-    ap.add_argument("--exact-stationary", action="store_true",
-                    help="draw first tokens from streamfit.synthetic.stationary (dense eig, "
-                         "O(V^3): minutes at V=8192) instead of power iteration")
     ap.add_argument("--no-pin", action="store_true",
                     help="do not pin the process to one CPU (thread pools stay at 1)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.tokens, args.repeat = 1_000_000, 1
+        args.tokens, args.repeat, args.copies = 1_000_000, 1, 1
     try:
         windows = [int(w) for w in args.windows.split(",") if w.strip()]
     except ValueError:
