@@ -127,6 +127,7 @@ class Accumulator:
         self.empty_rows = 0
         self.max_label = -1
         self.max_width = 0
+        self.max_id = -1  # largest token id (lm) or feature index (classify) seen
         self.dense_width: int | None = None  # row length of the dense features seen so far
         self.sources: list[dict] = []
 
@@ -164,6 +165,8 @@ class Accumulator:
         """Add documents given as numpy arrays (already validated, e.g. by token_arrays)."""
         self.table.add_windows(arrays.tokens, arrays.doc_offsets, self.window)
         self.n_examples += arrays.n_tokens
+        if arrays.n_tokens:
+            self.max_id = max(self.max_id, int(arrays.tokens.max()))
 
     def add_rows(self, rows: FeatureRows) -> None:
         """Add feature rows given as numpy arrays (already validated, e.g. by feature_rows)."""
@@ -175,7 +178,19 @@ class Accumulator:
         self.l1_sum += float(sums.sum())
         if rows.n_rows:
             self.max_label = max(self.max_label, int(rows.labels.max()))
+        if rows.indices.size:
+            self.max_id = max(self.max_id, int(rows.indices.max()))
         self.max_width = max(self.max_width, rows.n_features)
+
+    def take(self) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Hand over what was added since the last take — sorted (key, value) pairs and the
+        counts — and start empty again (sizes seen so far are kept). What a spill writes."""
+        keys, vals = self.table.items()
+        counts = {"n_examples": self.n_examples, "l1_sum": self.l1_sum,
+                  "empty_rows": self.empty_rows}
+        self.table.clear()
+        self.n_examples, self.l1_sum, self.empty_rows = 0, 0.0, 0
+        return keys, vals, counts
 
     def stats(self) -> Statistics:
         """The statistics of everything added so far (the accumulator stays usable)."""

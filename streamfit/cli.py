@@ -16,13 +16,13 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .accumulate import accumulator_for, consume
 from .errors import StreamfitError
 from .evaluate import evaluate, iter_examples, predict
 from .model import load_model, read_sidecar, sidecar_path
 from .reading import DEFAULT_BATCH_ROWS, resolve_paths
 from .solve import DEFAULT_SMOOTHING, FORMS, finalize
-from .stats import MANIFEST, load, merge, read_manifest, save
+from .pipeline import CHECKPOINT_SECONDS, DEFAULT_MEMORY, accumulate_into, parse_size
+from .stats import load, merge, read_manifest, save
 
 DEFAULT_STATS = "streamfit-stats"
 DEFAULT_FORM = "calibrated"
@@ -51,42 +51,21 @@ def _progress(args) -> bool:
 
 
 def cmd_accumulate(args) -> int:
-    files = resolve_paths(args.paths)
-    stats_dir = Path(args.stats)
-    previous = None
-    if (stats_dir / MANIFEST).exists() and not args.overwrite:
-        previous = load(stats_dir, mmap=False)
-    acc = accumulator_for(files, args.task or (previous.task if previous else None),
-                          window=args.window if previous is None or args.window_given else previous.window,
-                          vocab_size=args.vocab_size, n_classes=args.classes,
-                          n_features=args.n_features, **_columns(args))
-    skip: set[tuple[str, int]] = set()
-    if previous is not None:
-        if (previous.task, previous.window) != (acc.task, acc.window):
-            raise StreamfitError(
-                f"{stats_dir} holds {previous.task} statistics with window {previous.window}, "
-                f"not {acc.task} window {acc.window}: use another --stats directory or --overwrite")
-        for src in previous.sources:
-            now = Path(src["path"])
-            if now.exists() and now.stat().st_size != src["size"]:
-                raise StreamfitError(f"{now} changed since it was accumulated into {stats_dir} "
-                                     f"(size {src['size']} → {now.stat().st_size}): use --overwrite")
-            skip |= {(src["path"], rg) for rg in src["row_groups"]}
-    consume(acc, files, skip=skip, batch_rows=args.batch_rows, progress=_progress(args))
-    stats = acc.stats()
-    if previous is not None:
-        if not stats.sources:
-            print(f"{stats_dir}: every row group of these files is already counted; nothing to add")
-            return 0
-        stats = merge(previous, stats)
-    if stats.n_examples == 0:
-        names = ", ".join(map(str, files[:3])) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
-        raise StreamfitError(f"{names}: no examples (no rows, or no tokens): nothing to accumulate")
-    save(stats, stats_dir)
-    what = "tokens" if stats.task == "lm" else "rows"
-    print(f"{stats_dir}: {stats.task} statistics, {stats.n_examples:,} {what}, "
-          f"{stats.n_features:,} features × {stats.n_classes:,} classes, {stats.nnz:,} non-zeros"
-          + (f", {stats.empty_rows:,} all-zero rows skipped" if stats.empty_rows else ""))
+    sizes = dict(vocab_size=args.vocab_size, n_classes=args.classes, n_features=args.n_features)
+    summary = accumulate_into(args.stats, args.paths, task=args.task, window=args.window,
+                              overwrite=args.overwrite, memory=parse_size(args.memory),
+                              temp=args.temp, jobs=args.jobs, batch_rows=args.batch_rows,
+                              checkpoint_seconds=args.checkpoint,
+                              progress=_progress(args), **sizes, **_columns(args))
+    if summary["unchanged"]:
+        print(f"{args.stats}: every row group of these files is already counted; nothing to add")
+        return 0
+    what = "tokens" if summary["task"] == "lm" else "rows"
+    print(f"{args.stats}: {summary['task']} statistics, {summary['n_examples']:,} {what}, "
+          f"{summary['n_features']:,} features × {summary['n_classes']:,} classes, "
+          f"{summary['nnz']:,} non-zeros"
+          + (f", {summary['empty_rows']:,} all-zero rows skipped" if summary["empty_rows"] else "")
+          + (" (resumed an interrupted run)" if summary["resumed"] else ""))
     return 0
 
 
@@ -229,8 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("accumulate", help="stream Parquet files into sufficient statistics",
                        description="Count co-occurrence statistics of Parquet files in one "
-                       "streaming pass. Into an existing statistics directory, only row groups "
-                       "not yet counted are added (re-running is safe); --overwrite starts over.")
+                       "streaming pass, within --memory (spilling sorted runs to disk) on --jobs "
+                       "processes. Into an existing statistics directory, only row groups not "
+                       "yet counted are added (re-running is safe); --overwrite starts over. A "
+                       "killed run resumes where its last spill left off when run again.")
     p.add_argument("paths", nargs="+", metavar="PATHS", help="Parquet files, globs or directories")
     p.add_argument("--stats", default=DEFAULT_STATS, metavar="DIR",
                    help=f"statistics directory (default: ./{DEFAULT_STATS})")
@@ -245,7 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classify: fix the number of classes (default: largest label + 1)")
     p.add_argument("--n-features", type=int, metavar="D",
                    help="classify: fix the number of features (default: discovered)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing statistics")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing statistics (and drop an interrupted run's work)")
+    p.add_argument("--memory", default=f"{DEFAULT_MEMORY >> 30}G", metavar="SIZE",
+                   help="memory budget, e.g. 512M or 4G: statistics beyond it are spilled to "
+                        "disk as sorted runs and merged at the end (default: %(default)s)")
+    p.add_argument("--temp", metavar="DIR",
+                   help="where spilled runs and the resume journal go (default: STATS/.work); "
+                        "an interrupted run resumes when rerun with the same --temp")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="worker processes, each on its own row groups (default: 1)")
+    p.add_argument("--checkpoint", type=float, default=CHECKPOINT_SECONDS, metavar="SECONDS",
+                   help="spill and journal at least this often, bounding the work a crash "
+                        "loses (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _column_options(p)
     p.set_defaults(func=cmd_accumulate)
@@ -327,10 +320,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "accumulate":
-        args.window_given = args.window is not None
-        if args.window is None:
-            args.window = 1
     if args.command == "finalize":
         if args.form is None:
             args.form = DEFAULT_FORM if args.heldout else "conditional"

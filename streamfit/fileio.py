@@ -128,38 +128,30 @@ class NpyWriter:
 
 
 class DirectoryLock:
-    """An exclusive advisory lock on a directory (fcntl.flock on DIR/.lock): held while a
-    process writes there, released by the kernel if the process dies."""
+    """An exclusive advisory lock on a directory itself (flock on its file descriptor):
+    held while a process writes there, released by the kernel if the process dies, and
+    leaves no file behind."""
 
     def __init__(self, directory: Path):
-        self.path = Path(directory) / ".lock"
+        self.path = Path(directory)
 
     def __enter__(self) -> "DirectoryLock":
         import fcntl
 
         from .errors import StreamfitError
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a+")
+        self._fd = os.open(self.path, os.O_RDONLY)
         try:
-            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self._fh.seek(0)
-            holder = self._fh.read().strip() or "another process"
-            self._fh.close()
-            raise StreamfitError(f"{self.path.parent} is in use by {holder}: one writer at a "
-                                 f"time; wait for it to finish (or use another directory)") from None
-        self._fh.seek(0)
-        self._fh.truncate()
-        self._fh.write(f"pid {os.getpid()}")
-        self._fh.flush()
+            os.close(self._fd)
+            raise StreamfitError(f"{self.path} is in use by another streamfit process: one "
+                                 f"writer at a time; wait for it to finish (or use another "
+                                 f"directory)") from None
         return self
 
     def __exit__(self, *exc) -> None:
-        import fcntl
-
-        fcntl.flock(self._fh, fcntl.LOCK_UN)
-        self._fh.close()
+        os.close(self._fd)  # closing the descriptor releases the lock
 
 
 _FAULTS: dict[str, int] | None = None

@@ -1,0 +1,390 @@
+"""The out-of-core accumulate: bounded memory, several processes, crash-safe resume.
+
+    units (file, row group) ─▶ workers: Accumulator, spilled to sorted runs at the budget
+        ─▶ journal (runs + units consumed, replaced atomically after every spill)
+        ─▶ k-way merge of the runs (+ the statistics already there) ─▶ statistics directory
+
+The journal lives in the work directory (default STATS/.work) and is written by the parent
+process alone. A run killed at any moment leaves the journal of its last spill: the next
+`accumulate` with the same options skips every row group (and every row of a row group in
+progress) that a journalled run holds, and ends with the same statistics as an
+uninterrupted run. The statistics directory is locked for the whole run.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import queue as queue_module
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .accumulate import Accumulator, accumulator_for
+from .errors import InputError, StreamfitError
+from .fileio import DirectoryLock, fault_point, write_json
+from .reading import DEFAULT_BATCH_ROWS, iter_batches, open_parquet, resolve_paths
+from .spill import merge_runs, remove_run, statistics_as_run, write_run
+from .stats import (FORMAT, MANIFEST, SCHEMA_VERSION, commit, load, new_generation)
+
+JOURNAL = "journal.json"
+DEFAULT_MEMORY = 2 << 30
+CHECKPOINT_SECONDS = 60.0
+
+
+def parse_size(text: str) -> int:
+    """'512M', '2G', '1.5GiB', '1000000' → bytes."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
+    number = t[:-1] if t[-1:] in "KMGT" else t
+    try:
+        size = int(float(number) * scale)
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (e.g. 512M, 2G)") from None
+    if size < 1 << 20:
+        raise ValueError(f"memory budget {text!r} is too small: at least 1M")
+    return size
+
+
+@dataclass
+class Job:
+    """What every worker needs to know (picklable: it crosses process boundaries)."""
+
+    task: str
+    options: dict          # Accumulator keyword options
+    batch_rows: int
+    budget: int            # bytes for this worker's table
+    work: str              # work directory
+    checkpoint_seconds: float
+
+
+@dataclass
+class Journal:
+    """What the runs in the work directory hold."""
+
+    options: dict
+    runs: list[dict] = field(default_factory=list)
+    done: dict[str, dict] = field(default_factory=dict)     # path -> {row group: rows}
+    partial: dict[str, dict] = field(default_factory=dict)  # path -> {row group: rows so far}
+    sizes: dict[str, int] = field(default_factory=dict)
+    counts: dict = field(default_factory=lambda: {"n_examples": 0, "l1_sum": 0.0, "empty_rows": 0})
+    extent: dict = field(default_factory=lambda: {"max_id": -1, "max_label": -1, "max_width": 0})
+
+    @classmethod
+    def load(cls, path: Path) -> "Journal":
+        raw = json.loads(path.read_text())
+        return cls(**raw)
+
+    def save(self, path: Path) -> None:
+        write_json(path, self.__dict__)
+
+    def record(self, msg: dict) -> None:
+        """Add one spill's report: its run, the units and rows it holds, its counts."""
+        if msg["run"] is not None:
+            self.runs.append(msg["run"])
+        for path, rg, rows in msg["done"]:
+            self.done.setdefault(path, {})[str(rg)] = rows
+            self.partial.get(path, {}).pop(str(rg), None)
+        for path, rg, rows in msg["partial"]:
+            self.partial.setdefault(path, {})[str(rg)] = rows
+        for k, v in msg["counts"].items():
+            self.counts[k] += v
+        for k, v in msg["extent"].items():
+            self.extent[k] = max(self.extent[k], v)
+
+    def units_done(self) -> set[tuple[str, int]]:
+        return {(p, int(rg)) for p, groups in self.done.items() for rg in groups}
+
+
+def _work(worker: int, units: list[tuple[str, int, int]], job: Job, report: Callable) -> None:
+    """Accumulate `units` (path, row group, rows already journalled), spilling a run and
+    reporting it whenever the table reaches the budget or a checkpoint is due."""
+    acc = Accumulator(job.task, **job.options)
+    work = Path(job.work)
+    done: list = []
+    last = time.monotonic()
+    current: tuple[str, int, int] | None = None
+
+    def spill() -> None:
+        nonlocal done, last
+        keys, vals, counts = acc.take()
+        run = write_run(work, keys, vals) if keys.size else None
+        report({"kind": "spill", "worker": worker, "run": run, "done": done,
+                "partial": [current] if current else [], "counts": counts,
+                "extent": {"max_id": acc.max_id, "max_label": acc.max_label,
+                           "max_width": acc.max_width}})
+        done, last = [], time.monotonic()
+
+    for path, rg, skip_rows in units:
+        rows = skip_rows
+        current = (path, rg, rows)
+        for b in iter_batches(Path(path), acc.input_columns, row_groups=[rg],
+                              batch_rows=job.batch_rows):
+            n = b.data.num_rows
+            if b.row_offset + n <= skip_rows:
+                continue
+            data = b.data.slice(max(0, skip_rows - b.row_offset))
+            try:
+                acc.update(data)
+            except InputError as exc:
+                raise exc.located(path=path, row_group=rg,
+                                  row_offset=b.row_offset + (n - data.num_rows)) from None
+            rows += data.num_rows
+            current = (path, rg, rows)
+            report({"kind": "progress", "rows": data.num_rows})
+            fault_point("after_batch")
+            if acc.table.nbytes >= job.budget // 4 or \
+                    time.monotonic() - last >= job.checkpoint_seconds:
+                spill()
+        done.append((path, rg, rows))
+        current = None
+    spill()
+
+
+def _die_with_parent() -> None:
+    """Linux: a worker gets SIGKILL when its parent dies, so a killed run leaves no orphan
+    writing runs (or holding the directory lock)."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _process_worker(worker, units, job, q) -> None:
+    _die_with_parent()
+    try:
+        _work(worker, units, job, q.put)
+        q.put({"kind": "finished", "worker": worker})
+    except StreamfitError as exc:
+        q.put({"kind": "error", "worker": worker, "message": str(exc)})
+    except Exception as exc:  # report, so the parent stops instead of waiting forever
+        q.put({"kind": "error", "worker": worker, "message": f"{type(exc).__name__}: {exc}"})
+
+
+def _run_workers(assignments: list[list], job: Job, on_report: Callable) -> None:
+    if len(assignments) == 1:
+        _work(0, assignments[0], job, on_report)
+        return
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    ctx = multiprocessing.get_context(method)
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_process_worker, args=(w, units, job, q), daemon=True)
+             for w, units in enumerate(assignments)]
+    for p in procs:
+        p.start()
+    running = len(procs)
+    try:
+        while running:
+            try:
+                msg = q.get(timeout=1.0)
+            except queue_module.Empty:
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead:
+                    raise StreamfitError(f"a worker process died (exit code {dead[0].exitcode}); "
+                                         f"run again to resume")
+                continue
+            if msg["kind"] == "finished":
+                running -= 1
+            elif msg["kind"] == "error":
+                raise _rebuild_error(msg["message"])
+            else:
+                on_report(msg)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join()
+
+
+def _rebuild_error(message: str) -> StreamfitError:
+    return InputError(message) if ": " in message else StreamfitError(message)
+
+
+def accumulate_into(stats_dir: str | os.PathLike, paths, *, task: str | None = None,
+                    window: int | None = None, overwrite: bool = False,
+                    memory: int = DEFAULT_MEMORY, temp: str | os.PathLike | None = None,
+                    jobs: int = 1, batch_rows: int = DEFAULT_BATCH_ROWS,
+                    checkpoint_seconds: float = CHECKPOINT_SECONDS, progress: bool = False,
+                    **options) -> dict:
+    """Accumulate Parquet files into a statistics directory, out of core and resumably;
+    returns the manifest. Into existing statistics, only row groups not yet counted are
+    added; `overwrite` starts over. Options are those of `Accumulator`."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, not {jobs}")
+    stats_dir = Path(stats_dir)
+    files = resolve_paths(paths)
+    created = not stats_dir.exists()
+    stats_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(temp) if temp is not None else stats_dir / ".work"
+    try:
+        with DirectoryLock(stats_dir):
+            return _accumulate_locked(stats_dir, work, files, task, window, overwrite, memory,
+                                      jobs, batch_rows, checkpoint_seconds, progress, options)
+    except BaseException:
+        # Leave no trace of a run that recorded nothing: an interrupted run's journal stays.
+        if not (work / JOURNAL).exists():
+            shutil.rmtree(work, ignore_errors=True)
+            if created and not any(stats_dir.iterdir()):
+                stats_dir.rmdir()
+        raise
+
+
+def _accumulate_locked(stats_dir, work, files, task, window, overwrite, memory, jobs,
+                       batch_rows, checkpoint_seconds, progress, options) -> dict:
+    previous = None
+    if (stats_dir / MANIFEST).exists() and not overwrite:
+        previous = load(stats_dir)
+    template = accumulator_for(files, task or (previous.task if previous else None),
+                               window=window if window is not None else
+                               (previous.window if previous else 1), **options)
+    if previous is not None and (previous.task, previous.window) != (template.task, template.window):
+        raise StreamfitError(
+            f"{stats_dir} holds {previous.task} statistics with window {previous.window}, "
+            f"not {template.task} window {template.window}: use another --stats directory "
+            f"or --overwrite")
+    job_options = {"window": template.window, **template.columns,
+                   "vocab_size": template.n_classes if template.task == "lm" else None,
+                   "n_classes": template.n_classes if template.task == "classify" else None,
+                   "n_features": template.n_features_fixed}
+    identity = {"task": template.task, **job_options}
+    journal = _open_journal(work, identity, previous, overwrite)
+    counted = {(s["path"], rg) for s in (previous.sources if previous else [])
+               for rg in s["row_groups"]} | journal.units_done()
+    sizes = {**{s["path"]: s["size"] for s in (previous.sources if previous else [])},
+             **journal.sizes}
+    units, total_rows = [], 0
+    for p in files:
+        key = str(p.resolve())
+        size = os.path.getsize(p)
+        if key in sizes and sizes[key] != size:
+            raise StreamfitError(f"{p} changed since it was counted (size {sizes[key]} → "
+                                 f"{size}): use --overwrite")
+        journal.sizes[key] = size
+        meta = open_parquet(p).metadata
+        for rg in range(meta.num_row_groups):
+            if (key, rg) in counted:
+                continue
+            skip = journal.partial.get(key, {}).get(str(rg), 0)
+            units.append((key, rg, skip))
+            total_rows += meta.row_group(rg).num_rows - skip
+    resumed = bool(journal.runs or journal.done)
+    if units:
+        job = Job(template.task, job_options, batch_rows, max(memory // jobs, 1 << 16),
+                  str(work), checkpoint_seconds)
+        assignments = [units[w::jobs] for w in range(min(jobs, len(units)))]
+        unit = "docs" if template.task == "lm" else "rows"
+        with tqdm(total=total_rows, unit=unit, unit_scale=True, desc="accumulate",
+                  disable=None if progress else True) as bar:
+            def on_report(msg: dict) -> None:
+                if msg["kind"] == "progress":
+                    bar.update(msg["rows"])
+                    return
+                journal.record(msg)
+                journal.save(work / JOURNAL)
+            _run_workers(assignments, job, on_report)
+    if not units and not journal.runs and previous is not None:
+        return {"unchanged": True, **_summary(previous.header())}
+    if journal.counts["n_examples"] == 0:
+        shutil.rmtree(work, ignore_errors=True)
+        raise StreamfitError(f"no examples in {', '.join(map(str, files))}: nothing to "
+                             f"accumulate")
+    manifest = _merge_into(stats_dir, work, journal, previous, template, memory)
+    shutil.rmtree(work, ignore_errors=True)
+    return {"unchanged": False, "resumed": resumed, **_summary(manifest)}
+
+
+def _summary(header: dict) -> dict:
+    return {k: header[k] for k in ("task", "window", "n_classes", "n_features", "nnz",
+                                   "n_examples", "empty_rows")}
+
+
+def _open_journal(work: Path, identity: dict, previous, overwrite: bool) -> Journal:
+    """The journal of an interrupted run with the same options, or a fresh one."""
+    path = work / JOURNAL
+    if overwrite or not path.exists():
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True, exist_ok=True)
+        return Journal(options=identity)
+    journal = Journal.load(path)
+    if journal.options != identity:
+        raise StreamfitError(f"{work} holds an interrupted accumulate with other options "
+                             f"({journal.options}); rerun it with those, or pass --overwrite")
+    committed = {(s["path"], rg) for s in (previous.sources if previous else [])
+                 for rg in s["row_groups"]}
+    if journal.units_done() and journal.units_done() <= committed:
+        # Killed after the merge was committed but before the work was cleaned up.
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True, exist_ok=True)
+        return Journal(options=identity)
+    known = {r["name"] for r in journal.runs}
+    for stale in work.glob("run-*.npy"):  # spilled after the last journal entry: lost work
+        if stale.name.split(".")[0] not in known:
+            stale.unlink()
+    for stale in work.glob(".*.tmp-*"):  # files a killed write left half-done
+        stale.unlink()
+    return journal
+
+
+def _merge_into(stats_dir: Path, work: Path, journal: Journal, previous, template: Accumulator,
+                memory: int) -> dict:
+    """Merge the journalled runs and the previous statistics into new statistics."""
+    runs = list(journal.runs)
+    ext = journal.extent
+    if template.task == "lm":
+        v = template.n_classes if template.n_classes is not None else ext["max_id"] + 1
+        if previous is not None:
+            v = max(v, previous.n_classes)
+        n_classes, n_features = v, template.window * (v + 1)
+        l1 = float(journal.counts["n_examples"] * template.window)
+        dtype = np.int64
+    else:
+        n_classes = template.n_classes if template.n_classes is not None else ext["max_label"] + 1
+        n_features = template.n_features_fixed if template.n_features_fixed is not None else \
+            max(ext["max_width"], ext["max_id"] + 1)
+        if previous is not None:
+            n_classes, n_features = max(n_classes, previous.n_classes), max(n_features, previous.n_features)
+        l1 = float(journal.counts["l1_sum"])
+        dtype = np.float64
+    if previous is not None:
+        runs.append(statistics_as_run(previous, work))
+    generation = new_generation()
+    arrays = merge_runs(work, runs, task=template.task, vocab_size=n_classes,
+                        n_features=n_features, value_dtype=dtype, out_dir=stats_dir,
+                        generation=generation, memory=memory)
+    sources = list(previous.sources) if previous is not None else []
+    for path, groups in journal.done.items():
+        entry = {"path": path, "size": journal.sizes[path],
+                 "row_groups": sorted(int(rg) for rg in groups), "rows": int(sum(groups.values()))}
+        for s in sources:
+            if s["path"] == path:
+                s["row_groups"] = sorted(s["row_groups"] + entry["row_groups"])
+                s["rows"] += entry["rows"]
+                break
+        else:
+            sources.append(entry)
+    header = {
+        "format": FORMAT, "schema_version": SCHEMA_VERSION,
+        "task": template.task, "window": template.window, "n_classes": n_classes,
+        "n_features": n_features, "value": "count" if template.task == "lm" else "mass",
+        "nnz": arrays["data"]["shape"][0],
+        "n_examples": journal.counts["n_examples"] + (previous.n_examples if previous else 0),
+        "l1_sum": l1 + (previous.l1_sum if previous else 0.0),
+        "empty_rows": journal.counts["empty_rows"] + (previous.empty_rows if previous else 0),
+        "sources": sources,
+    }
+    from . import __version__
+    header["streamfit_version"] = __version__
+    if template.task == "lm":
+        header["vocab_size"] = n_classes
+    fault_point("before_commit")
+    manifest = commit(stats_dir, header, arrays)
+    for r in journal.runs:
+        remove_run(work, r)
+    return manifest

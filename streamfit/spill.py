@@ -1,0 +1,137 @@
+"""Spilling: sorted runs of packed (key, value) pairs on disk, and their streaming merge.
+
+When the in-memory table reaches its budget it is written out as a run — keys in
+increasing order, with their values — and emptied. At the end the runs are merged in one
+streaming pass, a slice of each at a time (an external k-way merge), straight into the
+CSR arrays of a statistics directory. Packed keys do not depend on the vocabulary size,
+so runs written before the vocabulary was known merge into its final layout.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from . import kernels
+from .fileio import NpyWriter, atomic_path, fault_point, file_digest, fsync_path, save_npy
+
+RUN_ENTRY_BYTES = 16
+
+
+def write_run(directory: Path, keys: np.ndarray, vals: np.ndarray) -> dict:
+    """Write one sorted run crash-safely; returns its journal entry."""
+    name = f"run-{uuid.uuid4().hex[:12]}"
+    save_npy(directory / f"{name}.keys.npy", keys)
+    fault_point("mid_spill")
+    save_npy(directory / f"{name}.vals.npy", vals)
+    return {"name": name, "n": int(keys.size)}
+
+
+def open_run(directory: Path, entry: dict) -> tuple[np.ndarray, np.ndarray]:
+    keys = np.load(directory / f"{entry['name']}.keys.npy", mmap_mode="r")
+    vals = np.load(directory / f"{entry['name']}.vals.npy", mmap_mode="r")
+    if keys.size != entry["n"] or vals.size != entry["n"]:
+        from .errors import FormatError
+        raise FormatError(f"{directory}: run {entry['name']} is damaged (size mismatch)")
+    return keys, vals
+
+
+def remove_run(directory: Path, entry: dict) -> None:
+    for part in ("keys", "vals"):
+        (directory / f"{entry['name']}.{part}.npy").unlink(missing_ok=True)
+
+
+def cells(keys: np.ndarray, task: str, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, class) of packed keys in the statistics layout of `stats.py`."""
+    if task == "lm":
+        k = keys >> 56
+        ctx = (keys >> kernels.TOKEN_BITS) & kernels.TOKEN_MASK
+        rows = k * (vocab_size + 1) + np.where(ctx == kernels.BOS_KEY, vocab_size, ctx)
+        return rows, keys & kernels.TOKEN_MASK
+    return keys >> kernels.LABEL_BITS, keys & kernels.LABEL_MASK
+
+
+def packed(rows: np.ndarray, cols: np.ndarray, task: str, vocab_size: int) -> np.ndarray:
+    """The inverse of `cells`."""
+    cols = cols.astype(np.int64)
+    if task == "lm":
+        k, ctx = np.divmod(rows.astype(np.int64), vocab_size + 1)
+        ctx = np.where(ctx == vocab_size, kernels.BOS_KEY, ctx)
+        return (k << 56) | (ctx << kernels.TOKEN_BITS) | cols
+    return (rows.astype(np.int64) << kernels.LABEL_BITS) | cols
+
+
+def statistics_as_run(stats, directory: Path, chunk_rows: int = 1 << 16) -> dict:
+    """Write existing statistics as a run (CSR order is key order), a block of rows at a
+    time, so they merge with new runs in bounded memory."""
+    name = f"run-{uuid.uuid4().hex[:12]}"
+    paths = {part: directory / f"{name}.{part}.npy" for part in ("keys", "vals")}
+    with atomic_path(paths["keys"]) as tk, atomic_path(paths["vals"]) as tv:
+        wk, wv = NpyWriter(tk, np.int64), NpyWriter(tv, stats.data.dtype)
+        for lo in range(0, stats.n_features, chunk_rows):
+            hi = min(stats.n_features, lo + chunk_rows)
+            p0, p1 = int(stats.indptr[lo]), int(stats.indptr[hi])
+            rows = lo + np.repeat(np.arange(hi - lo), np.diff(stats.indptr[lo:hi + 1]))
+            wk.append(packed(rows, np.asarray(stats.indices[p0:p1]), stats.task, stats.n_classes))
+            wv.append(np.asarray(stats.data[p0:p1]))
+        wk.close()
+        wv.close()
+    return {"name": name, "n": int(stats.nnz)}
+
+
+def merge_runs(directory: Path, runs: list[dict], *, task: str, vocab_size: int,
+               n_features: int, value_dtype, out_dir: Path, generation: str,
+               memory: int) -> dict:
+    """Merge sorted runs into the CSR arrays F-<generation>.{indptr,indices,data}.npy of
+    `out_dir`, summing equal keys, holding at most about `memory` bytes of run slices.
+    Returns the arrays' manifest entries."""
+    from .stats import array_file
+
+    opened = [open_run(directory, r) for r in runs]
+    step = max(1024, memory // (4 * RUN_ENTRY_BYTES * max(len(opened), 1)))
+    pos = [0] * len(opened)
+    row_counts = np.zeros(n_features, dtype=np.int64)
+    paths = {name: out_dir / array_file(generation, name) for name in ("indices", "data")}
+    with atomic_path(paths["indices"]) as ti, atomic_path(paths["data"]) as td:
+        wi, wd = NpyWriter(ti, np.int32), NpyWriter(td, value_dtype)
+        while True:
+            live = [i for i, (k, _) in enumerate(opened) if pos[i] < k.size]
+            if not live:
+                break
+            # Every run holds at most `step` keys <= bound: a bounded slice of each.
+            bound = min(int(opened[i][0][min(pos[i] + step, opened[i][0].size) - 1]) for i in live)
+            key_parts, val_parts = [], []
+            for i in live:
+                keys, vals = opened[i]
+                end = pos[i] + int(np.searchsorted(keys[pos[i]:pos[i] + step], bound, side="right"))
+                key_parts.append(np.asarray(keys[pos[i]:end]))
+                val_parts.append(np.asarray(vals[pos[i]:end]))
+                pos[i] = end
+            keys = np.concatenate(key_parts)
+            vals = np.concatenate(val_parts)
+            order = np.argsort(keys, kind="stable")
+            keys, vals = keys[order], vals[order]
+            first = np.empty(keys.size, dtype=bool)
+            first[0] = True
+            np.not_equal(keys[1:], keys[:-1], out=first[1:])
+            starts = np.flatnonzero(first)
+            sums = np.add.reduceat(vals, starts)
+            rows, cols = cells(keys[starts], task, vocab_size)
+            row_counts += np.bincount(rows, minlength=n_features)
+            wi.append(cols.astype(np.int32))
+            wd.append(sums)
+            fault_point("mid_merge")
+        wi.close()
+        wd.close()
+    indptr = np.zeros(n_features + 1, dtype=np.int64)
+    np.cumsum(row_counts, out=indptr[1:])
+    entries = {"indptr": (indptr, save_npy(out_dir / array_file(generation, "indptr"), indptr))}
+    out = {}
+    for name in ("indptr", "indices", "data"):
+        path = out_dir / array_file(generation, name)
+        arr = np.load(path, mmap_mode="r")
+        digest = entries[name][1] if name in entries else file_digest(path)
+        out[name] = {"file": path.name, "dtype": str(arr.dtype), "shape": list(arr.shape), **digest}
+    return out
