@@ -290,6 +290,7 @@ def _accumulate_locked(stats_dir, work, files, task, window, overwrite, memory, 
                 journal.save(work / JOURNAL)
             _run_workers(assignments, job, on_report)
     if not units and not journal.runs and previous is not None:
+        shutil.rmtree(work, ignore_errors=True)
         return {"unchanged": True, **_summary(previous.header())}
     if journal.counts["n_examples"] == 0:
         shutil.rmtree(work, ignore_errors=True)
@@ -385,6 +386,7 @@ def _merge_into(stats_dir: Path, work: Path, journal: Journal, previous, templat
         header["vocab_size"] = n_classes
     fault_point("before_commit")
     manifest = commit(stats_dir, header, arrays)
+    fault_point("after_commit")
     for r in journal.runs:
         remove_run(work, r)
     return manifest

@@ -1,0 +1,166 @@
+"""Out of core: spilling, several processes, crash-safe resume, the one-writer lock.
+
+The oracle is always the plain in-memory accumulation of the same files
+(`streamfit.accumulate`), whose counts the kernel tests check against numpy: a spilled,
+parallel or killed-and-resumed run must end with exactly the same statistics.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import streamfit
+from streamfit.errors import StreamfitError
+from streamfit.fileio import DirectoryLock
+from streamfit.pipeline import accumulate_into, parse_size
+from streamfit.synthetic import markov_chain, sample_documents
+
+from conftest import write_dense, write_tokens
+
+
+@pytest.fixture(scope="module")
+def token_files(tmp_path_factory):
+    """Three token files of several row groups each (a 40-state Markov chain)."""
+    folder = tmp_path_factory.mktemp("tokens")
+    chain = markov_chain(40, concentration=0.2, seed=3)
+    files = []
+    for i in range(3):
+        tokens, offsets = sample_documents(chain, 60, 50, seed=10 + i)
+        docs = [tokens[offsets[d]:offsets[d + 1]].tolist() for d in range(60)]
+        path = folder / f"part-{i}.parquet"
+        write_tokens(path, docs, row_group_size=20)
+        files.append(path)
+    return files
+
+
+def same_counts(a, b) -> None:
+    assert (a.task, a.window, a.n_classes, a.n_features) == (b.task, b.window, b.n_classes, b.n_features)
+    assert np.array_equal(a.indptr, b.indptr)
+    assert np.array_equal(a.indices, b.indices)
+    assert np.array_equal(a.data, b.data)
+    assert (a.n_examples, a.l1_sum, a.empty_rows) == (b.n_examples, b.l1_sum, b.empty_rows)
+    key = lambda s: sorted((x["path"], tuple(sorted(x["row_groups"])), x["rows"]) for x in s.sources)
+    assert key(a) == key(b)
+
+
+@pytest.mark.parametrize("window", [1, 3])
+def test_spilled_runs_merge_to_the_in_memory_statistics(tmp_path, token_files, window):
+    expected = streamfit.accumulate(token_files, window=window)
+    # A 64 KiB budget spills after nearly every batch of 8 documents: dozens of runs.
+    accumulate_into(tmp_path / "stats", token_files, window=window, memory=1 << 16,
+                    batch_rows=8)
+    same_counts(streamfit.load_stats(tmp_path / "stats", check=True), expected)
+    assert not (tmp_path / "stats" / ".work").exists()
+
+
+def test_spilled_feature_sums_match(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.random((300, 12)) * (rng.random((300, 12)) < 0.5)
+    y = rng.integers(0, 4, 300)
+    write_dense(tmp_path / "f.parquet", y, x, row_group_size=50)
+    expected = streamfit.accumulate([tmp_path / "f.parquet"])
+    accumulate_into(tmp_path / "stats", [tmp_path / "f.parquet"], memory=1 << 16,
+                    batch_rows=10, checkpoint_seconds=0)
+    got = streamfit.load_stats(tmp_path / "stats")
+    assert np.array_equal(got.indptr, expected.indptr)
+    assert np.array_equal(got.indices, expected.indices)
+    np.testing.assert_allclose(got.data, expected.data, rtol=1e-12)
+    assert got.n_examples == expected.n_examples and got.empty_rows == expected.empty_rows
+
+
+def test_two_jobs_equal_one(tmp_path, token_files):
+    accumulate_into(tmp_path / "one", token_files, window=2, jobs=1)
+    accumulate_into(tmp_path / "two", token_files, window=2, jobs=2, memory=1 << 16, batch_rows=8)
+    same_counts(streamfit.load_stats(tmp_path / "two"), streamfit.load_stats(tmp_path / "one"))
+
+
+def test_extending_existing_statistics_through_runs(tmp_path, token_files):
+    accumulate_into(tmp_path / "stats", token_files[:1], window=2)
+    accumulate_into(tmp_path / "stats", token_files, window=2, memory=1 << 16, batch_rows=8)
+    same_counts(streamfit.load_stats(tmp_path / "stats"),
+                streamfit.accumulate(token_files, window=2))
+
+
+def test_a_second_writer_is_refused(tmp_path, token_files):
+    stats = tmp_path / "stats"
+    stats.mkdir()
+    with DirectoryLock(stats):
+        with pytest.raises(StreamfitError, match="in use"):
+            accumulate_into(stats, token_files, window=1)
+    accumulate_into(stats, token_files, window=1)  # free again once released
+
+
+def _cli(args, fault=None, cwd=None):
+    env = dict(os.environ)
+    env.pop("STREAMFIT_FAULT", None)
+    if fault:
+        env["STREAMFIT_FAULT"] = fault
+    return subprocess.run([sys.executable, "-m", "streamfit", *map(str, args)], env=env,
+                          capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize("fault", ["after_batch:7", "after_batch:12", "mid_spill:3",
+                                   "mid_merge:1", "before_commit:1", "after_commit:1"])
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_killed_runs_resume_to_identical_statistics(tmp_path, token_files, fault, jobs):
+    """SIGKILL at a point (no cleanup at all, like power loss), then run the same command
+    again: the result equals an uninterrupted run, and nothing is counted twice."""
+    stats = tmp_path / "stats"
+    args = ["accumulate", *token_files, "--stats", stats, "--window", 2, "--quiet",
+            "--checkpoint", 0, "--batch-rows", 8, "--jobs", jobs]
+    killed = _cli(args, fault=fault)
+    assert killed.returncode != 0  # the fault fired (SIGKILL of the process or a worker)
+    resumed = _cli(args)
+    assert resumed.returncode == 0, resumed.stderr
+    if fault.startswith("after_commit"):  # committed, only the clean-up was lost
+        assert "nothing to add" in resumed.stdout
+    else:
+        assert "resumed an interrupted run" in resumed.stdout
+    same_counts(streamfit.load_stats(stats, check=True),
+                streamfit.accumulate(token_files, window=2))
+    assert not (stats / ".work").exists()
+
+
+def test_killed_before_the_first_spill_leaves_no_statistics(tmp_path, token_files):
+    stats = tmp_path / "stats"
+    args = ["accumulate", *token_files, "--stats", stats, "--quiet", "--batch-rows", 8]
+    assert _cli(args, fault="after_batch:2").returncode != 0
+    assert not (stats / "manifest.json").exists()
+    assert _cli(args).returncode == 0
+    same_counts(streamfit.load_stats(stats), streamfit.accumulate(token_files, window=1))
+
+
+def test_killed_run_keeps_the_previous_statistics_loadable(tmp_path, token_files):
+    stats = tmp_path / "stats"
+    assert _cli(["accumulate", token_files[0], "--stats", stats, "--quiet"]).returncode == 0
+    before = streamfit.load_stats(stats, check=True)
+    killed = _cli(["accumulate", *token_files, "--stats", stats, "--quiet"], fault="mid_merge:1")
+    assert killed.returncode != 0
+    same_counts(streamfit.load_stats(stats, check=True), before)
+
+
+def test_resume_with_other_options_is_refused(tmp_path, token_files):
+    stats = tmp_path / "stats"
+    args = ["accumulate", *token_files, "--stats", stats, "--quiet", "--checkpoint", 0,
+            "--batch-rows", 8]
+    assert _cli([*args, "--window", 2], fault="after_batch:5").returncode != 0
+    other = _cli([*args, "--window", 3])
+    assert other.returncode == 1 and "interrupted accumulate with other options" in other.stderr
+    assert _cli([*args, "--window", 3, "--overwrite"]).returncode == 0
+    same_counts(streamfit.load_stats(stats), streamfit.accumulate(token_files, window=3))
+
+
+@pytest.mark.parametrize("text,expected", [("512M", 512 << 20), ("2G", 2 << 30),
+                                           ("1.5GiB", int(1.5 * (1 << 30))), ("3000000", 3000000)])
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["lots", "10", "-5G"])
+def test_parse_size_refuses(text):
+    with pytest.raises(ValueError):
+        parse_size(text)
