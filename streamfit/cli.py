@@ -21,8 +21,8 @@ from .evaluate import evaluate, iter_examples, predict
 from .model import load_model, read_sidecar, sidecar_path
 from .reading import DEFAULT_BATCH_ROWS, resolve_paths
 from .solve import DEFAULT_SMOOTHING, FORMS, finalize
-from .pipeline import CHECKPOINT_SECONDS, DEFAULT_MEMORY, accumulate_into, parse_size
-from .stats import load, merge, read_manifest, save
+from .pipeline import CHECKPOINT_SECONDS, DEFAULT_MEMORY, accumulate_into, merge_into, parse_size
+from .stats import load, read_manifest
 
 DEFAULT_STATS = "streamfit-stats"
 DEFAULT_FORM = "calibrated"
@@ -159,11 +159,9 @@ def cmd_predict(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    parts = [load(d) for d in args.dirs]
-    merged = merge(*parts)
-    save(merged, args.out)
-    print(f"{args.out}: merged {len(parts)} shards, {merged.n_examples:,} examples, "
-          f"{merged.nnz:,} non-zeros")
+    manifest = merge_into(args.out, args.dirs, memory=parse_size(args.memory))
+    print(f"{args.out}: merged {len(args.dirs)} shards, {manifest['n_examples']:,} examples, "
+          f"{manifest['nnz']:,} non-zeros")
     return 0
 
 
@@ -307,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "row group are refused.")
     p.add_argument("dirs", nargs="+", metavar="DIR", help="statistics directories")
     p.add_argument("--out", required=True, metavar="DIR", help="output statistics directory")
+    p.add_argument("--memory", default=f"{DEFAULT_MEMORY >> 30}G", metavar="SIZE",
+                   help="memory budget of the streaming merge (default: %(default)s)")
     p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("info", help="what a statistics directory or weights file holds")

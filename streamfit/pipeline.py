@@ -12,6 +12,7 @@ uninterrupted run. The statistics directory is locked for the whole run.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -30,7 +31,8 @@ from .errors import InputError, StreamfitError
 from .fileio import DirectoryLock, fault_point, write_json
 from .reading import DEFAULT_BATCH_ROWS, iter_batches, open_parquet, resolve_paths
 from .spill import merge_runs, remove_run, statistics_as_run, write_run
-from .stats import (FORMAT, MANIFEST, SCHEMA_VERSION, commit, load, new_generation)
+from .stats import (FORMAT, MANIFEST, SCHEMA_VERSION, check_mergeable, commit, load,
+                    new_generation)
 
 JOURNAL = "journal.json"
 DEFAULT_MEMORY = 2 << 30
@@ -390,3 +392,33 @@ def _merge_into(stats_dir: Path, work: Path, journal: Journal, previous, templat
     for r in journal.runs:
         remove_run(work, r)
     return manifest
+
+
+def merge_into(out_dir: str | os.PathLike, dirs, *, memory: int = DEFAULT_MEMORY) -> dict:
+    """Merge statistics directories into `out_dir` (which may be one of them) with the
+    bounded-memory k-way merge; returns the manifest."""
+    out_dir = Path(out_dir)
+    parts = [load(d) for d in dirs]
+    check_mergeable(parts)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with DirectoryLock(out_dir):
+        work = out_dir / ".work-merge"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        try:
+            first = parts[0]
+            n_classes = max(s.n_classes for s in parts)
+            n_features = first.window * (n_classes + 1) if first.task == "lm" else \
+                max(s.n_features for s in parts)
+            runs = [statistics_as_run(s, work) for s in parts]
+            arrays = merge_runs(work, runs, task=first.task, vocab_size=n_classes,
+                                n_features=n_features, value_dtype=first.data.dtype,
+                                out_dir=out_dir, generation=new_generation(), memory=memory)
+            merged = dataclasses.replace(
+                first, n_classes=n_classes, n_features=n_features,
+                n_examples=sum(s.n_examples for s in parts), l1_sum=sum(s.l1_sum for s in parts),
+                empty_rows=sum(s.empty_rows for s in parts),
+                sources=[src for s in parts for src in s.sources])
+            return commit(out_dir, {**merged.header(), "nnz": arrays["data"]["shape"][0]}, arrays)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)

@@ -67,14 +67,24 @@ class Statistics:
         return sp.csr_matrix((self.data, self.indices, self.indptr),
                              shape=(self.n_features, self.n_classes))
 
-    def feature_totals(self) -> np.ndarray:
-        """f_i = sum_j F_ij (float64)."""
-        rows = np.repeat(np.arange(self.n_features), np.diff(self.indptr))
-        return np.bincount(rows, weights=self.data, minlength=self.n_features).astype(np.float64)
+    def feature_totals(self, block_rows: int = 1 << 16) -> np.ndarray:
+        """f_i = sum_j F_ij (float64), a block of rows at a time (memory-mapped data stays
+        out of memory)."""
+        out = np.zeros(self.n_features)
+        for lo in range(0, self.n_features, block_rows):
+            hi = min(self.n_features, lo + block_rows)
+            p0, p1 = int(self.indptr[lo]), int(self.indptr[hi])
+            rows = np.repeat(np.arange(hi - lo), np.diff(self.indptr[lo:hi + 1]))
+            out[lo:hi] = np.bincount(rows, weights=self.data[p0:p1], minlength=hi - lo)
+        return out
 
-    def class_totals(self) -> np.ndarray:
-        """c_j = sum_i F_ij (float64)."""
-        return np.bincount(self.indices, weights=self.data, minlength=self.n_classes).astype(np.float64)
+    def class_totals(self, block: int = 1 << 22) -> np.ndarray:
+        """c_j = sum_i F_ij (float64), a block of entries at a time."""
+        out = np.zeros(self.n_classes)
+        for lo in range(0, self.nnz, block):
+            out += np.bincount(self.indices[lo:lo + block], weights=self.data[lo:lo + block],
+                               minlength=self.n_classes)
+        return out
 
     def relayout(self, n_classes: int, n_features: int | None = None) -> "Statistics":
         """The same statistics in a layout for more classes (and features): for lm, rows move
@@ -227,9 +237,9 @@ def _source_keys(stats: Statistics) -> set[tuple[str, int]]:
     return {(s["path"], rg) for s in stats.sources for rg in s["row_groups"]}
 
 
-def merge(*parts: Statistics) -> Statistics:
-    """Exact sum of statistics shards. Refuses shards of different task or window, and
-    shards that consumed the same row group of the same file (that would double count)."""
+def check_mergeable(parts) -> None:
+    """Refuse shards of different task or window, and shards that consumed the same row
+    group of the same file (merging would count it twice)."""
     if not parts:
         raise ValueError("merge needs at least one statistics shard")
     first = parts[0]
@@ -245,6 +255,13 @@ def merge(*parts: Statistics) -> Statistics:
             raise FormatError(f"shards overlap: {path} row group {rg} was counted in more "
                               f"than one; merging would count it twice")
         seen |= _source_keys(s)
+
+
+def merge(*parts: Statistics) -> Statistics:
+    """Exact sum of statistics shards, in memory (see `pipeline.merge_into` for the
+    bounded-memory merge of statistics directories)."""
+    check_mergeable(parts)
+    first = parts[0]
     n_classes = max(s.n_classes for s in parts)
     n_features = max(s.n_features for s in parts)
     laid = [s.relayout(n_classes, n_features) for s in parts]
