@@ -18,7 +18,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -28,7 +28,9 @@ from numpy.lib.format import open_memmap
 from . import __version__, kernels
 from .errors import FormatError
 from .featurize import Examples, batch_examples
-from .fileio import atomic_path, file_digest, fsync_path, load_npy, save_npy, verify, write_json
+from .fileio import (NpyWriter, fault_point, file_digest, fsync_dir, fsync_path, load_npy,
+                     temp_name, verify, write_json)
+from .stats import header_checksum
 
 FORMAT = "streamfit-weights"
 SCHEMA_VERSION = 1
@@ -224,43 +226,78 @@ def _array_entry(path: Path, arr: np.ndarray, digest: dict) -> dict:
     return {"file": path.name, "dtype": str(arr.dtype), "shape": list(arr.shape), **digest}
 
 
-def write_dense(path: Path, n_rows: int, n_cols: int, dtype: str,
-                blocks: Iterator[tuple[int, np.ndarray]]) -> dict:
-    """Write a dense matrix block by block through open_memmap, crash-safely: `blocks`
-    yields (first row, rows × n_cols array). Memory stays bounded by one block."""
-    with atomic_path(path) as tmp:
-        out = open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(n_rows, n_cols))
-        for lo, block in blocks:
-            out[lo:lo + block.shape[0]] = block
-        out.flush()
-        del out
-        fsync_path(tmp)
-    arr = np.load(path, mmap_mode="r")
-    return _array_entry(path, arr, file_digest(path))
+def _write_dense(tmp: Path, n_rows: int, n_cols: int, dtype: str,
+                 blocks: Iterator[tuple[int, np.ndarray]]) -> None:
+    """A dense matrix written block by block through open_memmap: memory stays bounded by
+    one block. `blocks` yields (first row, rows × n_cols array)."""
+    out = open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(n_rows, n_cols))
+    for lo, block in blocks:
+        out[lo:lo + block.shape[0]] = block
+        fault_point("mid_finalize")
+    out.flush()
+    del out
+
+
+def _write_blocks(tmp: Path, dtype: str, blocks: Iterable[np.ndarray]) -> None:
+    writer = NpyWriter(tmp, dtype)
+    for block in blocks:
+        writer.append(block)
+        fault_point("mid_finalize")
+    writer.close()
 
 
 def write_model(out: str | os.PathLike, header: dict, *, dense: dict | None = None,
-                sparse: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                sparse: tuple[np.ndarray, np.ndarray, Iterable[np.ndarray]] | None = None,
                 bias: np.ndarray | None = None) -> Path:
-    """Write a model: arrays first (each crash-safe), the sidecar last, so a sidecar never
-    names arrays that are not complete. `dense` = {"dtype", "blocks"} for write_dense."""
+    """Write a model crash-safely. Every array goes to a temporary name first; then the
+    old sidecar is removed, the arrays renamed into place and the new sidecar written. A
+    run killed at any point leaves the previous model, or no sidecar (no model) — never a
+    sidecar beside arrays it does not describe. `dense` = {"dtype", "blocks"}; `sparse` =
+    (indptr, indices, blocks of data)."""
     stem = stem_of(out)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {}
-    if dense is not None:
-        p = stem.with_suffix(".npy")
-        arrays["W"] = write_dense(p, header["n_features"], header["n_classes"], dense["dtype"],
-                                  dense["blocks"])
-    else:
-        for name, arr in zip(("indptr", "indices", "data"), sparse):
-            p = Path(f"{stem}.S.{name}.npy")
-            arrays[f"S.{name}"] = _array_entry(p, arr, save_npy(p, arr))
-    if bias is not None:
-        p = Path(f"{stem}.bias.npy")
-        arrays["bias"] = _array_entry(p, bias, save_npy(p, bias))
+    for stale in stem.parent.glob(f".{stem.name}*.tmp-*"):  # left by a killed run
+        stale.unlink(missing_ok=True)
+    staged: dict[str, tuple[Path, Path]] = {}
+    try:
+        if dense is not None:
+            final = stem.with_suffix(".npy")
+            staged["W"] = (temp_name(final), final)
+            _write_dense(staged["W"][0], header["n_features"], header["n_classes"],
+                         dense["dtype"], dense["blocks"])
+        else:
+            indptr, indices, data_blocks = sparse
+            for name, arr in (("indptr", indptr), ("indices", indices)):
+                final = Path(f"{stem}.S.{name}.npy")
+                staged[f"S.{name}"] = (temp_name(final), final)
+                _write_blocks(staged[f"S.{name}"][0], arr.dtype,
+                              (arr[i:i + (1 << 22)] for i in range(0, arr.size, 1 << 22)))
+            final = Path(f"{stem}.S.data.npy")
+            staged["S.data"] = (temp_name(final), final)
+            _write_blocks(staged["S.data"][0], header["dtype"], data_blocks)
+        if bias is not None:
+            final = Path(f"{stem}.bias.npy")
+            staged["bias"] = (temp_name(final), final)
+            _write_blocks(staged["bias"][0], np.float64, [bias])
+        arrays = {}
+        for name, (tmp, final) in staged.items():
+            fsync_path(tmp)
+            arr = np.load(tmp, mmap_mode="r")
+            arrays[name] = {"file": final.name, "dtype": str(arr.dtype), "shape": list(arr.shape),
+                            **file_digest(tmp)}
+        sidecar_path(stem).unlink(missing_ok=True)
+        fsync_dir(stem.parent)
+        for name, (tmp, final) in staged.items():
+            os.replace(tmp, final)
+            fault_point("mid_finalize")
+        fsync_dir(stem.parent)
+    finally:
+        for tmp, _ in staged.values():
+            tmp.unlink(missing_ok=True)
     sidecar = {"format": FORMAT, "schema_version": SCHEMA_VERSION,
                "streamfit_version": __version__,
                "layout": "dense" if dense is not None else "sparse", **header, "arrays": arrays}
+    sidecar["header_checksum"] = header_checksum(sidecar)
     write_json(sidecar_path(stem), sidecar)
     return sidecar_path(stem)
 
@@ -279,6 +316,8 @@ def read_sidecar(path: str | os.PathLike) -> dict:
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise FormatError(f"{p}: schema version {meta.get('schema_version')}, this streamfit "
                           f"reads {SCHEMA_VERSION}")
+    if meta.get("header_checksum") != header_checksum(meta):
+        raise FormatError(f"{p}: sidecar checksum mismatch (edited or damaged)")
     return meta
 
 

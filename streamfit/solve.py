@@ -73,10 +73,12 @@ def _dense_blocks(stats: Statistics, smoothing: float, dtype: str) -> Iterator[t
         yield lo, block.astype(dtype)
 
 
-def sparse_weights(stats: Statistics, smoothing: float, dtype: str = "float32"):
-    """S = log1p(F / a) on F's support: CSR (indptr, indices, data)."""
-    data = np.log1p(np.asarray(stats.data, np.float64) / smoothing).astype(dtype)
-    return np.asarray(stats.indptr), np.asarray(stats.indices), data
+def sparse_data_blocks(stats: Statistics, smoothing: float, dtype: str = "float32",
+                       block: int = 1 << 22) -> Iterator[np.ndarray]:
+    """S = log1p(F / a) on F's support, a block of entries at a time (CSR data, in the
+    order of the statistics' indptr / indices)."""
+    for lo in range(0, stats.nnz, block):
+        yield np.log1p(np.asarray(stats.data[lo:lo + block], np.float64) / smoothing).astype(dtype)
 
 
 def finalize(stats: Statistics, out: str | os.PathLike | None = None, *,
@@ -112,7 +114,9 @@ def finalize(stats: Statistics, out: str | os.PathLike | None = None, *,
                                                    "blocks": _dense_blocks(stats, a, dtype)},
                                bias=bias)
         else:
-            path = write_model(out, header, sparse=sparse_weights(stats, a, dtype), bias=bias)
+            path = write_model(out, header, bias=bias, sparse=(
+                np.asarray(stats.indptr), np.asarray(stats.indices),
+                sparse_data_blocks(stats, a, dtype)))
         return load_model(path)
     common = dict(task=stats.task, n_classes=stats.n_classes, n_features=stats.n_features,
                   tau=solution.tau, bias=bias, window=stats.window, meta=header)
@@ -121,7 +125,9 @@ def finalize(stats: Statistics, out: str | os.PathLike | None = None, *,
         for lo, block in _dense_blocks(stats, a, dtype):
             w[lo:lo + block.shape[0]] = block
         return Model(dense=w, **common)
-    return Model(sparse=sparse_weights(stats, a, dtype), **common)
+    data = np.concatenate(list(sparse_data_blocks(stats, a, dtype))) if stats.nnz else \
+        np.zeros(0, dtype)
+    return Model(sparse=(np.asarray(stats.indptr), np.asarray(stats.indices), data), **common)
 
 
 def choose(stats: Statistics, form: str, smoothing: float | str,

@@ -164,3 +164,45 @@ def test_parse_size(text, expected):
 def test_parse_size_refuses(text):
     with pytest.raises(ValueError):
         parse_size(text)
+
+
+@pytest.mark.parametrize("point", [1, 2, 3, 4])
+def test_killed_finalize_leaves_the_previous_model_or_none(tmp_path, token_files, point):
+    """Kill a finalize that replaces a model at each of its steps (blocks written, arrays
+    renamed): afterwards the model either loads and is exactly the previous one, or there
+    is no sidecar (no model) — never a sidecar beside arrays it does not describe."""
+    from streamfit.errors import FormatError
+    from streamfit.evaluate import evaluate
+
+    stats, weights = tmp_path / "stats", tmp_path / "w.npy"
+    assert _cli(["accumulate", *token_files, "--stats", stats, "--window", 2, "--quiet"]).returncode == 0
+    assert _cli(["finalize", "--stats", stats, "--out", weights]).returncode == 0
+    before = evaluate(streamfit.load_model(weights, check=True), token_files[:1])
+    killed = _cli(["finalize", "--stats", stats, "--out", weights, "--form", "paper"],
+                  fault=f"mid_finalize:{point}")
+    assert killed.returncode != 0
+    try:
+        model = streamfit.load_model(weights, check=True)
+    except FormatError:
+        assert not weights.with_suffix(".json").exists()
+    else:
+        assert model.meta["form"] == "conditional"
+        assert evaluate(model, token_files[:1]) == before
+    # The next finalize succeeds and leaves no temporary files behind.
+    assert _cli(["finalize", "--stats", stats, "--out", weights, "--form", "paper"]).returncode == 0
+    assert streamfit.load_model(weights, check=True).meta["form"] == "paper"
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_an_edited_sidecar_is_refused(tmp_path, token_files):
+    import json
+
+    from streamfit.errors import FormatError
+    stats, weights = tmp_path / "stats", tmp_path / "w.npy"
+    assert _cli(["accumulate", *token_files, "--stats", stats, "--quiet"]).returncode == 0
+    assert _cli(["finalize", "--stats", stats, "--out", weights]).returncode == 0
+    meta = json.loads(weights.with_suffix(".json").read_text())
+    meta["tau"] = 2.0
+    weights.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(FormatError, match="checksum"):
+        streamfit.load_model(weights)
