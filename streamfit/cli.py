@@ -19,7 +19,7 @@ from . import __version__
 from .errors import StreamfitError
 from .evaluate import evaluate, iter_examples, predict
 from .model import load_model, read_sidecar, sidecar_path
-from .reading import DEFAULT_BATCH_ROWS, resolve_paths
+from .reading import DEFAULT_BATCH_ROWS
 from .solve import DEFAULT_SMOOTHING, FORMS, finalize
 from .pipeline import CHECKPOINT_SECONDS, DEFAULT_MEMORY, accumulate_into, merge_into, parse_size
 from .stats import load, read_manifest

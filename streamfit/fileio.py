@@ -17,6 +17,32 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
+def header_checksum(document: dict) -> str:
+    """sha256 of a manifest's or sidecar's own fields (all but `written` and itself): an
+    edited or damaged document is caught on load without reading the arrays it names."""
+    body = {k: v for k, v in document.items() if k not in ("written", "header_checksum")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def read_document(path: Path, fmt: str, version: int, what: str) -> dict:
+    """Load a streamfit JSON document (statistics manifest, weights sidecar), checking its
+    format, schema version and own checksum."""
+    from .errors import FormatError
+
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FormatError(f"{path}: corrupt {what} ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise FormatError(f"{path}: not a streamfit {what}")
+    if doc.get("schema_version") != version:
+        raise FormatError(f"{path}: schema version {doc.get('schema_version')}, this "
+                          f"streamfit reads {version}")
+    if doc.get("header_checksum") != header_checksum(doc):
+        raise FormatError(f"{path}: {what} checksum mismatch (edited or damaged)")
+    return doc
+
+
 def fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -14,7 +14,6 @@ what the files are and where they came from (see data_schemas/weights.schema.jso
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +27,8 @@ from numpy.lib.format import open_memmap
 from . import __version__, kernels
 from .errors import FormatError
 from .featurize import Examples, batch_examples
-from .fileio import (NpyWriter, fault_point, file_digest, fsync_dir, fsync_path, load_npy,
-                     temp_name, verify, write_json)
-from .stats import header_checksum
+from .fileio import (NpyWriter, fault_point, file_digest, fsync_dir, fsync_path,
+                     header_checksum, load_npy, read_document, temp_name, verify, write_json)
 
 FORMAT = "streamfit-weights"
 SCHEMA_VERSION = 1
@@ -307,18 +305,7 @@ def read_sidecar(path: str | os.PathLike) -> dict:
     if not p.exists():
         raise FormatError(f"{p}: no weights sidecar here (run `streamfit finalize --out "
                           f"{stem_of(path)}.npy` first)")
-    try:
-        meta = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FormatError(f"{p}: corrupt weights sidecar ({exc})") from None
-    if meta.get("format") != FORMAT:
-        raise FormatError(f"{p}: not a streamfit weights sidecar")
-    if meta.get("schema_version") != SCHEMA_VERSION:
-        raise FormatError(f"{p}: schema version {meta.get('schema_version')}, this streamfit "
-                          f"reads {SCHEMA_VERSION}")
-    if meta.get("header_checksum") != header_checksum(meta):
-        raise FormatError(f"{p}: sidecar checksum mismatch (edited or damaged)")
-    return meta
+    return read_document(p, FORMAT, SCHEMA_VERSION, "weights sidecar")
 
 
 def load_model(path: str | os.PathLike, *, check: bool = False) -> Model:

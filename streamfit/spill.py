@@ -8,14 +8,13 @@ so runs written before the vocabulary was known merge into its final layout.
 """
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 
 import numpy as np
 
 from . import kernels
-from .fileio import NpyWriter, atomic_path, fault_point, file_digest, fsync_path, save_npy
+from .fileio import NpyWriter, atomic_path, fault_point, file_digest, save_npy
 
 RUN_ENTRY_BYTES = 16
 

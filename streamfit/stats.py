@@ -13,7 +13,6 @@ the manifest, then deletes the old arrays, so a killed save leaves the previous 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import uuid
 from dataclasses import dataclass, field, replace
@@ -25,7 +24,7 @@ import scipy.sparse as sp
 
 from . import __version__
 from .errors import FormatError
-from .fileio import load_npy, save_npy, verify, write_json
+from .fileio import header_checksum, load_npy, read_document, save_npy, verify, write_json
 
 FORMAT = "streamfit-statistics"
 SCHEMA_VERSION = 1
@@ -139,13 +138,6 @@ def _checksum(arrays: dict) -> str:
     return h.hexdigest()
 
 
-def header_checksum(manifest: dict) -> str:
-    """sha256 of the manifest's own fields (all but `written` and itself): an edited or
-    damaged manifest is caught on load without reading the arrays."""
-    body = {k: v for k, v in manifest.items() if k not in ("written", "header_checksum")}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
 def new_generation() -> str:
     return uuid.uuid4().hex[:12]
 
@@ -191,18 +183,7 @@ def read_manifest(directory: str | os.PathLike) -> dict:
         raise FormatError(f"{directory}: no statistics directory here (run `streamfit accumulate` first)")
     if not path.exists():
         raise FormatError(f"{directory}: not a statistics directory (no {MANIFEST})")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FormatError(f"{path}: corrupt manifest ({exc})") from None
-    if manifest.get("format") != FORMAT:
-        raise FormatError(f"{path}: not a streamfit statistics manifest")
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise FormatError(f"{path}: schema version {manifest.get('schema_version')}, this "
-                          f"streamfit reads {SCHEMA_VERSION}")
-    if manifest.get("header_checksum") != header_checksum(manifest):
-        raise FormatError(f"{path}: manifest checksum mismatch (edited or damaged)")
-    return manifest
+    return read_document(path, FORMAT, SCHEMA_VERSION, "statistics manifest")
 
 
 def load(directory: str | os.PathLike, *, mmap: bool = True, check: bool = False) -> Statistics:
