@@ -19,7 +19,7 @@ from . import __version__
 from .errors import StreamfitError
 from .evaluate import evaluate, iter_examples, predict
 from .model import load_model, read_sidecar, sidecar_path
-from .reading import DEFAULT_BATCH_ROWS
+from .reading import DEFAULT_BATCH_ROWS, resolve_paths
 from .solve import DEFAULT_SMOOTHING, FORMS, finalize
 from .pipeline import CHECKPOINT_SECONDS, DEFAULT_MEMORY, accumulate_into, merge_into, parse_size
 from .stats import load, read_manifest
@@ -158,6 +158,39 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_refine(args) -> int:
+    from tqdm.auto import tqdm
+
+    from .refine import refine
+
+    model = load_model(args.weights)
+    common = dict(task=model.task, window=model.window, n_classes=model.n_classes,
+                  n_features=model.n_features, batch_rows=args.batch_rows, **_columns(args))
+    files = resolve_paths(args.paths)
+    held = resolve_paths(args.heldout) if args.heldout else None
+    with tqdm(total=args.passes, unit="pass", desc=f"refine {args.method}",
+              disable=None if _progress(args) else True) as bar:
+        def on_pass(entry: dict) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{entry['train_loss']:.4f}", refresh=False)
+        refined = refine(model, lambda: iter_examples(files, **common), args.out,
+                         method=args.method, passes=args.passes,
+                         heldout=(lambda: iter_examples(held, **common)) if held else None,
+                         init=args.init, lr=args.lr, l2=args.l2, batch_size=args.batch_size,
+                         seed=args.seed, resume=not args.restart, on_pass=on_pass)
+    log = refined.meta["refinement"]["log"]
+    if args.json:
+        print(json.dumps({"out": str(sidecar_path(args.out)), "method": args.method, "log": log}))
+        return 0
+    for e in log:
+        held_text = (f", held-out loss {e['heldout_loss']:.4f}, accuracy {e['heldout_accuracy']:.4f}"
+                     if "heldout_loss" in e else "")
+        print(f"pass {e['pass']:>3}: train loss {e['train_loss']:.4f}, accuracy "
+              f"{e['train_accuracy']:.4f}{held_text} ({e['seconds']:.1f} s)")
+    print(f"{sidecar_path(args.out)}: refined by {args.method}")
+    return 0
+
+
 def cmd_merge(args) -> int:
     manifest = merge_into(args.out, args.dirs, memory=parse_size(args.memory))
     print(f"{args.out}: merged {len(args.dirs)} shards, {manifest['n_examples']:,} examples, "
@@ -186,6 +219,11 @@ def cmd_info(args) -> int:
     for key, value in info.items():
         if key == "sources":
             value = f"{len(value)} files, {sum(len(s['row_groups']) for s in value)} row groups"
+        elif key == "refinement" and value:
+            last = value["log"][-1] if value["log"] else {}
+            value = (f"{value['method']} from {value.get('from')}, {len(value['log'])} passes, "
+                     f"final train loss {last.get('train_loss', float('nan')):.4f}"
+                     + (f", held-out {last['heldout_loss']:.4f}" if "heldout_loss" in last else ""))
         elif key == "calibration" and value:
             value = f"{value.get('examples', 0):,} held-out examples, best of {len(value.get('grid', []))}"
         print(f"{key:>18}: {value}")
@@ -298,6 +336,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _column_options(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("refine", help="improve weights with streaming passes (GIS, L-BFGS, SGD, Adam)",
+                       description="Refine a weights file by streaming passes over training "
+                       "Parquet data; writes dense weights (logits = x̃·W) with a per-pass log "
+                       "in the sidecar. gis: generalised iterative scaling, backprop-free; "
+                       "lbfgs: full-batch L-BFGS, one pass per evaluation (the optimum of the "
+                       "same model); sgd / adam: mini-batch steps. A checkpoint after every "
+                       "pass (OUT.ckpt.*) lets a killed run resume when run again.")
+    p.add_argument("--weights", required=True, metavar="FILE", help="weights to start from (.npy or .json)")
+    p.add_argument("paths", nargs="+", metavar="PATHS", help="training Parquet files, globs or directories")
+    p.add_argument("--method", required=True, choices=("gis", "lbfgs", "sgd", "adam"))
+    p.add_argument("--passes", type=int, default=5, metavar="N",
+                   help="passes over the data (lbfgs: function evaluations) (default: 5)")
+    p.add_argument("--out", required=True, metavar="FILE", help="refined weights, e.g. refined.npy")
+    p.add_argument("--heldout", nargs="+", metavar="PATHS", help="held-out data, evaluated after every pass")
+    p.add_argument("--init", choices=("weights", "zeros", "random"), default="weights",
+                   help="start from --weights (default), or from zeros / small random values "
+                        "of its shape (the backpropagation baseline)")
+    p.add_argument("--lr", type=float, help="sgd / adam step size (default: sgd 300, adam 0.3)")
+    p.add_argument("--l2", type=float, default=0.0, help="L2 strength (lbfgs, sgd, adam; default: 0)")
+    p.add_argument("--batch-size", type=int, default=256, metavar="B", help="sgd / adam mini-batch (default: 256)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --init random (default: 0)")
+    p.add_argument("--restart", action="store_true", help="ignore a checkpoint of an earlier run")
+    p.add_argument("--json", action="store_true", help="print the log as one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _column_options(p)
+    p.set_defaults(func=cmd_refine)
 
     p = sub.add_parser("merge", help="exact merge of statistics shards",
                        description="Sum statistics directories into one: the same result as "

@@ -250,3 +250,34 @@ def batch_examples(batch: pa.RecordBatch, *, task: str, window: int, n_classes: 
     if not has_label:
         ex.targets = np.full(ex.n, -1, dtype=np.int64)
     return ex
+
+
+def take_examples(ex: Examples, rows: np.ndarray) -> Examples:
+    """The examples at the given positions."""
+    counts = np.diff(ex.indptr)[rows]
+    indptr = np.zeros(rows.size + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    pos = np.repeat(ex.indptr[rows] - indptr[:-1], counts) + np.arange(indptr[-1])
+    return Examples(indptr, ex.indices[pos], ex.values[pos], ex.targets[rows])
+
+
+def slice_examples(ex: Examples, lo: int, hi: int) -> Examples:
+    """Examples lo..hi-1 (views, no copy)."""
+    p0, p1 = ex.indptr[lo], ex.indptr[hi]
+    return Examples(ex.indptr[lo:hi + 1] - p0, ex.indices[p0:p1], ex.values[p0:p1], ex.targets[lo:hi])
+
+
+def distinct_inputs(ex: Examples) -> tuple[Examples, np.ndarray]:
+    """Distinct inputs and, per example, the index of its input. Only examples of one
+    fixed width with equal weights (token windows) are merged; others map to themselves."""
+    widths = np.diff(ex.indptr)
+    if ex.n == 0 or np.any(widths != widths[0]) or widths[0] == 0 or \
+            np.any(ex.values != ex.values[0]):
+        return ex, np.arange(ex.n)
+    w = int(widths[0])
+    rows, inverse = np.unique(ex.indices.reshape(ex.n, w), axis=0, return_inverse=True)
+    if rows.shape[0] > ex.n // 2:
+        return ex, np.arange(ex.n)
+    indptr = np.arange(0, rows.size + 1, w, dtype=np.int64)
+    return (Examples(indptr, rows.ravel(), np.full(rows.size, ex.values[0]),
+                     np.full(rows.shape[0], -1, dtype=np.int64)), inverse.ravel())

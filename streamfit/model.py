@@ -26,7 +26,8 @@ from numpy.lib.format import open_memmap
 
 from . import __version__, kernels
 from .errors import FormatError
-from .featurize import Examples, batch_examples
+from .featurize import (Examples, batch_examples, distinct_inputs, slice_examples,
+                        take_examples)
 from .fileio import (NpyWriter, fault_point, file_digest, fsync_dir, fsync_path,
                      header_checksum, load_npy, read_document, temp_name, verify, write_json)
 
@@ -131,7 +132,7 @@ class Model:
 
         Examples with identical inputs (a bigram's contexts) share their normaliser and
         top-k: each distinct input is scored once, then each target is looked up."""
-        inputs, inverse = _distinct_inputs(ex)
+        inputs, inverse = distinct_inputs(ex)
         lse = np.empty(inputs.n)
         top = np.full((inputs.n, top_k), -1, dtype=np.int64)
         top_logp = np.full((inputs.n, top_k), -np.inf)
@@ -141,7 +142,7 @@ class Model:
                                  self._bias_desc_order, top_k, lse, top, top_logp)
         else:
             for lo, hi in self._chunks(inputs):
-                z = self.logits(_slice(inputs, lo, hi))
+                z = self.logits(slice_examples(inputs, lo, hi))
                 m = z.max(axis=1, keepdims=True)
                 lse[lo:hi] = m[:, 0] + np.log(np.exp(z - m).sum(axis=1))
                 if top_k:
@@ -152,7 +153,7 @@ class Model:
         nll = np.full(ex.n, np.nan)
         has = ex.targets >= 0
         if has.any():
-            nll[has] = lse[inverse[has]] - self._target_logits(_take(ex, np.flatnonzero(has)))
+            nll[has] = lse[inverse[has]] - self._target_logits(take_examples(ex, np.flatnonzero(has)))
         return nll, top[inverse], top_logp[inverse]
 
     def _target_logits(self, ex: Examples) -> np.ndarray:
@@ -170,35 +171,6 @@ class Model:
         """The k most probable classes per example and their probabilities."""
         _, top, top_logp = self.score(ex, top_k=k)
         return top, np.exp(top_logp)
-
-
-def _take(ex: Examples, rows: np.ndarray) -> Examples:
-    counts = np.diff(ex.indptr)[rows]
-    indptr = np.zeros(rows.size + 1, dtype=np.int64)
-    np.cumsum(counts, out=indptr[1:])
-    pos = np.repeat(ex.indptr[rows] - indptr[:-1], counts) + np.arange(indptr[-1])
-    return Examples(indptr, ex.indices[pos], ex.values[pos], ex.targets[rows])
-
-
-def _slice(ex: Examples, lo: int, hi: int) -> Examples:
-    p0, p1 = ex.indptr[lo], ex.indptr[hi]
-    return Examples(ex.indptr[lo:hi + 1] - p0, ex.indices[p0:p1], ex.values[p0:p1], ex.targets[lo:hi])
-
-
-def _distinct_inputs(ex: Examples) -> tuple[Examples, np.ndarray]:
-    """Distinct inputs and, per example, the index of its input. Only examples of one
-    fixed width with equal weights (token windows) are merged; others map to themselves."""
-    widths = np.diff(ex.indptr)
-    if ex.n == 0 or np.any(widths != widths[0]) or widths[0] == 0 or \
-            np.any(ex.values != ex.values[0]):
-        return ex, np.arange(ex.n)
-    w = int(widths[0])
-    rows, inverse = np.unique(ex.indices.reshape(ex.n, w), axis=0, return_inverse=True)
-    if rows.shape[0] > ex.n // 2:
-        return ex, np.arange(ex.n)
-    indptr = np.arange(0, rows.size + 1, w, dtype=np.int64)
-    return (Examples(indptr, rows.ravel(), np.full(rows.size, ex.values[0]),
-                     np.full(rows.shape[0], -1, dtype=np.int64)), inverse.ravel())
 
 
 def _top_k_dense(z: np.ndarray, k: int) -> np.ndarray:
