@@ -169,10 +169,13 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
            method: str, passes: int = 5, heldout: Callable[[], Iterator[Examples]] | None = None,
            init: str = "weights", lr: float | None = None, l2: float = 0.0,
            batch_size: int = 256, seed: int = 0, resume: bool = True,
-           on_pass: Callable[[dict], None] | None = None) -> Model:
+           on_pass: Callable[[dict], None] | None = None,
+           watch: Callable[[dict, np.ndarray], None] | None = None) -> Model:
     """Refine `model` with streaming passes over `train()` (a fresh iterator of Examples
     per call), write the result to `out` and return it. `heldout()` is evaluated after each
-    pass for the log. Checkpoints beside `out` make a killed run resume (resume=True)."""
+    pass for the log; `on_pass(entry)` and `watch(entry, W)` see every log entry (and the
+    weights, which they must not modify). Checkpoints beside `out` make a killed run resume
+    (resume=True)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     if init not in ("weights", "zeros", "random"):
@@ -207,6 +210,8 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
         log.append(entry)
         if on_pass:
             on_pass(entry)
+        if watch:
+            watch(entry, current)
 
     def checkpoint(pass_index: int, current: np.ndarray, arrays: dict, t: int = 0) -> None:
         _save_checkpoint(out, {"settings": settings, "pass": pass_index, "log": log, "t": t},
