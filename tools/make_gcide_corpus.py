@@ -35,7 +35,9 @@ Markup stripping (:func:`strip_markup`, in this order)
     4. every remaining ``[...]`` group is removed, innermost first, so nested groups go
        too: etymologies (``[L. diluens ...]``), usage labels (``[Obs.]``), source notes
        (``[1913 Webster]``, ``[WordNet 1.5]``) and the remaining symbol entities;
-    5. the braces of cross-references are dropped, their text kept (``{Dilute}`` -> ``Dilute``).
+    5. cross-references keep their text without the braces, and inside them the syllable
+       and stress marks ``*``, ``"`` and the backquote are deleted (``{Dilute}`` -> ``Dilute``,
+       ``{Ac*cept"a*bly}`` -> ``Acceptably``); stray braces are dropped.
     Removed groups are replaced by a space, so the words around them stay apart.
 
 Tokenizer (:func:`tokenize`, pure regex, deliberately simple)
@@ -110,6 +112,8 @@ NAMED_ENTITIES = {
 NAMED_RE = re.compile(r"\[(" + "|".join(sorted(NAMED_ENTITIES, key=lambda s: (-len(s), s))) + r")\]")
 TAG_RE = re.compile(r"<[^<>\n]*>")
 BRACKET_RE = re.compile(r"\[[^\[\]]*\]")
+BRACE_RE = re.compile(r"\{([^{}]*)\}")
+_SYLLABLE_MARKS = str.maketrans("", "", '*"`')
 TOKEN_RE = re.compile(r"[a-z]+(?:'[a-z]+)?|[0-9]+|[.,;:!?()]")
 TOKENIZER_DESC = (
     "NFKD, combining marks dropped, lowercased; regex [a-z]+(?:'[a-z]+)?|[0-9]+|[.,;:!?()]; "
@@ -118,7 +122,7 @@ TOKENIZER_DESC = (
 MARKUP_DESC = (
     "removed: \\pronunciations\\, <tags>, [...] groups innermost first (etymologies, labels, "
     "source notes); accent/named character entities -> ASCII letters first; "
-    "{cross-reference} braces dropped, text kept"
+    "{cross-reference} braces dropped, text kept without the marks *\"`"
 )
 
 
@@ -131,6 +135,10 @@ def strip_markup(text: str) -> str:
     text = TAG_RE.sub(" ", text)
     while True:
         text, n = BRACKET_RE.subn(" ", text)
+        if not n:
+            break
+    while True:
+        text, n = BRACE_RE.subn(lambda m: m.group(1).translate(_SYLLABLE_MARKS), text)
         if not n:
             break
     return text.replace("{", "").replace("}", "")
