@@ -111,7 +111,7 @@ def full_pass(w: np.ndarray, batches: Iterable[Examples], *, expected: bool = Tr
             members = np.flatnonzero((inverse >= lo) & (inverse < hi))
             u, y = inverse[members] - lo, ex.targets[members]
             out.loss -= float(logp[u, y].sum())
-            out.correct += int(np.sum(logp[u].argmax(axis=1) == y))
+            out.correct += int(np.sum(logp.argmax(axis=1)[u] == y))
             if expected:
                 out.expected += np.asarray(x.T @ (np.exp(logp) * weight[lo:hi, None]))
         if observed:
