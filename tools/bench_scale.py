@@ -5,71 +5,89 @@ the cost of spilling.
 
 What it measures
     Every measurement is a real subprocess, ``python -m streamfit accumulate FILES --memory
-    BUDGET --jobs N --window M --temp DIR --checkpoint 1e9 --batch-rows R --quiet
-    --overwrite``, timed by wall clock (``time.perf_counter`` around start to exit: Python
-    start-up and imports included) and watched for memory two ways:
+    BUDGET --jobs N --window 3 --vocab-size V --temp DIR --checkpoint 1e9 --batch-rows R
+    --quiet --overwrite`` (--checkpoint 1e9: runs are spilled for memory only, never on a
+    timer), timed by wall clock from its start to its exit (Python start-up and imports
+    included: see the baselines), and watched for memory (Linux /proc):
 
-    peak RSS (tree)  the largest sum of the resident set sizes of the process and all its
-                     descendants (the --jobs worker processes), sampled every ``--poll``
-                     seconds with psutil. Pages shared between forked workers are counted
-                     once per process (an over-estimate); "anon" is the same sum of RSS minus
-                     file-backed/shared pages (psutil's ``shared``), i.e. the heap. Spilled
-                     runs are read back through memory maps, whose resident file pages count
-                     in RSS but not in "anon" (the kernel can drop them at any time).
-    max proc         ``ru_maxrss`` of the largest single process of the tree, exact (the
-                     kernel's own high-water mark, from ``os.wait4``). With --jobs 1 the tree
-                     is one process, so this is the exact peak.
-    runs             sorted runs spilled, counted in the --temp directory while it runs (they
-                     stay there until the merge has finished), and their size on disk.
+    RSS, anon, PSS   peaks of the sum over the process and all its descendants (the --jobs
+                     worker processes) of: the resident set size; the resident set less its
+                     file-backed and shared-memory pages (/proc/PID/statm), i.e. the heap;
+                     the proportional set size (/proc/PID/smaps_rollup: a page shared by n
+                     processes counts 1/n in each — the fair figure for forked workers, whose
+                     RSS sum counts the shared libraries n times). RSS and anon are sampled
+                     every ``--poll`` seconds (0.02), PSS every ``--pss-every`` (0.5: reading
+                     it costs ~2 ms a process). Spilled runs are merged through memory maps:
+                     the pages of them read so far are resident and count in RSS and PSS
+                     (not in anon) until the merge ends, although the kernel may drop them.
+    max proc         ``ru_maxrss`` of the largest single process of the tree: exact, the
+                     kernel's high-water mark (``os.wait4``). The command is started through a
+                     bare ``python -S`` launcher with ``posix_spawn``, because a process's
+                     ru_maxrss includes the memory of whatever it was forked from until its
+                     exec (the benchmark itself, with numpy, pyarrow and numba, is large).
+    phases           counting (reading, counting, spilling) until the merge begins writing
+                     the statistics arrays into --stats, then merging; their times and peaks.
+    runs             sorted runs spilled, counted in the --temp directory (every sample, and
+                     every ``--dir-every`` seconds once it holds 128: they stay until the merge
+                     has ended), and their bytes on disk.
 
-    Corpus size relative to the budget: the in-memory size of a corpus is taken to be that
-    of its final statistics, nnz x 16 bytes (one packed int64 key and one int64 count per
-    non-zero, as in the table and in a run; nnz from the manifest), divided by the budget.
-    The ratio is reported as measured; the token counts are chosen to land near 1, 10, 100.
-    (The hash table that counts them needs 2-4x that: it stays at most half full.)
+    Corpus size relative to the budget: the in-memory size of a corpus is that of its final
+    statistics, nnz x 16 bytes (one packed int64 key and one int64 count per non-zero, as in
+    the hash table and in a run; nnz from the manifest), over the budget. It is reported as
+    measured; token counts are picked (from a rough model of the default chain, or
+    ``--tokens``) to land near 1, 10 and 100. The hash table that counts them needs 2-8x
+    that: it is at most half full, and a worker spills when its table reaches a quarter of
+    its share of the budget.
 
     Corpora: a sparse first-order Markov chain built here, deterministic from ``--seed``
     (``streamfit.synthetic.markov_chain`` is a dense V x V matrix, too big at V = 100k):
-    each of ``--vocab`` states has ``--successors`` random successors with Dirichlet
-    (``--concentration``) weights, sampled with alias tables in a small numba kernel.
-    Spread rows and a window of 3 make almost every (context, next) pair new, so the
-    statistics outgrow a small budget with a few hundred million tokens at most. Written as
+    each of ``--vocab`` states (100k) has ``--successors`` (256) random successors with
+    Dirichlet (``--concentration`` 1) weights, sampled with alias tables by a small numba
+    kernel. Spread rows and window 3 make most (context, next) pairs new: about 2-3
+    non-zeros a token, so the 100x corpus needs ~190M tokens at a 64M budget. Written as
     Parquet (``tokens: list<int32>``, documents of ``--doc-len`` tokens, row groups of
     ``--row-group-docs`` documents, ``--docs-per-file`` documents a file), one directory
-    per corpus size, under a temporary directory or ``--data DIR`` (reused when its
-    parameters match). Generation and writing are not timed; the files were just written,
-    so they are read from the page cache.
+    per corpus size, in a temporary directory or ``--data DIR`` (reused when its parameters
+    match). Generation is not timed; the files were just written (or read before), so they
+    come from the page cache.
 
-    Runs, in order: baselines (``python -c "import streamfit"``; a tiny corpus through
-    ``accumulate`` with --jobs 1 and 2, which also warms numba's on-disk kernel cache), then
-    every corpus size with --jobs 1 at the budget, then the ``--jobs-scale`` corpus with
-    --jobs 2, then the ``--spill-scale`` corpus with a budget large enough not to spill
-    (computed from its nnz: 128 bytes per hash-table slot of the final table, so the table
-    stays under the quarter of the budget at which a worker spills). ``--repeat`` repeats
-    each (best wall time; peak memory is the largest seen), except the largest corpus,
-    measured ``--repeat-largest`` times.
+    Runs, in order: baselines (``python -c "import streamfit"``; a 4000-token corpus
+    through ``accumulate`` with --jobs 1 and 2, twice: the first pair also warms numba's
+    on-disk kernel cache); every corpus size with --jobs 1 at the budget; the
+    ``--jobs-scale`` corpus (10x) with --jobs 2; the ``--spill-scale`` corpus (10x) with a
+    budget under which it does not spill (128 bytes per slot of the final hash table:
+    16 GiB at the default, which allocates ~4 GiB) — and, for comparison, at the budget
+    with accumulate's own default ``--batch-rows 4096`` (the budget is checked between
+    batches, so one batch's new keys overshoot it; ``--no-default-batch`` skips this).
+    ``--batch-rows`` defaults to the most documents whose keys fit the largest table a
+    worker keeps without spilling (budget / 128 bytes / (doc-len x window): 174 at the
+    default); smaller batches make more, smaller runs, which the merge pays for.
+    Each is repeated ``--repeat`` times (best wall time; memory peaks the largest seen),
+    the largest of several corpora ``--repeat-largest`` times.
 
-    In the same run it checks that the spilled statistics equal the in-memory ones, and
-    --jobs 2 those of --jobs 1 (indptr, indices, data and the manifest's counts, via
-    ``streamfit.load_stats``), printing OK, or exiting with status 1 on a mismatch or a
-    failed command.
+    In the same run it checks that the spilled statistics equal the in-memory ones and
+    --jobs 2 those of --jobs 1 (indptr, indices, data and the manifest's sizes and counts,
+    via ``streamfit.load_stats``), and that the in-memory run wrote at most one run and the
+    budget run more; it prints OK, or exits with status 1 on a mismatch or a failed command.
 
 Targets (project issue, part 8) — reported, not asserted
-    peak RSS from 1x to 100x grows by <= 1.1x, and stays under the budget plus a fixed
-    overhead (the start-up baseline is reported separately); --jobs 2 >= 1.8x the
-    throughput of --jobs 1; spilling costs <= 1.5x the in-memory time on the same corpus.
+    peak RSS grows <= 1.1x from 1x to 100x and stays under the budget plus a fixed overhead
+    (reported separately: the import baseline, and the tiny accumulate, which adds the
+    numba kernels and Arrow); --jobs 2 >= 1.8x the throughput of --jobs 1; spilling costs
+    <= 1.5x the in-memory time on the same corpus. The load average is reported: other
+    work on the machine shows in the times.
 
 Rerun
-    /work/venv/bin/python tools/bench_scale.py                    # default size (budget 64M)
-    /work/venv/bin/python tools/bench_scale.py --quick            # ~1 min smoke run (budget 4M)
-    /work/venv/bin/python tools/bench_scale.py --json > scale.json
+    /work/venv/bin/python tools/bench_scale.py                    # default size, ~10 min
+    /work/venv/bin/python tools/bench_scale.py --quick            # ~1 min smoke run (budget 2M)
+    /work/venv/bin/python tools/bench_scale.py --json > scale.json   # table on stderr
     /work/venv/bin/python tools/bench_scale.py --data /tmp/scale-corpus   # keep/reuse corpora
-    /work/venv/bin/python tools/bench_scale.py --memory 32M --scales 1,10,100 --window 3
+    /work/venv/bin/python tools/bench_scale.py --memory 32M --scales 1,10,100
 
-Disk: the largest corpus's Parquet files, its spilled runs (nnz x 16 bytes) and its final
-statistics (nnz x 12 bytes) at once: about 15 GB at the default size. Memory: the chain's
-tables (V x K x 12 bytes, 300 MB at the default) and one corpus file at a time while
-generating; the in-memory run needs about 3x its hash table (2 GiB at the default).
+Needs: Linux (/proc, ru_maxrss in KiB), numba (a streamfit dependency). Disk: the corpora
+(~1 GB of Parquet at the default), and at once the largest corpus's spilled runs (~9 GB)
+and statistics (nnz x 12 bytes, ~4.5 GB). Memory: the chain's alias tables (V x K x 12
+bytes, 300 MB) and one corpus file while generating; the in-memory run ~4.5 GiB.
 """
 from __future__ import annotations
 
@@ -179,13 +197,14 @@ def build_chain(vocab: int, successors: int, concentration: float, seed: int) ->
     return table
 
 
-def corpus_params(args, label: str, tokens: int, index: int) -> dict:
+def corpus_params(args, label: str, tokens: int, scale: float) -> dict:
     n_docs = max(2, -(-tokens // args.doc_len))
     return {"label": label, "tokens": n_docs * args.doc_len, "n_docs": n_docs,
             "doc_len": args.doc_len, "vocab": args.vocab, "successors": args.successors,
             "concentration": args.concentration, "chain_seed": args.seed,
-            "sample_seed": args.seed + 1000 + index, "row_group_docs": args.row_group_docs,
-            "docs_per_file": args.docs_per_file, "sampler": "alias-v1"}
+            "sample_seed": args.seed + 1000 + round(scale * 1000),
+            "row_group_docs": args.row_group_docs, "docs_per_file": args.docs_per_file,
+            "sampler": "alias-v1"}
 
 
 def write_corpus(directory: Path, params: dict, chain_fn) -> list[Path]:
@@ -311,64 +330,89 @@ def pss(pid: int) -> tuple[int, int]:
     return total, anon
 
 
-def measure(cmd: list[str], *, poll: float, pss_every: float, logs: Path,
-            temp: Path | None = None) -> dict:
+def _merge_started(stats: Path) -> bool:
+    """Whether the merge has begun writing the statistics arrays (F-*.npy, under a
+    temporary name first)."""
+    try:
+        return any(e.name.startswith(("F-", ".F-")) for e in os.scandir(stats))
+    except OSError:
+        return False
+
+
+def measure(cmd: list[str], *, poll: float, dir_every: float, pss_every: float, logs: Path,
+            temp: Path | None = None, stats: Path | None = None) -> dict:
     """Run `cmd` (through the launcher); wall time, exit status, peak memory of its process
-    tree (sampled), the exact peak of its largest single process (ru_maxrss), and the
-    spilled runs seen in `temp`."""
+    tree (sampled; overall, and before / after the merge began writing into `stats`), the
+    exact peak of its largest single process (ru_maxrss), and the spilled runs in `temp`."""
     result, out_path, err_path = logs / "last.json", logs / "last.stdout", logs / "last.stderr"
     result.unlink(missing_ok=True)
-    peak = {"rss": 0, "anon": 0, "pss": 0, "pss_anon": 0, "procs": 0, "samples": 0,
-            "pss_samples": 0, "runs": 0, "run_bytes": 0}
+    zero = {"rss": 0, "anon": 0, "pss": 0, "pss_anon": 0}
+    phase = {"count": dict(zero), "merge": dict(zero)}
+    seen = {"procs": 0, "samples": 0, "pss_samples": 0, "runs": 0, "run_bytes": 0,
+            "merge_at": None}
     with open(out_path, "wb") as fo, open(err_path, "wb") as fe:
+        t0 = time.monotonic()
         launcher = subprocess.Popen([sys.executable, "-S", "-c", LAUNCHER, str(result), *cmd],
                                     stdout=fo, stderr=fe)
-        next_pss = 0.0
+        next_pss = next_dir = 0.0
         while launcher.poll() is None:
+            now = time.monotonic()
+            if stats is not None and seen["merge_at"] is None and _merge_started(stats):
+                seen["merge_at"] = now - t0  # a small directory: looked at every sample
+            # The runs directory every sample while it is small (a short run's runs live
+            # briefly), every `dir_every` seconds once it holds many (their merge is long).
+            if now >= next_dir or seen["runs"] < 128:
+                next_dir = now + dir_every
+                if temp is not None:
+                    try:
+                        runs = [e for e in os.scandir(temp)
+                                if e.name.startswith("run-") and e.name.endswith(".npy")]
+                    except OSError:
+                        runs = []
+                    if len(runs) > 2 * seen["runs"]:  # runs stay until the merge has ended
+                        size = 0
+                        for e in runs:
+                            try:
+                                size += e.stat().st_size
+                            except OSError:
+                                pass
+                        seen["runs"] = len(runs) // 2  # keys and vals
+                        seen["run_bytes"] = max(seen["run_bytes"], size)
+            peak = phase["count" if seen["merge_at"] is None else "merge"]
             procs = descendants(launcher.pid)
             rss = anon = 0
             for p in procs:
                 r, a = statm(p)
                 rss, anon = rss + r, anon + a
             peak["rss"], peak["anon"] = max(peak["rss"], rss), max(peak["anon"], anon)
-            peak["procs"] = max(peak["procs"], len(procs))
-            peak["samples"] += 1
-            now = time.monotonic()
+            seen["procs"] = max(seen["procs"], len(procs))
+            seen["samples"] += 1
             if procs and now >= next_pss:
+                next_pss = now + pss_every
                 t, a = map(sum, zip(*(pss(p) for p in procs)))
                 peak["pss"], peak["pss_anon"] = max(peak["pss"], t), max(peak["pss_anon"], a)
-                peak["pss_samples"] += 1
-                next_pss = now + pss_every
-            if temp is not None:
-                try:
-                    runs = [e for e in os.scandir(temp)
-                            if e.name.startswith("run-") and e.name.endswith(".npy")]
-                except OSError:
-                    runs = []
-                if len(runs) > 2 * peak["runs"]:
-                    size = 0
-                    for e in runs:
-                        try:
-                            size += e.stat().st_size
-                        except OSError:
-                            pass
-                    peak["runs"] = len(runs) // 2  # keys and vals
-                    peak["run_bytes"] = max(peak["run_bytes"], size)
+                seen["pss_samples"] += 1
             time.sleep(poll)
     try:
         r = json.loads(result.read_text())
     except (OSError, ValueError):
         r = {"seconds": math.nan, "maxrss_kib": 0, "returncode": launcher.returncode}
+    both = {k: max(phase["count"][k], phase["merge"][k]) for k in zero}
+    merge_s = None if seen["merge_at"] is None else max(r["seconds"] - seen["merge_at"], 0.0)
     return {"seconds": r["seconds"], "returncode": r["returncode"],
             "stdout": out_path.read_text(errors="replace").strip(),
             "stderr": err_path.read_text(errors="replace").strip()[-2000:],
-            "peak_rss_tree": peak["rss"], "peak_anon_tree": peak["anon"],
-            "peak_pss_tree": peak["pss"], "peak_pss_anon_tree": peak["pss_anon"],
+            "peak_rss_tree": both["rss"], "peak_anon_tree": both["anon"],
+            "peak_pss_tree": both["pss"], "peak_pss_anon_tree": both["pss_anon"],
             "maxrss_process": r["maxrss_kib"] * 1024,  # Linux: KiB
-            "max_processes": peak["procs"], "samples": peak["samples"],
-            "pss_samples": peak["pss_samples"],
-            "runs": peak["runs"] if temp is not None else None,
-            "run_bytes": peak["run_bytes"] if temp is not None else None}
+            "count_phase": {"seconds": None if merge_s is None else r["seconds"] - merge_s,
+                            **{f"peak_{k}_tree": v for k, v in phase["count"].items()}},
+            "merge_phase": {"seconds": merge_s,
+                            **{f"peak_{k}_tree": v for k, v in phase["merge"].items()}},
+            "max_processes": seen["procs"], "samples": seen["samples"],
+            "pss_samples": seen["pss_samples"],
+            "runs": seen["runs"] if temp is not None else None,
+            "run_bytes": seen["run_bytes"] if temp is not None else None}
 
 
 def accumulate_cmd(files, stats: Path, temp: Path, memory: str, jobs: int, args,
@@ -426,7 +470,8 @@ def environment() -> dict:
     except OSError:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {"python": platform.python_version(), "numpy": np.__version__,
+    return {"loadavg_1m_5m_15m": list(os.getloadavg()),
+            "python": platform.python_version(), "numpy": np.__version__,
             "pyarrow": pa.__version__, "streamfit": streamfit.__version__,
             "platform": platform.platform(), "cpu_model": cpu_model,
             "cpu_count": os.cpu_count(), "memory_bytes": mem}
@@ -441,7 +486,8 @@ def format_report(r: dict) -> str:
     lines = [
         f"streamfit accumulate at scale — budget --memory {c['memory']} "
         f"({c['budget_bytes'] / MiB:g} MiB), window {c['window']}, --batch-rows "
-        f"{c['batch_rows']}, --checkpoint {NO_CHECKPOINT} (spills for memory only)",
+        f"{c['batch_rows']}{' (budget/128 B/doc-len/window)' if c['batch_rows_auto'] else ''}"
+        f", --checkpoint {NO_CHECKPOINT} (spills for memory only)",
         f"corpora: sparse Markov chain, {c['vocab']:,} states x {c['successors']} successors "
         f"(Dirichlet {c['concentration']:g}, seed {c['seed']}), documents of {c['doc_len']} "
         f"tokens, row groups of {c['row_group_docs']} docs, {c['docs_per_file']} docs a file",
@@ -449,7 +495,8 @@ def format_report(r: dict) -> str:
         f"{(env['memory_bytes'] or 0) / (1 << 30):.0f} GiB; python {env['python']}, "
         f"numpy {env['numpy']}, pyarrow {env['pyarrow']}; best of {c['repeat']} "
         f"({c['repeat_largest']} for the largest); memory sampled every {c['poll']}s "
-        f"(PSS every {c['pss_every']}s)",
+        f"(PSS every {c['pss_every']}s); load average {env['loadavg_at_start'][0]:.1f} at the "
+        f"start, {env['loadavg_1m_5m_15m'][0]:.1f} at the end (1 min)",
         "",
         "baselines (fixed overhead; MiB, whole process tree):",
     ]
@@ -476,6 +523,17 @@ def format_report(r: dict) -> str:
     lines.append("  stats/budget: nnz x 16 bytes over the run's own --memory. RSS, anon (RSS "
                  "less file-backed pages), PSS: peaks of the whole process tree; max proc: "
                  "ru_maxrss of its largest process; runs: sorted runs spilled")
+    lines += ["", "  phases: counting (reading, counting, spilling) until the merge begins "
+              "writing the statistics, then merging (peaks in MiB)",
+              f"  {'run':<22}{'count s':>9}{'merge s':>9}{'RSS':>9}{'anon':>7}"
+              f"{'RSS':>9}{'anon':>7}",
+              f"  {'':<22}{'':>9}{'':>9}{'counting':>16}{'merging':>16}"]
+    for res in r["results"]:
+        cp, mp = res["count_phase"], res["merge_phase"]
+        secs = (lambda v: "-" if v is None else f"{v:.2f}")
+        lines.append(f"  {res['name']:<22}{secs(cp['seconds']):>9}{secs(mp['seconds']):>9}"
+                     f"{mib(cp['peak_rss_tree']):>9}{mib(cp['peak_anon_tree']):>7}"
+                     f"{mib(mp['peak_rss_tree']):>9}{mib(mp['peak_anon_tree']):>7}")
     t = r["targets"]
     lines += ["", "targets (reported, not asserted):"]
     g = t["rss_growth"]
@@ -484,10 +542,13 @@ def format_report(r: dict) -> str:
                      f"{g['anon_ratio']:.2f}x, PSS {g['pss_ratio']:.2f}x), target <= "
                      f"{g['target']} -> {'met' if g['met'] else 'NOT met'}")
     for u in t["under_budget"]:
-        lines.append(f"  {u['name']:<6} peak RSS - import baseline = {mib(u['above_baseline']):>5}"
-                     f" MiB ({u['above_baseline'] / u['budget']:5.2f}x budget; anon "
-                     f"{mib(u['anon_above_baseline']):>5} MiB, {u['anon_above_baseline'] / u['budget']:5.2f}x)"
-                     f" -> {'under' if u['met'] else 'OVER'} the budget")
+        bud = u["budget"]
+        lines.append(f"  {u['name']:<6} peak above the import baseline: RSS "
+                     f"{mib(u['above_baseline']):>5} MiB = {u['above_baseline'] / bud:6.2f}x "
+                     f"budget (anon {u['anon_above_baseline'] / bud:5.2f}x); above the tiny "
+                     f"accumulate: RSS {u['above_tiny_accumulate'] / bud:6.2f}x, anon "
+                     f"{u['anon_above_tiny_accumulate'] / bud:5.2f}x -> "
+                     f"{'under' if u['met'] else 'OVER'} the budget")
     j = t["jobs"]
     if j:
         lines.append(f"  --jobs 2 vs --jobs 1 on {j['corpus']}: {j['ratio']:.2f}x throughput "
@@ -497,7 +558,7 @@ def format_report(r: dict) -> str:
     if sp:
         lines.append(f"  spilling vs in memory on {sp['corpus']}: {sp['ratio']:.2f}x the time "
                      f"({sp['in_memory_s']:.2f}s with --memory {sp['in_memory_memory']}, "
-                     f"{sp['in_memory_runs']} run -> {sp['spilled_s']:.2f}s, "
+                     f"{sp['in_memory_runs']} run(s) seen -> {sp['spilled_s']:.2f}s, "
                      f"{sp['spilled_runs']} runs), target <= {sp['target']} -> "
                      f"{'met' if sp['met'] else 'NOT met'}")
     lines += ["", "checks:"]
@@ -530,10 +591,13 @@ def main(argv=None) -> int:
     ap.add_argument("--doc-len", type=int, default=1000)
     ap.add_argument("--row-group-docs", type=int, default=1000)
     ap.add_argument("--docs-per-file", type=int, default=8000)
-    ap.add_argument("--batch-rows", type=int, default=64,
-                    help="--batch-rows of accumulate (default 64 documents = 64k tokens: the "
-                         "budget is checked between batches, so a batch's new keys are the "
-                         f"table's overshoot; accumulate's own default is {DEFAULT_BATCH_ROWS})")
+    ap.add_argument("--batch-rows", type=int,
+                    help="--batch-rows of accumulate (default: the most documents whose keys "
+                         "fit the table a worker may hold, budget / 128 bytes / (doc-len x "
+                         "window): 174 at the default. The budget is checked between batches, "
+                         "so one batch's new keys overshoot it, and a worker spills as soon as "
+                         "its table reaches a quarter of the budget, so smaller batches make "
+                         f"more, smaller runs; accumulate's own default is {DEFAULT_BATCH_ROWS})")
     ap.add_argument("--no-default-batch", action="store_true",
                     help=f"skip the extra run of the --spill-scale corpus with accumulate's "
                          f"default --batch-rows {DEFAULT_BATCH_ROWS}")
@@ -546,6 +610,9 @@ def main(argv=None) -> int:
                     help="best of N for the largest corpus (default 1)")
     ap.add_argument("--poll", type=float, default=0.02,
                     help="RSS sampling interval in seconds (default 0.02)")
+    ap.add_argument("--dir-every", type=float, default=0.2,
+                    help="interval in seconds between looks at the --temp directory once it "
+                         "holds 128 runs (every sample before; default 0.2)")
     ap.add_argument("--pss-every", type=float, default=0.5,
                     help="PSS sampling interval in seconds (default 0.5: reading smaps_rollup "
                          "costs ~2 ms a process)")
@@ -561,16 +628,18 @@ def main(argv=None) -> int:
         args.memory, args.repeat, args.repeat_largest = "2M", 1, 1
         args.vocab, args.successors = 20_000, 64
         args.doc_len, args.row_group_docs, args.docs_per_file = 200, 100, 2000
-        args.batch_rows = 32
     try:
         scales = [float(x) for x in args.scales.split(",") if x.strip()]
         budget = parse_size(args.memory)
     except ValueError as exc:
         ap.error(str(exc))
+    auto_batch = args.batch_rows is None
+    if auto_batch:
+        args.batch_rows = max(1, budget // 128 // (args.doc_len * args.window))
     if not scales or any(x <= 0 for x in scales) or args.repeat < 1 \
             or args.repeat_largest < 1 or args.window < 1 or args.vocab < 2 \
             or args.successors < 1 or args.doc_len < 2 or args.batch_rows < 1 \
-            or args.poll <= 0 or args.pss_every <= 0:
+            or args.poll <= 0 or args.pss_every <= 0 or args.dir_every <= 0:
         ap.error("scales, --repeat, --window, --successors, --batch-rows, --poll must be "
                  "positive; --vocab and --doc-len at least 2")
     if args.jobs_scale not in scales or args.spill_scale not in scales:
@@ -583,6 +652,7 @@ def main(argv=None) -> int:
         tokens = [tokens_for(x, budget, args.window) for x in scales]
 
     start = time.perf_counter()
+    load_start = list(os.getloadavg())
     workdir = Path(tempfile.mkdtemp(prefix="bench_scale-"))
     data = Path(args.data) if args.data else workdir / "corpora"
     chain_cache: dict = {}
@@ -602,18 +672,21 @@ def main(argv=None) -> int:
     largest = max(scales)
     results, checks, failures, baselines, corpora = [], [], [], {}, {}
 
-    def meas(cmd, temp=None):
-        return measure(cmd, poll=args.poll, pss_every=args.pss_every, logs=workdir, temp=temp)
+    def meas(cmd, temp=None, stats=None):
+        if stats is not None:
+            shutil.rmtree(stats, ignore_errors=True)  # the merge is seen by its new files
+        return measure(cmd, poll=args.poll, dir_every=args.dir_every,
+                       pss_every=args.pss_every, logs=workdir, temp=temp, stats=stats)
 
     def run(name, scale, memory, jobs, keep=False, batch_rows=None):
         """Measure one accumulate (best of the repeats); its row of the table."""
         files = corpora[scale][0]
-        repeat = args.repeat_largest if scale == largest else args.repeat
+        repeat = args.repeat_largest if scale == largest and len(scales) > 1 else args.repeat
         stats, temp = workdir / f"stats-{len(results)}", workdir / f"temp-{len(results)}"
         cmd = accumulate_cmd(files, stats, temp, memory, jobs, args, batch_rows)
         best = None
         for r in range(repeat):
-            m = meas(cmd, temp)
+            m = meas(cmd, temp, stats)
             if m["returncode"] != 0:
                 failures.append(f"{name}: exit status {m['returncode']}: {m['stderr']}")
                 log(f"  {name}: FAILED (exit status {m['returncode']})\n{m['stderr']}")
@@ -622,16 +695,28 @@ def main(argv=None) -> int:
                 return None, stats
             log(f"  {name} ({r + 1}/{repeat}): {m['seconds']:.2f}s, RSS {mib(m['peak_rss_tree'])}"
                 f" MiB (anon {mib(m['peak_anon_tree'])}, PSS {mib(m['peak_pss_tree'])}), max "
-                f"process {mib(m['maxrss_process'])} MiB, {m['runs']} runs")
+                f"process {mib(m['maxrss_process'])} MiB, {m['runs']} runs; merge "
+                f"{m['merge_phase']['seconds'] or 0:.2f}s, its RSS "
+                f"{mib(m['merge_phase']['peak_rss_tree'])} MiB (anon "
+                f"{mib(m['merge_phase']['peak_anon_tree'])}), before it "
+                f"{mib(m['count_phase']['peak_rss_tree'])} (anon "
+                f"{mib(m['count_phase']['peak_anon_tree'])})")
             if best is None:
                 best = m
             else:
                 peaks = {k: max(best[k], m[k]) for k in
                          ("peak_rss_tree", "peak_anon_tree", "peak_pss_tree",
                           "peak_pss_anon_tree", "maxrss_process", "runs", "run_bytes")}
+                phases = {ph: {k: v if k == "seconds" else max(v, best[ph][k])
+                               for k, v in m[ph].items()}
+                          for ph in ("count_phase", "merge_phase")}
                 if m["seconds"] < best["seconds"]:
                     best = m
+                else:
+                    for ph in phases:
+                        phases[ph]["seconds"] = best[ph]["seconds"]
                 best.update(peaks)
+                best.update(phases)
         man = manifest_of(stats)
         res = {"name": name, "scale": scale, "memory": memory, "jobs": jobs,
                "batch_rows": batch_rows or args.batch_rows, "files": len(files),
@@ -648,8 +733,8 @@ def main(argv=None) -> int:
 
     try:
         log("corpora")
-        for i, (x, n) in enumerate(zip(scales, tokens)):
-            params = corpus_params(args, label(x), n, i)
+        for x, n in zip(scales, tokens):
+            params = corpus_params(args, label(x), n, x)
             corpora[x] = (write_corpus(data / f"corpus-{label(x)}", params, chain), params)
         chain_cache.clear()
 
@@ -703,8 +788,8 @@ def main(argv=None) -> int:
             resm, statsm = run(f"{label(x)} in memory", x, big, 1, keep=True)
             if resm is not None:
                 problems = same_statistics(kept[x][1], statsm)
-                if resm["runs"] != 1:
-                    problems.append(f"the in-memory run wrote {resm['runs']} runs, not 1")
+                if resm["runs"] > 1:
+                    problems.append(f"the in-memory run spilled: {resm['runs']} runs")
                 if res1["runs"] < 2:
                     problems.append(f"the budget run wrote {res1['runs']} run(s): no spill")
                 checks.append({"what": f"spilled == in memory ({label(x)})",
@@ -744,6 +829,8 @@ def main(argv=None) -> int:
             "baseline": base["peak_rss_tree"], "above_baseline": above,
             "anon_above_baseline": x["peak_anon_tree"] - base["peak_anon_tree"],
             "above_tiny_accumulate": x["peak_rss_tree"] - baselines["tiny_jobs1"]["peak_rss_tree"],
+            "anon_above_tiny_accumulate":
+                x["peak_anon_tree"] - baselines["tiny_jobs1"]["peak_anon_tree"],
             "budget": budget, "met": above <= budget})
     if failures:
         checks.append({"what": "every accumulate command succeeded", "problems": failures})
@@ -754,12 +841,14 @@ def main(argv=None) -> int:
                    "successors": args.successors, "concentration": args.concentration,
                    "seed": args.seed, "doc_len": args.doc_len,
                    "row_group_docs": args.row_group_docs, "docs_per_file": args.docs_per_file,
-                   "batch_rows": args.batch_rows, "checkpoint": float(NO_CHECKPOINT),
+                   "batch_rows": args.batch_rows, "batch_rows_auto": auto_batch,
+                   "checkpoint": float(NO_CHECKPOINT),
                    "repeat": args.repeat, "repeat_largest": args.repeat_largest,
-                   "poll": args.poll, "pss_every": args.pss_every, "quick": args.quick,
+                   "poll": args.poll, "dir_every": args.dir_every,
+                   "pss_every": args.pss_every, "quick": args.quick,
                    "data_dir": str(Path(args.data).resolve()) if args.data else None},
         "corpora": {label(x): p for x, (_, p) in corpora.items()},
-        "environment": environment(),
+        "environment": {**environment(), "loadavg_at_start": load_start},
         "timer": "time.perf_counter around the accumulate process (start-up included); "
                  "best of repeat; memory peaks the largest of the repeats",
         "baselines": {k: {kk: vv for kk, vv in v.items() if kk not in ("stdout", "stderr")}
