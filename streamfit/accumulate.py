@@ -29,8 +29,9 @@ class CountTable:
     """Open-addressing hash table of packed (feature, class) keys to sums; keys and values
     interleaved in one int64 array (float sums through a float64 view of it)."""
 
-    def __init__(self, value_dtype: type, capacity_bits: int = 16):
+    def __init__(self, value_dtype: type, capacity_bits: int = 16, max_bits: int | None = None):
         self.value_dtype = np.dtype(value_dtype)
+        self.max_bits = max_bits  # growth stops here unless a batch needs more
         self._allocate(capacity_bits)
 
     def _allocate(self, bits: int) -> None:
@@ -42,6 +43,11 @@ class CountTable:
 
     def clear(self, capacity_bits: int = 16) -> None:
         self._allocate(capacity_bits)
+
+    @property
+    def full(self) -> bool:
+        """At its maximum size and near the load that would make it grow."""
+        return self.max_bits is not None and self.n_used >= 0.4 * (1 << self.max_bits)
 
     @property
     def shift(self) -> int:
@@ -58,7 +64,10 @@ class CountTable:
     def grow(self) -> None:
         """Double the capacity (quadruple while small: rehashing is the cost of growth)."""
         old, n_used = self.slots, self.n_used
-        self._allocate(self.bits + (2 if self.bits < 22 else 1))
+        bits = self.bits + (2 if self.bits < 22 else 1)
+        if self.max_bits is not None:
+            bits = min(bits, max(self.max_bits, self.bits + 1))
+        self._allocate(bits)
         kernels.rehash(old, self.slots, self.shift)
         self.n_used = n_used
 

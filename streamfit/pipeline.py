@@ -107,6 +107,8 @@ def _work(worker: int, units: list[tuple[str, int, int]], job: Job, report: Call
     """Accumulate `units` (path, row group, rows already journalled), spilling a run and
     reporting it whenever the table reaches the budget or a checkpoint is due."""
     acc = Accumulator(job.task, **job.options)
+    # The table may take half the budget (16 bytes a slot); spilling it takes about as much.
+    acc.table.max_bits = max(10, int(np.log2(max(job.budget // 2 // 16, 1024))))
     work = Path(job.work)
     done: list = []
     last = time.monotonic()
@@ -140,8 +142,7 @@ def _work(worker: int, units: list[tuple[str, int, int]], job: Job, report: Call
             current = (path, rg, rows)
             report({"kind": "progress", "rows": data.num_rows})
             fault_point("after_batch")
-            if acc.table.nbytes >= job.budget // 4 or \
-                    time.monotonic() - last >= job.checkpoint_seconds:
+            if acc.table.full or time.monotonic() - last >= job.checkpoint_seconds:
                 spill()
         done.append((path, rg, rows))
         current = None

@@ -28,15 +28,6 @@ def write_run(directory: Path, keys: np.ndarray, vals: np.ndarray) -> dict:
     return {"name": name, "n": int(keys.size)}
 
 
-def open_run(directory: Path, entry: dict) -> tuple[np.ndarray, np.ndarray]:
-    keys = np.load(directory / f"{entry['name']}.keys.npy", mmap_mode="r")
-    vals = np.load(directory / f"{entry['name']}.vals.npy", mmap_mode="r")
-    if keys.size != entry["n"] or vals.size != entry["n"]:
-        from .errors import FormatError
-        raise FormatError(f"{directory}: run {entry['name']} is damaged (size mismatch)")
-    return keys, vals
-
-
 def remove_run(directory: Path, entry: dict) -> None:
     for part in ("keys", "vals"):
         (directory / f"{entry['name']}.{part}.npy").unlink(missing_ok=True)
@@ -80,6 +71,43 @@ def statistics_as_run(stats, directory: Path, chunk_rows: int = 1 << 16) -> dict
     return {"name": name, "n": int(stats.nnz)}
 
 
+class _RunReader:
+    """A run's keys and values, read a window at a time with plain reads — not through a
+    memory map, whose pages would stay resident and grow RSS with the corpus."""
+
+    def __init__(self, directory: Path, entry: dict, step: int):
+        self.n, self.step, self.pos = entry["n"], step, 0
+        self._files = []
+        for part in ("keys", "vals"):
+            fh = open(directory / f"{entry['name']}.{part}.npy", "rb")
+            version = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(fh)
+            if shape != (self.n,):
+                from .errors import FormatError
+                raise FormatError(f"{directory}: run {entry['name']} is damaged (size mismatch)")
+            self._files.append((fh, fh.tell(), dtype))
+        self._start, self._keys, self._vals = 0, np.empty(0, np.int64), np.empty(0)
+
+    def window(self) -> tuple[np.ndarray, np.ndarray]:
+        """At least one entry from the current position (refilled when under half full)."""
+        have = self._start + self._keys.size - self.pos
+        if have < min(self.step // 2, self.n - self.pos) or have <= 0:
+            count = min(self.step, self.n - self.pos)
+            arrays = []
+            for fh, offset, dtype in self._files:
+                fh.seek(offset + self.pos * dtype.itemsize)
+                arrays.append(np.fromfile(fh, dtype=dtype, count=count))
+            self._start, (self._keys, self._vals) = self.pos, arrays
+        lo = self.pos - self._start
+        return self._keys[lo:], self._vals[lo:]
+
+    def close(self) -> None:
+        for fh, _, _ in self._files:
+            fh.close()
+
+
 def merge_runs(directory: Path, runs: list[dict], *, task: str, vocab_size: int,
                n_features: int, value_dtype, out_dir: Path, generation: str,
                memory: int) -> dict:
@@ -88,26 +116,25 @@ def merge_runs(directory: Path, runs: list[dict], *, task: str, vocab_size: int,
     Returns the arrays' manifest entries."""
     from .stats import array_file
 
-    opened = [open_run(directory, r) for r in runs]
-    step = max(1024, memory // (4 * RUN_ENTRY_BYTES * max(len(opened), 1)))
-    pos = [0] * len(opened)
+    step = max(1024, memory // (8 * RUN_ENTRY_BYTES * max(len(runs), 1)))
+    readers = [_RunReader(directory, r, step) for r in runs]
     row_counts = np.zeros(n_features, dtype=np.int64)
     paths = {name: out_dir / array_file(generation, name) for name in ("indices", "data")}
     with atomic_path(paths["indices"]) as ti, atomic_path(paths["data"]) as td:
         wi, wd = NpyWriter(ti, np.int32), NpyWriter(td, value_dtype)
         while True:
-            live = [i for i, (k, _) in enumerate(opened) if pos[i] < k.size]
+            live = [r for r in readers if r.pos < r.n]
             if not live:
                 break
-            # Every run holds at most `step` keys <= bound: a bounded slice of each.
-            bound = min(int(opened[i][0][min(pos[i] + step, opened[i][0].size) - 1]) for i in live)
+            windows = [r.window() for r in live]
+            # Every key <= bound of every run lies in its window: bounded slices of each.
+            bound = min(int(keys[-1]) for keys, _ in windows)
             key_parts, val_parts = [], []
-            for i in live:
-                keys, vals = opened[i]
-                end = pos[i] + int(np.searchsorted(keys[pos[i]:pos[i] + step], bound, side="right"))
-                key_parts.append(np.asarray(keys[pos[i]:end]))
-                val_parts.append(np.asarray(vals[pos[i]:end]))
-                pos[i] = end
+            for r, (keys, vals) in zip(live, windows):
+                end = int(np.searchsorted(keys, bound, side="right"))
+                key_parts.append(keys[:end])
+                val_parts.append(vals[:end])
+                r.pos += end
             keys = np.concatenate(key_parts)
             vals = np.concatenate(val_parts)
             order = np.argsort(keys, kind="stable")
@@ -124,6 +151,8 @@ def merge_runs(directory: Path, runs: list[dict], *, task: str, vocab_size: int,
             fault_point("mid_merge")
         wi.close()
         wd.close()
+    for r in readers:
+        r.close()
     indptr = np.zeros(n_features + 1, dtype=np.int64)
     np.cumsum(row_counts, out=indptr[1:])
     entries = {"indptr": (indptr, save_npy(out_dir / array_file(generation, "indptr"), indptr))}
