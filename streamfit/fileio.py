@@ -198,3 +198,27 @@ def fault_point(name: str) -> None:
         if _FAULTS[name] <= 0:
             import signal
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling directory to fill; on success it replaces `path` (the old
+    one is renamed aside first and removed last, so `path` is never half-written)."""
+    import shutil
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()  # unlike mkdtemp, honours the umask for the final directory's mode
+    try:
+        yield tmp
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

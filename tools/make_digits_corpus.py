@@ -29,15 +29,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from streamfit.fileio import atomic_directory
 
 SEED = 0
 ROW_GROUP_SIZE = 1024
@@ -126,24 +126,10 @@ def build_corpus(dataset: str, out: str | Path) -> dict:
         "features": "raw values as float32, not rescaled",
     }
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
+    with atomic_directory(out) as tmp:
         for split in SPLITS:
             _write_split(tmp / f"{split}.parquet", x, y, splits[split])
         (tmp / "corpus.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
 
 

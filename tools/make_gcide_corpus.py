@@ -88,6 +88,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from streamfit.fileio import atomic_directory
 from tqdm import tqdm
 
 PACKAGE = "dict-gcide"
@@ -378,25 +380,11 @@ def build_corpus(out: str | Path, dict_dir: str | Path, vocab_size: int = 16384,
         "tokenizer": TOKENIZER_DESC,
     }
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
+    with atomic_directory(out) as tmp:
         for split, split_docs in docs.items():
             _write_split(tmp / f"{split}.parquet", split_docs)
         (tmp / "vocab.txt").write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
         (tmp / "corpus.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
 
 

@@ -44,16 +44,16 @@ import argparse
 import json
 import platform
 import re
-import shutil
 import sys
 import sysconfig
-import uuid
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from streamfit.fileio import atomic_directory
 from tqdm import tqdm
 
 UNK, NL = "<unk>", "<nl>"
@@ -153,25 +153,11 @@ def build_corpus(out: str | Path, vocab_size: int = 8192, max_files: int | None 
     }
 
     # Atomic publish: build in a sibling temp dir, then swap it in.
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"
-    tmp.mkdir()  # unlike mkdtemp, honours the umask for the final directory's mode
-    try:
+    with atomic_directory(out) as tmp:
         for split, split_docs in docs.items():
             _write_split(tmp / f"{split}.parquet", split_docs)
         (tmp / "vocab.txt").write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
         (tmp / "corpus.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
 
 
