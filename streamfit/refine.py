@@ -80,6 +80,13 @@ class PassResult:
     expected: np.ndarray | None = None   # E = X̃ᵀŶ
     observed: np.ndarray | None = None   # F = X̃ᵀY
 
+    def __add__(self, other: "PassResult") -> "PassResult":
+        """Sums of two shards of a pass (for passes split over processes or machines)."""
+        def add(a, b):
+            return None if a is None else a + b
+        return PassResult(self.n + other.n, self.loss + other.loss, self.correct + other.correct,
+                          add(self.expected, other.expected), add(self.observed, other.observed))
+
     @property
     def mean_loss(self) -> float:
         return self.loss / max(self.n, 1)
@@ -119,6 +126,10 @@ def full_pass(w: np.ndarray, batches: Iterable[Examples], *, expected: bool = Tr
             np.add.at(out.observed, (ex.indices, ex.targets[rows]), ex.values)
         out.n += ex.n
     return out
+
+
+PassFn = Callable[[np.ndarray, bool, bool], PassResult]
+"""(w, expected, observed) -> the sums of one full pass over the training data."""
 
 
 def heldout_loss(w: np.ndarray, batches: Iterable[Examples]) -> tuple[float, float]:
@@ -170,12 +181,14 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
            init: str = "weights", lr: float | None = None, l2: float = 0.0,
            batch_size: int = 256, seed: int = 0, resume: bool = True,
            on_pass: Callable[[dict], None] | None = None,
-           watch: Callable[[dict, np.ndarray], None] | None = None) -> Model:
+           watch: Callable[[dict, np.ndarray], None] | None = None,
+           pass_fn: PassFn | None = None) -> Model:
     """Refine `model` with streaming passes over `train()` (a fresh iterator of Examples
     per call), write the result to `out` and return it. `heldout()` is evaluated after each
     pass for the log; `on_pass(entry)` and `watch(entry, W)` see every log entry (and the
     weights, which they must not modify). Checkpoints beside `out` make a killed run resume
-    (resume=True)."""
+    (resume=True). `pass_fn` computes the full passes of gis and lbfgs (default: full_pass
+    over train() in this process; a distributed run supplies one that sums shards)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     if init not in ("weights", "zeros", "random"):
@@ -183,6 +196,9 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
     if passes < 1:
         raise ValueError(f"passes must be at least 1, not {passes}")
     out = Path(out)
+    if pass_fn is None:
+        def pass_fn(w, expected, observed):
+            return full_pass(w, train(), expected=expected, observed=observed)
     settings = {"method": method, "passes": passes, "init": init, "lr": lr, "l2": l2,
                 "batch_size": batch_size, "seed": seed, "shape": [model.n_features, model.n_classes]}
     if init == "weights":
@@ -219,14 +235,14 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
 
     if method == "lbfgs":
         # A resumed L-BFGS restarts from the checkpointed iterate with fresh curvature pairs.
-        w = _lbfgs(w, train, passes - start_pass, l2, record, checkpoint, start_pass)
+        w = _lbfgs(w, pass_fn, passes - start_pass, l2, record, checkpoint, start_pass)
     else:
         step = {"gis": _gis_pass, "sgd": _sgd_pass, "adam": _sgd_pass}[method]
         opt = _Optimizer(method, lr if lr is not None else DEFAULT_LR.get(method), l2,
                          batch_size, state.get("arrays"), w.shape, state.get("t", 0))
         observed = None
         for p in range(start_pass, passes):
-            w, result, observed = step(w, train, opt, observed)
+            w, result, observed = step(w, train, pass_fn, opt, observed)
             record(p + 1, w, result)
             checkpoint(p + 1, w, opt.arrays(), opt.t)
     header = {**{k: model.meta.get(k) for k in ("task", "window", "n_classes", "n_features",
@@ -244,9 +260,9 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
     return load_model(path)
 
 
-def _gis_pass(w, train, opt, observed):
+def _gis_pass(w, train, pass_fn, opt, observed):
     """One GIS step; F (constant) is gathered on the first pass."""
-    r = full_pass(w, train(), expected=True, observed=observed is None)
+    r = pass_fn(w, True, observed is None)
     if observed is None:
         observed = r.observed
     a = GIS_SMOOTHING
@@ -286,7 +302,7 @@ class _Optimizer:
         w[rows] -= self.lr * mhat / (np.sqrt(vhat) + eps)
 
 
-def _sgd_pass(w, train, opt, observed):
+def _sgd_pass(w, train, pass_fn, opt, observed):
     """One epoch of mini-batch steps; the loss logged is the mean over the epoch's batches
     before each step (the usual running training loss)."""
     r = PassResult()
@@ -302,7 +318,7 @@ def _sgd_pass(w, train, opt, observed):
     return w, r, observed
 
 
-def _lbfgs(w, train, passes, l2, record, checkpoint, start_pass):
+def _lbfgs(w, pass_fn, passes, l2, record, checkpoint, start_pass):
     """scipy's L-BFGS-B; every function evaluation is one streaming pass."""
     if passes <= 0:
         return w
@@ -312,7 +328,7 @@ def _lbfgs(w, train, passes, l2, record, checkpoint, start_pass):
 
     def fun(flat):
         cur = flat.reshape(shape)
-        r = full_pass(cur, train(), expected=True, observed=not observed)
+        r = pass_fn(cur, True, not observed)
         if not observed:
             observed.append(r.observed)
         grad = (r.expected - observed[0]) / r.n + l2 * cur

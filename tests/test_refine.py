@@ -194,6 +194,19 @@ def test_full_pass_token_window_1_weights_merged_contexts(bigram, monkeypatch, b
     check_full_pass(w, batches, bigram["x"], bigram["y"])
 
 
+def test_pass_results_of_shards_add_up_to_the_whole_pass(uneven):
+    """A pass split into shards (processes, machines) sums to the single pass."""
+    batches = examples_list([uneven["path"]], "classify", 0, C, D, batch_rows=7)
+    w = np.random.default_rng(2).normal(0, 2.0, (D, C))
+    parts = [R.full_pass(w, batches[i::3], expected=True, observed=True) for i in range(3)]
+    total = parts[0] + parts[1] + parts[2]
+    want = oracle_pass(w, uneven["x"], uneven["y"])
+    assert (total.n, total.correct) == (want["n"], want["correct"])
+    assert total.loss == pytest.approx(want["loss"], rel=1e-12)
+    np.testing.assert_allclose(total.expected, want["E"], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(total.observed, want["F"], rtol=1e-10, atol=1e-12)
+
+
 # --- 2. GIS --------------------------------------------------------------------------------
 @pytest.mark.parametrize("corpus", ["features", "bigram"])
 def test_one_gis_pass_from_zeros_is_the_conditional_explicit_solution(request, tmp_path, corpus):
