@@ -11,6 +11,8 @@ each block standing for "before the start of the document" (BOS).
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -275,7 +277,17 @@ def distinct_inputs(ex: Examples) -> tuple[Examples, np.ndarray]:
             np.any(ex.values != ex.values[0]):
         return ex, np.arange(ex.n)
     w = int(widths[0])
-    rows, inverse = np.unique(ex.indices.reshape(ex.n, w), axis=0, return_inverse=True)
+    table = ex.indices.reshape(ex.n, w)
+    base = int(ex.indices.max()) + 1
+    if ex.indices.min() >= 0 and w * math.log2(base) < 63:
+        # Pack each row into one int64 (mixed radix): a 1-D unique is ~8× faster than axis=0.
+        packed = np.zeros(ex.n, dtype=np.int64)
+        for k in range(w):
+            packed = packed * base + table[:, k]
+        _, first, inverse = np.unique(packed, return_index=True, return_inverse=True)
+        rows = table[first]
+    else:
+        rows, inverse = np.unique(table, axis=0, return_inverse=True)
     if rows.shape[0] > ex.n // 2:
         return ex, np.arange(ex.n)
     indptr = np.arange(0, rows.size + 1, w, dtype=np.int64)
