@@ -43,7 +43,7 @@ def stem_of(path: str | os.PathLike) -> Path:
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
-    return stem_of(path).with_suffix(".json")
+    return Path(f"{stem_of(path)}.json")
 
 
 @dataclass
@@ -231,7 +231,7 @@ def write_model(out: str | os.PathLike, header: dict, *, dense: dict | None = No
     staged: dict[str, tuple[Path, Path]] = {}
     try:
         if dense is not None:
-            final = stem.with_suffix(".npy")
+            final = Path(f"{stem}.npy")
             staged["W"] = (temp_name(final), final)
             _write_dense(staged["W"][0], header["n_features"], header["n_classes"],
                          dense["dtype"], dense["blocks"])

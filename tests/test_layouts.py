@@ -217,3 +217,24 @@ def test_float16_sparse_is_refused_up_front(markov_corpus):
     stats = streamfit.accumulate([c.train])
     with pytest.raises(ValueError, match="float16"):
         solve.finalize(stats, form="conditional", layout="sparse", dtype="float16")
+
+
+@pytest.mark.parametrize("layout", ["dense", "sparse"])
+def test_model_names_with_dots_keep_their_files_apart(markov_corpus, tmp_path, layout):
+    """`weights.v1.npy` and `weights.v2.npy` are two models: every file of each (sidecar
+    included) starts with its own full stem, never with a shortened one."""
+    from streamfit.model import load_model, sidecar_path
+
+    stats = streamfit.accumulate([markov_corpus().train], window=1)
+    out = tmp_path / "models"
+    out.mkdir()
+    written = {}
+    for name, smoothing in (("weights.v1.npy", 0.01), ("weights.v2.npy", 1.0)):
+        solve.finalize(stats, out / name, form="conditional", smoothing=smoothing,
+                       layout=layout)
+        written[name] = sidecar_path(out / name)
+    assert {p.name for p in written.values()} == {"weights.v1.json", "weights.v2.json"}
+    assert not (out / "weights.json").exists() and not (out / "weights.npy").exists()
+    smoothings = {name: load_model(out / name).meta["smoothing"] for name in written}
+    assert smoothings == {"weights.v1.npy": 0.01, "weights.v2.npy": 1.0}
+    assert all(p.name.startswith(("weights.v1.", "weights.v2.")) for p in out.iterdir())
