@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     _column_options(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("refine", help="improve weights with streaming passes (GIS, L-BFGS, SGD, Adam)",
+    p = sub.add_parser("refine", help="improve weights with streaming passes (GIS, L-BFGS, Newton, SGD, Adam)",
                        description="Refine a weights file by streaming passes over training "
                        "Parquet data; writes dense weights (logits = x̃·W) with a per-pass log "
                        "in the sidecar. gis: generalised iterative scaling, backprop-free; "
@@ -346,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "pass (OUT.ckpt.*) lets a killed run resume when run again.")
     p.add_argument("--weights", required=True, metavar="FILE", help="weights to start from (.npy or .json)")
     p.add_argument("paths", nargs="+", metavar="PATHS", help="training Parquet files, globs or directories")
-    p.add_argument("--method", required=True, choices=("gis", "lbfgs", "sgd", "adam"))
+    p.add_argument("--method", required=True, choices=("gis", "lbfgs", "newton", "sgd", "adam"))
     p.add_argument("--passes", type=int, default=5, metavar="N",
                    help="passes over the data (lbfgs: function evaluations) (default: 5)")
     p.add_argument("--out", required=True, metavar="FILE", help="refined weights, e.g. refined.npy")
@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from --weights (default), or from zeros / small random values "
                         "of its shape (the backpropagation baseline)")
     p.add_argument("--lr", type=float, help="sgd / adam step size (default: sgd 300, adam 0.3)")
-    p.add_argument("--l2", type=float, default=0.0, help="L2 strength (lbfgs, sgd, adam; default: 0)")
+    p.add_argument("--l2", type=float, default=0.0, help="L2 strength (lbfgs, newton, sgd, adam; default: 0)")
     p.add_argument("--batch-size", type=int, default=256, metavar="B", help="sgd / adam mini-batch (default: 256)")
     p.add_argument("--seed", type=int, default=0, help="seed of --init random (default: 0)")
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint of an earlier run")

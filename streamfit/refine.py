@@ -9,6 +9,8 @@ x̃ · (tau·W + 1·biasᵀ) = tau·(x̃·W) + bias. Sparse explicit solutions f
   E = X̃ᵀŶ(W) from one forward pass; no backpropagation, sums that shard and merge.
 - lbfgs: full-batch L-BFGS (scipy) on the mean cross-entropy + l2/2·‖W‖², one streaming
   pass per function evaluation: the reference optimum of the same model.
+- newton: damped Newton steps with the whole Hessian summed in each pass (newton.py): the
+  optimum in a few passes where (features × classes)² fits in memory.
 - sgd, adam: mini-batch steps over the stream (the backpropagation baseline), from the
   given weights or from a random or zero start.
 
@@ -34,7 +36,7 @@ from .featurize import Examples, distinct_inputs, slice_examples
 from .fileio import atomic_path, fault_point, write_json
 from .model import Model, load_model, write_model
 
-METHODS = ("gis", "lbfgs", "sgd", "adam")
+METHODS = ("gis", "lbfgs", "newton", "sgd", "adam")
 DENSE_LIMIT_BYTES = 8 << 30
 BLOCK_BYTES = 16 << 20
 GIS_SMOOTHING = 1e-6
@@ -44,7 +46,9 @@ DEFAULT_LR = {"sgd": 300.0, "adam": 0.3}
 
 
 def dense_parameters(model: Model) -> np.ndarray:
-    """tau·W + 1·biasᵀ as a float64 matrix: the model's logits are x̃ times it."""
+    """tau·W + 1·biasᵀ as a float64 matrix, each row centred: the model's logits are x̃
+    times it, up to a per-example constant that cancels in the softmax (so l2 does not pay
+    for per-row constants, which are large in explicit solutions)."""
     size = model.n_features * model.n_classes * 8
     if size > DENSE_LIMIT_BYTES:
         raise StreamfitError(f"refining needs the dense {model.n_features:,} × "
@@ -58,6 +62,7 @@ def dense_parameters(model: Model) -> np.ndarray:
                                       shape=(model.n_features, model.n_classes)).toarray()
     if model.bias is not None:
         w += np.asarray(model.bias, dtype=np.float64)[None, :]
+    w -= w.mean(axis=1, keepdims=True)
     return w
 
 
@@ -236,6 +241,10 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
     if method == "lbfgs":
         # A resumed L-BFGS restarts from the checkpointed iterate with fresh curvature pairs.
         w = _lbfgs(w, pass_fn, passes - start_pass, l2, record, checkpoint, start_pass)
+    elif method == "newton":
+        from .newton import check_size, newton
+        check_size(*w.shape)
+        w = newton(w, train, passes, l2, record, checkpoint, start_pass, state.get("arrays"))
     else:
         step = {"gis": _gis_pass, "sgd": _sgd_pass, "adam": _sgd_pass}[method]
         opt = _Optimizer(method, lr if lr is not None else DEFAULT_LR.get(method), l2,

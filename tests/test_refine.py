@@ -61,6 +61,11 @@ def token_matrix(docs, window: int, v: int) -> tuple[np.ndarray, np.ndarray]:
     return np.array(rows), np.array(targets, dtype=np.int64)
 
 
+def centred(w: np.ndarray) -> np.ndarray:
+    """W with each row centred: refine's starting point (same predictions, smaller l2)."""
+    return w - w.mean(axis=1, keepdims=True)
+
+
 def one_hot(y: np.ndarray, c: int) -> np.ndarray:
     return np.eye(c)[y]
 
@@ -243,7 +248,7 @@ def test_gis_passes_match_hand_computation(uneven, tmp_path):
     D−1, never present (F = E = 0), keeps its row."""
     x, y, a = uneven["x"], uneven["y"], R.GIS_SMOOTHING
     exs = examples_list([uneven["path"]], "classify", 0, C, D, batch_rows=7)
-    w0 = np.random.default_rng(8).normal(0, 1.0, (D, C))
+    w0 = centred(np.random.default_rng(8).normal(0, 1.0, (D, C)))
     refined = R.refine(dense_model(w0), lambda: iter(exs), tmp_path / "gis.npy", method="gis",
                        passes=2)
     w, losses = w0.copy(), []
@@ -298,7 +303,7 @@ def test_lbfgs_reaches_the_regularised_optimum(features, tmp_path):
     assert abs(best - ref.fun) < 1e-6
     assert abs(objective_and_grad(w.ravel(), x, y, l2, (d, c))[0] - ref.fun) < 1e-6
     # the first evaluation is at the explicit solution it started from
-    w0 = np.asarray(explicit.dense, np.float64)
+    w0 = centred(np.asarray(explicit.dense, np.float64))
     assert log[0]["train_loss"] == pytest.approx(mean_ce(w0, x, y), rel=1e-12)
     assert log[0]["objective"] == pytest.approx(
         objective_and_grad(w0.ravel(), x, y, l2, (d, c))[0], rel=1e-12)
@@ -341,7 +346,7 @@ def test_minibatch_updates_match_hand_computation(uneven, tmp_path, method, lr, 
     x, y = uneven["x"], uneven["y"]
     exs = examples_list([uneven["single"]], "classify", 0, C, D)
     assert len(exs) == 1  # mini-batches are slices of one record batch, as in the oracle
-    w0 = np.random.default_rng(2).normal(0, 1.0, (D, C))
+    w0 = centred(np.random.default_rng(2).normal(0, 1.0, (D, C)))
     l2 = 0.01
     refined = R.refine(dense_model(w0), lambda: iter(exs), tmp_path / "mb.npy", method=method,
                        passes=passes, lr=lr, l2=l2, batch_size=batch_size)
@@ -360,7 +365,7 @@ def test_adam_first_step_is_lr_times_sign(uneven, tmp_path):
     """Bias-corrected Adam's first step is lr·g/(|g| + eps): lr·sign(g) where |g| ≫ eps."""
     x, y = uneven["x"], uneven["y"]
     exs = examples_list([uneven["single"]], "classify", 0, C, D)
-    w0 = np.random.default_rng(6).normal(0, 1.0, (D, C))
+    w0 = centred(np.random.default_rng(6).normal(0, 1.0, (D, C)))
     lr = 0.01
     refined = R.refine(dense_model(w0), lambda: iter(exs), tmp_path / "a.npy", method="adam",
                        passes=1, lr=lr, batch_size=10_000)
@@ -406,6 +411,7 @@ def test_dense_parameters_fold_tau_and_bias(explicit_models):
         assert model.bias is not None and np.ptp(model.bias) > 1e-3, name
         w = R.dense_parameters(model)
         assert w.shape == (model.n_features, model.n_classes) and w.dtype == np.float64
+        np.testing.assert_allclose(w.mean(axis=1), 0.0, atol=1e-9)   # rows centred
         # the explicit solution by definition, from the counts: logits = tau·(x̃·W) + bias,
         # W = log(F + a) − log(f + a·C), bias = −beta·log(c_j + a·D)
         a, tau, beta = model.meta["smoothing"], model.meta["tau"], model.meta["beta"]
@@ -478,7 +484,8 @@ def cli_data(tmp_path_factory):
     return {"tokens": tokens, "features": feats, "validator": Draft202012Validator(schema)}
 
 
-LR = {"sgd": ["--lr", "20"], "adam": ["--lr", "0.05"], "gis": [], "lbfgs": ["--l2", "1e-4"]}
+LR = {"sgd": ["--lr", "20"], "adam": ["--lr", "0.05"], "gis": [], "lbfgs": ["--l2", "1e-4"],
+      "newton": ["--l2", "1e-4"]}
 
 
 @pytest.mark.parametrize("corpus", ["tokens", "features"])
@@ -551,7 +558,8 @@ def checkpoint_files(out: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("method,extra", [("gis", []), ("adam", ["--lr", "0.05",
-                                                                 "--batch-size", "128"])])
+                                                                 "--batch-size", "128"]),
+                                          ("newton", ["--l2", "1e-4"])])
 def test_killed_refine_resumes_to_the_uninterrupted_result(cli_data, tmp_path, method, extra):
     data = cli_data["tokens"]
     args = ["refine", "--weights", data["weights"], data["train"], "--method", method,
