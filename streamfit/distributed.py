@@ -80,7 +80,7 @@ def cluster(scheduler: str | None = None, workers: int | None = None) -> Iterato
     if workers < 1:
         raise ValueError(f"the number of Dask workers must be at least 1, not {workers}")
     with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                  dashboard_address=None, silence_logs=logging.ERROR) as lc, \
+                                  dashboard_address=":0", silence_logs=logging.ERROR) as lc, \
             distributed.Client(lc) as client:
         yield client
 
