@@ -228,6 +228,9 @@ def test_evaluate_on_dask_matches_one_process(client, features):
     assert got.keys() == want.keys()
     for k in want:
         assert got[k] == pytest.approx(want[k], rel=1e-12), k
+    # the tree of sums is fixed by the units' order: a second run agrees to the bit
+    assert D.evaluate_distributed(client, features["weights"],
+                                  [features["train"], features["heldout"]], top_k=2) == got
 
 
 @pytest.mark.parametrize("method,kill", [("gis", True), ("lbfgs", False)])
