@@ -202,8 +202,7 @@ def _accumulate_unit(unit: Unit, root: str, settings: dict) -> str:
 
 def _merge_shards(shards: list[str], root: str, memory: int) -> str:
     """Merge shards into one, named by its parts (so a retried merge reuses it)."""
-    names = "\n".join(sorted(Path(s).name for s in shards))
-    out = Path(root) / ("merge-" + hashlib.sha256(names.encode()).hexdigest()[:20])
+    out = Path(root) / ("merge-" + hashlib.sha256("\n".join(shards).encode()).hexdigest()[:20])
     if not (out / MANIFEST).exists():
         tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
         merge_into(tmp, shards, memory=memory)
@@ -236,8 +235,6 @@ def accumulate_distributed(client, stats_dir: str | os.PathLike, paths, *,
                 f"not {task or previous.task} window {window or previous.window}: use another "
                 f"--stats directory or --overwrite")
         task, window = previous.task, previous.window
-    if overwrite:
-        shutil.rmtree(root, ignore_errors=True)
     counted = {(s["path"], rg): s["size"] for s in (previous.sources if previous else [])
                for rg in s["row_groups"]}
     units = []
@@ -248,15 +245,21 @@ def accumulate_distributed(client, stats_dir: str | os.PathLike, paths, *,
                                      f"{counted[u.path, u.row_group]} → {u.size}): use --overwrite")
             continue
         units.append(u)
-    if not units:
+    if not units and previous is not None:
         shutil.rmtree(root, ignore_errors=True)
         return {"unchanged": True, **_summary(previous.header())}
-    root.mkdir(parents=True, exist_ok=True)
-    resumed = any(root.glob("unit-*"))
+    if not units:
+        raise StreamfitError(f"no row groups in {', '.join(map(str, files))}: nothing to "
+                             f"accumulate")
     settings = {"task": task, "window": window if window is not None else 1, "memory": memory,
                 "batch_rows": batch_rows, "options": options,
                 "temp": None if temp is None else str(temp)}
+    root.mkdir(parents=True, exist_ok=True)
     with DirectoryLock(root):
+        if overwrite:
+            for old in root.iterdir():
+                shutil.rmtree(old, ignore_errors=True)
+        resumed = any(root.glob("unit-*"))
         top = _map_reduce(client, _accumulate_unit, units, (str(root), settings),
                           _merge_shards, (str(root), memory), MERGE_FAN_IN, MERGE_FAN_IN,
                           progress, "accumulate")

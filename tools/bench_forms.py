@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for name, rows in results.items():
         print(f"\n{name} (test: {rows[0]['n_test']:,} examples; accumulate {rows[0]['accumulate_s']:.2f} s)")
-        print(f"  {'form':<12}{'smoothing':>14}{'tau':>8}{'beta':>8}{'perplexity':>12}{'accuracy':>10}{'finalize s':>12}")
+        print(f"  {'form':<12}{'smoothing':>14}{'tau':>8}{'beta':>8}{'perplexity':>12}"
+              f"{'accuracy':>10}{'finalize s':>12}")
         for r in rows:
             a = f"{r['smoothing']:g}" + (" (valid)" if r["chosen_on_valid"] else "")
             print(f"  {r['form']:<12}{a:>14}{r['tau']:>8.3g}{r['beta']:>8.3g}"
