@@ -332,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes, each on its own row groups (default: 1)")
     p.add_argument("--checkpoint", type=float, default=CHECKPOINT_SECONDS, metavar="SECONDS",
                    help="spill and journal at least this often, bounding the work a crash "
-                        "loses (default: %(default)s)")
+                        "loses (default: %(default)s; not with Dask, where a lost row group "
+                        "is redone whole)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _column_options(p)
     g = _dask_options(p, "One task per row group, each counted into its own shard within --memory "

@@ -10,6 +10,8 @@ fresh worker and the result must still be identical.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -53,6 +55,17 @@ def _arm(point: str) -> None:
     fileio._FAULTS = None  # re-read on the next fault point
 
 
+def two_workers(client) -> None:
+    """Wait for the nanny's replacement of a killed worker; should a nanny fail to restart
+    it (seen once in a full-suite run on the loaded 2-core machine), replace that nanny."""
+    try:
+        client.wait_for_workers(2, timeout=60)
+    except Exception:
+        client.cluster.scale(1)  # drops the worker that is not registered
+        client.cluster.scale(2)
+        client.wait_for_workers(2, timeout=120)
+
+
 class KillOneWorker:
     """Arms one worker to SIGKILL itself at `point` (e.g. "after_unit:1"); on exit, checks
     that it died and waits for the nanny's replacement."""
@@ -61,7 +74,7 @@ class KillOneWorker:
         self.client, self.point = client, point
 
     def __enter__(self):
-        self.client.wait_for_workers(2)
+        two_workers(self.client)
         self.victim = sorted(self.client.scheduler_info()["workers"])[0]
         self.client.run(_arm, self.point, workers=[self.victim])
         return self
@@ -70,7 +83,7 @@ class KillOneWorker:
         if exc[0] is None:
             assert self.victim not in self.client.scheduler_info()["workers"], \
                 "the armed worker did not die: the crash was not exercised"
-        self.client.wait_for_workers(2, timeout=120)
+        two_workers(self.client)
 
 
 # --- corpora -------------------------------------------------------------------------------
@@ -243,21 +256,13 @@ def test_refine_passes_on_dask_match_one_process(client, features, tmp_path, met
     want = refine(model, train, tmp_path / "one.npy", method=method, passes=3, heldout=held,
                   l2=1e-3)
     pass_fn = D.pass_function(client, [features["train"]], **layout)
-    with KillOneWorker(client, "after_unit:2") if kill else _nothing():
+    with KillOneWorker(client, "after_unit:2") if kill else contextlib.nullcontext():
         got = refine(model, train, tmp_path / "dask.npy", method=method, passes=3, heldout=held,
                      l2=1e-3, pass_fn=pass_fn)
     np.testing.assert_allclose(np.asarray(got.dense), np.asarray(want.dense), rtol=1e-6, atol=1e-7)
     for g, w in zip(got.meta["refinement"]["log"], want.meta["refinement"]["log"]):
         assert g["train_loss"] == pytest.approx(w["train_loss"], rel=1e-10)
         assert g["heldout_loss"] == pytest.approx(w["heldout_loss"], rel=1e-10)
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
 
 
 def test_map_sum_adds_in_a_fixed_order(client, tokens):
@@ -297,8 +302,6 @@ def test_cli_evaluate_refine_merge_use_the_cluster(client, features, tmp_path, c
                                                    monkeypatch):
     """The options reach the distributed functions (the module's cluster stands in for the
     one the options would start)."""
-    import contextlib
-
     used = []
 
     @contextlib.contextmanager
@@ -310,7 +313,7 @@ def test_cli_evaluate_refine_merge_use_the_cluster(client, features, tmp_path, c
     rc, out, err = run(capsys, "evaluate", "--weights", w, train, "--json", "--scheduler",
                        "tcp://x:1", "--quiet")
     assert rc == 0, err
-    assert abs(__import__("json").loads(out)["cross_entropy"]
+    assert abs(json.loads(out)["cross_entropy"]
                - evaluate(load_model(w), [train])["cross_entropy"]) < 1e-12
     rc, _, err = run(capsys, "refine", "--weights", w, train, "--method", "gis", "--passes", 2,
                      "--out", tmp_path / "r.npy", "--dask-workers", 3, "--quiet")
