@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -23,9 +24,12 @@ from .reading import DEFAULT_BATCH_ROWS, resolve_paths
 from .solve import DEFAULT_SMOOTHING, FORMS, finalize
 from .pipeline import CHECKPOINT_SECONDS, DEFAULT_MEMORY, accumulate_into, merge_into, parse_size
 from .stats import load, read_manifest
+from .distributed import (INSTALL_HINT, MERGE_FAN_IN, accumulate_distributed, cluster, evaluate_distributed,
+                          merge_distributed, pass_function)
 
 DEFAULT_STATS = "streamfit-stats"
 DEFAULT_FORM = "calibrated"
+DASK_METHODS = ("gis", "lbfgs")  # refine methods whose full passes run on Dask
 
 
 def _column_options(p: argparse.ArgumentParser) -> None:
@@ -50,13 +54,46 @@ def _progress(args) -> bool:
     return not args.quiet
 
 
+def _dask_options(p: argparse.ArgumentParser, what: str):
+    g = p.add_argument_group(f"distributed (Dask; needs {INSTALL_HINT})", what)
+    x = g.add_mutually_exclusive_group()
+    x.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run on the Dask distributed cluster whose scheduler is at ADDRESS "
+                        "(e.g. tcp://10.0.0.5:8786); every path must name the same file on "
+                        "every worker and here (shared storage)")
+    x.add_argument("--dask-workers", type=int, metavar="N",
+                   help="run on a local Dask cluster of N worker processes on this machine")
+    return g
+
+
+def _on_dask(args) -> bool:
+    return args.scheduler is not None or args.dask_workers is not None
+
+
+def _cluster(args):
+    return cluster(scheduler=args.scheduler, workers=args.dask_workers)
+
+
 def cmd_accumulate(args) -> int:
     sizes = dict(vocab_size=args.vocab_size, n_classes=args.classes, n_features=args.n_features)
-    summary = accumulate_into(args.stats, args.paths, task=args.task, window=args.window,
-                              overwrite=args.overwrite, memory=parse_size(args.memory),
-                              temp=args.temp, jobs=args.jobs, batch_rows=args.batch_rows,
-                              checkpoint_seconds=args.checkpoint,
-                              progress=_progress(args), **sizes, **_columns(args))
+    if _on_dask(args):
+        if args.jobs != 1:
+            raise StreamfitError("--jobs is for processes on this machine; with Dask the "
+                                 "workers are the processes (use --dask-workers N)")
+        with _cluster(args) as client:
+            summary = accumulate_distributed(
+                client, args.stats, args.paths, task=args.task, window=args.window,
+                overwrite=args.overwrite, memory=parse_size(args.memory), shards=args.shards,
+                temp=args.temp, batch_rows=args.batch_rows, progress=_progress(args),
+                **sizes, **_columns(args))
+    else:
+        if args.shards is not None:
+            raise StreamfitError("--shards is for a Dask run (--scheduler or --dask-workers)")
+        summary = accumulate_into(args.stats, args.paths, task=args.task, window=args.window,
+                                  overwrite=args.overwrite, memory=parse_size(args.memory),
+                                  temp=args.temp, jobs=args.jobs, batch_rows=args.batch_rows,
+                                  checkpoint_seconds=args.checkpoint,
+                                  progress=_progress(args), **sizes, **_columns(args))
     if summary["unchanged"]:
         print(f"{args.stats}: every row group of these files is already counted; nothing to add")
         return 0
@@ -108,8 +145,14 @@ def cmd_finalize(args) -> int:
 
 def cmd_evaluate(args) -> int:
     model = load_model(args.weights)
-    result = evaluate(model, args.paths, top_k=args.top_k, progress=_progress(args),
-                      batch_rows=args.batch_rows, **_columns(args))
+    if _on_dask(args):
+        with _cluster(args) as client:
+            result = evaluate_distributed(client, args.weights, args.paths, top_k=args.top_k,
+                                          progress=_progress(args), batch_rows=args.batch_rows,
+                                          **_columns(args))
+    else:
+        result = evaluate(model, args.paths, top_k=args.top_k, progress=_progress(args),
+                          batch_rows=args.batch_rows, **_columns(args))
     if args.json:
         print(json.dumps(result))
     else:
@@ -168,8 +211,18 @@ def cmd_refine(args) -> int:
                   n_features=model.n_features, batch_rows=args.batch_rows, **_columns(args))
     files = resolve_paths(args.paths)
     held = resolve_paths(args.heldout) if args.heldout else None
-    with tqdm(total=args.passes, unit="pass", desc=f"refine {args.method}",
-              disable=None if _progress(args) else True) as bar:
+    if _on_dask(args) and args.method not in DASK_METHODS:
+        raise StreamfitError(f"--scheduler / --dask-workers distribute the full passes of "
+                             f"{' and '.join(DASK_METHODS)}; {args.method} takes sequential "
+                             f"mini-batch steps in this process")
+    with contextlib.ExitStack() as stack, \
+            tqdm(total=args.passes, unit="pass", desc=f"refine {args.method}",
+                 disable=None if _progress(args) else True) as bar:
+        pass_fn = None
+        if _on_dask(args):
+            client = stack.enter_context(_cluster(args))
+            pass_fn = pass_function(client, files, **common)
+
         def on_pass(entry: dict) -> None:
             bar.update(1)
             bar.set_postfix(loss=f"{entry['train_loss']:.4f}", refresh=False)
@@ -177,7 +230,8 @@ def cmd_refine(args) -> int:
                          method=args.method, passes=args.passes,
                          heldout=(lambda: iter_examples(held, **common)) if held else None,
                          init=args.init, lr=args.lr, l2=args.l2, batch_size=args.batch_size,
-                         seed=args.seed, resume=not args.restart, on_pass=on_pass)
+                         seed=args.seed, resume=not args.restart, on_pass=on_pass,
+                         pass_fn=pass_fn)
     log = refined.meta["refinement"]["log"]
     if args.json:
         print(json.dumps({"out": str(sidecar_path(args.out)), "method": args.method, "log": log}))
@@ -192,7 +246,11 @@ def cmd_refine(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    manifest = merge_into(args.out, args.dirs, memory=parse_size(args.memory))
+    if _on_dask(args):
+        with _cluster(args) as client:
+            manifest = merge_distributed(client, args.out, args.dirs, memory=parse_size(args.memory))
+    else:
+        manifest = merge_into(args.out, args.dirs, memory=parse_size(args.memory))
     print(f"{args.out}: merged {len(args.dirs)} shards, {manifest['n_examples']:,} examples, "
           f"{manifest['nnz']:,} non-zeros")
     return 0
@@ -274,9 +332,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes, each on its own row groups (default: 1)")
     p.add_argument("--checkpoint", type=float, default=CHECKPOINT_SECONDS, metavar="SECONDS",
                    help="spill and journal at least this often, bounding the work a crash "
-                        "loses (default: %(default)s)")
+                        "loses (default: %(default)s; not with Dask, where a lost row group "
+                        "is redone whole)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _column_options(p)
+    g = _dask_options(p, "One task per row group, each counted into its own shard within --memory "
+                  "(spilling to --temp on its worker, default: the worker's temporary "
+                  "directory), then the shards are merged in a tree on the workers and "
+                  "finally into --stats here. A worker lost mid-task is retried by Dask; "
+                  "a rerun after an interruption reuses the finished shards.")
+    g.add_argument(
+        "--shards", metavar="DIR",
+        help="with Dask: directory of the per-row-group shards, shared by the workers "
+             "(default: STATS/.shards; removed once merged)")
     p.set_defaults(func=cmd_accumulate)
 
     p = sub.add_parser("finalize", help="explicit-solution weights from statistics",
@@ -318,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print one JSON object: cross_entropy, perplexity, accuracy, topK_accuracy, n")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _column_options(p)
+    _dask_options(p, "One task per row group; the sums of the tasks (loss, correct, top-k, n) "
+                  "are added up: the same figures as one process, up to float summation order.")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="top-k next tokens for a context, or predictions for Parquet data",
@@ -362,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the log as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _column_options(p)
+    _dask_options(p, "gis and lbfgs: every full pass over PATHS runs on the workers (W sent once "
+                  "a pass, one task per row group, E, F and the loss summed); --heldout is "
+                  "evaluated here. sgd and adam are sequential and refuse these options.")
     p.set_defaults(func=cmd_refine)
 
     p = sub.add_parser("merge", help="exact merge of statistics shards",
@@ -372,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output statistics directory")
     p.add_argument("--memory", default=f"{DEFAULT_MEMORY >> 30}G", metavar="SIZE",
                    help="memory budget of the streaming merge (default: %(default)s)")
+    _dask_options(p, f"More than {MERGE_FAN_IN} shards are merged in groups of {MERGE_FAN_IN} "
+                  f"on the workers (into OUT/.shards), the last merge here.")
     p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("info", help="what a statistics directory or weights file holds")

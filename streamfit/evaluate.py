@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -43,16 +45,32 @@ def iter_examples(paths: Iterable[str | os.PathLike], *, task: str, window: int,
     with tqdm(total=total, unit="docs" if task == "lm" else "rows", unit_scale=True,
               disable=None if progress else True, desc=desc) as bar:
         for p in files:
-            cols = _input_columns(task, open_parquet(p).schema_arrow, columns, need_label)
-            for b in iter_batches(p, cols, batch_rows=batch_rows):
-                try:
-                    ex = batch_examples(b.data, task=task, window=window, n_classes=n_classes,
-                                        n_features=n_features, **columns)
-                except InputError as exc:
-                    raise exc.located(path=str(p), row_group=b.row_group,
-                                      row_offset=b.row_offset) from None
-                bar.update(b.data.num_rows)
+            for ex, rows in _file_examples(p, None, task, window, n_classes, n_features,
+                                           need_label, batch_rows, columns):
+                bar.update(rows)
                 yield ex
+
+
+def unit_examples(path: str | os.PathLike, row_groups: Sequence[int], *, task: str,
+                  window: int, n_classes: int, n_features: int, need_label: bool = True,
+                  batch_rows: int = DEFAULT_BATCH_ROWS, **columns) -> Iterator[Examples]:
+    """Examples of some row groups of one file (a distributed unit of work)."""
+    for ex, _ in _file_examples(Path(path), row_groups, task, window, n_classes, n_features,
+                                need_label, batch_rows, columns):
+        yield ex
+
+
+def _file_examples(p: Path, row_groups, task, window, n_classes, n_features, need_label,
+                   batch_rows, columns) -> Iterator[tuple[Examples, int]]:
+    cols = _input_columns(task, open_parquet(p).schema_arrow, columns, need_label)
+    for b in iter_batches(p, cols, row_groups=row_groups, batch_rows=batch_rows):
+        try:
+            ex = batch_examples(b.data, task=task, window=window, n_classes=n_classes,
+                                n_features=n_features, **columns)
+        except InputError as exc:
+            raise exc.located(path=str(p), row_group=b.row_group,
+                              row_offset=b.row_offset) from None
+        yield ex, b.data.num_rows
 
 
 def model_examples(model: Model, paths, **kw) -> Iterator[Examples]:
@@ -60,26 +78,49 @@ def model_examples(model: Model, paths, **kw) -> Iterator[Examples]:
                          n_features=model.n_features, **kw)
 
 
+@dataclass
+class Scores:
+    """Sums of an evaluation pass; shards of a pass add up (`+`)."""
+
+    n: int = 0
+    nll: float = 0.0
+    correct: int = 0
+    in_top: int = 0
+
+    def __add__(self, other: "Scores") -> "Scores":
+        return Scores(self.n + other.n, self.nll + other.nll, self.correct + other.correct,
+                      self.in_top + other.in_top)
+
+
+def score_examples(model: Model, batches: Iterable[Examples], top_k: int) -> Scores:
+    """The sums of an evaluation over some batches."""
+    out = Scores()
+    for ex in batches:
+        nll, top, _ = model.score(ex, top_k=top_k)
+        out.n += ex.n
+        out.nll += float(nll.sum())
+        out.correct += int(np.sum(top[:, 0] == ex.targets))
+        out.in_top += int(np.sum(top == ex.targets[:, None]))
+    return out
+
+
+def metrics(scores: Scores, top_k: int) -> dict:
+    """Cross-entropy (nats per example), perplexity, accuracy and top-k accuracy."""
+    n = scores.n
+    if n == 0:
+        raise InputError("no examples to evaluate: the files hold no rows (or no tokens)")
+    ce = scores.nll / n
+    return {"cross_entropy": ce, "perplexity": math.exp(ce) if ce < 700 else math.inf,
+            "bits_per_example": ce / math.log(2), "accuracy": scores.correct / n,
+            f"top{top_k}_accuracy": scores.in_top / n, "top_k": top_k, "n": n}
+
+
 def evaluate(model: Model, paths: Iterable[str | os.PathLike], *, top_k: int = 5,
              progress: bool = False, batch_rows: int = DEFAULT_BATCH_ROWS, **columns) -> dict:
     """Cross-entropy (nats per example), perplexity, accuracy and top-k accuracy."""
-    n = 0
-    nll_sum = 0.0
-    correct = 0
-    in_top = 0
-    for ex in model_examples(model, paths, progress=progress, batch_rows=batch_rows,
-                             desc="evaluate", **columns):
-        nll, top, _ = model.score(ex, top_k=top_k)
-        n += ex.n
-        nll_sum += float(nll.sum())
-        correct += int(np.sum(top[:, 0] == ex.targets))
-        in_top += int(np.sum(top == ex.targets[:, None]))
-    if n == 0:
-        raise InputError("no examples to evaluate: the files hold no rows (or no tokens)")
-    ce = nll_sum / n
-    return {"cross_entropy": ce, "perplexity": math.exp(ce) if ce < 700 else math.inf,
-            "bits_per_example": ce / math.log(2), "accuracy": correct / n,
-            f"top{top_k}_accuracy": in_top / n, "top_k": top_k, "n": n}
+    batches = model_examples(model, paths, progress=progress, batch_rows=batch_rows,
+                             desc="evaluate", **columns)
+    return metrics(score_examples(model, batches, top_k), top_k)
 
 
 def predict(model: Model, paths: Iterable[str | os.PathLike], out: str | os.PathLike, *,

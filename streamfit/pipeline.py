@@ -31,8 +31,8 @@ from .errors import InputError, StreamfitError
 from .fileio import DirectoryLock, fault_point, write_json
 from .reading import DEFAULT_BATCH_ROWS, iter_batches, open_parquet, resolve_paths
 from .spill import merge_runs, remove_run, statistics_as_run, write_run
-from .stats import (FORMAT, MANIFEST, SCHEMA_VERSION, check_mergeable, commit, load,
-                    new_generation)
+from .stats import (FORMAT, MANIFEST, SCHEMA_VERSION, check_mergeable, combined_sources, commit,
+                    load, new_generation)
 
 JOURNAL = "journal.json"
 DEFAULT_MEMORY = 2 << 30
@@ -215,10 +215,14 @@ def accumulate_into(stats_dir: str | os.PathLike, paths, *, task: str | None = N
                     memory: int = DEFAULT_MEMORY, temp: str | os.PathLike | None = None,
                     jobs: int = 1, batch_rows: int = DEFAULT_BATCH_ROWS,
                     checkpoint_seconds: float = CHECKPOINT_SECONDS, progress: bool = False,
+                    units: set[tuple[str, int]] | None = None, allow_empty: bool = False,
                     **options) -> dict:
     """Accumulate Parquet files into a statistics directory, out of core and resumably;
     returns the manifest. Into existing statistics, only row groups not yet counted are
-    added; `overwrite` starts over. Options are those of `Accumulator`."""
+    added; `overwrite` starts over. `units` ((resolved path, row group) pairs) restricts
+    the run to those row groups; `allow_empty` commits statistics of no examples instead
+    of refusing them (a distributed unit of empty documents). Options are those of
+    `Accumulator`."""
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, not {jobs}")
     stats_dir = Path(stats_dir)
@@ -229,7 +233,8 @@ def accumulate_into(stats_dir: str | os.PathLike, paths, *, task: str | None = N
     try:
         with DirectoryLock(stats_dir):
             return _accumulate_locked(stats_dir, work, files, task, window, overwrite, memory,
-                                      jobs, batch_rows, checkpoint_seconds, progress, options)
+                                      jobs, batch_rows, checkpoint_seconds, progress, units,
+                                      allow_empty, options)
     except BaseException:
         # Leave no trace of a run that recorded nothing: an interrupted run's journal stays.
         if not (work / JOURNAL).exists():
@@ -240,7 +245,8 @@ def accumulate_into(stats_dir: str | os.PathLike, paths, *, task: str | None = N
 
 
 def _accumulate_locked(stats_dir, work, files, task, window, overwrite, memory, jobs,
-                       batch_rows, checkpoint_seconds, progress, options) -> dict:
+                       batch_rows, checkpoint_seconds, progress, only, allow_empty,
+                       options) -> dict:
     previous = None
     if (stats_dir / MANIFEST).exists() and not overwrite:
         previous = load(stats_dir)
@@ -272,7 +278,7 @@ def _accumulate_locked(stats_dir, work, files, task, window, overwrite, memory, 
         journal.sizes[key] = size
         meta = open_parquet(p).metadata
         for rg in range(meta.num_row_groups):
-            if (key, rg) in counted:
+            if (key, rg) in counted or (only is not None and (key, rg) not in only):
                 continue
             skip = journal.partial.get(key, {}).get(str(rg), 0)
             units.append((key, rg, skip))
@@ -295,7 +301,7 @@ def _accumulate_locked(stats_dir, work, files, task, window, overwrite, memory, 
     if not units and not journal.runs and previous is not None:
         shutil.rmtree(work, ignore_errors=True)
         return {"unchanged": True, **_summary(previous.header())}
-    if journal.counts["n_examples"] == 0:
+    if journal.counts["n_examples"] == 0 and not allow_empty:
         shutil.rmtree(work, ignore_errors=True)
         raise StreamfitError(f"no examples in {', '.join(map(str, files))}: nothing to "
                              f"accumulate")
@@ -419,7 +425,7 @@ def merge_into(out_dir: str | os.PathLike, dirs, *, memory: int = DEFAULT_MEMORY
                 first, n_classes=n_classes, n_features=n_features,
                 n_examples=sum(s.n_examples for s in parts), l1_sum=sum(s.l1_sum for s in parts),
                 empty_rows=sum(s.empty_rows for s in parts),
-                sources=[src for s in parts for src in s.sources])
+                sources=combined_sources([src for s in parts for src in s.sources]))
             return commit(out_dir, {**merged.header(), "nnz": arrays["data"]["shape"][0]}, arrays)
         finally:
             shutil.rmtree(work, ignore_errors=True)

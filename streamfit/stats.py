@@ -238,6 +238,17 @@ def check_mergeable(parts) -> None:
         seen |= _source_keys(s)
 
 
+def combined_sources(sources: list[dict]) -> list[dict]:
+    """Source entries of merged shards, one per file (row groups sorted, rows summed), in
+    the order files first appear."""
+    by_path: dict[str, dict] = {}
+    for s in sources:
+        entry = by_path.setdefault(s["path"], {**s, "row_groups": [], "rows": 0})
+        entry["row_groups"] = sorted(entry["row_groups"] + list(s["row_groups"]))
+        entry["rows"] += s["rows"]
+    return list(by_path.values())
+
+
 def merge(*parts: Statistics) -> Statistics:
     """Exact sum of statistics shards, in memory (see `pipeline.merge_into` for the
     bounded-memory merge of statistics directories)."""
@@ -258,4 +269,4 @@ def merge(*parts: Statistics) -> Statistics:
         data=total.data.astype(first.data.dtype),
         n_examples=sum(s.n_examples for s in parts), l1_sum=sum(s.l1_sum for s in parts),
         empty_rows=sum(s.empty_rows for s in parts),
-        sources=[src for s in parts for src in s.sources])
+        sources=combined_sources([src for s in parts for src in s.sources]))

@@ -1,0 +1,337 @@
+"""Distributed: accumulate, merge and streaming passes on a Dask distributed cluster.
+
+Everything streamfit streams is a sum, so the work splits into units — one row group of
+one Parquet file — that workers process independently, and whose results add up:
+
+    units ─▶ workers: fn(unit), a pure function ─▶ tree reduction on the workers ─▶ result
+
+`map_sum` is that executor for any function whose results support `+` (evaluate's
+`Scores`, refine's `PassResult`). `accumulate_distributed` maps each unit to a statistics
+shard in a directory the workers share, named by a hash of the unit (file, size, row
+group) and the options, written under a temporary name and renamed into place: a unit
+whose worker is lost is run again by Dask and rewrites only its own shard, a finished shard
+is reused, so nothing is counted twice. Shards are merged in a tree on the workers, the
+last merge into the statistics directory here; its manifest records every (file, row
+group) exactly once (the merge refuses overlaps).
+
+Every path (data, statistics, shards, weights) must name the same file on every worker and
+on this machine: a shared filesystem. Dask is imported only when a cluster is used, so
+streamfit works without the `dask` extra.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import operator
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from functools import reduce
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from tqdm.auto import tqdm
+
+from .errors import StreamfitError
+from .evaluate import Scores, metrics, score_examples, unit_examples
+from .fileio import DirectoryLock, fault_point, fsync_dir
+from .model import load_model
+from .pipeline import DEFAULT_MEMORY, accumulate_into, merge_into
+from .reading import DEFAULT_BATCH_ROWS, open_parquet, resolve_paths
+from .refine import PassFn, PassResult, full_pass
+from .stats import MANIFEST, load
+
+INSTALL_HINT = "pip install 'streamfit[dask]'"
+SHARDS = ".shards"
+MERGE_FAN_IN = 16
+
+
+def _distributed():
+    try:
+        import distributed
+    except ImportError:
+        raise StreamfitError(f"running on Dask needs the dask extra: {INSTALL_HINT}") from None
+    return distributed
+
+
+@contextlib.contextmanager
+def cluster(scheduler: str | None = None, workers: int | None = None) -> Iterator[Any]:
+    """A Dask client: of the running cluster whose scheduler is at `scheduler`, or of a
+    new local cluster of `workers` processes (one thread each), closed on exit."""
+    distributed = _distributed()
+    if (scheduler is None) == (workers is None):
+        raise ValueError("give either a scheduler address or a number of local workers")
+    if scheduler is not None:
+        if "://" in scheduler and not scheduler.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
+            raise StreamfitError(f"{scheduler!r} is not a Dask scheduler address "
+                                 f"(e.g. tcp://10.0.0.5:8786)")
+        try:
+            client = distributed.Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError) as exc:
+            raise StreamfitError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from None
+        with client:
+            yield client
+        return
+    if workers < 1:
+        raise ValueError(f"the number of Dask workers must be at least 1, not {workers}")
+    with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0", silence_logs=logging.ERROR) as lc, \
+            distributed.Client(lc) as client:
+        yield client
+
+
+# --- units and the executor ----------------------------------------------------------------
+@dataclass(frozen=True)
+class Unit:
+    """One row group of one file: the unit of distributed work."""
+
+    path: str       # resolved
+    size: int       # file size in bytes, part of the unit's identity
+    row_group: int
+    rows: int
+
+
+def source_units(paths) -> list[Unit]:
+    """Every row group of the files, globs or directories, in file order."""
+    units = []
+    for p in resolve_paths(paths):
+        meta = open_parquet(p).metadata
+        key, size = str(p.resolve()), os.path.getsize(p)
+        units += [Unit(key, size, rg, meta.row_group(rg).num_rows)
+                  for rg in range(meta.num_row_groups)]
+    return units
+
+
+def _run_unit(fn: Callable, unit: Unit, *args):
+    result = fn(unit, *args)
+    fault_point("after_unit")  # crash tests: a worker lost after its unit's work is done
+    return result
+
+
+def _sum_all(parts: list):
+    return reduce(operator.add, parts)
+
+
+def _reduce(client, futures: list, combine: Callable, fan_in: int, keep: int,
+            *args) -> list:
+    """Combine futures level by level in fixed groups of `fan_in` until at most `keep`
+    remain: the grouping depends only on the order of the units, not on which worker
+    finished first, so a rerun (or a retried task) sums in the same order."""
+    level = futures
+    while len(level) > keep:
+        level = [client.submit(combine, level[i:i + fan_in], *args, pure=False)
+                 if len(level[i:i + fan_in]) > 1 else level[i]
+                 for i in range(0, len(level), fan_in)]
+    return level
+
+
+def _map_reduce(client, fn: Callable, units: Sequence[Unit], args: tuple, combine: Callable,
+                combine_args: tuple, fan_in: int, keep: int, progress: bool, desc: str) -> list:
+    distributed = _distributed()
+    if not units:
+        raise StreamfitError("no row groups to process")
+    mapped = [client.submit(_run_unit, fn, u, *args, pure=False) for u in units]
+    top = _reduce(client, mapped, combine, fan_in, keep, *combine_args)
+    done = distributed.as_completed(mapped)
+    del mapped  # results are released as soon as their reduction has used them
+    with tqdm(total=len(units), unit="row groups", desc=desc,
+              disable=None if progress else True) as bar:
+        for f in done:
+            if f.status == "error":
+                f.result()  # raises the task's own exception
+            bar.update(1)
+    return client.gather(top)
+
+
+def map_sum(client, fn: Callable, units: Sequence[Unit], *args, progress: bool = False,
+            desc: str = "pass"):
+    """fn(unit, *args) for every unit on the workers, summed with `+` in a fixed pairwise
+    tree. fn must be pure (a unit whose worker is lost is run again); args may be futures
+    (client.scatter), which the workers resolve."""
+    return _map_reduce(client, fn, units, args, _sum_all, (), 2, 1, progress, desc)[0]
+
+
+# --- accumulate and merge ------------------------------------------------------------------
+def _refuse_url(path: str | os.PathLike, what: str) -> Path:
+    text = os.fspath(path)
+    if "://" in text:
+        raise StreamfitError(f"{what} {text!r}: URLs are not supported yet; use a directory "
+                             f"on a filesystem every worker mounts at the same path")
+    return Path(text)
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Rename a finished shard into place; if a duplicate attempt got there first, keep
+    theirs (the same unit gives the same statistics)."""
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        if not (out / MANIFEST).exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    fsync_dir(out.parent)
+
+
+def _unit_name(unit: Unit, settings: dict) -> str:
+    identity = json.dumps({"path": unit.path, "size": unit.size, "row_group": unit.row_group,
+                           **{k: settings[k] for k in ("task", "window", "options")}},
+                          sort_keys=True)
+    return "unit-" + hashlib.sha256(identity.encode()).hexdigest()[:20]
+
+
+def _accumulate_unit(unit: Unit, root: str, settings: dict) -> str:
+    """The statistics of one row group in the shard directory `root`; returns its path."""
+    out = Path(root) / _unit_name(unit, settings)
+    if (out / MANIFEST).exists():
+        return str(out)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    with tempfile.TemporaryDirectory(prefix="streamfit-unit-", dir=settings["temp"]) as temp:
+        accumulate_into(tmp, [unit.path], task=settings["task"], window=settings["window"],
+                        memory=settings["memory"], temp=Path(temp) / "work",
+                        batch_rows=settings["batch_rows"], checkpoint_seconds=math.inf,
+                        units={(unit.path, unit.row_group)}, allow_empty=True,
+                        **settings["options"])
+    _publish(tmp, out)
+    return str(out)
+
+
+def _merge_shards(shards: list[str], root: str, memory: int) -> str:
+    """Merge shards into one, named by its parts (so a retried merge reuses it)."""
+    out = Path(root) / ("merge-" + hashlib.sha256("\n".join(shards).encode()).hexdigest()[:20])
+    if not (out / MANIFEST).exists():
+        tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+        merge_into(tmp, shards, memory=memory)
+        _publish(tmp, out)
+    return str(out)
+
+
+def accumulate_distributed(client, stats_dir: str | os.PathLike, paths, *,
+                           task: str | None = None, window: int | None = None,
+                           overwrite: bool = False, memory: int = DEFAULT_MEMORY,
+                           shards: str | os.PathLike | None = None,
+                           temp: str | os.PathLike | None = None,
+                           batch_rows: int = DEFAULT_BATCH_ROWS, progress: bool = False,
+                           **options) -> dict:
+    """`pipeline.accumulate_into` on a Dask cluster, one task per row group: the same
+    statistics (bit-identical counts) and the same summary. `memory` is each task's budget;
+    `shards` (default STATS/.shards) holds the per-unit statistics until the final merge,
+    so a rerun after an interruption reuses the finished ones; `temp` is where tasks spill
+    on their worker (default: its temporary directory)."""
+    stats_dir = _refuse_url(stats_dir, "statistics directory")
+    root = _refuse_url(shards, "shard directory") if shards is not None else stats_dir / SHARDS
+    files = resolve_paths(paths)
+    previous = None
+    if (stats_dir / MANIFEST).exists() and not overwrite:
+        previous = load(stats_dir)
+        if task is not None and task != previous.task or \
+                window is not None and window != previous.window:
+            raise StreamfitError(
+                f"{stats_dir} holds {previous.task} statistics with window {previous.window}, "
+                f"not {task or previous.task} window {window or previous.window}: use another "
+                f"--stats directory or --overwrite")
+        task, window = previous.task, previous.window
+    counted = {(s["path"], rg): s["size"] for s in (previous.sources if previous else [])
+               for rg in s["row_groups"]}
+    units = []
+    for u in source_units(files):
+        if (u.path, u.row_group) in counted:
+            if counted[u.path, u.row_group] != u.size:
+                raise StreamfitError(f"{u.path} changed since it was counted (size "
+                                     f"{counted[u.path, u.row_group]} → {u.size}): use --overwrite")
+            continue
+        units.append(u)
+    if not units and previous is not None:
+        shutil.rmtree(root, ignore_errors=True)
+        return {"unchanged": True, **_summary(previous.header())}
+    if not units:
+        raise StreamfitError(f"no row groups in {', '.join(map(str, files))}: nothing to "
+                             f"accumulate")
+    settings = {"task": task, "window": window if window is not None else 1, "memory": memory,
+                "batch_rows": batch_rows, "options": options,
+                "temp": None if temp is None else str(temp)}
+    root.mkdir(parents=True, exist_ok=True)
+    with DirectoryLock(root):
+        if overwrite:
+            for old in root.iterdir():
+                shutil.rmtree(old, ignore_errors=True)
+        resumed = any(root.glob("unit-*"))
+        top = _map_reduce(client, _accumulate_unit, units, (str(root), settings),
+                          _merge_shards, (str(root), memory), MERGE_FAN_IN, MERGE_FAN_IN,
+                          progress, "accumulate")
+        parts = ([stats_dir] if previous is not None else []) + [Path(t) for t in top]
+        if sum(load(p).n_examples for p in parts) == 0:
+            raise StreamfitError(f"no examples in {', '.join(map(str, files))}: nothing to "
+                                 f"accumulate")
+        manifest = merge_into(stats_dir, parts, memory=memory)
+    shutil.rmtree(root, ignore_errors=True)
+    return {"unchanged": False, "resumed": resumed, **_summary(manifest)}
+
+
+def _summary(header: dict) -> dict:
+    return {k: header[k] for k in ("task", "window", "n_classes", "n_features", "nnz",
+                                   "n_examples", "empty_rows")}
+
+
+def merge_distributed(client, out_dir: str | os.PathLike, dirs, *,
+                      memory: int = DEFAULT_MEMORY) -> dict:
+    """`pipeline.merge_into` with the merges of groups of shards on the workers and the
+    last one here; returns the manifest."""
+    out_dir = _refuse_url(out_dir, "output directory")
+    dirs = [str(_refuse_url(d, "statistics directory")) for d in dirs]
+    if len(dirs) <= MERGE_FAN_IN:
+        return merge_into(out_dir, dirs, memory=memory)
+    root = out_dir / SHARDS
+    root.mkdir(parents=True, exist_ok=True)
+    with DirectoryLock(root):
+        top = client.gather(_reduce(client, dirs, _merge_shards, MERGE_FAN_IN, MERGE_FAN_IN,
+                                    str(root), memory))
+        manifest = merge_into(out_dir, top, memory=memory)
+    shutil.rmtree(root, ignore_errors=True)
+    return manifest
+
+
+# --- streaming passes ----------------------------------------------------------------------
+def _evaluate_unit(unit: Unit, weights: str, top_k: int, batch_rows: int, columns: dict) -> Scores:
+    model = load_model(weights)
+    return score_examples(model, unit_examples(
+        unit.path, [unit.row_group], task=model.task, window=model.window,
+        n_classes=model.n_classes, n_features=model.n_features, batch_rows=batch_rows,
+        **columns), top_k)
+
+
+def evaluate_distributed(client, weights: str | os.PathLike, paths, *, top_k: int = 5,
+                         progress: bool = False, batch_rows: int = DEFAULT_BATCH_ROWS,
+                         **columns) -> dict:
+    """`evaluate.evaluate` of the weights file on a Dask cluster, one task per row group."""
+    path = str(Path(_refuse_url(weights, "weights file")).resolve())
+    load_model(path)  # a missing or damaged weights file is reported here, once
+    scores = map_sum(client, _evaluate_unit, source_units(paths), path, top_k, batch_rows,
+                     columns, progress=progress, desc="evaluate")
+    return metrics(scores, top_k)
+
+
+def _pass_unit(unit: Unit, w, expected: bool, observed: bool, layout: dict) -> PassResult:
+    return full_pass(w, unit_examples(unit.path, [unit.row_group], **layout),
+                     expected=expected, observed=observed)
+
+
+def pass_function(client, paths, *, task: str, window: int, n_classes: int, n_features: int,
+                  batch_rows: int = DEFAULT_BATCH_ROWS, **columns) -> PassFn:
+    """refine's full pass (loss, accuracy, E and F) on a Dask cluster: W is sent to every
+    worker once per pass, each row group is a task, the PassResults are tree-summed."""
+    units = source_units(paths)
+    layout = dict(task=task, window=window, n_classes=n_classes, n_features=n_features,
+                  batch_rows=batch_rows, **columns)
+
+    def pass_fn(w, expected: bool, observed: bool) -> PassResult:
+        shared = client.scatter(w, broadcast=True, hash=False)
+        try:
+            return map_sum(client, _pass_unit, units, shared, expected, observed, layout)
+        finally:
+            shared.release()
+    return pass_fn
