@@ -950,7 +950,8 @@ def targets_text(results: dict) -> list[str]:
                 if e is None:
                     continue
                 gap = _pts(opt["test_accuracy"], e["test_accuracy"])
-                parts.append(f"{NAMES[key]}: {e['test_accuracy']:.4f} ({gap:.2f} points below)")
+                parts.append(f"{NAMES[key]}: {e['test_accuracy']:.4f} ("
+                             + (f"{gap:.2f} points below)" if gap >= 0 else f"{-gap:.2f} points above)"))
                 if gap <= TARGET_POINTS:
                     met.append(NAMES[key])
         gap0 = _pts(opt["test_accuracy"], ex["test_accuracy"])
@@ -1183,7 +1184,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gcide-adam-passes", type=int, default=None, metavar="N",
                     help="also run Adam and SGD on GCIDE for N passes (slow: minutes a pass)")
     ap.add_argument("--json", action="store_true", help="print every figure as one JSON object")
+    ap.add_argument("--render", metavar="JSON",
+                    help="write the page and plots again from a saved --json output, running nothing")
     args = ap.parse_args(argv)
+    if args.render:
+        saved = json.loads(Path(args.render).read_text())
+        out_dir = Path(args.out)
+        for n, res in saved["results"].items():
+            plot_refinement(res, out_dir / res["plots"]["refinement"])
+            if "direction" in res["plots"]:
+                plot_direction(res, out_dir / res["plots"]["direction"])
+        log(f"{write_markdown(saved['results'], saved['meta'], out_dir)}: written from {args.render}")
+        return 0
     mode = "quick" if args.quick else "default"
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     for n in names:
