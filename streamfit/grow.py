@@ -417,6 +417,9 @@ def refine_output_layer(model: Model, train: Callable[[], Iterator[Examples]],
     single-layer intermediate (and refine's checkpoints) live at OUT.output.* until done."""
     from .refine import refine
 
+    if options.get("method") == "gis":
+        raise StreamfitError("gis needs inputs that sum to 1, and the hidden features of a "
+                             "2-layer model do not: refine it with lbfgs, sgd or adam")
     if pass_fn is not None:
         raise ValueError("a pass function computes passes over the inputs x̃; refining a "
                          "2-layer model passes over its hidden features, so give none")
