@@ -39,7 +39,7 @@ import scipy.sparse as sp
 
 from .errors import StreamfitError
 from .featurize import Examples
-from .model import Model, load_model, stem_of, write_model
+from .model import Model, load_model, sidecar_path, stem_of, write_model
 
 MAX_INPUT_FEATURES = 4096
 BLOCK_ROWS = 2048
@@ -319,7 +319,9 @@ def grow(train: Callable[[], Iterator[Examples]], out: str | os.PathLike, *, tas
     units (pairs ±, so an even number) and writes the model to `out` (a killed run leaves the
     last finished step). `heldout()` chooses the amplitude and is logged (without it, the
     training data chooses); `pass_fn(layers, full)` computes the training passes (default:
-    growth_pass over train() here; a distributed run supplies one that sums shards)."""
+    growth_pass over train() here; a distributed run supplies one that sums shards).
+    `on_step(entry)` sees every log entry; the seconds logged exclude the held-out
+    evaluation, the model write and on_step itself."""
     check_input_size(n_features)
     if units_per_step < 2 or max_width < 0:
         raise ValueError(f"units per step must be at least 2 (units come in ± pairs) and the "
@@ -361,9 +363,9 @@ def grow(train: Callable[[], Iterator[Examples]], out: str | os.PathLike, *, tas
             entry.update(heldout_loss=h.mean_loss, heldout_accuracy=h.accuracy)
         log.append(entry)
         save()
-        overhead[0] += time.perf_counter() - t1
         if on_step:
             on_step(entry)
+        overhead[0] += time.perf_counter() - t1
 
     if start is None:
         record({"step": 0}, last)
@@ -384,7 +386,7 @@ def grow(train: Callable[[], Iterator[Examples]], out: str | os.PathLike, *, tas
                 "bottleneck": step.bottleneck, "gamma2": t, "search_loss": losses[t],
                 "search_loss_before": losses[0.0]}, last)
     save()
-    return load_model(stem_of(out).with_suffix(".json"))
+    return load_model(sidecar_path(out))
 
 
 def data_shape(paths, *, task: str | None = None, window: int | None = None,
@@ -437,6 +439,6 @@ def refine_output_layer(model: Model, train: Callable[[], Iterator[Examples]],
                                        model.n_classes, refined,
                                        {**keep, "form": "refined",
                                         "refinement": single.meta["refinement"]}))
-    for p in (inner, inner.with_suffix(".json")):
+    for p in (inner, sidecar_path(inner)):
         p.unlink(missing_ok=True)
-    return load_model(stem_of(out).with_suffix(".json"))
+    return load_model(sidecar_path(out))

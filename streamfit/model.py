@@ -47,7 +47,7 @@ def stem_of(path: str | os.PathLike) -> Path:
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
-    return stem_of(path).with_suffix(".json")
+    return Path(f"{stem_of(path)}.json")  # appended: a stem may hold dots ("w-0.001")
 
 
 @dataclass
@@ -263,7 +263,7 @@ def write_model(out: str | os.PathLike, header: dict, *, dense: dict | None = No
             _write_dense(staged["A"][0], a.shape[0], a.shape[1], dense["dtype"], iter([(0, a)]))
             _write_blocks(staged["a0"][0], np.float64, [a0])
         if dense is not None:
-            final = stem.with_suffix(".npy")
+            final = Path(f"{stem}.npy")
             staged["W"] = (temp_name(final), final)
             rows = header["n_features"] if hidden is None else hidden[0].shape[1]
             _write_dense(staged["W"][0], rows, header["n_classes"], dense["dtype"], dense["blocks"])

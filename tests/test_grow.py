@@ -380,6 +380,11 @@ def test_a_written_model_predicts_like_the_layers_in_memory(corpus, tmp_path):
     np.testing.assert_array_equal(top, order)
     np.testing.assert_allclose(top_logp, np.take_along_axis(want, order, 1) - lse[:, None],
                                rtol=1e-9, atol=1e-12)
+    # a stem with dots names its own files
+    dotted = load_model(G.write_layers(tmp_path / "m-0.001.npy", layers, header))
+    assert sorted(p.name for p in tmp_path.glob("m-0.001*")) == [
+        "m-0.001.A.npy", "m-0.001.a0.npy", "m-0.001.bias.npy", "m-0.001.json", "m-0.001.npy"]
+    np.testing.assert_array_equal(dotted.logits(ex), model.logits(ex))
     # an Arrow batch goes through the model's own featurizing
     path = write_dense(tmp_path / "f.parquet", y, corpus["x_raw"])
     np.testing.assert_allclose(model.predict_proba(pq.read_table(path)), softmax(want, axis=1),
