@@ -189,18 +189,26 @@ class Step:
     bottleneck: float          # E‖g‖² − tr(Mᵀ S⁺ M): what no change of W can express
 
 
-def growth_step(sums: GrowthSums, max_directions: int, ridge: float = 0.0) -> Step:
+def whitening(sums: GrowthSums, ridge: float = 0.0) -> np.ndarray:
+    """(S₂/n + ρI)^{-1/2}: it depends on the inputs only, so a run computes it once."""
+    return _pinv_psd(sums.S2 / sums.n, ridge)[1]
+
+
+def growth_step(sums: GrowthSums, max_directions: int, ridge: float = 0.0,
+                s2_isqrt: np.ndarray | None = None) -> Step:
     """Δ = −S⁺M and new units from N = −M₂ + P S⁺ M, all divided by n (METHODS.md §5).
     `ridge` > 0 replaces S₂ by S₂ + ρI in the whitening (ρ = ridge × its mean eigenvalue):
     reduced-rank ridge regression of the residual on the inputs, which keeps rarely active
-    inputs (border pixels) from dominating the new units."""
+    inputs (border pixels) from dominating the new units. `s2_isqrt`: whitening(sums, ridge)
+    when already known."""
     n = sums.n
     s_inv, _ = _pinv_psd(sums.S / n)
     m = sums.M / n
     s_inv_m = s_inv @ m
     linear_gain = float(np.sum(m * s_inv_m))
     n_mat = -sums.M2 / n + (sums.P / n) @ s_inv_m
-    _, s2_isqrt = _pinv_psd(sums.S2 / n, ridge)
+    if s2_isqrt is None:
+        s2_isqrt = whitening(sums, ridge)
     u, lam, vt = np.linalg.svd(s2_isqrt @ n_mat, full_matrices=False)
     r = int(np.sum(lam > DIRECTION_FLOOR * lam[0])) if lam.size and lam[0] > 0 else 0
     r = min(r, max_directions)
@@ -369,10 +377,13 @@ def grow(train: Callable[[], Iterator[Examples]], out: str | os.PathLike, *, tas
 
     if start is None:
         record({"step": 0}, last)
+    s2 = None
     while layers.width + 2 <= max_width:
         sums = pass_fn(layers, True)
         passes += 1
-        step = growth_step(sums, min(units_per_step, max_width - layers.width) // 2, ridge)
+        if s2 is None or not np.array_equal(s2[0], sums.S2):  # the same inputs: computed once
+            s2 = (sums.S2, whitening(sums, ridge))
+        step = growth_step(sums, min(units_per_step, max_width - layers.width) // 2, ridge, s2[1])
         if step.omega.shape[0] == 0 or step.unit_gain < min_gain:
             stopped = f"first-order gain {step.unit_gain:.3g} below {min_gain:g}"
             break
