@@ -292,7 +292,7 @@ def check_input_size(n_features: int) -> None:
     if n_features > MAX_INPUT_FEATURES:
         raise StreamfitError(
             f"growth needs the {n_features + 1:,} × {n_features + 1:,} input covariance S₂ "
-            f"({(n_features + 1) ** 2 * 8 / 2**30:.1f} GiB, eigendecomposed every step): "
+            f"({(n_features + 1) ** 2 * 8 / 2**30:.1f} GiB, eigendecomposed): "
             f"{n_features:,} input features is above the limit of {MAX_INPUT_FEATURES:,}. "
             f"For a token corpus (features = window × (vocabulary + 1)) use a smaller "
             f"vocabulary or window; for features, fewer of them")
@@ -350,6 +350,7 @@ def grow(train: Callable[[], Iterator[Examples]], out: str | os.PathLike, *, tas
         layers = Layers.of(start)
         log = list(start.meta.get("growth", {}).get("log", []))
         passes = log[-1]["passes"] if log else 0
+        t0 -= log[-1]["seconds"] if log else 0.0   # passes and seconds continue
     else:
         layers, last, passes = solve_output(Layers.empty(n_features, n_classes), pass_fn,
                                             output_passes, l2)

@@ -122,7 +122,8 @@ class Model:
 
     # --- scoring ------------------------------------------------------------------------
     def _chunks(self, ex: Examples) -> Iterator[tuple[int, int]]:
-        step = max(1, SCORE_BLOCK_BYTES // (8 * max(self.n_classes, 1)))
+        units = 0 if self.hidden is None else self.hidden[0].shape[1]  # 2-layer: h per block too
+        step = max(1, SCORE_BLOCK_BYTES // (8 * max(self.n_classes + units, 1)))
         for lo in range(0, ex.n, step):
             yield lo, min(ex.n, lo + step)
 
