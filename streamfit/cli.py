@@ -212,9 +212,10 @@ def cmd_grow(args) -> int:
               disable=None if _progress(args) else True) as bar:
         def on_step(entry: dict) -> None:
             bar.update(entry.get("added", 0))
-            bar.set_postfix(gain=f"{entry.get('unit_gain', 0):.2g}",
-                            loss=f"{entry.get('heldout_loss', entry['train_loss']):.4f}",
-                            refresh=False)
+            held = "heldout" if "heldout_loss" in entry else "train"
+            bar.set_postfix(width=entry["width"], gain=f"{entry.get('unit_gain', 0):.2g}",
+                            loss=f"{entry[f'{held}_loss']:.4f}",
+                            acc=f"{entry[f'{held}_accuracy']:.4f}", refresh=False)
         model = grow(lambda: iter_examples(files, **common), args.out, **shape,
                      heldout=(lambda: iter_examples(held, **common)) if held else None,
                      start=start, units_per_step=args.units_per_step, max_width=args.max_width,

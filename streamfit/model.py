@@ -47,7 +47,7 @@ def stem_of(path: str | os.PathLike) -> Path:
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
-    return Path(f"{stem_of(path)}.json")  # appended: a stem may hold dots ("w-0.001")
+    return Path(f"{stem_of(path)}.json")
 
 
 @dataclass
