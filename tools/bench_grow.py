@@ -466,7 +466,9 @@ def write_markdown(results: dict, meta: dict, out_dir: Path) -> Path:
          (f"Run {meta['date']} on {meta['machine']['cpu']}, {meta['machine']['cores']} cores; "
           f"Python {meta['machine']['python']}, numpy {meta['machine']['numpy']}; streamfit "
           f"{meta['machine']['streamfit']} at commit {meta['machine']['commit']}. Mode: "
-          f"{meta['mode']}. Total {meta['wall_s'] / 60:.1f} min."), "",
+          f"{meta['mode']}. Total {meta['wall_s'] / 60:.1f} min. Load average (1 min) at the start "
+          f"{meta['load'][0]:.2f}, at the end {meta['load'][1]:.2f}: other work on the machine "
+          f"slows every timing here, growth's and the MLP's alike."), "",
          ("Protocol: train fits, valid makes every choice (l2, ridge, learning rate, the MLP's "
           "epoch), test only reports. Splits are held in memory. Growth seconds: training passes, "
           "closed form and the amplitude search on valid, without the per-step valid evaluation "
@@ -509,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-grow-") as tmp:
         for n in names:
@@ -528,7 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     argv_shown = sys.argv[1:] if argv is None else argv
     meta = {"command": "python tools/bench_grow.py" + "".join(" " + shlex.quote(a) for a in argv_shown),
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "mode": mode, "machine": machine(), "wall_s": time.perf_counter() - t0}
+            "mode": mode, "machine": machine(), "wall_s": time.perf_counter() - t0,
+            "load": (load_start, os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan)}
     path = write_markdown(results, meta, out_dir)
     log(f"{path}: written ({meta['wall_s'] / 60:.1f} min)")
     if args.json:
