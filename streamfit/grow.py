@@ -79,8 +79,8 @@ class Layers:
                                  "has no hidden layer to grow (start from no units instead)")
         a, a0 = model.hidden
         w = np.asarray(model.dense, np.float64) * model.tau
-        return cls(np.asarray(a, np.float64), np.asarray(a0, np.float64),
-                   np.vstack([w, model._bias[None, :]]))
+        bias = np.zeros(model.n_classes) if model.bias is None else np.asarray(model.bias, np.float64)
+        return cls(np.asarray(a, np.float64), np.asarray(a0, np.float64), np.vstack([w, bias[None, :]]))
 
 
 @dataclass
