@@ -4,6 +4,7 @@
     streamfit finalize --out weights.npy           # explicit solution from ./streamfit-stats
     streamfit evaluate --weights weights.npy test/*.parquet --json
     streamfit predict --weights weights.npy --context "def __init__ ( self"
+    streamfit grow train/*.parquet --validation valid/*.parquet --out grown.npy
     streamfit merge statsA statsB --out stats
     streamfit info weights.npy
 """
@@ -245,6 +246,50 @@ def cmd_refine(args) -> int:
     return 0
 
 
+def cmd_grow(args) -> int:
+    from tqdm.auto import tqdm
+
+    from .grow import data_shape, grow
+
+    files = resolve_paths(args.paths)
+    start = load_model(args.weights) if args.weights else None
+    if start is not None:
+        shape = {"task": start.task, "window": start.window, "n_features": start.n_features,
+                 "n_classes": start.n_classes}
+    else:
+        shape = data_shape(files, task=args.task, window=args.window, vocab_size=args.vocab_size,
+                           n_classes=args.classes, n_features=args.n_features,
+                           progress=_progress(args), **_columns(args))
+    common = dict(batch_rows=args.batch_rows, **shape, **_columns(args))
+    held = resolve_paths(args.validation) if args.validation else None
+    with tqdm(total=args.max_width, unit="unit", desc="grow",
+              disable=None if _progress(args) else True) as bar:
+        def on_step(entry: dict) -> None:
+            bar.update(entry.get("added", 0))
+            held = "heldout" if "heldout_loss" in entry else "train"
+            bar.set_postfix(width=entry["width"], gain=f"{entry.get('unit_gain', 0):.2g}",
+                            loss=f"{entry[f'{held}_loss']:.4f}",
+                            acc=f"{entry[f'{held}_accuracy']:.4f}", refresh=False)
+        model = grow(lambda: iter_examples(files, **common), args.out, **shape,
+                     heldout=(lambda: iter_examples(held, **common)) if held else None,
+                     start=start, units_per_step=args.units_per_step, max_width=args.max_width,
+                     min_gain=args.min_gain, output_passes=args.output_passes, l2=args.l2,
+                     ridge=args.ridge, on_step=on_step)
+    growth = model.meta["growth"]
+    if args.json:
+        print(json.dumps({"out": str(sidecar_path(args.out)), **growth}))
+        return 0
+    for e in growth["log"]:
+        held_text = (f", held-out loss {e['heldout_loss']:.4f}, accuracy {e['heldout_accuracy']:.4f}"
+                     if "heldout_loss" in e else "")
+        gain = f", gain {e['unit_gain']:.3g}" if "unit_gain" in e else ""
+        print(f"step {e['step']:>3}: width {e['width']:>4}{gain}, train loss {e['train_loss']:.4f}"
+              f"{held_text} ({e['passes']} passes, {e['seconds']:.1f} s)")
+    print(f"{sidecar_path(args.out)}: 2-layer model, {model.hidden[0].shape[1]} hidden units "
+          f"(stopped: {growth['stopped']})")
+    return 0
+
+
 def cmd_merge(args) -> int:
     if _on_dask(args):
         with _cluster(args) as client:
@@ -282,6 +327,14 @@ def cmd_info(args) -> int:
             value = (f"{value['method']} from {value.get('from')}, {len(value['log'])} passes, "
                      f"final train loss {last.get('train_loss', float('nan')):.4f}"
                      + (f", held-out {last['heldout_loss']:.4f}" if "heldout_loss" in last else ""))
+        elif key == "growth" and value:
+            last = value["log"][-1] if value["log"] else {}
+            value = (f"{len(value['log'])} steps, {last.get('passes', 0)} passes, stopped at "
+                     f"{value['stopped']}"
+                     + (f"; held-out loss {last['heldout_loss']:.4f}, accuracy "
+                        f"{last['heldout_accuracy']:.4f}" if "heldout_loss" in last else ""))
+        elif key == "hidden":
+            value = f"{value['units']} {value['activation']} units"
         elif key == "calibration" and value:
             value = f"{value.get('examples', 0):,} held-out examples, best of {len(value.get('grid', []))}"
         print(f"{key:>18}: {value}")
@@ -436,6 +489,46 @@ def build_parser() -> argparse.ArgumentParser:
                   "a pass, one task per row group, E, F and the loss summed); --heldout is "
                   "evaluated here. sgd and adam are sequential and refuse these options.")
     p.set_defaults(func=cmd_refine)
+
+    p = sub.add_parser("grow", help="grow hidden units: a 2-layer model without backpropagation",
+                       description="Grow a 2-layer model softmax(W·[h; 1]), h = relu(x̃·A + a₀), "
+                       "from no hidden units (or from --weights, a grown model). Each step: one "
+                       "streaming pass of covariance statistics, new units in closed form where "
+                       "the output layer cannot follow the loss gradient (an expressivity "
+                       "bottleneck), their amplitude chosen in one pass over --validation data, "
+                       "then the output layer re-solved by L-BFGS passes on the frozen hidden "
+                       "features (convex). Units come in ± pairs. The model is written after "
+                       "every step, so a killed run leaves the last finished step. Inputs are "
+                       "limited to 4,096 features (S₂ is features × features). See docs/growth.md.")
+    p.add_argument("paths", nargs="+", metavar="PATHS", help="training Parquet files, globs or directories")
+    p.add_argument("--out", required=True, metavar="FILE", help="the grown model, e.g. grown.npy")
+    p.add_argument("--validation", nargs="+", metavar="PATHS",
+                   help="held-out data: chooses each step's amplitude and is logged per step "
+                        "(default: the amplitude is chosen on the training data)")
+    p.add_argument("--weights", metavar="FILE", help="a grown model to keep growing")
+    p.add_argument("--max-width", type=int, default=256, metavar="N",
+                   help="stop at this many hidden units (default: %(default)s)")
+    p.add_argument("--units-per-step", type=int, default=16, metavar="K",
+                   help="units added per step, at most; even (± pairs) (default: %(default)s)")
+    p.add_argument("--min-gain", type=float, default=1e-6, metavar="G",
+                   help="stop when the new units' first-order gain Σλ² (nats) is below G "
+                        "(default: %(default)s)")
+    p.add_argument("--output-passes", type=int, default=20, metavar="P",
+                   help="L-BFGS passes re-solving the output layer after each step (default: %(default)s)")
+    p.add_argument("--l2", type=float, default=1e-3,
+                   help="L2 strength on the output weights (default: %(default)s)")
+    p.add_argument("--ridge", type=float, default=1.0,
+                   help="ridge on the input covariance when making new units, relative to its "
+                        "mean eigenvalue; 0 is the plain formula (default: %(default)s)")
+    p.add_argument("--task", choices=("lm", "classify"), help="default: detected from the columns")
+    p.add_argument("--window", type=int, metavar="M", help="lm: context tokens (default: 1)")
+    p.add_argument("--vocab-size", type=int, metavar="V", help="lm: vocabulary size (default: largest id + 1)")
+    p.add_argument("--classes", type=int, metavar="C", help="classify: classes (default: largest label + 1)")
+    p.add_argument("--n-features", type=int, metavar="D", help="classify: features (default: discovered)")
+    p.add_argument("--json", action="store_true", help="print the settings and log as one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _column_options(p)
+    p.set_defaults(func=cmd_grow)
 
     p = sub.add_parser("merge", help="exact merge of statistics shards",
                        description="Sum statistics directories into one: the same result as "

@@ -11,6 +11,10 @@ Two layouts with identical predictions:
 
 `STEM.bias.npy` holds the per-class bias when there is one; `STEM.json`, the sidecar, says
 what the files are and where they came from (see data_schemas/weights.schema.json).
+
+A 2-layer (grown) model adds a hidden layer h = relu(x̃ · A + a₀), A (features × units) in
+`STEM.A.npy` and a₀ in `STEM.a0.npy`; its logits are h · W + bias, W (units × classes) in
+`STEM.npy` (see streamfit/grow.py).
 """
 from __future__ import annotations
 
@@ -59,10 +63,13 @@ class Model:
     sparse: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     window: int = 0
     meta: dict = field(default_factory=dict)
+    hidden: tuple[np.ndarray, np.ndarray] | None = None  # (A, a₀) of a 2-layer model
 
     def __post_init__(self):
         if (self.dense is None) == (self.sparse is None):
             raise ValueError("a model has either dense or sparse weights")
+        if self.hidden is not None and self.dense is None:
+            raise ValueError("a 2-layer model has a dense output layer")
         bias = np.zeros(self.n_classes) if self.bias is None else np.asarray(self.bias, np.float64)
         self._bias = bias
         self._log_z_bias = float(np.logaddexp.reduce(bias)) if bias.size else 0.0
@@ -75,6 +82,16 @@ class Model:
     @property
     def vocab_size(self) -> int:
         return self.n_classes
+
+    @property
+    def layers(self) -> int:
+        return 1 if self.hidden is None else 2
+
+    def hidden_features(self, ex: Examples) -> np.ndarray:
+        """A 2-layer model's hidden activations relu(x̃ · A + a₀), n × units (float64)."""
+        a, a0 = self.hidden
+        x = sp.csr_matrix((ex.values, ex.indices, ex.indptr), shape=(ex.n, self.n_features))
+        return np.maximum(np.asarray(x @ np.asarray(a, np.float64)) + a0, 0.0)
 
     # --- inputs -------------------------------------------------------------------------
     def examples(self, data: pa.RecordBatch | pa.Table | Examples, **columns) -> Examples:
@@ -105,12 +122,15 @@ class Model:
 
     # --- scoring ------------------------------------------------------------------------
     def _chunks(self, ex: Examples) -> Iterator[tuple[int, int]]:
-        step = max(1, SCORE_BLOCK_BYTES // (8 * max(self.n_classes, 1)))
+        units = 0 if self.hidden is None else self.hidden[0].shape[1]  # 2-layer: h per block too
+        step = max(1, SCORE_BLOCK_BYTES // (8 * max(self.n_classes + units, 1)))
         for lo in range(0, ex.n, step):
             yield lo, min(ex.n, lo + step)
 
     def logits(self, ex: Examples) -> np.ndarray:
         """Dense logits (n × classes), up to a per-example constant in the sparse layout."""
+        if self.hidden is not None:
+            return self.tau * (self.hidden_features(ex) @ np.asarray(self.dense, np.float64)) + self._bias
         x = sp.csr_matrix((ex.values, ex.indices, ex.indptr), shape=(ex.n, self.n_features))
         if self.dense is not None:
             return self.tau * np.asarray(x @ self.dense, dtype=np.float64) + self._bias
@@ -158,6 +178,10 @@ class Model:
 
     def _target_logits(self, ex: Examples) -> np.ndarray:
         """The logit of each example's target (same per-example constant as `logits`)."""
+        if self.hidden is not None:
+            h = self.hidden_features(ex)
+            picked = np.asarray(self.dense, np.float64)[:, ex.targets].T
+            return self.tau * np.einsum("nk,nk->n", h, picked) + self._bias[ex.targets]
         if self.sparse is not None:
             s = np.empty(ex.n)
             kernels.sparse_lookup(ex.indptr, ex.indices, ex.values, ex.targets, *self.sparse, s)
@@ -218,23 +242,32 @@ def _write_blocks(tmp: Path, dtype: str, blocks: Iterable[np.ndarray]) -> None:
 
 def write_model(out: str | os.PathLike, header: dict, *, dense: dict | None = None,
                 sparse: tuple[np.ndarray, np.ndarray, Iterable[np.ndarray]] | None = None,
-                bias: np.ndarray | None = None) -> Path:
+                bias: np.ndarray | None = None,
+                hidden: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
     """Write a model crash-safely. Every array goes to a temporary name first; then the
     old sidecar is removed, the arrays renamed into place and the new sidecar written. A
     run killed at any point leaves the previous model, or no sidecar (no model) — never a
     sidecar beside arrays it does not describe. `dense` = {"dtype", "blocks"}; `sparse` =
-    (indptr, indices, blocks of data)."""
+    (indptr, indices, blocks of data); `hidden` = (A, a₀) of a 2-layer model, whose dense W
+    then has one row per hidden unit."""
     stem = stem_of(out)
     stem.parent.mkdir(parents=True, exist_ok=True)
     for stale in stem.parent.glob(f".{stem.name}*.tmp-*"):  # left by a killed run
         stale.unlink(missing_ok=True)
     staged: dict[str, tuple[Path, Path]] = {}
     try:
+        if hidden is not None:
+            a, a0 = hidden
+            for name in ("A", "a0"):
+                final = Path(f"{stem}.{name}.npy")
+                staged[name] = (temp_name(final), final)
+            _write_dense(staged["A"][0], a.shape[0], a.shape[1], dense["dtype"], iter([(0, a)]))
+            _write_blocks(staged["a0"][0], np.float64, [a0])
         if dense is not None:
             final = Path(f"{stem}.npy")
             staged["W"] = (temp_name(final), final)
-            _write_dense(staged["W"][0], header["n_features"], header["n_classes"],
-                         dense["dtype"], dense["blocks"])
+            rows = header["n_features"] if hidden is None else hidden[0].shape[1]
+            _write_dense(staged["W"][0], rows, header["n_classes"], dense["dtype"], dense["blocks"])
         else:
             indptr, indices, data_blocks = sparse
             for name, arr in (("indptr", indptr), ("indices", indices)):
@@ -297,6 +330,15 @@ def load_model(path: str | os.PathLike, *, check: bool = False) -> Model:
         arrays[name] = arr
     common = dict(task=meta["task"], n_classes=meta["n_classes"], n_features=meta["n_features"],
                   tau=meta["tau"], window=meta.get("window", 0), bias=arrays.get("bias"), meta=meta)
+    if "A" in arrays:
+        a, a0, w = arrays["A"], arrays["a0"], arrays["W"]
+        units = a.shape[1]
+        if a.shape != (meta["n_features"], units) or a0.shape != (units,) or \
+                w.shape != (units, meta["n_classes"]):
+            raise FormatError(f"{sidecar_path(path)}: 2-layer shapes do not fit: A {a.shape}, "
+                              f"a0 {a0.shape}, W {w.shape} for {meta['n_features']} features "
+                              f"× {meta['n_classes']} classes")
+        return Model(dense=w, hidden=(a, np.asarray(a0, np.float64)), **common)
     if meta["layout"] == "dense":
         if arrays["W"].shape != (meta["n_features"], meta["n_classes"]):
             raise FormatError(f"{folder / meta['arrays']['W']['file']}: shape does not match "

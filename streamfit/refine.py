@@ -200,6 +200,12 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
         raise ValueError(f"init must be weights, zeros or random, not {init!r}")
     if passes < 1:
         raise ValueError(f"passes must be at least 1, not {passes}")
+    if model.hidden is not None:  # 2-layer: the output layer, on the frozen hidden features
+        from .grow import refine_output_layer
+        return refine_output_layer(model, train, out, heldout=heldout, pass_fn=pass_fn,
+                                   method=method, passes=passes, init=init, lr=lr, l2=l2,
+                                   batch_size=batch_size, seed=seed, resume=resume,
+                                   on_pass=on_pass, watch=watch)
     out = Path(out)
     if pass_fn is None:
         def pass_fn(w, expected, observed):

@@ -212,8 +212,10 @@ def test_sidecars_validate(sidecars, weights_validator):
             assert meta["calibration"]["examples"] >= 1 and meta["calibration"]["grid"]
         else:
             assert meta["calibration"] == {}
-    # `refinement` is written by `streamfit refine` only (tests/test_refine.py validates it).
-    assert written_keys == set(weights_validator.schema["properties"]) - {"refinement"}
+    # `refinement` is written by `streamfit refine` only (tests/test_refine.py validates it);
+    # `layers`, `hidden`, `growth` by `streamfit grow` only (tests/test_grow.py validates them).
+    assert written_keys == set(weights_validator.schema["properties"]) - {
+        "refinement", "layers", "hidden", "growth"}
     assert always_written == set(weights_validator.schema["required"])
 
 

@@ -1,0 +1,456 @@
+"""Growing: hidden units added where the output layer cannot follow the functional gradient.
+
+The model is softmax(W · [h; 1]), h = relu(Aᵀ x̃ + a₀) (METHODS.md §5, seed 003), and grows
+from no hidden units (W then holds only the class bias). Each growth step:
+
+1. one streaming pass (`growth_pass`) sums, with the weights frozen and g = softmax − onehot
+   per example, b = [h; 1] and x = [x̃; 1]: S = Σ b bᵀ, M = Σ b gᵀ, S₂ = Σ x xᵀ, M₂ = Σ x gᵀ,
+   P = Σ x bᵀ, Σ‖g‖², the loss and a count — float64 sums that add across shards;
+2. closed form (`growth_step`): the best move of the output weights Δ = −S⁺M (first-order
+   gain tr(Mᵀ S⁺ M)), the part of the desired change it cannot express N = −M₂ + P S⁺ M, and
+   the SVD S₂^{−1/2} N = U diag(λ) Vᵀ: new units with incoming α = √λ S₂^{−1/2} u (last entry:
+   the bias) and outgoing ω = √λ v, first-order gain Σ λ²;
+3. the amplitude γ: every candidate evaluated in one pass over held-out data;
+4. the output layer re-solved on the frozen hidden features: L-BFGS passes of its convex
+   cross-entropy (the same streaming passes, gradient M / n).
+
+Choices, measured in docs/growth.md. Each direction becomes a pair of units (α, ω) and
+(−α, −ω): relu(t) − relu(−t) = t, so the pair adds exactly the linear change the first-order
+theory asks for, and the re-solved output layer then weighs its two halves apart (which is
+where the non-linearity comes from). The output layer reads [h; 1] with no skip connection
+from x̃ and no per-example normalisation: a skip makes the new units' first-order gain zero
+once the output layer is solved (its projection already spans x̃), and dividing h by its sum
+would make a new unit's effect non-linear in its weights, which breaks the closed form.
+
+S₂ is (d+1) × (d+1): growth refuses inputs above MAX_INPUT_FEATURES (large vocabularies × window),
+with a message that says so.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import scipy.optimize
+import scipy.sparse as sp
+
+from .errors import StreamfitError
+from .featurize import Examples
+from .model import Model, load_model, sidecar_path, stem_of, write_model
+
+MAX_INPUT_FEATURES = 4096
+BLOCK_ROWS = 2048
+EIGEN_FLOOR = 1e-10      # eigenvalues of S₂ below this × the largest are dropped (pseudo-inverse)
+DIRECTION_FLOOR = 1e-3   # singular values λ below this × λ₁ are noise: no unit is made of them
+GAMMA_GRID = tuple(2.0 ** k for k in range(-8, 7))   # candidate γ² (step along Δ and the units)
+
+
+@dataclass
+class Layers:
+    """The parameters as plain float64 arrays: A (d × k), a0 (k), W ((k + 1) × C, the last row
+    the output bias)."""
+
+    A: np.ndarray
+    a0: np.ndarray
+    W: np.ndarray
+
+    @property
+    def width(self) -> int:
+        return int(self.a0.size)
+
+    def hidden(self, x: sp.csr_matrix) -> np.ndarray:
+        """[h; 1] per row of x̃: n × (k + 1)."""
+        h = np.maximum(np.asarray(x @ self.A) + self.a0, 0.0) if self.width else \
+            np.zeros((x.shape[0], 0))
+        return np.hstack([h, np.ones((x.shape[0], 1))])
+
+    @classmethod
+    def empty(cls, n_features: int, n_classes: int) -> "Layers":
+        return cls(np.zeros((n_features, 0)), np.zeros(0), np.zeros((1, n_classes)))
+
+    @classmethod
+    def of(cls, model: Model) -> "Layers":
+        """The layers of a 2-layer model."""
+        if model.hidden is None:
+            raise StreamfitError("growth continues a grown (2-layer) model; a single-layer model "
+                                 "has no hidden layer to grow (start from no units instead)")
+        a, a0 = model.hidden
+        w = np.asarray(model.dense, np.float64) * model.tau
+        bias = np.zeros(model.n_classes) if model.bias is None else np.asarray(model.bias, np.float64)
+        return cls(np.asarray(a, np.float64), np.asarray(a0, np.float64), np.vstack([w, bias[None, :]]))
+
+
+@dataclass
+class GrowthSums:
+    """Sums over one pass (divide by n for means). `full=False` passes fill only n, loss,
+    correct and M (the output layer's gradient times n)."""
+
+    n: int = 0
+    loss: float = 0.0
+    correct: int = 0
+    M: np.ndarray | None = None    # Σ b gᵀ        (k+1) × C
+    S: np.ndarray | None = None    # Σ b bᵀ        (k+1) × (k+1)
+    S2: np.ndarray | None = None   # Σ x xᵀ        (d+1) × (d+1)
+    M2: np.ndarray | None = None   # Σ x gᵀ        (d+1) × C
+    P: np.ndarray | None = None    # Σ x bᵀ        (d+1) × (k+1)
+    g2: float = 0.0                # Σ ‖g‖²
+
+    def __add__(self, other: "GrowthSums") -> "GrowthSums":
+        """The sums of two shards of a pass."""
+        def add(a, b):
+            return None if a is None else a + b
+        return GrowthSums(self.n + other.n, self.loss + other.loss, self.correct + other.correct,
+                          add(self.M, other.M), add(self.S, other.S), add(self.S2, other.S2),
+                          add(self.M2, other.M2), add(self.P, other.P), self.g2 + other.g2)
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss / max(self.n, 1)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.n, 1)
+
+
+def _csr(ex: Examples, d: int) -> sp.csr_matrix:
+    return sp.csr_matrix((ex.values, ex.indices, ex.indptr), shape=(ex.n, d))
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def _blocks(batches: Iterable[Examples], d: int) -> Iterator[tuple[sp.csr_matrix, np.ndarray]]:
+    for ex in batches:
+        if np.any(ex.targets < 0):
+            raise StreamfitError("growing needs a target for every example (labels missing)")
+        x = _csr(ex, d)
+        for lo in range(0, ex.n, BLOCK_ROWS):
+            yield x[lo:lo + BLOCK_ROWS], ex.targets[lo:lo + BLOCK_ROWS]
+
+
+def growth_pass(layers: Layers, batches: Iterable[Examples], *, full: bool = True) -> GrowthSums:
+    """The sums of one pass over `batches` with the weights frozen (see GrowthSums)."""
+    d, c, k1 = layers.A.shape[0], layers.W.shape[1], layers.W.shape[0]
+    out = GrowthSums(M=np.zeros((k1, c)))
+    if full:
+        out.S, out.P = np.zeros((k1, k1)), np.zeros((d + 1, k1))
+        out.S2, out.M2 = np.zeros((d + 1, d + 1)), np.zeros((d + 1, c))
+    for x, y in _blocks(batches, d):
+        b = layers.hidden(x)
+        logp = _log_softmax(b @ layers.W)
+        rows = np.arange(y.size)
+        out.n += y.size
+        out.loss -= float(logp[rows, y].sum())
+        out.correct += int(np.sum(logp.argmax(axis=1) == y))
+        g = np.exp(logp)
+        g[rows, y] -= 1.0
+        out.M += b.T @ g
+        if full:
+            out.S += b.T @ b
+            out.S2[:d, :d] += (x.T @ x).toarray()
+            xsum = np.asarray(x.sum(axis=0)).ravel()
+            out.S2[:d, d] += xsum
+            out.S2[d, :d] += xsum
+            out.S2[d, d] += y.size
+            out.M2[:d] += np.asarray(x.T @ g)
+            out.M2[d] += g.sum(axis=0)
+            out.P[:d] += np.asarray(x.T @ b)
+            out.P[d] += b.sum(axis=0)
+            out.g2 += float(np.sum(g * g))
+    return out
+
+
+def _pinv_psd(a: np.ndarray, ridge: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """((a + ρI)⁺, (a + ρI)^{+1/2}) of a symmetric positive semi-definite matrix by eigh,
+    ρ = ridge × the mean eigenvalue, dropping eigenvalues at most EIGEN_FLOOR × the largest."""
+    vals, vecs = np.linalg.eigh(a)
+    vals = vals + ridge * max(float(np.trace(a)) / max(a.shape[0], 1), 0.0)
+    keep = vals > EIGEN_FLOOR * max(vals.max(initial=0.0), 0.0)
+    v, s = vecs[:, keep], vals[keep]
+    return (v / s) @ v.T, (v / np.sqrt(s)) @ v.T
+
+
+@dataclass
+class Step:
+    """The closed-form growth step from one pass's sums (means, not sums)."""
+
+    delta: np.ndarray          # best move of W ((k+1) × C)
+    alpha: np.ndarray          # incoming weights of the new directions ((d+1) × r; last row: bias)
+    omega: np.ndarray          # outgoing weights (r × C)
+    lambdas: np.ndarray        # singular values of S₂^{-1/2} N (all of them, descending)
+    rms: np.ndarray            # root mean square of each new direction's pre-activation αᵀx
+    linear_gain: float         # tr(Mᵀ S⁺ M): first-order loss decrease along Δ
+    unit_gain: float           # Σ λ² over the kept directions
+    bottleneck: float          # E‖g‖² − tr(Mᵀ S⁺ M): what no change of W can express
+
+
+def whitening(sums: GrowthSums, ridge: float = 0.0) -> np.ndarray:
+    """(S₂/n + ρI)^{-1/2}: it depends on the inputs only, so a run computes it once."""
+    return _pinv_psd(sums.S2 / sums.n, ridge)[1]
+
+
+def growth_step(sums: GrowthSums, max_directions: int, ridge: float = 0.0,
+                s2_isqrt: np.ndarray | None = None) -> Step:
+    """Δ = −S⁺M and new units from N = −M₂ + P S⁺ M, all divided by n (METHODS.md §5).
+    `ridge` > 0 replaces S₂ by S₂ + ρI in the whitening (ρ = ridge × its mean eigenvalue):
+    reduced-rank ridge regression of the residual on the inputs, which keeps rarely active
+    inputs (border pixels) from dominating the new units. `s2_isqrt`: whitening(sums, ridge)
+    when already known."""
+    n = sums.n
+    s_inv, _ = _pinv_psd(sums.S / n)
+    m = sums.M / n
+    s_inv_m = s_inv @ m
+    linear_gain = float(np.sum(m * s_inv_m))
+    n_mat = -sums.M2 / n + (sums.P / n) @ s_inv_m
+    if s2_isqrt is None:
+        s2_isqrt = whitening(sums, ridge)
+    u, lam, vt = np.linalg.svd(s2_isqrt @ n_mat, full_matrices=False)
+    r = int(np.sum(lam > DIRECTION_FLOOR * lam[0])) if lam.size and lam[0] > 0 else 0
+    r = min(r, max_directions)
+    root = np.sqrt(lam[:r])
+    alpha = (s2_isqrt @ u[:, :r]) * root
+    rms = np.sqrt(np.maximum(np.einsum("ir,ij,jr->r", alpha, sums.S2 / n, alpha), 1e-300))
+    return Step(delta=-s_inv_m, alpha=alpha, omega=root[:, None] * vt[:r], lambdas=lam, rms=rms,
+                linear_gain=linear_gain, unit_gain=float(np.sum(lam[:r] ** 2)),
+                bottleneck=sums.g2 / n - linear_gain)
+
+
+def grown(layers: Layers, step: Step, t: float) -> Layers:
+    """The layers with Δ applied at t = γ² and each direction added as the unit pair
+    ±(α/r, t·r·ω), r = the pre-activation's rms: the output changes by t(Δᵀb + Σ ω αᵀx)
+    exactly (relu is positively homogeneous, so only the product of the two scales
+    matters). Every unit's pre-activation has mean square 1 over the training data, which
+    gives the output layer's l2 the same meaning for every unit."""
+    d = layers.A.shape[0]
+    alpha = np.hstack([step.alpha / step.rms, -step.alpha / step.rms])
+    omega = t * np.concatenate([step.rms, step.rms])[:, None] * np.vstack([step.omega, -step.omega])
+    w = layers.W + t * step.delta
+    return Layers(np.hstack([layers.A, alpha[:d]]), np.concatenate([layers.a0, alpha[d]]),
+                  np.vstack([w[:-1], omega, w[-1:]]))
+
+
+def line_search(layers: Layers, step: Step, batches: Iterable[Examples],
+                grid: Iterable[float] = GAMMA_GRID) -> dict[float, float]:
+    """Mean loss at every candidate γ² (and at 0: no change) from one pass over `batches`:
+    the logits are affine in γ², z(t) = z₀ + t (Δᵀb + Σ ω relu(αᵀx) − ω relu(−αᵀx))."""
+    grid = (0.0, *grid)
+    d = layers.A.shape[0]
+    loss = np.zeros(len(grid))
+    n = 0
+    for x, y in _blocks(batches, d):
+        b = layers.hidden(x)
+        pre = np.asarray(x @ step.alpha[:d]) + step.alpha[d]
+        z0 = b @ layers.W
+        dz = b @ step.delta + (np.maximum(pre, 0) - np.maximum(-pre, 0)) @ step.omega
+        rows = np.arange(y.size)
+        for i, t in enumerate(grid):
+            loss[i] -= float(_log_softmax(z0 + t * dz)[rows, y].sum())
+        n += y.size
+    return {t: v / max(n, 1) for t, v in zip(grid, loss)}
+
+
+PassFn = Callable[[Layers, bool], GrowthSums]
+"""(layers, full) -> the sums of one pass over the training data."""
+
+
+def solve_output(layers: Layers, pass_fn: PassFn, passes: int,
+                 l2: float) -> tuple[Layers, GrowthSums, int]:
+    """The output layer re-solved on frozen hidden features: L-BFGS on the mean cross-entropy
+    + l2/2·‖W‖² (bias row not penalised), warm-started, one pass per evaluation. Returns the
+    layers, the sums of a pass at them and the passes used."""
+    shape = layers.W.shape
+    mask = np.ones(shape)
+    mask[-1] = 0.0
+    seen: list[tuple[np.ndarray, GrowthSums]] = []
+
+    def fun(flat):
+        w = flat.reshape(shape)
+        r = pass_fn(Layers(layers.A, layers.a0, w), False)
+        seen.append((flat.copy(), r))
+        return (r.mean_loss + 0.5 * l2 * float(np.sum(mask * w * w)),
+                (r.M / r.n + l2 * mask * w).ravel())
+
+    w = layers.W
+    if passes > 0:
+        w = scipy.optimize.minimize(fun, w.ravel(), jac=True, method="L-BFGS-B",
+                                    options={"maxfun": passes, "maxiter": passes, "gtol": 1e-9,
+                                             "ftol": 1e-12}).x.reshape(shape)
+    out = Layers(layers.A, layers.a0, w)
+    match = [r for flat, r in seen if np.array_equal(flat, w.ravel())]
+    if match:
+        return out, match[-1], len(seen)
+    return out, pass_fn(out, False), len(seen) + 1
+
+
+def check_input_size(n_features: int) -> None:
+    """Growth keeps S₂ = Σ x xᵀ ((d+1)²) in memory and eigendecomposes it: refuse large d."""
+    if n_features > MAX_INPUT_FEATURES:
+        raise StreamfitError(
+            f"growth needs the {n_features + 1:,} × {n_features + 1:,} input covariance S₂ "
+            f"({(n_features + 1) ** 2 * 8 / 2**30:.1f} GiB, eigendecomposed): "
+            f"{n_features:,} input features is above the limit of {MAX_INPUT_FEATURES:,}. "
+            f"For a token corpus (features = window × (vocabulary + 1)) use a smaller "
+            f"vocabulary or window; for features, fewer of them")
+
+
+def _header(task: str, window: int, n_features: int, n_classes: int, layers: Layers,
+            extra: dict) -> dict:
+    return {"task": task, "window": window, "n_classes": n_classes, "n_features": n_features,
+            "form": "grown", "smoothing": None, "tau": 1.0, "beta": 0.0, "dtype": "float32",
+            "calibration": {}, "statistics": {"n_examples": 0, "nnz": 0}, "layers": 2,
+            "hidden": {"units": layers.width, "activation": "relu"}, **extra}
+
+
+def write_layers(out: str | os.PathLike, layers: Layers, header: dict) -> Path:
+    """A 2-layer model file (A, a0, W, bias memory-mapped .npy files and one sidecar)."""
+    w = layers.W.astype(np.float32)
+    return write_model(out, header, dense={"dtype": "float32", "blocks": iter([(0, w[:-1])])},
+                       bias=layers.W[-1].astype(np.float64),
+                       hidden=(layers.A.astype(np.float32), layers.a0.astype(np.float64)))
+
+
+def grow(train: Callable[[], Iterator[Examples]], out: str | os.PathLike, *, task: str,
+         window: int, n_features: int, n_classes: int,
+         heldout: Callable[[], Iterator[Examples]] | None = None, start: Model | None = None,
+         units_per_step: int = 16, max_width: int = 256, min_gain: float = 1e-6,
+         output_passes: int = 20, l2: float = 1e-3, ridge: float = 1.0,
+         pass_fn: PassFn | None = None,
+         on_step: Callable[[dict], None] | None = None) -> Model:
+    """Grow a 2-layer model on `train()` (a fresh iterator of Examples per call) from no
+    hidden units, or from `start` (a grown model), until `max_width` units or until the new
+    units' first-order gain Σλ² is below `min_gain`. Each step adds up to `units_per_step`
+    units (pairs ±, so an even number) and writes the model to `out` (a killed run leaves the
+    last finished step). `heldout()` chooses the amplitude and is logged (without it, the
+    training data chooses); `pass_fn(layers, full)` computes the training passes (default:
+    growth_pass over train() here; a distributed run supplies one that sums shards).
+    `on_step(entry)` sees every log entry; the seconds logged exclude the held-out
+    evaluation, the model write and on_step itself."""
+    check_input_size(n_features)
+    if units_per_step < 2 or max_width < 0:
+        raise ValueError(f"units per step must be at least 2 (units come in ± pairs) and the "
+                         f"maximum width non-negative, not {units_per_step} and {max_width}")
+    if pass_fn is None:
+        def pass_fn(layers, full):
+            return growth_pass(layers, train(), full=full)
+    search = heldout if heldout is not None else train
+    settings = {"units_per_step": units_per_step, "max_width": max_width, "min_gain": min_gain,
+                "output_passes": output_passes, "l2": l2, "ridge": ridge,
+                "amplitude_on": "heldout" if heldout is not None else "train"}
+    t0 = time.perf_counter()
+    overhead = [0.0]   # held-out evaluation and writing after each step: not training time
+    if start is not None:
+        if (start.n_features, start.n_classes) != (n_features, n_classes):
+            raise StreamfitError(f"the starting model has {start.n_features} features × "
+                                 f"{start.n_classes} classes, the data {n_features} × {n_classes}")
+        layers = Layers.of(start)
+        log = list(start.meta.get("growth", {}).get("log", []))
+        passes = log[-1]["passes"] if log else 0
+        t0 -= log[-1]["seconds"] if log else 0.0   # passes and seconds continue
+    else:
+        layers, last, passes = solve_output(Layers.empty(n_features, n_classes), pass_fn,
+                                            output_passes, l2)
+        log = []
+    extra = {"vocab_size": n_classes} if task == "lm" else {}
+    stopped = f"maximum width {max_width}"
+
+    def save() -> None:
+        write_layers(out, layers, _header(task, window, n_features, n_classes, layers, {
+            **extra, "growth": {**settings, "log": log, "stopped": stopped}}))
+
+    def record(entry: dict, result: GrowthSums) -> None:
+        t1 = time.perf_counter()
+        entry.update(width=layers.width, train_loss=result.mean_loss,
+                     train_accuracy=result.accuracy, passes=passes,
+                     seconds=t1 - t0 - overhead[0])
+        if heldout is not None:
+            h = growth_pass(layers, heldout(), full=False)
+            entry.update(heldout_loss=h.mean_loss, heldout_accuracy=h.accuracy)
+        log.append(entry)
+        save()
+        if on_step:
+            on_step(entry)
+        overhead[0] += time.perf_counter() - t1
+
+    if start is None:
+        record({"step": 0}, last)
+    s2 = None
+    while layers.width + 2 <= max_width:
+        sums = pass_fn(layers, True)
+        passes += 1
+        if s2 is None or not np.array_equal(s2[0], sums.S2):  # the same inputs: computed once
+            s2 = (sums.S2, whitening(sums, ridge))
+        step = growth_step(sums, min(units_per_step, max_width - layers.width) // 2, ridge, s2[1])
+        if step.omega.shape[0] == 0 or step.unit_gain < min_gain:
+            stopped = f"first-order gain {step.unit_gain:.3g} below {min_gain:g}"
+            break
+        losses = line_search(layers, step, search())
+        t = min((v, t) for t, v in losses.items() if t > 0)[1]
+        layers, last, used = solve_output(grown(layers, step, t), pass_fn,
+                                          output_passes, l2)
+        passes += used
+        record({"step": len(log), "added": 2 * step.omega.shape[0],
+                "linear_gain": step.linear_gain, "unit_gain": step.unit_gain,
+                "bottleneck": step.bottleneck, "gamma2": t, "search_loss": losses[t],
+                "search_loss_before": losses[0.0]}, last)
+    save()
+    return load_model(sidecar_path(out))
+
+
+def data_shape(paths, *, task: str | None = None, window: int | None = None,
+               vocab_size: int | None = None, n_classes: int | None = None,
+               n_features: int | None = None, progress: bool = False, **columns) -> dict:
+    """task, window, n_features and n_classes of a corpus, detected by one validating pass
+    (streamfit.accumulate) where not given: what a model grown from nothing needs."""
+    from .accumulate import accumulate
+
+    stats = accumulate(paths, task=task, progress=progress, vocab_size=vocab_size,
+                       n_classes=n_classes, n_features=n_features,
+                       **({"window": window} if window else {}), **columns)
+    return {"task": stats.task, "window": stats.window, "n_features": stats.n_features,
+            "n_classes": stats.n_classes}
+
+
+def _hidden_examples(model: Model, batches: Iterable[Examples]) -> Iterator[Examples]:
+    """[h; 1] of each example as dense CSR rows: the output layer's inputs."""
+    for ex in batches:
+        b = np.hstack([model.hidden_features(ex), np.ones((ex.n, 1))])
+        width = b.shape[1]
+        yield Examples(np.arange(0, ex.n * width + 1, width, dtype=np.int64),
+                       np.tile(np.arange(width, dtype=np.int64), ex.n), b.ravel(), ex.targets)
+
+
+def refine_output_layer(model: Model, train: Callable[[], Iterator[Examples]],
+                        out: str | os.PathLike, *, heldout=None, pass_fn=None, **options) -> Model:
+    """refine() of a 2-layer model: the output layer (a convex problem) refined on the frozen
+    hidden features [h; 1], written as a 2-layer model with the same hidden layer. The
+    single-layer intermediate (and refine's checkpoints) live at OUT.output.* until done."""
+    from .refine import refine
+
+    if options.get("method") == "gis":
+        raise StreamfitError("gis needs inputs that sum to 1, and the hidden features of a "
+                             "2-layer model do not: refine it with lbfgs, sgd or adam")
+    if pass_fn is not None:
+        raise ValueError("a pass function computes passes over the inputs x̃; refining a "
+                         "2-layer model passes over its hidden features, so give none")
+    layers = Layers.of(model)
+    view = Model(task="classify", n_classes=model.n_classes, n_features=layers.width + 1,
+                 tau=1.0, dense=layers.W, meta={"form": model.meta.get("form")})
+    inner = Path(f"{stem_of(out)}.output.npy")
+    single = refine(view, lambda: _hidden_examples(model, train()), inner,
+                    heldout=(lambda: _hidden_examples(model, heldout())) if heldout else None,
+                    **options)
+    refined = Layers(layers.A, layers.a0, np.asarray(single.dense, np.float64))
+    keep = {k: v for k, v in model.meta.items()
+            if k in ("task", "window", "vocab_size", "growth")}
+    write_layers(out, refined, _header(model.task, model.window, model.n_features,
+                                       model.n_classes, refined,
+                                       {**keep, "form": "refined",
+                                        "refinement": single.meta["refinement"]}))
+    for p in (inner, sidecar_path(inner)):
+        p.unlink(missing_ok=True)
+    return load_model(sidecar_path(out))
