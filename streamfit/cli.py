@@ -391,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--phase", choices=PHASE_METHODS, default=d.phase,
                    help="dldr: how the snapshot phase trains (default: %(default)s)")
     g.add_argument("--phase-passes", type=int, default=d.phase_passes, metavar="P",
-                   help="dldr: passes of the snapshot phase, counted in --passes (default: %(default)s)")
+                   help="dldr: passes of the snapshot phase, counted in --passes (default: half "
+                        "of --passes)")
     g.add_argument("--snapshot-every", type=int, default=d.snapshot_every, metavar="K",
                    help="dldr: a snapshot every K mini-batch steps (gis: passes) of the phase, "
                         "plus its start and end (default: %(default)s)")

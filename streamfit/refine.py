@@ -207,8 +207,7 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
     settings = {"method": method, "passes": passes, "init": init, "lr": lr, "l2": l2,
                 "batch_size": batch_size, "seed": seed, "shape": [model.n_features, model.n_classes]}
     if method in SUBSPACE_METHODS:
-        subspace = subspace or SubspaceOptions()
-        subspace.check(method, passes)
+        subspace = (subspace or SubspaceOptions()).resolved(method, passes)
         settings["subspace"] = subspace.settings(method)
     if init == "weights":
         w = dense_parameters(model)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -58,11 +58,15 @@ class SubspaceOptions:
     workers: int = 1             # random-bases: shared-seed workers (batch i → worker i mod N)
     processes: bool = True       # run the workers as processes; False: simulate them here
     phase: str = "sgd"           # dldr: method of the snapshot phase
-    phase_passes: int = 2        # dldr: passes of the snapshot phase (the rest are P-BFGS)
+    phase_passes: int | None = None  # dldr: passes of the snapshot phase (default: half of
+    #                                  all passes; the rest are P-BFGS)
     snapshot_every: int = 10     # dldr: mini-batch steps between snapshots (gis: passes)
     pbfgs_batch: int = 1024      # dldr: P-BFGS mini-batch size
 
-    def check(self, method: str, passes: int) -> None:
+    def resolved(self, method: str, passes: int) -> "SubspaceOptions":
+        """These options checked for `method`, with defaults that depend on `passes` filled in."""
+        if method == "dldr" and self.phase_passes is None:
+            return replace(self, phase_passes=max(1, passes // 2)).resolved(method, passes)
         if self.dims < 1:
             raise StreamfitError(f"--dims must be at least 1, not {self.dims}")
         if method == "random-bases":
@@ -81,6 +85,7 @@ class SubspaceOptions:
                                      f"{self.phase_passes} of {passes}")
             if self.snapshot_every < 1 or self.pbfgs_batch < 1:
                 raise StreamfitError("--snapshot-every and --pbfgs-batch must be at least 1")
+        return self
 
     def settings(self, method: str) -> dict:
         keys = {"random-bases": ("dims", "compartments", "redraw", "workers"),
