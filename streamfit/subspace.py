@@ -242,14 +242,20 @@ class RandomBases:
         """The same pass by N forked processes that exchange their messages through pipes:
         each sends its own and receives everyone's (this process, worker 0, relays)."""
         ctx = multiprocessing.get_context("fork")
-        pipes, procs = [], []
-        for k in range(1, self.opts.workers):
-            here, there = ctx.Pipe()
-            proc = ctx.Process(target=self._child, args=(w, train, batch_size, k, there), daemon=True)
+        pairs = [ctx.Pipe() for _ in range(1, self.opts.workers)]
+        procs = []
+        for k, (_, there) in enumerate(pairs, start=1):
+            # each worker closes the ends it inherited but does not use, so that a worker
+            # that dies is seen as EOF by worker 0, and worker 0 stopping by every worker
+            others = [c for pair in pairs for c in pair if c is not there]
+            proc = ctx.Process(target=self._child, args=(w, train, batch_size, k, there, others),
+                               daemon=True)
             proc.start()
+            procs.append(proc)
+        pipes = []
+        for here, there in pairs:
             there.close()
             pipes.append(here)
-            procs.append(proc)
         total = np.zeros(3)
         steps = 0
         try:
@@ -272,7 +278,9 @@ class RandomBases:
                     proc.kill()
         return total, steps
 
-    def _child(self, w, train, batch_size, worker, conn) -> None:
+    def _child(self, w, train, batch_size, worker, conn, others) -> None:
+        for c in others:
+            c.close()
         try:
             for group in self.rounds(train, batch_size):
                 ex = group[worker] if worker < len(group) else None
