@@ -38,7 +38,7 @@ import scipy.sparse as sp
 from numpy.lib.format import open_memmap
 
 from .errors import StreamfitError
-from .featurize import Examples, slice_examples
+from .featurize import Examples, distinct_inputs, slice_examples
 from .fileio import atomic_path, fault_point, fsync_path, temp_name
 
 SUBSPACE_METHODS = ("random-bases", "dldr")
@@ -106,23 +106,32 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
-def _local_inputs(ex: Examples) -> tuple[np.ndarray, sp.csr_matrix]:
-    """The rows of W a batch touches, and its inputs over those rows only."""
-    if (ex.targets < 0).any():
-        raise StreamfitError("refining needs a target for every example (labels missing)")
-    rows, local = np.unique(ex.indices, return_inverse=True)
-    return rows, sp.csr_matrix((ex.values, local.ravel(), ex.indptr), shape=(ex.n, rows.size))
+class _Batch:
+    """A mini-batch over the rows of W it touches, identical inputs (a bigram's contexts)
+    scored once and weighted by their count."""
 
+    def __init__(self, ex: Examples):
+        if (ex.targets < 0).any():
+            raise StreamfitError("refining needs a target for every example (labels missing)")
+        inputs, self.inverse = distinct_inputs(ex)
+        self.rows, local = np.unique(inputs.indices, return_inverse=True)
+        self.x = sp.csr_matrix((inputs.values, local.ravel(), inputs.indptr),
+                               shape=(inputs.n, self.rows.size))
+        self.counts = np.bincount(self.inverse, minlength=inputs.n).astype(np.float64)
+        self.targets, self.n = ex.targets, ex.n
 
-def _loss_and_residual(x: sp.csr_matrix, w_rows: np.ndarray, targets: np.ndarray):
-    """Summed loss, correct count and P − Y of a batch over the rows it touches."""
-    logp = _log_softmax(np.asarray(x @ w_rows))
-    n = targets.size
-    loss = -float(logp[np.arange(n), targets].sum())
-    correct = int(np.sum(logp.argmax(axis=1) == targets))
-    p = np.exp(logp)
-    p[np.arange(n), targets] -= 1.0
-    return loss, correct, p
+    def loss(self, w_rows: np.ndarray) -> tuple[float, int, np.ndarray]:
+        """Summed loss, correct count and the residual R (distinct inputs × classes) with
+        gradient xᵀR/n, at W's rows w_rows."""
+        logp = _log_softmax(np.asarray(self.x @ w_rows))
+        loss = -float(logp[self.inverse, self.targets].sum())
+        correct = int(np.sum(logp.argmax(axis=1)[self.inverse] == self.targets))
+        resid = np.exp(logp) * self.counts[:, None]
+        np.add.at(resid, (self.inverse, self.targets), -1.0)
+        return loss, correct, resid
+
+    def gradient(self, resid: np.ndarray) -> np.ndarray:
+        return np.asarray(self.x.T @ resid) / self.n
 
 
 # --- random bases -----------------------------------------------------------------------------
@@ -192,10 +201,10 @@ class RandomBases:
         msg = np.zeros(self.message_size)
         if ex is None or ex.n == 0:
             return msg
-        rows, x = _local_inputs(ex)
-        loss, correct, p = _loss_and_residual(x, w[rows], ex.targets)
+        batch = _Batch(ex)
+        loss, correct, resid = batch.loss(w[batch.rows])
         g = np.zeros_like(w)
-        g[rows] = np.asarray(x.T @ p) / ex.n
+        g[batch.rows] = batch.gradient(resid)
         if self.l2:
             g += self.l2 * w
         msg[:3] = loss, ex.n, correct
@@ -405,18 +414,15 @@ class PBFGS:
 
     def step(self, ex: Examples) -> tuple[float, int]:
         """One P-BFGS step on a batch; returns the batch's summed loss and hits before it."""
-        rows, x = _local_inputs(ex)
-        p_rows = np.asarray(self.basis[:, rows])          # d × r × C
-        t_rows = np.asarray(self.theta0[rows])
-        n = ex.n
+        batch = _Batch(ex)
+        n_cols = self.theta0.shape[1]
+        p_rows = np.asarray(self.basis[:, batch.rows]).reshape(self.d, -1)   # d × (r·C)
+        t_rows = np.asarray(self.theta0[batch.rows])
 
         def f(c: np.ndarray, grad: bool):
-            loss, correct, resid = _loss_and_residual(x, t_rows + np.tensordot(c, p_rows, axes=1),
-                                                      ex.targets)
-            value = loss / n
-            g = None
-            if grad:
-                g = np.tensordot(p_rows, np.asarray(x.T @ resid) / n, axes=([1, 2], [0, 1]))
+            loss, correct, resid = batch.loss(t_rows + (c @ p_rows).reshape(-1, n_cols))
+            value = loss / batch.n
+            g = p_rows @ batch.gradient(resid).ravel() if grad else None
             if self.l2:
                 value += 0.5 * self.l2 * (self.theta0_sq + 2 * c @ self.p_theta0 + c @ c)
                 if grad:
