@@ -370,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sgd / adam / random-bases step size, dldr: of its phase (default: sgd "
                         "300, adam 0.3, random-bases 100); random-bases steps are scaled so "
                         "that their mean is SGD's step at the same --lr")
-    p.add_argument("--l2", type=float, default=0.0, help="L2 strength (lbfgs, sgd, adam; default: 0)")
+    p.add_argument("--l2", type=float, default=0.0, help="L2 strength (all but gis; default: 0)")
     p.add_argument("--batch-size", type=int, default=256, metavar="B",
                    help="sgd / adam / random-bases mini-batch, dldr: of its phase (default: 256)")
     p.add_argument("--seed", type=int, default=0,

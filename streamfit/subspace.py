@@ -235,7 +235,7 @@ class RandomBases:
             yield group
 
     def run_pass(self, w: np.ndarray, train, batch_size: int):
-        """One pass over the data; returns (loss sum, n, correct, steps)."""
+        """One pass over the data; returns ([summed loss, n, correct], steps)."""
         if self.opts.workers > 1 and self.opts.processes:
             return self._pass_processes(w, train, batch_size)
         total = np.zeros(3)
