@@ -39,7 +39,7 @@ from numpy.lib.format import open_memmap
 
 from .errors import StreamfitError
 from .featurize import Examples, distinct_inputs, slice_examples
-from .fileio import atomic_path, fault_point, fsync_path, temp_name
+from .fileio import atomic_path, fsync_path, temp_name
 
 SUBSPACE_METHODS = ("random-bases", "dldr")
 PHASE_METHODS = ("sgd", "adam", "gis")
@@ -507,11 +507,15 @@ def _dldr(w, train, out, opts, *, passes, start_pass, lr, l2, batch_size, arrays
         record(p + 1, w, result, {"stage": f"snapshots ({opts.phase})", "snapshots": n_snap})
         checkpoint(p + 1, w, {"n_snapshots": np.array([n_snap]),
                               **{f"phase_{k}": v for k, v in opt.arrays().items()}}, opt.t)
-        fault_point("dldr_phase")
     if passes <= max(start_pass, opts.phase_passes):
         return w
     snaps = [snapshot_path(out, i) for i in range(n_snap)]
-    basis = (np.load(basis_path(out), mmap_mode="r") if start_pass > opts.phase_passes
+    missing = [p for p in snaps if not p.exists()]
+    if missing:
+        raise StreamfitError(f"{missing[0]}: a snapshot of this dldr run is missing; rerun "
+                             f"with --restart")
+    basis = (np.load(basis_path(out), mmap_mode="r")
+             if start_pass > opts.phase_passes and basis_path(out).exists()
              else trajectory_basis(snaps, opts.dims, basis_path(out)))
     theta0 = np.load(snaps[-1], mmap_mode="r")
     solver = PBFGS(theta0, basis, l2, {k[5:]: v for k, v in arrays.items() if k.startswith("bfgs_")})

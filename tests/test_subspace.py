@@ -350,3 +350,16 @@ def test_dldr_refuses_a_phase_that_does_not_move(tokens, tmp_path, capsys):
                "--lr", "0"])
     assert rc == 1 and "snapshots are all equal" in capsys.readouterr().err
     assert Path(tmp_path / "r.ckpt.json").exists()  # the phase's work is kept for a rerun
+
+
+def test_resuming_dldr_without_its_snapshots_is_refused_clearly(tokens, tmp_path):
+    args = ["refine", "--weights", tokens["weights"], tokens["train"], "--method", "dldr",
+            "--passes", 4, "--phase-passes", 2, "--snapshot-every", 3, "--batch-size", 64,
+            "--quiet", "--out", tmp_path / "r.npy"]
+    assert run_cli(args, fault="after_checkpoint:2").returncode == -9
+    S.snapshot_path(tmp_path / "r.npy", 1).unlink()
+    again = run_cli(args)
+    assert again.returncode == 1 and "snapshot of this dldr run is missing" in again.stderr
+    assert "--restart" in again.stderr and "Traceback" not in again.stderr
+    assert run_cli([*args, "--restart"]).returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.npy"]
