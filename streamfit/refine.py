@@ -36,7 +36,7 @@ from .errors import StreamfitError
 from .featurize import Examples, distinct_inputs, slice_examples
 from .fileio import atomic_path, fault_point, write_json
 from .model import Model, load_model, write_model
-from .subspace import SUBSPACE_METHODS, SubspaceOptions, work_files
+from .subspace import SUBSPACE_METHODS, SubspaceOptions, refine_subspace, work_files
 
 METHODS = ("gis", "lbfgs", "sgd", "adam", *SUBSPACE_METHODS)
 DENSE_LIMIT_BYTES = 8 << 30
@@ -191,8 +191,9 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
     per call), write the result to `out` and return it. `heldout()` is evaluated after each
     pass for the log; `on_pass(entry)` and `watch(entry, W)` see every log entry (and the
     weights, which they must not modify). Checkpoints beside `out` make a killed run resume
-    (resume=True). `pass_fn` computes the full passes of gis and lbfgs (default: full_pass
-    over train() in this process; a distributed run supplies one that sums shards).
+    (resume=True). `pass_fn` computes the full passes of gis (also dldr's gis phase) and
+    lbfgs (default: full_pass over train() in this process; a distributed run supplies one
+    that sums shards).
     `subspace` holds the settings of random-bases and dldr (default: SubspaceOptions())."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
@@ -245,7 +246,6 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
         # A resumed L-BFGS restarts from the checkpointed iterate with fresh curvature pairs.
         w = _lbfgs(w, pass_fn, passes - start_pass, l2, record, checkpoint, start_pass)
     elif method in SUBSPACE_METHODS:
-        from .subspace import refine_subspace
         w = refine_subspace(method, w, train, out, subspace, passes=passes, start_pass=start_pass,
                             lr=lr, default_lr=DEFAULT_LR, l2=l2, batch_size=batch_size, seed=seed,
                             arrays=state.get("arrays"), t=state.get("t", 0), record=record,
