@@ -27,6 +27,7 @@ from .pipeline import CHECKPOINT_SECONDS, DEFAULT_MEMORY, accumulate_into, merge
 from .stats import load, read_manifest
 from .distributed import (INSTALL_HINT, MERGE_FAN_IN, accumulate_distributed, cluster, evaluate_distributed,
                           merge_distributed, pass_function)
+from .subspace import PHASE_METHODS, SUBSPACE_METHODS, SubspaceOptions
 
 DEFAULT_STATS = "streamfit-stats"
 DEFAULT_FORM = "calibrated"
@@ -232,7 +233,12 @@ def cmd_refine(args) -> int:
                          heldout=(lambda: iter_examples(held, **common)) if held else None,
                          init=args.init, lr=args.lr, l2=args.l2, batch_size=args.batch_size,
                          seed=args.seed, resume=not args.restart, on_pass=on_pass,
-                         pass_fn=pass_fn)
+                         pass_fn=pass_fn,
+                         subspace=SubspaceOptions(
+                             dims=args.dims, compartments=args.compartments,
+                             redraw=not args.fixed_basis, workers=args.workers,
+                             phase=args.phase, phase_passes=args.phase_passes,
+                             snapshot_every=args.snapshot_every, pbfgs_batch=args.pbfgs_batch))
     log = refined.meta["refinement"]["log"]
     if args.json:
         print(json.dumps({"out": str(sidecar_path(args.out)), "method": args.method, "log": log}))
@@ -460,16 +466,24 @@ def build_parser() -> argparse.ArgumentParser:
     _column_options(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("refine", help="improve weights with streaming passes (GIS, L-BFGS, Newton, SGD, Adam)",
+    p = sub.add_parser("refine", help="improve weights with streaming passes (GIS, L-BFGS, Newton, SGD, Adam, "
+                       "random bases, DLDR)",
                        description="Refine a weights file by streaming passes over training "
                        "Parquet data; writes dense weights (logits = x̃·W) with a per-pass log "
                        "in the sidecar. gis: generalised iterative scaling, backprop-free; "
                        "lbfgs: full-batch L-BFGS, one pass per evaluation (the optimum of the "
-                       "same model); sgd / adam: mini-batch steps. A checkpoint after every "
-                       "pass (OUT.ckpt.*) lets a killed run resume when run again.")
+                       "same model); newton: the whole Hessian summed in each pass, with a line search in "
+                       "the same pass (models whose (features × classes)² fits in memory); sgd / adam: "
+                       "mini-batch steps; random-bases: mini-batch "
+                       "steps along --dims random directions re-drawn every step (never "
+                       "stored; --workers processes exchange only their coordinates); dldr: "
+                       "--phase-passes of --phase training save snapshots (OUT.dldr.*.npy), "
+                       "whose top --dims principal directions P-BFGS then trains for the "
+                       "remaining passes. A checkpoint after every pass (OUT.ckpt.*) lets a "
+                       "killed run resume when run again.")
     p.add_argument("--weights", required=True, metavar="FILE", help="weights to start from (.npy or .json)")
     p.add_argument("paths", nargs="+", metavar="PATHS", help="training Parquet files, globs or directories")
-    p.add_argument("--method", required=True, choices=("gis", "lbfgs", "newton", "sgd", "adam"))
+    p.add_argument("--method", required=True, choices=("gis", "lbfgs", "newton", "sgd", "adam", *SUBSPACE_METHODS))
     p.add_argument("--passes", type=int, default=5, metavar="N",
                    help="passes over the data (lbfgs: function evaluations) (default: 5)")
     p.add_argument("--out", required=True, metavar="FILE", help="refined weights, e.g. refined.npy")
@@ -477,11 +491,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", choices=("weights", "zeros", "random"), default="weights",
                    help="start from --weights (default), or from zeros / small random values "
                         "of its shape (the backpropagation baseline)")
-    p.add_argument("--lr", type=float, help="sgd / adam step size (default: sgd 300, adam 0.3)")
-    p.add_argument("--l2", type=float, default=0.0, help="L2 strength (lbfgs, newton, sgd, adam; default: 0)")
-    p.add_argument("--batch-size", type=int, default=256, metavar="B", help="sgd / adam mini-batch (default: 256)")
-    p.add_argument("--seed", type=int, default=0, help="seed of --init random (default: 0)")
+    p.add_argument("--lr", type=float,
+                   help="sgd / adam / random-bases step size, dldr: of its phase (default: sgd "
+                        "300, adam 0.3, random-bases 100); random-bases steps are scaled so "
+                        "that their mean is SGD's step at the same --lr")
+    p.add_argument("--l2", type=float, default=0.0, help="L2 strength (all but gis; default: 0)")
+    p.add_argument("--batch-size", type=int, default=256, metavar="B",
+                   help="sgd / adam / random-bases mini-batch, dldr: of its phase (default: 256)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of --init random and of the random bases (default: 0)")
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint of an earlier run")
+    g = p.add_argument_group("random-bases and dldr")
+    d = SubspaceOptions()
+    g.add_argument("--dims", type=int, default=d.dims, metavar="D",
+                   help="random-bases: directions per step; dldr: size of the basis (default: %(default)s)")
+    g.add_argument("--compartments", type=int, default=d.compartments, metavar="K",
+                   help="random-bases: row blocks of the weights with their own directions, "
+                        "--dims split by size (default: %(default)s)")
+    g.add_argument("--fixed-basis", action="store_true",
+                   help="random-bases: keep the first step's directions instead of new ones every step")
+    g.add_argument("--workers", type=int, default=d.workers, metavar="N",
+                   help="random-bases: shared-seed worker processes, mini-batch i to worker i mod "
+                        "N; they exchange only their coordinates (default: %(default)s)")
+    g.add_argument("--phase", choices=PHASE_METHODS, default=d.phase,
+                   help="dldr: how the snapshot phase trains (default: %(default)s)")
+    g.add_argument("--phase-passes", type=int, default=d.phase_passes, metavar="P",
+                   help="dldr: passes of the snapshot phase, counted in --passes (default: half "
+                        "of --passes)")
+    g.add_argument("--snapshot-every", type=int, default=d.snapshot_every, metavar="K",
+                   help="dldr: a snapshot every K mini-batch steps (gis: passes) of the phase, "
+                        "plus its start and end (default: %(default)s)")
+    g.add_argument("--pbfgs-batch", type=int, default=d.pbfgs_batch, metavar="B",
+                   help="dldr: P-BFGS mini-batch size (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the log as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _column_options(p)

@@ -13,6 +13,9 @@ x̃ · (tau·W + 1·biasᵀ) = tau·(x̃·W) + bias. Sparse explicit solutions f
   optimum in a few passes where (features × classes)² fits in memory.
 - sgd, adam: mini-batch steps over the stream (the backpropagation baseline), from the
   given weights or from a random or zero start.
+- random-bases, dldr: training in tiny subspaces (streamfit/subspace.py): d random
+  directions re-drawn every step, or a d-dimensional basis from the early trajectory
+  trained by P-BFGS.
 
 Memory: W and, per method, one or two more matrices of its size (E and F; or Adam's two
 moments); the data streams batch by batch. A checkpoint after every pass makes a killed
@@ -35,14 +38,15 @@ from .errors import StreamfitError
 from .featurize import Examples, distinct_inputs, slice_examples
 from .fileio import atomic_path, fault_point, write_json
 from .model import Model, load_model, write_model
+from .subspace import SUBSPACE_METHODS, SubspaceOptions, refine_subspace, work_files
 
-METHODS = ("gis", "lbfgs", "newton", "sgd", "adam")
+METHODS = ("gis", "lbfgs", "newton", "sgd", "adam", *SUBSPACE_METHODS)
 DENSE_LIMIT_BYTES = 8 << 30
 BLOCK_BYTES = 16 << 20
 GIS_SMOOTHING = 1e-6
 # Inputs sum to 1, so gradients are small: steps must be large. Tuned on the digits
 # valid split (tools/bench_quality.py sweeps them per dataset).
-DEFAULT_LR = {"sgd": 300.0, "adam": 0.3}
+DEFAULT_LR = {"sgd": 300.0, "adam": 0.3, "random-bases": 100.0}
 
 
 def dense_parameters(model: Model) -> np.ndarray:
@@ -187,13 +191,15 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
            batch_size: int = 256, seed: int = 0, resume: bool = True,
            on_pass: Callable[[dict], None] | None = None,
            watch: Callable[[dict, np.ndarray], None] | None = None,
-           pass_fn: PassFn | None = None) -> Model:
+           pass_fn: PassFn | None = None, subspace: SubspaceOptions | None = None) -> Model:
     """Refine `model` with streaming passes over `train()` (a fresh iterator of Examples
     per call), write the result to `out` and return it. `heldout()` is evaluated after each
     pass for the log; `on_pass(entry)` and `watch(entry, W)` see every log entry (and the
     weights, which they must not modify). Checkpoints beside `out` make a killed run resume
-    (resume=True). `pass_fn` computes the full passes of gis and lbfgs (default: full_pass
-    over train() in this process; a distributed run supplies one that sums shards)."""
+    (resume=True). `pass_fn` computes the full passes of gis (also dldr's gis phase) and
+    lbfgs (default: full_pass over train() in this process; a distributed run supplies one
+    that sums shards).
+    `subspace` holds the settings of random-bases and dldr (default: SubspaceOptions())."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     if init not in ("weights", "zeros", "random"):
@@ -212,6 +218,9 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
             return full_pass(w, train(), expected=expected, observed=observed)
     settings = {"method": method, "passes": passes, "init": init, "lr": lr, "l2": l2,
                 "batch_size": batch_size, "seed": seed, "shape": [model.n_features, model.n_classes]}
+    if method in SUBSPACE_METHODS:
+        subspace = (subspace or SubspaceOptions()).resolved(method, passes)
+        settings["subspace"] = subspace.settings(method)
     if init == "weights":
         w = dense_parameters(model)
     elif init == "zeros":
@@ -251,6 +260,11 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
         from .newton import check_size, newton
         check_size(*w.shape)
         w = newton(w, train, passes, l2, record, checkpoint, start_pass, state.get("arrays"))
+    elif method in SUBSPACE_METHODS:
+        w = refine_subspace(method, w, train, out, subspace, passes=passes, start_pass=start_pass,
+                            lr=lr, default_lr=DEFAULT_LR, l2=l2, batch_size=batch_size, seed=seed,
+                            arrays=state.get("arrays"), t=state.get("t", 0), record=record,
+                            checkpoint=checkpoint, pass_fn=pass_fn)
     else:
         step = {"gis": _gis_pass, "sgd": _sgd_pass, "adam": _sgd_pass}[method]
         opt = _Optimizer(method, lr if lr is not None else DEFAULT_LR.get(method), l2,
@@ -270,7 +284,7 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
     rows = max(1, BLOCK_BYTES // (4 * max(model.n_classes, 1)))
     path = write_model(out, header, dense={"dtype": "float32", "blocks": (
         (lo, w[lo:lo + rows].astype(np.float32)) for lo in range(0, w.shape[0], rows))})
-    for p in _checkpoint_paths(out):
+    for p in (*_checkpoint_paths(out), *work_files(out)):
         p.unlink(missing_ok=True)
     return load_model(path)
 
