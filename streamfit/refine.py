@@ -211,7 +211,7 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
         return refine_output_layer(model, train, out, heldout=heldout, pass_fn=pass_fn,
                                    method=method, passes=passes, init=init, lr=lr, l2=l2,
                                    batch_size=batch_size, seed=seed, resume=resume,
-                                   on_pass=on_pass, watch=watch)
+                                   on_pass=on_pass, watch=watch, subspace=subspace)
     out = Path(out)
     if pass_fn is None:
         def pass_fn(w, expected, observed):

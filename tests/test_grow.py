@@ -470,9 +470,15 @@ def test_cli_grow_evaluate_predict_refine_info(cli_data, tmp_path, capsys):
     assert rmeta["arrays"]["W"]["sha256"] != meta["arrays"]["W"]["sha256"]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("refined")) == \
         ["refined.A.npy", "refined.a0.npy", "refined.bias.npy", "refined.json", "refined.npy"]
-    rc, stdout, err = cli(capsys, "refine", "--weights", out, cli_data["train"], "--method", "gis",
-                          "--out", tmp_path / "gis.npy", "--quiet")
-    assert rc == 1 and "sum to 1" in err
+    for method in (["gis"], ["dldr", "--phase", "gis"]):
+        rc, stdout, err = cli(capsys, "refine", "--weights", out, cli_data["train"], "--method",
+                              *method, "--out", tmp_path / "gis.npy", "--quiet")
+        assert rc == 1 and "sum to 1" in err
+    assert not any(p.name.startswith("gis") for p in tmp_path.iterdir())
+    rc, stdout, err = cli(capsys, "refine", "--weights", out, cli_data["train"], "--method",
+                          "newton", "--passes", 3, "--out", tmp_path / "newton.npy", "--quiet")
+    assert rc == 0, err
+    assert load_model(tmp_path / "newton.npy").hidden is not None
 
 
 def test_refining_a_2_layer_model_reaches_the_output_layer_optimum(cli_data, tmp_path):
