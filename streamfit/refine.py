@@ -3,7 +3,8 @@
 Every method works on one dense matrix W (features × classes) with logits = x̃ · W. A
 model's tau and per-class bias fold into it, since each x̃ sums to 1:
 x̃ · (tau·W + 1·biasᵀ) = tau·(x̃·W) + bias. Sparse explicit solutions fold the same way
-(their missing per-row constant cancels in the softmax).
+(their missing per-row constant cancels in the softmax). The refined model is written with
+the bias unfolded again, so that examples with no features keep the class term.
 
 - gis: Generalised Iterative Scaling, W ← W + log((F + a) / (E + a)) with F = X̃ᵀY and
   E = X̃ᵀŶ(W) from one forward pass; no backpropagation, sums that shard and merge.
@@ -281,8 +282,15 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
               "tau": 1.0, "beta": 0.0, "dtype": "float32", "calibration": {},
               "refinement": {**settings, "log": log, "from": model.meta.get("form")}}
     header.setdefault("statistics", {"n_examples": 0, "nnz": 0})
+    # W alone gives an example with no features (x̃ = 0) uniform probabilities; the starting
+    # model gave it its class term. W − 1·bᵀ with bias b is the same model wherever x̃ sums
+    # to 1, and keeps that class term where x̃ = 0.
+    prior = np.asarray(model.bias, np.float64) if init == "weights" and model.bias is not None \
+        else None
+    if prior is not None:
+        w = w - prior[None, :]
     rows = max(1, BLOCK_BYTES // (4 * max(model.n_classes, 1)))
-    path = write_model(out, header, dense={"dtype": "float32", "blocks": (
+    path = write_model(out, header, bias=prior, dense={"dtype": "float32", "blocks": (
         (lo, w[lo:lo + rows].astype(np.float32)) for lo in range(0, w.shape[0], rows))})
     for p in (*_checkpoint_paths(out), *work_files(out)):
         p.unlink(missing_ok=True)

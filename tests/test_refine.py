@@ -431,19 +431,33 @@ def test_dense_parameters_fold_tau_and_bias(explicit_models):
                                        rtol=1e-9, atol=1e-14, err_msg=name)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: refined weights have no separate bias, so "
-                   "an all-zero feature row (x̃ = 0) gets uniform probabilities instead of the "
-                   "explicit solution's softmax(bias)")
-def test_dense_parameters_on_an_all_zero_row(explicit_models):
+def test_refined_model_keeps_the_class_term_for_rows_without_features(explicit_models,
+                                                                    tmp_path):
+    """W alone gives x̃ = 0 uniform probabilities; the refined model is written with the
+    starting model's bias unfolded, so an all-zero feature row keeps softmax(bias), and
+    every other row gets softmax(x̃·W) of the refined W."""
     name, stats, model, exs = explicit_models[0]  # features, paper form, dense
     ex = exs[0]
     empty = np.flatnonzero(np.diff(ex.indptr) == 0)
-    assert empty.size and model.bias is not None
+    assert empty.size and model.bias is not None and np.ptp(model.bias) > 1e-3
     x = np.zeros((ex.n, model.n_features))
     rows = np.repeat(np.arange(ex.n), np.diff(ex.indptr))
     np.add.at(x, (rows, ex.indices), ex.values)
-    np.testing.assert_allclose(softmax(x @ R.dense_parameters(model), axis=1)[empty],
-                               softmax(model.logits(ex), axis=1)[empty], rtol=1e-9)
+    w = R.dense_parameters(model)
+    # what refining needs: W alone is the model wherever x̃ sums to 1 ...
+    full = np.setdiff1d(np.arange(ex.n), empty)
+    np.testing.assert_allclose(softmax(x @ w, axis=1)[full], softmax(model.logits(ex), axis=1)[full],
+                               rtol=1e-9)
+    # ... and the refined file keeps the class term where it does not
+    refined = R.refine(model, lambda: iter(exs), tmp_path / "r.npy", method="gis", passes=1)
+    assert refined.bias is not None
+    np.testing.assert_allclose(softmax(refined.logits(ex), axis=1)[empty],
+                               softmax(model.logits(ex), axis=1)[empty], rtol=1e-6)
+    w1 = R.dense_parameters(refined)   # folds the bias back: W of the refinement
+    np.testing.assert_allclose(softmax(refined.logits(ex), axis=1)[full],
+                               softmax(x @ w1, axis=1)[full], rtol=1e-5, atol=1e-7)
+    log = refined.meta["refinement"]["log"]
+    assert R.full_pass(w1, exs, expected=False).mean_loss < log[0]["train_loss"]
 
 
 # --- 6. the command --------------------------------------------------------------------------
@@ -519,8 +533,12 @@ def test_cli_refine_then_evaluate_and_predict(cli_data, capsys, tmp_path, corpus
     assert (meta["tau"], meta["beta"], meta["smoothing"]) == (1.0, 0.0, None)
     assert meta["refinement"]["method"] == method and meta["refinement"]["log"] == log
     assert meta["refinement"]["from"] == ("paper" if corpus == "tokens" else "conditional")
-    assert set(meta["arrays"]) == {"W"}
-    assert files_named(tmp_path, "refined") == ["refined.json", "refined.npy"]  # no checkpoint
+    # the paper form has a class term, which the refined file keeps for rows without features
+    has_bias = load_model(data["weights"]).bias is not None
+    assert has_bias == (corpus == "tokens")
+    assert set(meta["arrays"]) == ({"W", "bias"} if has_bias else {"W"})
+    assert files_named(tmp_path, "refined") == (["refined.bias.npy"] if has_bias else []) + \
+        ["refined.json", "refined.npy"]  # no checkpoint
 
     rc, stdout, err = cli(capsys, "evaluate", "--weights", out, data["heldout"], "--json",
                           "--quiet")
@@ -587,7 +605,7 @@ def test_killed_refine_resumes_to_the_uninterrupted_result(cli_data, tmp_path, m
     assert [e["pass"] for e in log] == [1, 2, 3, 4]
     assert log[:2] == state["log"]  # resumed: the first two passes were not redone
     assert not npy.exists() and not meta.exists()
-    assert files_named(tmp_path, "refined") == ["refined.json", "refined.npy"]
+    assert files_named(tmp_path, "refined") == ["refined.bias.npy", "refined.json", "refined.npy"]
 
 
 def test_restart_ignores_a_checkpoint_and_other_settings_are_refused(cli_data, tmp_path, capsys):
