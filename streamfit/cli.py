@@ -26,7 +26,7 @@ from .solve import DEFAULT_SMOOTHING, FORMS, finalize
 from .pipeline import CHECKPOINT_SECONDS, DEFAULT_MEMORY, accumulate_into, merge_into, parse_size
 from .stats import load, read_manifest
 from .distributed import (INSTALL_HINT, MERGE_FAN_IN, accumulate_distributed, cluster, evaluate_distributed,
-                          merge_distributed, pass_function)
+                          growth_pass_function, merge_distributed, pass_function)
 from .subspace import PHASE_METHODS, SUBSPACE_METHODS, SubspaceOptions
 
 DEFAULT_STATS = "streamfit-stats"
@@ -268,19 +268,24 @@ def cmd_grow(args) -> int:
                            progress=_progress(args), **_columns(args))
     common = dict(batch_rows=args.batch_rows, **shape, **_columns(args))
     held = resolve_paths(args.validation) if args.validation else None
-    with tqdm(total=args.max_width, unit="unit", desc="grow",
-              disable=None if _progress(args) else True) as bar:
+    with contextlib.ExitStack() as stack, \
+            tqdm(total=args.max_width, unit="unit", desc="grow",
+                 disable=None if _progress(args) else True) as bar:
         def on_step(entry: dict) -> None:
             bar.update(entry.get("added", 0))
             held = "heldout" if "heldout_loss" in entry else "train"
             bar.set_postfix(width=entry["width"], gain=f"{entry.get('unit_gain', 0):.2g}",
                             loss=f"{entry[f'{held}_loss']:.4f}",
                             acc=f"{entry[f'{held}_accuracy']:.4f}", refresh=False)
+        pass_fn = None
+        if _on_dask(args):
+            client = stack.enter_context(_cluster(args))
+            pass_fn = growth_pass_function(client, files, **common)
         model = grow(lambda: iter_examples(files, **common), args.out, **shape,
                      heldout=(lambda: iter_examples(held, **common)) if held else None,
                      start=start, units_per_step=args.units_per_step, max_width=args.max_width,
                      min_gain=args.min_gain, output_passes=args.output_passes, l2=args.l2,
-                     ridge=args.ridge, on_step=on_step)
+                     ridge=args.ridge, on_step=on_step, pass_fn=pass_fn)
     growth = model.meta["growth"]
     if args.json:
         print(json.dumps({"out": str(sidecar_path(args.out)), **growth}))
@@ -568,6 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-features", type=int, metavar="D", help="classify: features (default: discovered)")
     p.add_argument("--json", action="store_true", help="print the settings and log as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _dask_options(p, "Every training pass over PATHS (the growth statistics, the output layer's "
+                  "L-BFGS passes) runs on the workers, the layers sent once per pass; the "
+                  "amplitude search and --validation run here.")
     _column_options(p)
     p.set_defaults(func=cmd_grow)
 

@@ -320,18 +320,41 @@ def _pass_unit(unit: Unit, w, expected: bool, observed: bool, layout: dict) -> P
                      expected=expected, observed=observed)
 
 
+def _growth_unit(unit: Unit, layers, full: bool, layout: dict):
+    from .grow import growth_pass
+    return growth_pass(layers, unit_examples(unit.path, [unit.row_group], **layout), full=full)
+
+
+def _scattered_pass(client, unit_fn: Callable, paths, layout: dict) -> Callable:
+    """A pass function for the data at `paths`: its first argument (the parameters) is sent
+    to every worker once per pass, each row group is a task of unit_fn, the results are
+    tree-summed."""
+    units = source_units(paths)
+
+    def pass_fn(params, *flags):
+        shared = client.scatter(params, broadcast=True, hash=False)
+        try:
+            return map_sum(client, unit_fn, units, shared, *flags, layout)
+        finally:
+            shared.release()
+    return pass_fn
+
+
 def pass_function(client, paths, *, task: str, window: int, n_classes: int, n_features: int,
                   batch_rows: int = DEFAULT_BATCH_ROWS, **columns) -> PassFn:
     """refine's full pass (loss, accuracy, E and F) on a Dask cluster: W is sent to every
     worker once per pass, each row group is a task, the PassResults are tree-summed."""
-    units = source_units(paths)
-    layout = dict(task=task, window=window, n_classes=n_classes, n_features=n_features,
-                  batch_rows=batch_rows, **columns)
+    return _scattered_pass(client, _pass_unit, paths, dict(
+        task=task, window=window, n_classes=n_classes, n_features=n_features,
+        batch_rows=batch_rows, **columns))
 
-    def pass_fn(w, expected: bool, observed: bool) -> PassResult:
-        shared = client.scatter(w, broadcast=True, hash=False)
-        try:
-            return map_sum(client, _pass_unit, units, shared, expected, observed, layout)
-        finally:
-            shared.release()
-    return pass_fn
+
+def growth_pass_function(client, paths, *, task: str, window: int, n_classes: int,
+                         n_features: int, batch_rows: int = DEFAULT_BATCH_ROWS,
+                         **columns) -> Callable:
+    """grow's training pass (the growth statistics, or the output layer's loss and gradient)
+    on a Dask cluster: the layers are sent to every worker once per pass, the GrowthSums of
+    the row groups are tree-summed."""
+    return _scattered_pass(client, _growth_unit, paths, dict(
+        task=task, window=window, n_classes=n_classes, n_features=n_features,
+        batch_rows=batch_rows, **columns))

@@ -438,8 +438,9 @@ def refine_output_layer(model: Model, train: Callable[[], Iterator[Examples]],
                              "2-layer model do not: refine it with lbfgs, newton, sgd, adam, "
                              "random-bases or dldr with --phase sgd or adam")
     if pass_fn is not None:
-        raise ValueError("a pass function computes passes over the inputs x̃; refining a "
-                         "2-layer model passes over its hidden features, so give none")
+        raise StreamfitError("refining a 2-layer model passes over its hidden features, which "
+                             "the distributed pass function does not compute: run it without "
+                             "--scheduler / --dask-workers")
     layers = Layers.of(model)
     view = Model(task="classify", n_classes=model.n_classes, n_features=layers.width + 1,
                  tau=1.0, dense=layers.W, meta={"form": model.meta.get("form")})

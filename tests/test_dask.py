@@ -265,6 +265,30 @@ def test_refine_passes_on_dask_match_one_process(client, features, tmp_path, met
         assert g["heldout_loss"] == pytest.approx(w["heldout_loss"], rel=1e-10)
 
 
+@pytest.mark.parametrize("kill", [False, True])
+def test_growth_passes_on_dask_match_one_process(client, features, tmp_path, kill):
+    """grow with its training passes (statistics and output-layer L-BFGS) summed over the
+    row groups on the workers: the same units, amplitudes and log as in one process."""
+    from streamfit.grow import grow
+
+    s = features["stats"]
+    layout = dict(task=s.task, window=s.window, n_classes=s.n_classes, n_features=s.n_features)
+    train = lambda: iter_examples([features["train"]], **layout)
+    held = lambda: iter_examples([features["heldout"]], **layout)
+    options = dict(heldout=held, units_per_step=4, max_width=8, min_gain=0.0, output_passes=5,
+                   **layout)
+    want = grow(train, tmp_path / "one.npy", **options)
+    pass_fn = D.growth_pass_function(client, [features["train"]], **layout)
+    with KillOneWorker(client, "after_unit:3") if kill else contextlib.nullcontext():
+        got = grow(train, tmp_path / "dask.npy", pass_fn=pass_fn, **options)
+    assert got.hidden[0].shape == want.hidden[0].shape == (s.n_features, 8)
+    for a, b in zip((*got.hidden, got.dense), (*want.hidden, want.dense)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    for g, w in zip(got.meta["growth"]["log"], want.meta["growth"]["log"]):
+        assert g["train_loss"] == pytest.approx(w["train_loss"], rel=1e-8)
+        assert g["heldout_loss"] == pytest.approx(w["heldout_loss"], rel=1e-8)
+
+
 def test_map_sum_adds_in_a_fixed_order(client, tokens):
     """The executor itself: an integer-valued pure function over every unit."""
     units = D.source_units(tokens[0])
