@@ -26,12 +26,12 @@ from .solve import DEFAULT_SMOOTHING, FORMS, finalize
 from .pipeline import CHECKPOINT_SECONDS, DEFAULT_MEMORY, accumulate_into, merge_into, parse_size
 from .stats import load, read_manifest
 from .distributed import (INSTALL_HINT, MERGE_FAN_IN, accumulate_distributed, cluster, evaluate_distributed,
-                          growth_pass_function, merge_distributed, pass_function)
+                          growth_pass_function, hessian_function, merge_distributed, pass_function)
 from .subspace import PHASE_METHODS, SUBSPACE_METHODS, SubspaceOptions
 
 DEFAULT_STATS = "streamfit-stats"
 DEFAULT_FORM = "calibrated"
-DASK_METHODS = ("gis", "lbfgs")  # refine methods whose full passes run on Dask
+DASK_METHODS = ("gis", "lbfgs", "newton")  # refine methods whose full passes run on Dask
 
 
 def _column_options(p: argparse.ArgumentParser) -> None:
@@ -220,10 +220,13 @@ def cmd_refine(args) -> int:
     with contextlib.ExitStack() as stack, \
             tqdm(total=args.passes, unit="pass", desc=f"refine {args.method}",
                  disable=None if _progress(args) else True) as bar:
-        pass_fn = None
+        pass_fn = hessian_fn = None
         if _on_dask(args):
             client = stack.enter_context(_cluster(args))
-            pass_fn = pass_function(client, files, **common)
+            if args.method == "newton":
+                hessian_fn = hessian_function(client, files, **common)
+            else:
+                pass_fn = pass_function(client, files, **common)
 
         def on_pass(entry: dict) -> None:
             bar.update(1)
@@ -233,7 +236,7 @@ def cmd_refine(args) -> int:
                          heldout=(lambda: iter_examples(held, **common)) if held else None,
                          init=args.init, lr=args.lr, l2=args.l2, batch_size=args.batch_size,
                          seed=args.seed, resume=not args.restart, on_pass=on_pass,
-                         pass_fn=pass_fn,
+                         pass_fn=pass_fn, hessian_fn=hessian_fn,
                          subspace=SubspaceOptions(
                              dims=args.dims, compartments=args.compartments,
                              redraw=not args.fixed_basis, workers=args.workers,
@@ -531,9 +534,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the log as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _column_options(p)
-    _dask_options(p, "gis and lbfgs: every full pass over PATHS runs on the workers (W sent once "
-                  "a pass, one task per row group, E, F and the loss summed); --heldout is "
-                  "evaluated here. sgd and adam are sequential and refuse these options.")
+    _dask_options(p, "gis, lbfgs and newton: every full pass over PATHS runs on the workers (W, or "
+                  "newton's candidate steps, sent once a pass, one task per row group, the sums "
+                  "added); --heldout is evaluated here. The mini-batch methods (sgd, adam, "
+                  "random-bases, dldr) are sequential and refuse these options.")
     p.set_defaults(func=cmd_refine)
 
     p = sub.add_parser("grow", help="grow hidden units: a 2-layer model without backpropagation",

@@ -325,6 +325,11 @@ def _growth_unit(unit: Unit, layers, full: bool, layout: dict):
     return growth_pass(layers, unit_examples(unit.path, [unit.row_group], **layout), full=full)
 
 
+def _hessian_unit(unit: Unit, candidates, layout: dict):
+    from .newton import hessian_pass
+    return hessian_pass(candidates, unit_examples(unit.path, [unit.row_group], **layout))
+
+
 def _scattered_pass(client, unit_fn: Callable, paths, layout: dict) -> Callable:
     """A pass function for the data at `paths`: its first argument (the parameters) is sent
     to every worker once per pass, each row group is a task of unit_fn, the results are
@@ -332,7 +337,7 @@ def _scattered_pass(client, unit_fn: Callable, paths, layout: dict) -> Callable:
     units = source_units(paths)
 
     def pass_fn(params, *flags):
-        shared = client.scatter(params, broadcast=True, hash=False)
+        shared = client.scatter([params], broadcast=True, hash=False)[0]  # one object, lists too
         try:
             return map_sum(client, unit_fn, units, shared, *flags, layout)
         finally:
@@ -345,6 +350,16 @@ def pass_function(client, paths, *, task: str, window: int, n_classes: int, n_fe
     """refine's full pass (loss, accuracy, E and F) on a Dask cluster: W is sent to every
     worker once per pass, each row group is a task, the PassResults are tree-summed."""
     return _scattered_pass(client, _pass_unit, paths, dict(
+        task=task, window=window, n_classes=n_classes, n_features=n_features,
+        batch_rows=batch_rows, **columns))
+
+
+def hessian_function(client, paths, *, task: str, window: int, n_classes: int,
+                     n_features: int, batch_rows: int = DEFAULT_BATCH_ROWS, **columns) -> Callable:
+    """refine --method newton's pass (losses and gradients at the candidate steps, the
+    Hessian at the first) on a Dask cluster: the candidates are sent to every worker once per
+    pass, the HessianSums of the row groups are tree-summed."""
+    return _scattered_pass(client, _hessian_unit, paths, dict(
         task=task, window=window, n_classes=n_classes, n_features=n_features,
         batch_rows=batch_rows, **columns))
 

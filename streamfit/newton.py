@@ -16,6 +16,7 @@ this suits moderate d·C (pixels × 10 classes: 7,850² = 0.5 GB), not language 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
@@ -40,11 +41,30 @@ def check_size(n_features: int, n_classes: int) -> None:
             f"limit {HESSIAN_LIMIT_BYTES / 2**30:.0f} GiB): use --method lbfgs for this model")
 
 
-def hessian_pass(candidates: list[np.ndarray], batches: Iterable[Examples]):
-    """One pass over the batches at several weight matrices: n, then per candidate the
-    summed loss, the correct count and the gradient sum X̃ᵀ(Ŷ − Y), and the Hessian sum at
-    the first candidate, indexed like W.ravel() (feature-major). Identical inputs are scored
-    once."""
+@dataclass
+class HessianSums:
+    """Sums of one pass at several candidate weights (add shards with +): n, per candidate
+    the loss, the correct count and the gradient X̃ᵀ(Ŷ − Y), and the Hessian at the first
+    candidate, indexed like W.ravel() (feature-major)."""
+
+    n: int
+    loss: np.ndarray
+    correct: np.ndarray
+    grad: np.ndarray
+    hess: np.ndarray
+
+    def __add__(self, other: HessianSums) -> HessianSums:
+        return HessianSums(self.n + other.n, self.loss + other.loss, self.correct + other.correct,
+                           self.grad + other.grad, self.hess + other.hess)
+
+
+HessianFn = Callable[[list[np.ndarray]], HessianSums]
+"""candidate weights -> the sums of one pass over the training data."""
+
+
+def hessian_pass(candidates: list[np.ndarray], batches: Iterable[Examples]) -> HessianSums:
+    """One pass over the batches at several weight matrices (see HessianSums). Identical
+    inputs are scored once."""
     d, c = candidates[0].shape
     k = len(candidates)
     loss, correct = np.zeros(k), np.zeros(k, dtype=np.int64)
@@ -79,7 +99,7 @@ def hessian_pass(candidates: list[np.ndarray], batches: Iterable[Examples]):
     for j in range(c):
         for m in range(j + 1, c):
             hess[:, m, :, j] = hess[:, j, :, m].T
-    return n, loss, correct, grad, hess.reshape(d * c, d * c)
+    return HessianSums(n, loss, correct, grad, hess.reshape(d * c, d * c))
 
 
 def _add_hessian(hess: np.ndarray, x: np.ndarray, wt: np.ndarray, p: np.ndarray) -> None:
@@ -96,11 +116,16 @@ def _add_hessian(hess: np.ndarray, x: np.ndarray, wt: np.ndarray, p: np.ndarray)
 
 def newton(w: np.ndarray, train: Callable[[], Iterable[Examples]], passes: int, l2: float,
            record: Callable, checkpoint: Callable, start_pass: int = 0,
-           arrays: dict | None = None) -> np.ndarray:
+           arrays: dict | None = None, hessian_fn: HessianFn | None = None) -> np.ndarray:
     """Newton with a one-pass line search from W until pass `passes`.
     `record(pass, W, PassResult, extra)` logs the current point after each pass;
     `checkpoint(pass, W, arrays)` saves it with its objective, gradient, Hessian and the
-    damping, from which a resumed run (`arrays`) continues exactly. Returns the current W."""
+    damping, from which a resumed run (`arrays`) continues exactly. `hessian_fn` computes
+    the passes (default: hessian_pass over train() here; a distributed run sums shards).
+    Returns the current W."""
+    if hessian_fn is None:
+        def hessian_fn(candidates):
+            return hessian_pass(candidates, train())
     arrays = arrays or {}
     damping = float(arrays.get("damping", DAMPING_START))
     # at W: objective, mean gradient, mean Hessian (possibly from an earlier point), and the
@@ -121,7 +146,8 @@ def newton(w: np.ndarray, train: Callable[[], Iterable[Examples]], passes: int, 
                 delta = scipy.linalg.lstsq(a, -g.ravel(), check_finite=False)[0]
             steps = STEPS
             candidates = [w + s * delta.reshape(d, c) for s in steps]
-        n, loss, correct, grad, hess = hessian_pass(candidates, train())
+        r = hessian_fn(candidates)
+        n, loss, correct, grad, hess = r.n, r.loss, r.correct, r.grad, r.hess
         if n == 0:
             raise StreamfitError("no training examples")
         objectives = [loss[i] / n + 0.5 * l2 * float((v * v).sum()) for i, v in enumerate(candidates)]

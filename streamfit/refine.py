@@ -192,14 +192,15 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
            batch_size: int = 256, seed: int = 0, resume: bool = True,
            on_pass: Callable[[dict], None] | None = None,
            watch: Callable[[dict, np.ndarray], None] | None = None,
-           pass_fn: PassFn | None = None, subspace: SubspaceOptions | None = None) -> Model:
+           pass_fn: PassFn | None = None, subspace: SubspaceOptions | None = None,
+           hessian_fn: Callable | None = None) -> Model:
     """Refine `model` with streaming passes over `train()` (a fresh iterator of Examples
     per call), write the result to `out` and return it. `heldout()` is evaluated after each
     pass for the log; `on_pass(entry)` and `watch(entry, W)` see every log entry (and the
     weights, which they must not modify). Checkpoints beside `out` make a killed run resume
     (resume=True). `pass_fn` computes the full passes of gis (also dldr's gis phase) and
     lbfgs (default: full_pass over train() in this process; a distributed run supplies one
-    that sums shards).
+    that sums shards), `hessian_fn` those of newton (newton.HessianFn, the same way).
     `subspace` holds the settings of random-bases and dldr (default: SubspaceOptions())."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
@@ -260,7 +261,8 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
     elif method == "newton":
         from .newton import check_size, newton
         check_size(*w.shape)
-        w = newton(w, train, passes, l2, record, checkpoint, start_pass, state.get("arrays"))
+        w = newton(w, train, passes, l2, record, checkpoint, start_pass, state.get("arrays"),
+                   hessian_fn)
     elif method in SUBSPACE_METHODS:
         w = refine_subspace(method, w, train, out, subspace, passes=passes, start_pass=start_pass,
                             lr=lr, default_lr=DEFAULT_LR, l2=l2, batch_size=batch_size, seed=seed,

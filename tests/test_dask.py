@@ -265,6 +265,21 @@ def test_refine_passes_on_dask_match_one_process(client, features, tmp_path, met
         assert g["heldout_loss"] == pytest.approx(w["heldout_loss"], rel=1e-10)
 
 
+def test_newton_passes_on_dask_match_one_process(client, features, tmp_path):
+    model = load_model(features["weights"])
+    s = features["stats"]
+    layout = dict(task=s.task, window=s.window, n_classes=s.n_classes, n_features=s.n_features)
+    train = lambda: iter_examples([features["train"]], **layout)
+    want = refine(model, train, tmp_path / "one.npy", method="newton", passes=4, l2=1e-3)
+    hessian_fn = D.hessian_function(client, [features["train"]], **layout)
+    with KillOneWorker(client, "after_unit:2"):
+        got = refine(model, train, tmp_path / "dask.npy", method="newton", passes=4, l2=1e-3,
+                     hessian_fn=hessian_fn)
+    np.testing.assert_allclose(np.asarray(got.dense), np.asarray(want.dense), rtol=1e-6, atol=1e-7)
+    for g, w in zip(got.meta["refinement"]["log"], want.meta["refinement"]["log"]):
+        assert (g["step"], g["objective"]) == (w["step"], pytest.approx(w["objective"], rel=1e-10))
+
+
 @pytest.mark.parametrize("kill", [False, True])
 def test_growth_passes_on_dask_match_one_process(client, features, tmp_path, kill):
     """grow with its training passes (statistics and output-layer L-BFGS) summed over the

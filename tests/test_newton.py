@@ -36,7 +36,8 @@ def test_hessian_pass_matches_numpy(features, monkeypatch, rows):
     x, y = features["x"], features["y"]
     rng = np.random.default_rng(3)
     ws = [rng.normal(0, 1.5, (features["d"], features["c"])) for _ in range(3)]
-    n, loss, correct, grad, hess = N.hessian_pass(ws, features["examples"])
+    r = N.hessian_pass(ws, features["examples"])
+    n, loss, correct, grad, hess = r.n, r.loss, r.correct, r.grad, r.hess
     assert n == y.size
     for i, w in enumerate(ws):   # loss and gradient at every candidate
         want = oracle_pass(w, x, y)
@@ -52,11 +53,23 @@ def test_hessian_pass_matches_numpy(features, monkeypatch, rows):
     np.testing.assert_allclose(hess @ v.ravel() / n, (g[0] - g[1]) / (2 * eps), atol=1e-7)
 
 
+def test_hessian_sums_of_shards_add_up(features):
+    exs = features["examples"]
+    ws = [np.random.default_rng(7).normal(0, 1.0, (features["d"], features["c"])) for _ in range(2)]
+    whole = N.hessian_pass(ws, exs)
+    parts = [N.hessian_pass(ws, exs[i::2]) for i in range(2)]
+    total = parts[0] + parts[1]
+    assert total.n == whole.n and np.array_equal(total.correct, whole.correct)
+    for a, b in ((total.loss, whole.loss), (total.grad, whole.grad), (total.hess, whole.hess)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_hessian_pass_merges_identical_contexts(bigram):
     v = bigram["v"]
     batches = examples_list([bigram["path"]], "lm", 1, v, v + 1, batch_rows=4)
     w = np.random.default_rng(5).normal(0, 1.0, (v + 1, v))
-    n, loss, correct, grad, hess = N.hessian_pass([w], batches)
+    r = N.hessian_pass([w], batches)
+    n, loss, correct, grad, hess = r.n, r.loss, r.correct, r.grad, r.hess
     want = oracle_pass(w, bigram["x"], bigram["y"])
     assert (n, correct[0]) == (want["n"], want["correct"])
     assert loss[0] == pytest.approx(want["loss"], rel=1e-12)
