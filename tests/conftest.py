@@ -6,6 +6,9 @@ checks the package against the definition in DESIGN.md rather than against itsel
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,3 +134,15 @@ def classify_mass_oracle(labels, indices, values, n_features: int, n_classes: in
         for i, v in zip(idx, val):
             f[i, y] += v / total
     return f
+
+
+# --- processes ----------------------------------------------------------------------------
+def run_cli(args, fault=None) -> subprocess.CompletedProcess:
+    """`python -m streamfit ARGS` in a subprocess, with STREAMFIT_FAULT set to `fault` (a
+    fault point that SIGKILLs the process, e.g. "after_checkpoint:2") or unset."""
+    env = dict(os.environ)
+    env.pop("STREAMFIT_FAULT", None)
+    if fault:
+        env["STREAMFIT_FAULT"] = fault
+    return subprocess.run([sys.executable, "-m", "streamfit", *map(str, args)], env=env,
+                          capture_output=True, text=True)

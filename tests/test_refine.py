@@ -10,9 +10,6 @@ updates and the L-BFGS optimum (scipy on an independent objective) follow by def
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +26,7 @@ from streamfit.evaluate import iter_examples
 from streamfit.featurize import distinct_inputs
 from streamfit.model import Model, load_model
 
-from conftest import (markov_docs, random_feature_rows, write_dense, write_sparse,
+from conftest import (run_cli, markov_docs, random_feature_rows, write_dense, write_sparse,
                       write_tokens)
 
 jsonschema = pytest.importorskip("jsonschema")
@@ -563,15 +560,6 @@ def test_cli_refine_then_evaluate_and_predict(cli_data, capsys, tmp_path, corpus
 
 
 # --- 7. resume -------------------------------------------------------------------------------
-def run_cli(args, fault=None):
-    env = dict(os.environ)
-    env.pop("STREAMFIT_FAULT", None)
-    if fault:
-        env["STREAMFIT_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "streamfit", *map(str, args)], env=env,
-                          capture_output=True, text=True)
-
-
 def checkpoint_files(out: Path) -> tuple[Path, Path]:
     stem = out.with_suffix("")
     return Path(f"{stem}.ckpt.npy"), Path(f"{stem}.ckpt.json")

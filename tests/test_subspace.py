@@ -8,9 +8,6 @@ numpy's SVD of the centred snapshots, and P-BFGS follows METHODS.md §4 step by 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +22,7 @@ from streamfit.evaluate import iter_examples
 from streamfit.featurize import Examples
 from streamfit.model import Model, load_model
 
-from conftest import markov_docs, random_feature_rows, write_dense, write_tokens
+from conftest import run_cli, markov_docs, random_feature_rows, write_dense, write_tokens
 
 N_ROWS, D, C = 48, 7, 3
 
@@ -286,15 +283,6 @@ def tokens(tmp_path_factory):
     assert main(["finalize", "--stats", str(root / "stats"), "--out", str(root / "w.npy"),
                  "--quiet"]) == 0
     return {"train": train, "heldout": held, "weights": root / "w.npy"}
-
-
-def run_cli(args, fault=None):
-    env = dict(os.environ)
-    env.pop("STREAMFIT_FAULT", None)
-    if fault:
-        env["STREAMFIT_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "streamfit", *map(str, args)], env=env,
-                          capture_output=True, text=True)
 
 
 def weights_of(path) -> np.ndarray:
