@@ -1,18 +1,23 @@
 """Distributed: accumulate, merge and streaming passes on a Dask distributed cluster.
 
-Everything streamfit streams is a sum, so the work splits into units — one row group of
-one Parquet file — that workers process independently, and whose results add up:
+Everything streamfit streams is a sum, so the work splits into units — consecutive row
+groups, in file order, of about `unit_size` bytes — that workers process independently, and
+whose results add up:
 
     units ─▶ workers: fn(unit), a pure function ─▶ tree reduction on the workers ─▶ result
 
-`map_sum` is that executor for any function whose results support `+` (evaluate's
-`Scores`, refine's `PassResult`). `accumulate_distributed` maps each unit to a statistics
-shard in a directory the workers share, named by a hash of the unit (file, size, row
-group) and the options, written under a temporary name and renamed into place: a unit
-whose worker is lost is run again by Dask and rewrites only its own shard, a finished shard
-is reused, so nothing is counted twice. Shards are merged in a tree on the workers, the
-last merge into the statistics directory here; its manifest records every (file, row
-group) exactly once (the merge refuses overlaps).
+A unit amortises a task's fixed cost (scheduling, opening files, writing a shard) over
+several row groups when they are small; the units depend only on the row groups to do, so
+a rerun splits them the same way. `map_sum` is that executor for any function whose
+results support `+` (evaluate's `Scores`, refine's `PassResult`). `accumulate_distributed`
+maps each unit to a statistics shard in a directory the workers share, counted in memory
+when it fits the budget (`pipeline.count_units`: no journal, one write), named by a hash
+of the unit's whole range (files, sizes, row groups) and the options, written under a
+temporary name and renamed into place: a unit whose worker is lost is run again by Dask
+and rewrites only its own shard, a finished shard is reused, so nothing is counted twice.
+Shards are merged in a tree on the workers, the last merge into the statistics directory
+here; its manifest records every (file, row group) exactly once (the merge refuses
+overlaps).
 
 Every path (data, statistics, shards, weights) must name the same file on every worker and
 on this machine: a shared filesystem. Dask is imported only when a cluster is used, so
@@ -24,7 +29,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import operator
 import os
 import shutil
@@ -32,23 +36,27 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from functools import reduce
+from itertools import chain
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 from tqdm.auto import tqdm
 
-from .errors import StreamfitError
+from .accumulate import accumulator_for
+from .errors import InputError, StreamfitError
 from .evaluate import Scores, metrics, score_examples, unit_examples
 from .fileio import DirectoryLock, fault_point, fsync_dir
 from .model import load_model
-from .pipeline import DEFAULT_MEMORY, accumulate_into, merge_into
-from .reading import DEFAULT_BATCH_ROWS, open_parquet, resolve_paths
+from .pipeline import DEFAULT_MEMORY, count_units, merge_into
+from .reading import DEFAULT_BATCH_ROWS, iter_batches, open_parquet, resolve_paths
 from .refine import PassFn, PassResult, full_pass
 from .stats import MANIFEST, load
 
 INSTALL_HINT = "pip install 'streamfit[dask]'"
 SHARDS = ".shards"
 MERGE_FAN_IN = 16
+UNIT_SIZE = 64 << 20   # bytes of row groups (uncompressed) per unit, at most ...
+MIN_UNITS = 8          # ... and smaller on a small corpus, so that it still makes this many
 
 
 def _distributed():
@@ -86,25 +94,72 @@ def cluster(scheduler: str | None = None, workers: int | None = None) -> Iterato
 
 
 # --- units and the executor ----------------------------------------------------------------
-@dataclass(frozen=True)
-class Unit:
-    """One row group of one file: the unit of distributed work."""
-
+class RowGroup(NamedTuple):
     path: str       # resolved
-    size: int       # file size in bytes, part of the unit's identity
+    size: int       # file size in bytes, part of a unit's identity
     row_group: int
     rows: int
+    nbytes: int     # uncompressed, from the file's metadata
 
 
-def source_units(paths) -> list[Unit]:
+def row_groups(paths) -> list[RowGroup]:
     """Every row group of the files, globs or directories, in file order."""
-    units = []
+    out = []
     for p in resolve_paths(paths):
         meta = open_parquet(p).metadata
         key, size = str(p.resolve()), os.path.getsize(p)
-        units += [Unit(key, size, rg, meta.row_group(rg).num_rows)
-                  for rg in range(meta.num_row_groups)]
+        out += [RowGroup(key, size, rg, meta.row_group(rg).num_rows,
+                         meta.row_group(rg).total_byte_size)
+                for rg in range(meta.num_row_groups)]
+    return out
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Consecutive row groups (possibly of several files): the unit of distributed work."""
+
+    parts: tuple[RowGroup, ...]
+
+    @property
+    def rows(self) -> int:
+        return sum(g.rows for g in self.parts)
+
+    def files(self) -> list[tuple[str, list[int]]]:
+        """(path, row groups) of each file the unit reads, in order."""
+        out: list[tuple[str, list[int]]] = []
+        for g in self.parts:
+            if not out or out[-1][0] != g.path:
+                out.append((g.path, []))
+            out[-1][1].append(g.row_group)
+        return out
+
+
+def plan_units(groups: Sequence[RowGroup], unit_size: int | None = None) -> list[Unit]:
+    """Consecutive row groups gathered into units of at least `unit_size` bytes (the last
+    may be smaller); by default UNIT_SIZE, or less where that would make fewer than
+    MIN_UNITS units. Depends only on `groups`, so a rerun gets the same units."""
+    if unit_size is None:
+        unit_size = min(UNIT_SIZE, sum(g.nbytes for g in groups) // MIN_UNITS)
+    units, current, nbytes = [], [], 0
+    for g in groups:
+        current.append(g)
+        nbytes += g.nbytes
+        if nbytes >= unit_size:
+            units.append(Unit(tuple(current)))
+            current, nbytes = [], 0
+    if current:
+        units.append(Unit(tuple(current)))
     return units
+
+
+def source_units(paths, unit_size: int | None = None) -> list[Unit]:
+    """The row groups of the files, globs or directories as units (see `plan_units`)."""
+    return plan_units(row_groups(paths), unit_size)
+
+
+def unit_batches(unit: Unit, **layout) -> Iterator:
+    """The examples of a unit's row groups, file by file (evaluate.unit_examples)."""
+    return chain.from_iterable(unit_examples(path, rgs, **layout) for path, rgs in unit.files())
 
 
 def _run_unit(fn: Callable, unit: Unit, *args):
@@ -137,14 +192,15 @@ def _map_reduce(client, fn: Callable, units: Sequence[Unit], args: tuple, combin
         raise StreamfitError("no row groups to process")
     mapped = [client.submit(_run_unit, fn, u, *args, pure=False) for u in units]
     top = _reduce(client, mapped, combine, fan_in, keep, *combine_args)
+    rows = {f.key: u.rows for f, u in zip(mapped, units)}
     done = distributed.as_completed(mapped)
     del mapped  # results are released as soon as their reduction has used them
-    with tqdm(total=len(units), unit="row groups", desc=desc,
+    with tqdm(total=sum(rows.values()), unit="rows", unit_scale=True, desc=desc,
               disable=None if progress else True) as bar:
         for f in done:
             if f.status == "error":
                 f.result()  # raises the task's own exception
-            bar.update(1)
+            bar.update(rows[f.key])
     return client.gather(top)
 
 
@@ -178,26 +234,46 @@ def _publish(tmp: Path, out: Path) -> None:
 
 
 def _unit_name(unit: Unit, settings: dict) -> str:
-    identity = json.dumps({"path": unit.path, "size": unit.size, "row_group": unit.row_group,
+    """A name keyed by the unit's whole range (file, size, row group of each part) and the
+    options: the same unit always writes the same shard."""
+    identity = json.dumps({"parts": [[g.path, g.size, g.row_group] for g in unit.parts],
                            **{k: settings[k] for k in ("task", "window", "options")}},
                           sort_keys=True)
     return "unit-" + hashlib.sha256(identity.encode()).hexdigest()[:20]
 
 
 def _accumulate_unit(unit: Unit, root: str, settings: dict) -> str:
-    """The statistics of one row group in the shard directory `root`; returns its path."""
+    """The statistics of one unit in the shard directory `root`; returns its path."""
     out = Path(root) / _unit_name(unit, settings)
     if (out / MANIFEST).exists():
         return str(out)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with tempfile.TemporaryDirectory(prefix="streamfit-unit-", dir=settings["temp"]) as temp:
-        accumulate_into(tmp, [unit.path], task=settings["task"], window=settings["window"],
-                        memory=settings["memory"], temp=Path(temp) / "work",
-                        batch_rows=settings["batch_rows"], checkpoint_seconds=math.inf,
-                        units={(unit.path, unit.row_group)}, allow_empty=True,
-                        **settings["options"])
+    try:
+        with tempfile.TemporaryDirectory(prefix="streamfit-unit-", dir=settings["temp"]) as temp:
+            count_units(tmp, [(g.path, g.row_group) for g in unit.parts], task=settings["task"],
+                        window=settings["window"], memory=settings["memory"], temp=temp,
+                        batch_rows=settings["batch_rows"], **settings["options"])
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     _publish(tmp, out)
     return str(out)
+
+
+def _dense_width(units: Sequence[Unit], task: str, options: dict) -> int | None:
+    """The length of the first dense feature row of the units: every task is held to it,
+    as one process holds every row to its first one."""
+    for g in chain.from_iterable(u.parts for u in units):
+        if g.rows:
+            probe = accumulator_for([Path(g.path)], task, **options)
+            first = next(iter_batches(Path(g.path), probe.input_columns,
+                                      row_groups=[g.row_group], batch_rows=1))
+            try:
+                probe.update(first.data)
+            except InputError as exc:
+                raise exc.located(path=g.path, row_group=g.row_group, row_offset=0) from None
+            return probe.dense_width
+    return None
 
 
 def _merge_shards(shards: list[str], root: str, memory: int) -> str:
@@ -215,13 +291,13 @@ def accumulate_distributed(client, stats_dir: str | os.PathLike, paths, *,
                            overwrite: bool = False, memory: int = DEFAULT_MEMORY,
                            shards: str | os.PathLike | None = None,
                            temp: str | os.PathLike | None = None,
-                           batch_rows: int = DEFAULT_BATCH_ROWS, progress: bool = False,
-                           **options) -> dict:
-    """`pipeline.accumulate_into` on a Dask cluster, one task per row group: the same
-    statistics (bit-identical counts) and the same summary. `memory` is each task's budget;
-    `shards` (default STATS/.shards) holds the per-unit statistics until the final merge,
-    so a rerun after an interruption reuses the finished ones; `temp` is where tasks spill
-    on their worker (default: its temporary directory)."""
+                           batch_rows: int = DEFAULT_BATCH_ROWS, unit_size: int | None = None,
+                           progress: bool = False, **options) -> dict:
+    """`pipeline.accumulate_into` on a Dask cluster, one task per unit of row groups (see
+    `plan_units`): the same statistics (bit-identical counts) and the same summary.
+    `memory` is each task's budget; `shards` (default STATS/.shards) holds the per-unit
+    statistics until the final merge, so a rerun after an interruption reuses the finished
+    ones; `temp` is where tasks spill on their worker (default: its temporary directory)."""
     stats_dir = _refuse_url(stats_dir, "statistics directory")
     root = _refuse_url(shards, "shard directory") if shards is not None else stats_dir / SHARDS
     files = resolve_paths(paths)
@@ -237,21 +313,27 @@ def accumulate_distributed(client, stats_dir: str | os.PathLike, paths, *,
         task, window = previous.task, previous.window
     counted = {(s["path"], rg): s["size"] for s in (previous.sources if previous else [])
                for rg in s["row_groups"]}
-    units = []
-    for u in source_units(files):
-        if (u.path, u.row_group) in counted:
-            if counted[u.path, u.row_group] != u.size:
-                raise StreamfitError(f"{u.path} changed since it was counted (size "
-                                     f"{counted[u.path, u.row_group]} → {u.size}): use --overwrite")
+    todo = []
+    for g in row_groups(files):
+        if (g.path, g.row_group) in counted:
+            if counted[g.path, g.row_group] != g.size:
+                raise StreamfitError(f"{g.path} changed since it was counted (size "
+                                     f"{counted[g.path, g.row_group]} → {g.size}): use --overwrite")
             continue
-        units.append(u)
+        todo.append(g)
+    units = plan_units(todo, unit_size)
     if not units and previous is not None:
         shutil.rmtree(root, ignore_errors=True)
         return {"unchanged": True, **_summary(previous.header())}
     if not units:
         raise StreamfitError(f"no row groups in {', '.join(map(str, files))}: nothing to "
                              f"accumulate")
-    settings = {"task": task, "window": window if window is not None else 1, "memory": memory,
+    window = window if window is not None else 1
+    template = accumulator_for(files, task, window=window, **options)
+    if template.task == "classify" and template.columns["features"] is not None \
+            and options.get("n_features") is None:
+        options = {**options, "n_features": _dense_width(units, template.task, options)}
+    settings = {"task": template.task, "window": window, "memory": memory,
                 "batch_rows": batch_rows, "options": options,
                 "temp": None if temp is None else str(temp)}
     root.mkdir(parents=True, exist_ok=True)
@@ -298,33 +380,34 @@ def merge_distributed(client, out_dir: str | os.PathLike, dirs, *,
 # --- streaming passes ----------------------------------------------------------------------
 def _evaluate_unit(unit: Unit, weights: str, top_k: int, batch_rows: int, columns: dict) -> Scores:
     model = load_model(weights)
-    return score_examples(model, unit_examples(
-        unit.path, [unit.row_group], task=model.task, window=model.window,
-        n_classes=model.n_classes, n_features=model.n_features, batch_rows=batch_rows,
-        **columns), top_k)
+    return score_examples(model, unit_batches(
+        unit, task=model.task, window=model.window, n_classes=model.n_classes,
+        n_features=model.n_features, batch_rows=batch_rows, **columns), top_k)
 
 
 def evaluate_distributed(client, weights: str | os.PathLike, paths, *, top_k: int = 5,
                          progress: bool = False, batch_rows: int = DEFAULT_BATCH_ROWS,
-                         **columns) -> dict:
-    """`evaluate.evaluate` of the weights file on a Dask cluster, one task per row group."""
+                         unit_size: int | None = None, **columns) -> dict:
+    """`evaluate.evaluate` of the weights file on a Dask cluster, one task per unit of row
+    groups (see `plan_units`)."""
     path = str(Path(_refuse_url(weights, "weights file")).resolve())
     load_model(path)  # a missing or damaged weights file is reported here, once
-    scores = map_sum(client, _evaluate_unit, source_units(paths), path, top_k, batch_rows,
-                     columns, progress=progress, desc="evaluate")
+    scores = map_sum(client, _evaluate_unit, source_units(paths, unit_size), path, top_k,
+                     batch_rows, columns, progress=progress, desc="evaluate")
     return metrics(scores, top_k)
 
 
 def _pass_unit(unit: Unit, w, expected: bool, observed: bool, layout: dict) -> PassResult:
-    return full_pass(w, unit_examples(unit.path, [unit.row_group], **layout),
-                     expected=expected, observed=observed)
+    return full_pass(w, unit_batches(unit, **layout), expected=expected, observed=observed)
 
 
 def pass_function(client, paths, *, task: str, window: int, n_classes: int, n_features: int,
-                  batch_rows: int = DEFAULT_BATCH_ROWS, **columns) -> PassFn:
+                  batch_rows: int = DEFAULT_BATCH_ROWS, unit_size: int | None = None,
+                  **columns) -> PassFn:
     """refine's full pass (loss, accuracy, E and F) on a Dask cluster: W is sent to every
-    worker once per pass, each row group is a task, the PassResults are tree-summed."""
-    units = source_units(paths)
+    worker once per pass, each unit of row groups is a task, the PassResults are
+    tree-summed."""
+    units = source_units(paths, unit_size)
     layout = dict(task=task, window=window, n_classes=n_classes, n_features=n_features,
                   batch_rows=batch_rows, **columns)
 

@@ -153,18 +153,23 @@ def test_feature_statistics_on_dask_match_to_summation_order(client, features, t
     assert_same_statistics(tmp_path / "dask", tmp_path / "one", exact=False)
 
 
-@pytest.mark.parametrize("point", ["after_batch:3", "after_unit:2"])
-def test_a_worker_killed_mid_run_changes_nothing(client, tokens, tmp_path, point):
+@pytest.mark.parametrize("point,unit_size", [("after_batch:5", None), ("after_unit:2", 1)])
+def test_a_worker_killed_mid_run_changes_nothing(client, tokens, tmp_path, point, unit_size):
+    """Killed in the second row group of a unit of several (batches of 4 rows, 3 per row
+    group), or after a unit of one row group has written its shard."""
     files, _ = tokens
+    if unit_size is None:
+        assert min(len(u.parts) for u in D.source_units(files)[:-1]) >= 2
     accumulate_into(tmp_path / "one", files, window=WINDOW)
     with KillOneWorker(client, point):
-        D.accumulate_distributed(client, tmp_path / "dask", files, window=WINDOW, batch_rows=4)
+        D.accumulate_distributed(client, tmp_path / "dask", files, window=WINDOW, batch_rows=4,
+                                 unit_size=unit_size)
     assert_same_statistics(tmp_path / "dask", tmp_path / "one", exact=True)
 
 
 def test_an_interrupted_run_reuses_its_shards_and_merges_in_a_tree(client, tokens, tmp_path,
                                                                    monkeypatch):
-    """With a fan-in of 2 the 16 unit shards are merged on the workers in a tree (16 → 8 → 4
+    """With a fan-in of 2 the 16 unit shards (one row group each) are merged on the workers in a tree (16 → 8 → 4
     → 2) while a worker dies; the run is interrupted before its last merge. Run again, it
     reuses every shard (workers armed to die at their first batch survive) and ends with
     the statistics of one process."""
@@ -175,8 +180,9 @@ def test_an_interrupted_run_reuses_its_shards_and_merges_in_a_tree(client, token
     def interrupted(*a, **k):
         raise KeyboardInterrupt
     monkeypatch.setattr(D, "merge_into", interrupted)  # here only: the workers merge as usual
-    with KillOneWorker(client, "after_unit:3"), pytest.raises(KeyboardInterrupt):
-        D.accumulate_distributed(client, tmp_path / "dask", files, window=WINDOW, batch_rows=4)
+    with KillOneWorker(client, "after_unit:2"), pytest.raises(KeyboardInterrupt):
+        D.accumulate_distributed(client, tmp_path / "dask", files, window=WINDOW, batch_rows=4,
+                                 unit_size=1)
     shards = tmp_path / "dask" / D.SHARDS
     assert len(list(shards.glob("unit-*/manifest.json"))) == 16
     assert len(list(shards.glob("merge-*/manifest.json"))) == 8 + 4 + 2
@@ -185,7 +191,8 @@ def test_an_interrupted_run_reuses_its_shards_and_merges_in_a_tree(client, token
     survivors = set(client.scheduler_info()["workers"])
     client.run(_arm, "after_batch:1")
     try:
-        summary = D.accumulate_distributed(client, tmp_path / "dask", files, window=WINDOW)
+        summary = D.accumulate_distributed(client, tmp_path / "dask", files, window=WINDOW,
+                                           unit_size=1)
         assert set(client.scheduler_info()["workers"]) == survivors  # nothing was read again
     finally:
         client.run(_arm, "")
@@ -237,13 +244,20 @@ def test_evaluate_on_dask_matches_one_process(client, features):
     want = evaluate(model, [features["train"], features["heldout"]], top_k=2)
     with KillOneWorker(client, "after_unit:2"):
         got = D.evaluate_distributed(client, features["weights"],
-                                     [features["train"], features["heldout"]], top_k=2)
+                                     [features["train"], features["heldout"]], top_k=2,
+                                     unit_size=1)
     assert got.keys() == want.keys()
     for k in want:
         assert got[k] == pytest.approx(want[k], rel=1e-12), k
     # the tree of sums is fixed by the units' order: a second run agrees to the bit
     assert D.evaluate_distributed(client, features["weights"],
-                                  [features["train"], features["heldout"]], top_k=2) == got
+                                  [features["train"], features["heldout"]], top_k=2,
+                                  unit_size=1) == got
+    # units of several row groups (across the two files): the same up to summation order
+    default = D.evaluate_distributed(client, features["weights"],
+                                     [features["train"], features["heldout"]], top_k=2)
+    for k in want:
+        assert default[k] == pytest.approx(want[k], rel=1e-12), k
 
 
 @pytest.mark.parametrize("method,kill", [("gis", True), ("lbfgs", False)])
@@ -255,7 +269,7 @@ def test_refine_passes_on_dask_match_one_process(client, features, tmp_path, met
     held = lambda: iter_examples([features["heldout"]], **layout)
     want = refine(model, train, tmp_path / "one.npy", method=method, passes=3, heldout=held,
                   l2=1e-3)
-    pass_fn = D.pass_function(client, [features["train"]], **layout)
+    pass_fn = D.pass_function(client, [features["train"]], unit_size=1 if kill else None, **layout)
     with KillOneWorker(client, "after_unit:2") if kill else contextlib.nullcontext():
         got = refine(model, train, tmp_path / "dask.npy", method=method, passes=3, heldout=held,
                      l2=1e-3, pass_fn=pass_fn)
@@ -267,9 +281,11 @@ def test_refine_passes_on_dask_match_one_process(client, features, tmp_path, met
 
 def test_map_sum_adds_in_a_fixed_order(client, tokens):
     """The executor itself: an integer-valued pure function over every unit."""
-    units = D.source_units(tokens[0])
+    first = tokens[0][0]
+    units = D.source_units([first], unit_size=1)  # one row group each
+    assert [u.files() for u in units] == [[(str(first.resolve()), [rg])] for rg in range(8)]
     got = D.map_sum(client, _rows_and_groups, units, 1000)
-    assert got == [sum(u.rows for u in units), sum(1000 + u.row_group for u in units)]
+    assert got == [80, sum(1000 + rg for rg in range(8))]
 
 
 class _Pair(list):
@@ -278,7 +294,7 @@ class _Pair(list):
 
 
 def _rows_and_groups(unit, offset):
-    return _Pair([unit.rows, offset + unit.row_group])
+    return _Pair([unit.rows, sum(offset + g.row_group for g in unit.parts)])
 
 
 # --- the command ---------------------------------------------------------------------------
