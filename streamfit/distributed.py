@@ -1,8 +1,8 @@
 """Distributed: accumulate, merge and streaming passes on a Dask distributed cluster.
 
 Everything streamfit streams is a sum, so the work splits into units — consecutive row
-groups, in file order, of about `unit_size` bytes — that workers process independently, and
-whose results add up:
+groups, in file order, of about `unit_values` values (tokens, feature values) — that workers
+process independently, and whose results add up:
 
     units ─▶ workers: fn(unit), a pure function ─▶ tree reduction on the workers ─▶ result
 
@@ -55,8 +55,8 @@ from .stats import MANIFEST, load
 INSTALL_HINT = "pip install 'streamfit[dask]'"
 SHARDS = ".shards"
 MERGE_FAN_IN = 16
-UNIT_SIZE = 64 << 20   # bytes of row groups (uncompressed) per unit, at most ...
-MIN_UNITS = 8          # ... and smaller on a small corpus, so that it still makes this many
+UNIT_VALUES = 16_000_000  # values (tokens, feature values) a unit, at most ...
+MIN_UNITS = 8             # ... and fewer on a small corpus, so that it still makes this many
 
 
 def _distributed():
@@ -99,7 +99,7 @@ class RowGroup(NamedTuple):
     size: int       # file size in bytes, part of a unit's identity
     row_group: int
     rows: int
-    nbytes: int     # uncompressed, from the file's metadata
+    values: int     # values of its columns (tokens, features…), from the file's metadata
 
 
 def row_groups(paths) -> list[RowGroup]:
@@ -108,9 +108,10 @@ def row_groups(paths) -> list[RowGroup]:
     for p in resolve_paths(paths):
         meta = open_parquet(p).metadata
         key, size = str(p.resolve()), os.path.getsize(p)
-        out += [RowGroup(key, size, rg, meta.row_group(rg).num_rows,
-                         meta.row_group(rg).total_byte_size)
-                for rg in range(meta.num_row_groups)]
+        for rg in range(meta.num_row_groups):
+            group = meta.row_group(rg)
+            values = sum(group.column(c).num_values for c in range(group.num_columns))
+            out.append(RowGroup(key, size, rg, group.num_rows, values))
     return out
 
 
@@ -134,27 +135,28 @@ class Unit:
         return out
 
 
-def plan_units(groups: Sequence[RowGroup], unit_size: int | None = None) -> list[Unit]:
-    """Consecutive row groups gathered into units of at least `unit_size` bytes (the last
-    may be smaller); by default UNIT_SIZE, or less where that would make fewer than
-    MIN_UNITS units. Depends only on `groups`, so a rerun gets the same units."""
-    if unit_size is None:
-        unit_size = min(UNIT_SIZE, sum(g.nbytes for g in groups) // MIN_UNITS)
-    units, current, nbytes = [], [], 0
+def plan_units(groups: Sequence[RowGroup], unit_values: int | None = None) -> list[Unit]:
+    """Consecutive row groups gathered into units of at least `unit_values` values (the
+    last may have fewer): the work of a task, whatever the encoding or compression. By
+    default UNIT_VALUES, or fewer where that would make fewer than MIN_UNITS units.
+    Depends only on `groups`, so a rerun gets the same units."""
+    if unit_values is None:
+        unit_values = min(UNIT_VALUES, sum(g.values for g in groups) // MIN_UNITS)
+    units, current, values = [], [], 0
     for g in groups:
         current.append(g)
-        nbytes += g.nbytes
-        if nbytes >= unit_size:
+        values += g.values
+        if values >= unit_values:
             units.append(Unit(tuple(current)))
-            current, nbytes = [], 0
+            current, values = [], 0
     if current:
         units.append(Unit(tuple(current)))
     return units
 
 
-def source_units(paths, unit_size: int | None = None) -> list[Unit]:
+def source_units(paths, unit_values: int | None = None) -> list[Unit]:
     """The row groups of the files, globs or directories as units (see `plan_units`)."""
-    return plan_units(row_groups(paths), unit_size)
+    return plan_units(row_groups(paths), unit_values)
 
 
 def unit_batches(unit: Unit, **layout) -> Iterator:
@@ -291,7 +293,7 @@ def accumulate_distributed(client, stats_dir: str | os.PathLike, paths, *,
                            overwrite: bool = False, memory: int = DEFAULT_MEMORY,
                            shards: str | os.PathLike | None = None,
                            temp: str | os.PathLike | None = None,
-                           batch_rows: int = DEFAULT_BATCH_ROWS, unit_size: int | None = None,
+                           batch_rows: int = DEFAULT_BATCH_ROWS, unit_values: int | None = None,
                            progress: bool = False, **options) -> dict:
     """`pipeline.accumulate_into` on a Dask cluster, one task per unit of row groups (see
     `plan_units`): the same statistics (bit-identical counts) and the same summary.
@@ -321,7 +323,7 @@ def accumulate_distributed(client, stats_dir: str | os.PathLike, paths, *,
                                      f"{counted[g.path, g.row_group]} → {g.size}): use --overwrite")
             continue
         todo.append(g)
-    units = plan_units(todo, unit_size)
+    units = plan_units(todo, unit_values)
     if not units and previous is not None:
         shutil.rmtree(root, ignore_errors=True)
         return {"unchanged": True, **_summary(previous.header())}
@@ -387,12 +389,12 @@ def _evaluate_unit(unit: Unit, weights: str, top_k: int, batch_rows: int, column
 
 def evaluate_distributed(client, weights: str | os.PathLike, paths, *, top_k: int = 5,
                          progress: bool = False, batch_rows: int = DEFAULT_BATCH_ROWS,
-                         unit_size: int | None = None, **columns) -> dict:
+                         unit_values: int | None = None, **columns) -> dict:
     """`evaluate.evaluate` of the weights file on a Dask cluster, one task per unit of row
     groups (see `plan_units`)."""
     path = str(Path(_refuse_url(weights, "weights file")).resolve())
     load_model(path)  # a missing or damaged weights file is reported here, once
-    scores = map_sum(client, _evaluate_unit, source_units(paths, unit_size), path, top_k,
+    scores = map_sum(client, _evaluate_unit, source_units(paths, unit_values), path, top_k,
                      batch_rows, columns, progress=progress, desc="evaluate")
     return metrics(scores, top_k)
 
@@ -402,12 +404,12 @@ def _pass_unit(unit: Unit, w, expected: bool, observed: bool, layout: dict) -> P
 
 
 def pass_function(client, paths, *, task: str, window: int, n_classes: int, n_features: int,
-                  batch_rows: int = DEFAULT_BATCH_ROWS, unit_size: int | None = None,
+                  batch_rows: int = DEFAULT_BATCH_ROWS, unit_values: int | None = None,
                   **columns) -> PassFn:
     """refine's full pass (loss, accuracy, E and F) on a Dask cluster: W is sent to every
     worker once per pass, each unit of row groups is a task, the PassResults are
     tree-summed."""
-    units = source_units(paths, unit_size)
+    units = source_units(paths, unit_values)
     layout = dict(task=task, window=window, n_classes=n_classes, n_features=n_features,
                   batch_rows=batch_rows, **columns)
 
