@@ -56,7 +56,7 @@ INSTALL_HINT = "pip install 'streamfit[dask]'"
 SHARDS = ".shards"
 MERGE_FAN_IN = 16
 UNIT_VALUES = 16_000_000  # values (tokens, feature values) a unit, at most ...
-MIN_UNITS = 8             # ... and fewer on a small corpus, so that it still makes this many
+MIN_UNITS = 4             # ... and fewer on a small corpus, so that it still makes this many
 
 
 def _distributed():

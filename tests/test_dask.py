@@ -156,7 +156,8 @@ def test_units_gather_consecutive_row_groups_across_files():
 
 def test_default_units_are_capped_and_make_at_least_min_units(monkeypatch):
     groups = _groups([("a", [100] * 16)])
-    assert len(D.plan_units(groups)) == D.MIN_UNITS == 8  # 1600 // 8 = 200 values a unit
+    monkeypatch.setattr(D, "MIN_UNITS", 8)
+    assert len(D.plan_units(groups)) == 8  # 1600 // 8 = 200 values a unit
     monkeypatch.setattr(D, "UNIT_VALUES", 300)
     assert len(D.plan_units(groups)) == 8
     monkeypatch.setattr(D, "UNIT_VALUES", 100)
