@@ -16,11 +16,12 @@ Parquet files:
 - evaluate, on the first corpus: the conditional explicit solution of its statistics scored
   on it, by ``evaluate.evaluate`` and by ``distributed.evaluate_distributed``.
 
-Every configuration runs once untimed (warm-up: numba's kernel cache, the workers' imports),
-then ``--repeat`` times; the best time is reported. A cluster's start-up (processes, imports)
-is timed apart: it is paid once per command, not per row group. All statistics must have
-the same checksum and all evaluations the same cross-entropy (to 1e-9): the tool stops
-otherwise. Calls are in-process through the Python API (no interpreter start-up).
+The configurations run in rounds — one untimed (warm-up: numba's kernel cache, the workers'
+imports), then ``--repeat`` timed — each round running every configuration once, so that a
+change of load on a shared machine falls on all of them alike; the best time of each is
+reported. A cluster's start-up (processes, imports) is timed apart: it is paid once per
+command, not per task. All statistics must have the same checksum and all evaluations the
+same cross-entropy (to 1e-9): the tool stops otherwise. Calls are in-process through the Python API (no interpreter start-up).
 
     python tools/bench_dask.py                 # ~5 min on 2 cores; writes docs/distributed.md's figures
     python tools/bench_dask.py --corpus data/gcide/train.parquet --window 2 --no-write
@@ -31,6 +32,7 @@ Evaluating a model of a large vocabulary is slow (minutes for GCIDE's 16,384 cla
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -76,69 +78,80 @@ def synthetic_corpus(tmp: Path, vocab: int, row_groups: int, docs: int = 1000,
     return str(path)
 
 
-def best_of(fn, repeat: int) -> tuple[float, object]:
-    fn()  # warm-up
-    times, out = [], None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return min(times), out
-
-
 def run(corpora: dict[str, list[str]], window: int, workers: list[int], repeat: int,
         tmp: Path) -> dict:
-    """Every configuration on every corpus (evaluate on the first only); the statistics of
-    each corpus must have one checksum across configurations."""
-    rows, facts, checksums = [], {}, {}
-    for name, corpus in corpora.items():
-        files = resolve_paths(corpus)
-        for jobs in (1, 2):
-            log(f"{name}: accumulate --jobs {jobs}")
-            d = tmp / f"{name}-jobs{jobs}"
-            s, _ = best_of(lambda: accumulate_into(d, files, window=window, jobs=jobs,
-                                                   overwrite=True), repeat)
-            checksums.setdefault(name, set()).add(checksum_of(d))
-            rows.append({"corpus": name, "task": "accumulate", "how": f"one machine, --jobs {jobs}",
-                         "n": jobs, "seconds": s})
-        stats = load(tmp / f"{name}-jobs1")
-        facts[name] = {"files": [str(p) for p in files], "tokens": stats.n_examples,
-                       "nnz": stats.nnz, "units": len(D.source_units(files)),
-                       "row_groups": sum(open_parquet(p).metadata.num_row_groups for p in files)}
+    """Every configuration on every corpus (evaluate on the first only), in interleaved
+    rounds after a warm-up round, so that a change of load on the shared machine falls on
+    every configuration alike; the best round of each counts. The statistics of each corpus
+    must have one checksum across configurations, evaluations one cross-entropy."""
+    files = {name: resolve_paths(c) for name, c in corpora.items()}
     first = next(iter(corpora))
-    files = resolve_paths(corpora[first])
-    stats = load(tmp / f"{first}-jobs1")
+    facts = {}
+    for name, fs in files.items():
+        accumulate_into(tmp / f"{name}-ref", fs, window=window)
+        stats = load(tmp / f"{name}-ref")
+        facts[name] = {"files": [str(p) for p in fs], "tokens": stats.n_examples,
+                       "nnz": stats.nnz, "units": len(D.source_units(fs)),
+                       "row_groups": sum(open_parquet(p).metadata.num_row_groups for p in fs)}
+    stats = load(tmp / f"{first}-ref")
     weights = tmp / "w.npy"
     finalize(stats, weights, form="conditional", layout="dense" if stats.n_classes <= 4096
              else "sparse")
     model = load_model(weights)
-    log(f"{first}: evaluate, one process")
-    s, ref = best_of(lambda: evaluate(model, files, top_k=5), repeat)
-    rows.append({"corpus": first, "task": "evaluate", "how": "one process", "n": 1, "seconds": s})
-    for n in workers:
-        log(f"LocalCluster of {n} worker(s)")
-        t = time.perf_counter()
-        with D.cluster(workers=n) as client:
+    ref = evaluate(model, files[first], top_k=5)
+
+    def acc(name, d, fn):
+        fn()
+        return ("checksum", name, checksum_of(d))
+
+    def ev(fn):
+        got = fn()
+        if abs(got["cross_entropy"] - ref["cross_entropy"]) > 1e-9 * ref["cross_entropy"]:
+            raise SystemExit(f"evaluate on Dask differs: {got} vs {ref}")
+        return None
+
+    configs, startup = [], {}
+    with contextlib.ExitStack() as stack:
+        for name, fs in files.items():
+            for jobs in (1, 2):
+                d = tmp / f"{name}-jobs{jobs}"
+                configs.append(({"corpus": name, "task": "accumulate", "how": f"one machine, --jobs {jobs}",
+                                 "n": jobs}, lambda name=name, fs=fs, d=d, jobs=jobs: acc(
+                    name, d, lambda: accumulate_into(d, fs, window=window, jobs=jobs, overwrite=True))))
+        configs.append(({"corpus": first, "task": "evaluate", "how": "one process", "n": 1},
+                        lambda: ev(lambda: evaluate(model, files[first], top_k=5))))
+        for n in workers:
+            log(f"LocalCluster of {n} worker(s)")
+            t = time.perf_counter()
+            client = stack.enter_context(D.cluster(workers=n))
             client.wait_for_workers(n)
-            startup = time.perf_counter() - t
-            for name, corpus in corpora.items():
+            startup[n] = time.perf_counter() - t
+            for name, fs in files.items():
                 d = tmp / f"{name}-dask{n}"
-                log(f"{name}: accumulate on Dask")
-                s, _ = best_of(lambda: D.accumulate_distributed(client, d, corpus, window=window,
-                                                                overwrite=True), repeat)
-                checksums[name].add(checksum_of(d))
-                rows.append({"corpus": name, "task": "accumulate", "how": f"Dask, {n} local worker(s)",
-                             "n": n, "seconds": s, "startup": startup})
-            log(f"{first}: evaluate on Dask")
-            s, got = best_of(lambda: D.evaluate_distributed(client, weights, files, top_k=5),
-                             repeat)
-            if abs(got["cross_entropy"] - ref["cross_entropy"]) > 1e-9 * ref["cross_entropy"]:
-                raise SystemExit(f"evaluate on Dask differs: {got} vs {ref}")
-            rows.append({"corpus": first, "task": "evaluate", "how": f"Dask, {n} local worker(s)",
-                         "n": n, "seconds": s, "startup": startup})
+                configs.append(({"corpus": name, "task": "accumulate", "how": f"Dask, {n} local worker(s)",
+                                 "n": n, "startup": startup[n]},
+                                lambda name=name, fs=fs, d=d, client=client: acc(
+                    name, d, lambda: D.accumulate_distributed(client, d, fs, window=window,
+                                                              overwrite=True))))
+            configs.append(({"corpus": first, "task": "evaluate", "how": f"Dask, {n} local worker(s)",
+                             "n": n, "startup": startup[n]},
+                            lambda client=client: ev(lambda: D.evaluate_distributed(
+                                client, weights, files[first], top_k=5))))
+        times = [[] for _ in configs]
+        checksums = {name: {checksum_of(tmp / f"{name}-ref")} for name in files}
+        for r in range(repeat + 1):
+            log(f"round {r} of {repeat}" + (" (warm-up, untimed)" if r == 0 else ""))
+            for (row, fn), ts in zip(configs, times):
+                t = time.perf_counter()
+                out = fn()
+                if r:
+                    ts.append(time.perf_counter() - t)
+                if out is not None:
+                    checksums[out[1]].add(out[2])
     differ = {name: c for name, c in checksums.items() if len(c) != 1}
     if differ:
         raise SystemExit(f"statistics differ between configurations: {differ}")
+    rows = [{**row, "seconds": min(ts), "all_seconds": ts} for (row, _), ts in zip(configs, times)]
     for r in rows:
         base = next(b for b in rows if (b["corpus"], b["task"]) == (r["corpus"], r["task"])
                     and b["n"] == 1 and not b["how"].startswith("Dask"))
@@ -155,8 +168,8 @@ def markdown(res: dict, meta: dict) -> str:
     for name, f in res["corpora"].items():
         L.append(f"- {name}: {f['description']} — {f['tokens']:,} tokens in {f['row_groups']} "
                  f"row groups, {f['units']} Dask units; {f['nnz']:,} non-zeros.")
-    L += ["", f"Window {res['window']}. Best of {meta['repeat']} runs after a warm-up, "
-          f"in-process API calls; a cluster's start-up is paid once per command. Every "
+    L += ["", f"Window {res['window']}. Best of {meta['repeat']} interleaved rounds after a "
+          f"warm-up round, in-process API calls; a cluster's start-up is paid once per command. Every "
           f"configuration gave the same statistics (checksum) and the same cross-entropy.", "",
           "| corpus | task | how | seconds | tokens / s | speed vs one process | cluster start-up (s) |",
           "|---|---|---|---|---|---|---|"]
@@ -179,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                          "0: none)")
     ap.add_argument("--window", type=int, default=1, help="accumulate window (default: 1)")
     ap.add_argument("--workers", default="1,2", help="local Dask worker counts (default: 1,2)")
-    ap.add_argument("--repeat", type=int, default=2, help="timed runs per configuration (default: 2)")
+    ap.add_argument("--repeat", type=int, default=3, help="timed rounds (default: 3)")
     ap.add_argument("--doc", default=str(ROOT / "docs" / "distributed.md"),
                     help="page whose generated block receives the table (default: docs/distributed.md)")
     ap.add_argument("--no-write", action="store_true", help="print the table only")
