@@ -43,12 +43,12 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 from tqdm.auto import tqdm
 
 from .accumulate import accumulator_for
-from .errors import InputError, StreamfitError
+from .errors import StreamfitError
 from .evaluate import Scores, metrics, score_examples, unit_examples
 from .fileio import DirectoryLock, fault_point, fsync_dir
 from .model import load_model
-from .pipeline import DEFAULT_MEMORY, count_units, merge_into
-from .reading import DEFAULT_BATCH_ROWS, iter_batches, open_parquet, resolve_paths
+from .pipeline import DEFAULT_MEMORY, count_units, first_dense_width, merge_into
+from .reading import DEFAULT_BATCH_ROWS, open_parquet, resolve_paths
 from .refine import PassFn, PassResult, full_pass
 from .stats import MANIFEST, load
 
@@ -262,22 +262,6 @@ def _accumulate_unit(unit: Unit, root: str, settings: dict) -> str:
     return str(out)
 
 
-def _dense_width(units: Sequence[Unit], task: str, options: dict) -> int | None:
-    """The length of the first dense feature row of the units: every task is held to it,
-    as one process holds every row to its first one."""
-    for g in chain.from_iterable(u.parts for u in units):
-        if g.rows:
-            probe = accumulator_for([Path(g.path)], task, **options)
-            first = next(iter_batches(Path(g.path), probe.input_columns,
-                                      row_groups=[g.row_group], batch_rows=1))
-            try:
-                probe.update(first.data)
-            except InputError as exc:
-                raise exc.located(path=g.path, row_group=g.row_group, row_offset=0) from None
-            return probe.dense_width
-    return None
-
-
 def _merge_shards(shards: list[str], root: str, memory: int) -> str:
     """Merge shards into one, named by its parts (so a retried merge reuses it)."""
     out = Path(root) / ("merge-" + hashlib.sha256("\n".join(shards).encode()).hexdigest()[:20])
@@ -334,7 +318,9 @@ def accumulate_distributed(client, stats_dir: str | os.PathLike, paths, *,
     template = accumulator_for(files, task, window=window, **options)
     if template.task == "classify" and template.columns["features"] is not None \
             and options.get("n_features") is None:
-        options = {**options, "n_features": _dense_width(units, template.task, options)}
+        width = first_dense_width([(g.path, g.row_group) for u in units for g in u.parts],
+                                  template.task, options)
+        options = {**options, "n_features": width}
     settings = {"task": template.task, "window": window, "memory": memory,
                 "batch_rows": batch_rows, "options": options,
                 "temp": None if temp is None else str(temp)}

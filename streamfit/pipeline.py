@@ -291,6 +291,10 @@ def _accumulate_locked(stats_dir, work, files, task, window, overwrite, memory, 
             total_rows += meta.row_group(rg).num_rows - skip
     resumed = bool(journal.runs or journal.done)
     if units:
+        if jobs > 1 and template.task == "classify" and template.columns["features"] is not None \
+                and template.n_features_fixed is None:
+            width = first_dense_width([(p, rg) for p, rg, _ in units], template.task, job_options)
+            job_options = {**job_options, "n_features": width}
         job = Job(template.task, job_options, batch_rows, max(memory // jobs, 1 << 16),
                   str(work), checkpoint_seconds)
         assignments = [units[w::jobs] for w in range(min(jobs, len(units)))]
@@ -314,6 +318,21 @@ def _accumulate_locked(stats_dir, work, files, task, window, overwrite, memory, 
     manifest = _merge_into(stats_dir, work, journal, previous, template, memory)
     shutil.rmtree(work, ignore_errors=True)
     return {"unchanged": False, "resumed": resumed, **_summary(manifest)}
+
+
+def first_dense_width(units: list[tuple[str, int]], task: str, options: dict) -> int | None:
+    """The length of the first dense feature row of the row groups `units` ((path, row
+    group)), which several workers are all held to, as one process holds every row to its
+    first one."""
+    for path, rg in units:
+        probe = accumulator_for([Path(path)], task, **options)
+        for b in iter_batches(Path(path), probe.input_columns, row_groups=[rg], batch_rows=1):
+            try:
+                probe.update(b.data)
+            except InputError as exc:
+                raise exc.located(path=str(path), row_group=rg, row_offset=b.row_offset) from None
+            return probe.dense_width
+    return None
 
 
 def _job_options(template: Accumulator) -> dict:

@@ -210,7 +210,7 @@ def test_feature_statistics_on_dask_match_to_summation_order(client, features, t
 
 def test_dense_features_on_dask(client, tmp_path):
     """Dense rows: the same statistics as one process; rows of another width in another
-    unit are refused with the message one process gives."""
+    unit are refused with the message one process gives (and one machine's --jobs 2)."""
     y, x = random_feature_rows(np.random.default_rng(5), 80, 6, 3, zero_rows=2)
     dense = write_dense(tmp_path / "d.parquet", y, x, row_group_size=10)
     accumulate_into(tmp_path / "one", [dense])
@@ -225,6 +225,9 @@ def test_dense_features_on_dask(client, tmp_path):
         D.accumulate_distributed(client, tmp_path / "dask-r", [ragged], unit_values=1)
     assert "ragged dense features" in str(one.value) and "row group 1" in str(one.value)
     assert str(dask.value) == str(one.value)
+    with pytest.raises(InputError) as jobs:
+        accumulate_into(tmp_path / "jobs-r", [ragged], jobs=2)
+    assert str(jobs.value) == str(one.value)
 
 
 @pytest.mark.parametrize("point,unit_values", [("after_batch:5", None), ("after_unit:2", 1)])

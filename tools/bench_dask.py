@@ -21,7 +21,8 @@ imports), then ``--repeat`` timed — each round running every configuration onc
 change of load on a shared machine falls on all of them alike; the best time of each is
 reported. A cluster's start-up (processes, imports) is timed apart: it is paid once per
 command, not per task. All statistics must have the same checksum and all evaluations the
-same cross-entropy (to 1e-9): the tool stops otherwise. Calls are in-process through the Python API (no interpreter start-up).
+same cross-entropy (to 1e-9): the tool stops otherwise. Calls are in-process through the
+Python API (no interpreter start-up).
 
     python tools/bench_dask.py                 # ~5 min on 2 cores; writes docs/distributed.md's figures
     python tools/bench_dask.py --corpus data/gcide/train.parquet --window 2 --no-write
