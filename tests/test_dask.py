@@ -246,10 +246,10 @@ def test_a_worker_killed_mid_run_changes_nothing(client, tokens, tmp_path, point
 
 def test_an_interrupted_run_reuses_its_shards_and_merges_in_a_tree(client, tokens, tmp_path,
                                                                    monkeypatch):
-    """With a fan-in of 2 the 16 unit shards (one row group each) are merged on the workers in a tree (16 → 8 → 4
-    → 2) while a worker dies; the run is interrupted before its last merge. Run again, it
-    reuses every shard (workers armed to die at their first batch survive) and ends with
-    the statistics of one process."""
+    """With a fan-in of 2 the 16 unit shards (one row group each) are merged on the workers
+    in a tree (16 → 8 → 4 → 2) while a worker dies; the run is interrupted before its last
+    merge. Run again with the same units, it reuses every shard (workers armed to die at
+    their first batch survive) and ends with the statistics of one process."""
     files, _ = tokens
     accumulate_into(tmp_path / "one", files, window=WINDOW)
     monkeypatch.setattr(D, "MERGE_FAN_IN", 2)
@@ -330,7 +330,7 @@ def test_evaluate_on_dask_matches_one_process(client, features):
     assert D.evaluate_distributed(client, features["weights"],
                                   [features["train"], features["heldout"]], top_k=2,
                                   unit_values=1) == got
-    # units of several row groups (across the two files): the same up to summation order
+    # the default units, of several row groups: the same up to summation order
     default = D.evaluate_distributed(client, features["weights"],
                                      [features["train"], features["heldout"]], top_k=2)
     for k in want:
