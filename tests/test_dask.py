@@ -230,7 +230,7 @@ def test_dense_features_on_dask(client, tmp_path):
     assert str(jobs.value) == str(one.value)
 
 
-@pytest.mark.parametrize("point,unit_values", [("after_batch:5", None), ("after_unit:2", 1)])
+@pytest.mark.parametrize("point,unit_values", [("after_batch:5", None), ("after_unit:1", 1)])
 def test_a_worker_killed_mid_run_changes_nothing(client, tokens, tmp_path, point, unit_values):
     """Killed in the second row group of a unit of several (batches of 4 rows, 3 per row
     group), or after a unit of one row group has written its shard."""
@@ -257,7 +257,7 @@ def test_an_interrupted_run_reuses_its_shards_and_merges_in_a_tree(client, token
     def interrupted(*a, **k):
         raise KeyboardInterrupt
     monkeypatch.setattr(D, "merge_into", interrupted)  # here only: the workers merge as usual
-    with KillOneWorker(client, "after_unit:2"), pytest.raises(KeyboardInterrupt):
+    with KillOneWorker(client, "after_unit:1"), pytest.raises(KeyboardInterrupt):
         D.accumulate_distributed(client, tmp_path / "dask", files, window=WINDOW, batch_rows=4,
                                  unit_values=1)
     shards = tmp_path / "dask" / D.SHARDS
@@ -319,7 +319,7 @@ def test_urls_are_refused(client, tokens, tmp_path):
 def test_evaluate_on_dask_matches_one_process(client, features):
     model = load_model(features["weights"])
     want = evaluate(model, [features["train"], features["heldout"]], top_k=2)
-    with KillOneWorker(client, "after_unit:2"):
+    with KillOneWorker(client, "after_unit:1"):
         got = D.evaluate_distributed(client, features["weights"],
                                      [features["train"], features["heldout"]], top_k=2,
                                      unit_values=1)
@@ -347,7 +347,7 @@ def test_refine_passes_on_dask_match_one_process(client, features, tmp_path, met
     want = refine(model, train, tmp_path / "one.npy", method=method, passes=3, heldout=held,
                   l2=1e-3)
     pass_fn = D.pass_function(client, [features["train"]], unit_values=1 if kill else None, **layout)
-    with KillOneWorker(client, "after_unit:2") if kill else contextlib.nullcontext():
+    with KillOneWorker(client, "after_unit:1") if kill else contextlib.nullcontext():
         got = refine(model, train, tmp_path / "dask.npy", method=method, passes=3, heldout=held,
                      l2=1e-3, pass_fn=pass_fn)
     np.testing.assert_allclose(np.asarray(got.dense), np.asarray(want.dense), rtol=1e-6, atol=1e-7)
