@@ -25,8 +25,9 @@ from .reading import DEFAULT_BATCH_ROWS, resolve_paths
 from .solve import DEFAULT_SMOOTHING, FORMS, finalize
 from .pipeline import CHECKPOINT_SECONDS, DEFAULT_MEMORY, accumulate_into, merge_into, parse_size
 from .stats import load, read_manifest
-from .distributed import (INSTALL_HINT, MERGE_FAN_IN, accumulate_distributed, cluster, evaluate_distributed,
-                          growth_pass_function, hessian_function, merge_distributed, pass_function)
+from .distributed import (INSTALL_HINT, MERGE_FAN_IN, MIN_UNITS, UNIT_VALUES, accumulate_distributed, cluster,
+                          evaluate_distributed, growth_pass_function, hessian_function, merge_distributed,
+                          pass_function)
 from .subspace import PHASE_METHODS, SUBSPACE_METHODS, SubspaceOptions
 
 DEFAULT_STATS = "streamfit-stats"
@@ -68,6 +69,13 @@ def _dask_options(p: argparse.ArgumentParser, what: str):
     return g
 
 
+def _unit_option(g) -> None:
+    g.add_argument("--unit-values", type=int, metavar="N",
+                   help="with Dask: each task reads consecutive row groups until it has N "
+                        f"values (tokens, or feature values) (default: {UNIT_VALUES:,}, or "
+                        f"fewer so that a small corpus still makes {MIN_UNITS} tasks)")
+
+
 def _on_dask(args) -> bool:
     return args.scheduler is not None or args.dask_workers is not None
 
@@ -86,11 +94,12 @@ def cmd_accumulate(args) -> int:
             summary = accumulate_distributed(
                 client, args.stats, args.paths, task=args.task, window=args.window,
                 overwrite=args.overwrite, memory=parse_size(args.memory), shards=args.shards,
-                temp=args.temp, batch_rows=args.batch_rows, progress=_progress(args),
-                **sizes, **_columns(args))
+                temp=args.temp, batch_rows=args.batch_rows, unit_values=args.unit_values,
+                progress=_progress(args), **sizes, **_columns(args))
     else:
-        if args.shards is not None:
-            raise StreamfitError("--shards is for a Dask run (--scheduler or --dask-workers)")
+        for given, option in ((args.shards, "--shards"), (args.unit_values, "--unit-values")):
+            if given is not None:
+                raise StreamfitError(f"{option} is for a Dask run (--scheduler or --dask-workers)")
         summary = accumulate_into(args.stats, args.paths, task=args.task, window=args.window,
                                   overwrite=args.overwrite, memory=parse_size(args.memory),
                                   temp=args.temp, jobs=args.jobs, batch_rows=args.batch_rows,
@@ -151,7 +160,7 @@ def cmd_evaluate(args) -> int:
         with _cluster(args) as client:
             result = evaluate_distributed(client, args.weights, args.paths, top_k=args.top_k,
                                           progress=_progress(args), batch_rows=args.batch_rows,
-                                          **_columns(args))
+                                          unit_values=args.unit_values, **_columns(args))
     else:
         result = evaluate(model, args.paths, top_k=args.top_k, progress=_progress(args),
                           batch_rows=args.batch_rows, **_columns(args))
@@ -403,14 +412,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "is redone whole)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _column_options(p)
-    g = _dask_options(p, "One task per row group, each counted into its own shard within --memory "
-                  "(spilling to --temp on its worker, default: the worker's temporary "
-                  "directory), then the shards are merged in a tree on the workers and "
-                  "finally into --stats here. A worker lost mid-task is retried by Dask; "
-                  "a rerun after an interruption reuses the finished shards.")
+    g = _dask_options(p, "One task per unit of consecutive row groups (--unit-values), each "
+                  "counted into its own shard in memory, within --memory (past it, spilling "
+                  "to --temp on its worker, default: the worker's temporary directory); the "
+                  "shards are merged in a tree on the workers and finally into --stats here. "
+                  "A worker lost mid-task is retried by Dask; a rerun after an interruption "
+                  "reuses the finished shards.")
+    _unit_option(g)
     g.add_argument(
         "--shards", metavar="DIR",
-        help="with Dask: directory of the per-row-group shards, shared by the workers "
+        help="with Dask: directory of the per-unit shards, shared by the workers "
              "(default: STATS/.shards; removed once merged)")
     p.set_defaults(func=cmd_accumulate)
 
@@ -453,8 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print one JSON object: cross_entropy, perplexity, accuracy, topK_accuracy, n")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _column_options(p)
-    _dask_options(p, "One task per row group; the sums of the tasks (loss, correct, top-k, n) "
-                  "are added up: the same figures as one process, up to float summation order.")
+    _unit_option(_dask_options(
+        p, "One task per unit of consecutive row groups (--unit-values); the sums of the tasks "
+           "(loss, correct, top-k, n) are added up: the same figures as one process, up to "
+           "float summation order."))
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="top-k next tokens for a context, or predictions for Parquet data",
@@ -535,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _column_options(p)
     _dask_options(p, "gis, lbfgs and newton: every full pass over PATHS runs on the workers (W, or "
-                  "newton's candidate steps, sent once a pass, one task per row group, the sums "
+                  "newton's candidate steps, sent once a pass, one task per unit of row groups, the sums "
                   "added); --heldout is evaluated here. The mini-batch methods (sgd, adam, "
                   "random-bases, dldr) are sequential and refuse these options.")
     p.set_defaults(func=cmd_refine)

@@ -1,18 +1,23 @@
 """Distributed: accumulate, merge and streaming passes on a Dask distributed cluster.
 
-Everything streamfit streams is a sum, so the work splits into units — one row group of
-one Parquet file — that workers process independently, and whose results add up:
+Everything streamfit streams is a sum, so the work splits into units — consecutive row
+groups, in file order, of about `unit_values` values (tokens, feature values) — that workers
+process independently, and whose results add up:
 
     units ─▶ workers: fn(unit), a pure function ─▶ tree reduction on the workers ─▶ result
 
-`map_sum` is that executor for any function whose results support `+` (evaluate's
-`Scores`, refine's `PassResult`). `accumulate_distributed` maps each unit to a statistics
-shard in a directory the workers share, named by a hash of the unit (file, size, row
-group) and the options, written under a temporary name and renamed into place: a unit
-whose worker is lost is run again by Dask and rewrites only its own shard, a finished shard
-is reused, so nothing is counted twice. Shards are merged in a tree on the workers, the
-last merge into the statistics directory here; its manifest records every (file, row
-group) exactly once (the merge refuses overlaps).
+A unit amortises a task's fixed cost (scheduling, opening files, writing a shard) over
+several row groups when they are small; the units depend only on the row groups to do, so
+a rerun splits them the same way. `map_sum` is that executor for any function whose
+results support `+` (evaluate's `Scores`, refine's `PassResult`). `accumulate_distributed`
+maps each unit to a statistics shard in a directory the workers share, counted in memory
+when it fits the budget (`pipeline.count_units`: no journal, one write), named by a hash
+of the unit's whole range (files, sizes, row groups) and the options, written under a
+temporary name and renamed into place: a unit whose worker is lost is run again by Dask
+and rewrites only its own shard, a finished shard is reused, so nothing is counted twice.
+Shards are merged in a tree on the workers, the last merge into the statistics directory
+here; its manifest records every (file, row group) exactly once (the merge refuses
+overlaps).
 
 Every path (data, statistics, shards, weights) must name the same file on every worker and
 on this machine: a shared filesystem. Dask is imported only when a cluster is used, so
@@ -24,7 +29,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import operator
 import os
 import shutil
@@ -32,16 +36,18 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from functools import reduce
+from itertools import chain
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 from tqdm.auto import tqdm
 
+from .accumulate import accumulator_for
 from .errors import StreamfitError
 from .evaluate import Scores, metrics, score_examples, unit_examples
 from .fileio import DirectoryLock, fault_point, fsync_dir
 from .model import load_model
-from .pipeline import DEFAULT_MEMORY, accumulate_into, merge_into
+from .pipeline import DEFAULT_MEMORY, count_units, first_dense_width, merge_into
 from .reading import DEFAULT_BATCH_ROWS, open_parquet, resolve_paths
 from .refine import PassFn, PassResult, full_pass
 from .stats import MANIFEST, load
@@ -49,6 +55,8 @@ from .stats import MANIFEST, load
 INSTALL_HINT = "pip install 'streamfit[dask]'"
 SHARDS = ".shards"
 MERGE_FAN_IN = 16
+UNIT_VALUES = 16_000_000  # values (tokens, feature values) a unit, at most ...
+MIN_UNITS = 4             # ... and fewer on a small corpus, so that it still makes this many
 
 
 def _distributed():
@@ -86,25 +94,74 @@ def cluster(scheduler: str | None = None, workers: int | None = None) -> Iterato
 
 
 # --- units and the executor ----------------------------------------------------------------
-@dataclass(frozen=True)
-class Unit:
-    """One row group of one file: the unit of distributed work."""
-
+class RowGroup(NamedTuple):
     path: str       # resolved
-    size: int       # file size in bytes, part of the unit's identity
+    size: int       # file size in bytes, part of a unit's identity
     row_group: int
     rows: int
+    values: int     # values of its columns (tokens, features…), from the file's metadata
 
 
-def source_units(paths) -> list[Unit]:
+def row_groups(paths) -> list[RowGroup]:
     """Every row group of the files, globs or directories, in file order."""
-    units = []
+    out = []
     for p in resolve_paths(paths):
         meta = open_parquet(p).metadata
         key, size = str(p.resolve()), os.path.getsize(p)
-        units += [Unit(key, size, rg, meta.row_group(rg).num_rows)
-                  for rg in range(meta.num_row_groups)]
+        for rg in range(meta.num_row_groups):
+            group = meta.row_group(rg)
+            values = sum(group.column(c).num_values for c in range(group.num_columns))
+            out.append(RowGroup(key, size, rg, group.num_rows, values))
+    return out
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Consecutive row groups (possibly of several files): the unit of distributed work."""
+
+    parts: tuple[RowGroup, ...]
+
+    @property
+    def rows(self) -> int:
+        return sum(g.rows for g in self.parts)
+
+    def files(self) -> list[tuple[str, list[int]]]:
+        """(path, row groups) of each file the unit reads, in order."""
+        out: list[tuple[str, list[int]]] = []
+        for g in self.parts:
+            if not out or out[-1][0] != g.path:
+                out.append((g.path, []))
+            out[-1][1].append(g.row_group)
+        return out
+
+
+def plan_units(groups: Sequence[RowGroup], unit_values: int | None = None) -> list[Unit]:
+    """Consecutive row groups gathered into units of at least `unit_values` values (the
+    last may have fewer): the work of a task, whatever the encoding or compression. By
+    default UNIT_VALUES, or fewer where that would make fewer than MIN_UNITS units.
+    Depends only on `groups`, so a rerun gets the same units."""
+    if unit_values is None:
+        unit_values = min(UNIT_VALUES, sum(g.values for g in groups) // MIN_UNITS)
+    units, current, values = [], [], 0
+    for g in groups:
+        current.append(g)
+        values += g.values
+        if values >= unit_values:
+            units.append(Unit(tuple(current)))
+            current, values = [], 0
+    if current:
+        units.append(Unit(tuple(current)))
     return units
+
+
+def source_units(paths, unit_values: int | None = None) -> list[Unit]:
+    """The row groups of the files, globs or directories as units (see `plan_units`)."""
+    return plan_units(row_groups(paths), unit_values)
+
+
+def unit_batches(unit: Unit, **layout) -> Iterator:
+    """The examples of a unit's row groups, file by file (evaluate.unit_examples)."""
+    return chain.from_iterable(unit_examples(path, rgs, **layout) for path, rgs in unit.files())
 
 
 def _run_unit(fn: Callable, unit: Unit, *args):
@@ -137,14 +194,15 @@ def _map_reduce(client, fn: Callable, units: Sequence[Unit], args: tuple, combin
         raise StreamfitError("no row groups to process")
     mapped = [client.submit(_run_unit, fn, u, *args, pure=False) for u in units]
     top = _reduce(client, mapped, combine, fan_in, keep, *combine_args)
+    rows = {f.key: u.rows for f, u in zip(mapped, units)}
     done = distributed.as_completed(mapped)
     del mapped  # results are released as soon as their reduction has used them
-    with tqdm(total=len(units), unit="row groups", desc=desc,
+    with tqdm(total=sum(rows.values()), unit="rows", unit_scale=True, desc=desc,
               disable=None if progress else True) as bar:
         for f in done:
             if f.status == "error":
                 f.result()  # raises the task's own exception
-            bar.update(1)
+            bar.update(rows[f.key])
     return client.gather(top)
 
 
@@ -178,24 +236,28 @@ def _publish(tmp: Path, out: Path) -> None:
 
 
 def _unit_name(unit: Unit, settings: dict) -> str:
-    identity = json.dumps({"path": unit.path, "size": unit.size, "row_group": unit.row_group,
+    """A name keyed by the unit's whole range (file, size, row group of each part) and the
+    options: the same unit always writes the same shard."""
+    identity = json.dumps({"parts": [[g.path, g.size, g.row_group] for g in unit.parts],
                            **{k: settings[k] for k in ("task", "window", "options")}},
                           sort_keys=True)
     return "unit-" + hashlib.sha256(identity.encode()).hexdigest()[:20]
 
 
 def _accumulate_unit(unit: Unit, root: str, settings: dict) -> str:
-    """The statistics of one row group in the shard directory `root`; returns its path."""
+    """The statistics of one unit in the shard directory `root`; returns its path."""
     out = Path(root) / _unit_name(unit, settings)
     if (out / MANIFEST).exists():
         return str(out)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with tempfile.TemporaryDirectory(prefix="streamfit-unit-", dir=settings["temp"]) as temp:
-        accumulate_into(tmp, [unit.path], task=settings["task"], window=settings["window"],
-                        memory=settings["memory"], temp=Path(temp) / "work",
-                        batch_rows=settings["batch_rows"], checkpoint_seconds=math.inf,
-                        units={(unit.path, unit.row_group)}, allow_empty=True,
-                        **settings["options"])
+    try:
+        with tempfile.TemporaryDirectory(prefix="streamfit-unit-", dir=settings["temp"]) as temp:
+            count_units(tmp, [(g.path, g.row_group) for g in unit.parts], task=settings["task"],
+                        window=settings["window"], memory=settings["memory"], temp=temp,
+                        batch_rows=settings["batch_rows"], **settings["options"])
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     _publish(tmp, out)
     return str(out)
 
@@ -215,13 +277,13 @@ def accumulate_distributed(client, stats_dir: str | os.PathLike, paths, *,
                            overwrite: bool = False, memory: int = DEFAULT_MEMORY,
                            shards: str | os.PathLike | None = None,
                            temp: str | os.PathLike | None = None,
-                           batch_rows: int = DEFAULT_BATCH_ROWS, progress: bool = False,
-                           **options) -> dict:
-    """`pipeline.accumulate_into` on a Dask cluster, one task per row group: the same
-    statistics (bit-identical counts) and the same summary. `memory` is each task's budget;
-    `shards` (default STATS/.shards) holds the per-unit statistics until the final merge,
-    so a rerun after an interruption reuses the finished ones; `temp` is where tasks spill
-    on their worker (default: its temporary directory)."""
+                           batch_rows: int = DEFAULT_BATCH_ROWS, unit_values: int | None = None,
+                           progress: bool = False, **options) -> dict:
+    """`pipeline.accumulate_into` on a Dask cluster, one task per unit of row groups (see
+    `plan_units`): the same statistics (bit-identical counts) and the same summary.
+    `memory` is each task's budget; `shards` (default STATS/.shards) holds the per-unit
+    statistics until the final merge, so a rerun after an interruption reuses the finished
+    ones; `temp` is where tasks spill on their worker (default: its temporary directory)."""
     stats_dir = _refuse_url(stats_dir, "statistics directory")
     root = _refuse_url(shards, "shard directory") if shards is not None else stats_dir / SHARDS
     files = resolve_paths(paths)
@@ -237,21 +299,29 @@ def accumulate_distributed(client, stats_dir: str | os.PathLike, paths, *,
         task, window = previous.task, previous.window
     counted = {(s["path"], rg): s["size"] for s in (previous.sources if previous else [])
                for rg in s["row_groups"]}
-    units = []
-    for u in source_units(files):
-        if (u.path, u.row_group) in counted:
-            if counted[u.path, u.row_group] != u.size:
-                raise StreamfitError(f"{u.path} changed since it was counted (size "
-                                     f"{counted[u.path, u.row_group]} → {u.size}): use --overwrite")
+    todo = []
+    for g in row_groups(files):
+        if (g.path, g.row_group) in counted:
+            if counted[g.path, g.row_group] != g.size:
+                raise StreamfitError(f"{g.path} changed since it was counted (size "
+                                     f"{counted[g.path, g.row_group]} → {g.size}): use --overwrite")
             continue
-        units.append(u)
+        todo.append(g)
+    units = plan_units(todo, unit_values)
     if not units and previous is not None:
         shutil.rmtree(root, ignore_errors=True)
         return {"unchanged": True, **_summary(previous.header())}
     if not units:
         raise StreamfitError(f"no row groups in {', '.join(map(str, files))}: nothing to "
                              f"accumulate")
-    settings = {"task": task, "window": window if window is not None else 1, "memory": memory,
+    window = window if window is not None else 1
+    template = accumulator_for(files, task, window=window, **options)
+    if template.task == "classify" and template.columns["features"] is not None \
+            and options.get("n_features") is None:
+        width = first_dense_width([(g.path, g.row_group) for u in units for g in u.parts],
+                                  template.task, options)
+        options = {**options, "n_features": width}
+    settings = {"task": template.task, "window": window, "memory": memory,
                 "batch_rows": batch_rows, "options": options,
                 "temp": None if temp is None else str(temp)}
     root.mkdir(parents=True, exist_ok=True)
@@ -298,43 +368,42 @@ def merge_distributed(client, out_dir: str | os.PathLike, dirs, *,
 # --- streaming passes ----------------------------------------------------------------------
 def _evaluate_unit(unit: Unit, weights: str, top_k: int, batch_rows: int, columns: dict) -> Scores:
     model = load_model(weights)
-    return score_examples(model, unit_examples(
-        unit.path, [unit.row_group], task=model.task, window=model.window,
-        n_classes=model.n_classes, n_features=model.n_features, batch_rows=batch_rows,
-        **columns), top_k)
+    return score_examples(model, unit_batches(
+        unit, task=model.task, window=model.window, n_classes=model.n_classes,
+        n_features=model.n_features, batch_rows=batch_rows, **columns), top_k)
 
 
 def evaluate_distributed(client, weights: str | os.PathLike, paths, *, top_k: int = 5,
                          progress: bool = False, batch_rows: int = DEFAULT_BATCH_ROWS,
-                         **columns) -> dict:
-    """`evaluate.evaluate` of the weights file on a Dask cluster, one task per row group."""
+                         unit_values: int | None = None, **columns) -> dict:
+    """`evaluate.evaluate` of the weights file on a Dask cluster, one task per unit of row
+    groups (see `plan_units`)."""
     path = str(Path(_refuse_url(weights, "weights file")).resolve())
     load_model(path)  # a missing or damaged weights file is reported here, once
-    scores = map_sum(client, _evaluate_unit, source_units(paths), path, top_k, batch_rows,
-                     columns, progress=progress, desc="evaluate")
+    scores = map_sum(client, _evaluate_unit, source_units(paths, unit_values), path, top_k,
+                     batch_rows, columns, progress=progress, desc="evaluate")
     return metrics(scores, top_k)
 
 
 def _pass_unit(unit: Unit, w, expected: bool, observed: bool, layout: dict) -> PassResult:
-    return full_pass(w, unit_examples(unit.path, [unit.row_group], **layout),
-                     expected=expected, observed=observed)
+    return full_pass(w, unit_batches(unit, **layout), expected=expected, observed=observed)
 
 
 def _growth_unit(unit: Unit, layers, full: bool, layout: dict):
     from .grow import growth_pass
-    return growth_pass(layers, unit_examples(unit.path, [unit.row_group], **layout), full=full)
+    return growth_pass(layers, unit_batches(unit, **layout), full=full)
 
 
 def _hessian_unit(unit: Unit, candidates, layout: dict):
     from .newton import hessian_pass
-    return hessian_pass(candidates, unit_examples(unit.path, [unit.row_group], **layout))
+    return hessian_pass(candidates, unit_batches(unit, **layout))
 
 
-def _scattered_pass(client, unit_fn: Callable, paths, layout: dict) -> Callable:
+def _scattered_pass(client, unit_fn: Callable, paths, unit_values: int | None, **layout) -> Callable:
     """A pass function for the data at `paths`: its first argument (the parameters) is sent
-    to every worker once per pass, each row group is a task of unit_fn, the results are
-    tree-summed."""
-    units = source_units(paths)
+    to every worker once per pass, each unit of row groups is a task of unit_fn, the
+    results are tree-summed."""
+    units = source_units(paths, unit_values)
 
     def pass_fn(params, *flags):
         shared = client.scatter([params], broadcast=True, hash=False)[0]  # one object, lists too
@@ -346,30 +415,33 @@ def _scattered_pass(client, unit_fn: Callable, paths, layout: dict) -> Callable:
 
 
 def pass_function(client, paths, *, task: str, window: int, n_classes: int, n_features: int,
-                  batch_rows: int = DEFAULT_BATCH_ROWS, **columns) -> PassFn:
+                  batch_rows: int = DEFAULT_BATCH_ROWS, unit_values: int | None = None,
+                  **columns) -> PassFn:
     """refine's full pass (loss, accuracy, E and F) on a Dask cluster: W is sent to every
-    worker once per pass, each row group is a task, the PassResults are tree-summed."""
-    return _scattered_pass(client, _pass_unit, paths, dict(
-        task=task, window=window, n_classes=n_classes, n_features=n_features,
-        batch_rows=batch_rows, **columns))
+    worker once per pass, each unit of row groups is a task, the PassResults are
+    tree-summed."""
+    return _scattered_pass(client, _pass_unit, paths, unit_values, task=task, window=window,
+                           n_classes=n_classes, n_features=n_features, batch_rows=batch_rows,
+                           **columns)
 
 
 def hessian_function(client, paths, *, task: str, window: int, n_classes: int,
-                     n_features: int, batch_rows: int = DEFAULT_BATCH_ROWS, **columns) -> Callable:
+                     n_features: int, batch_rows: int = DEFAULT_BATCH_ROWS,
+                     unit_values: int | None = None, **columns) -> Callable:
     """refine --method newton's pass (losses and gradients at the candidate steps, the
     Hessian at the first) on a Dask cluster: the candidates are sent to every worker once per
-    pass, the HessianSums of the row groups are tree-summed."""
-    return _scattered_pass(client, _hessian_unit, paths, dict(
-        task=task, window=window, n_classes=n_classes, n_features=n_features,
-        batch_rows=batch_rows, **columns))
+    pass, the HessianSums of the units are tree-summed."""
+    return _scattered_pass(client, _hessian_unit, paths, unit_values, task=task, window=window,
+                           n_classes=n_classes, n_features=n_features, batch_rows=batch_rows,
+                           **columns)
 
 
 def growth_pass_function(client, paths, *, task: str, window: int, n_classes: int,
                          n_features: int, batch_rows: int = DEFAULT_BATCH_ROWS,
-                         **columns) -> Callable:
+                         unit_values: int | None = None, **columns) -> Callable:
     """grow's training pass (the growth statistics, or the output layer's loss and gradient)
     on a Dask cluster: the layers are sent to every worker once per pass, the GrowthSums of
-    the row groups are tree-summed."""
-    return _scattered_pass(client, _growth_unit, paths, dict(
-        task=task, window=window, n_classes=n_classes, n_features=n_features,
-        batch_rows=batch_rows, **columns))
+    the units are tree-summed."""
+    return _scattered_pass(client, _growth_unit, paths, unit_values, task=task, window=window,
+                           n_classes=n_classes, n_features=n_features, batch_rows=batch_rows,
+                           **columns)

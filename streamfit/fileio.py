@@ -145,11 +145,12 @@ class NpyWriter:
         self._fh.write(values.tobytes())
         self.n += values.size
 
-    def close(self) -> None:
+    def close(self, sync: bool = True) -> None:
         self._fh.seek(0)
         self._fh.write(self._header(self.n))
         self._fh.flush()
-        os.fsync(self._fh.fileno())
+        if sync:
+            os.fsync(self._fh.fileno())
         self._fh.close()
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import multiprocessing
 import os
 import queue as queue_module
@@ -30,9 +31,9 @@ from .accumulate import Accumulator, accumulator_for
 from .errors import InputError, StreamfitError
 from .fileio import DirectoryLock, fault_point, write_json
 from .reading import DEFAULT_BATCH_ROWS, iter_batches, open_parquet, resolve_paths
-from .spill import merge_runs, remove_run, statistics_as_run, write_run
+from .spill import cells, merge_runs, remove_run, statistics_as_run, write_run
 from .stats import (FORMAT, MANIFEST, SCHEMA_VERSION, check_mergeable, combined_sources, commit,
-                    load, new_generation)
+                    load, new_generation, save_arrays)
 
 JOURNAL = "journal.json"
 DEFAULT_MEMORY = 2 << 30
@@ -103,9 +104,12 @@ class Journal:
         return {(p, int(rg)) for p, groups in self.done.items() for rg in groups}
 
 
-def _work(worker: int, units: list[tuple[str, int, int]], job: Job, report: Callable) -> None:
+def _work(worker: int, units: list[tuple[str, int, int]], job: Job, report: Callable,
+          keep_last: bool = False) -> None:
     """Accumulate `units` (path, row group, rows already journalled), spilling a run and
-    reporting it whenever the table reaches the budget or a checkpoint is due."""
+    reporting it whenever the table reaches the budget or a checkpoint is due. With
+    `keep_last`, a table that never had to spill is reported in memory ("table": sorted
+    keys and values) instead of as a run."""
     acc = Accumulator(job.task, **job.options)
     # The table may take half the budget (16 bytes a slot); spilling it takes about as much.
     acc.table.max_bits = max(10, int(np.log2(max(job.budget // 2 // 16, 1024))))
@@ -114,11 +118,16 @@ def _work(worker: int, units: list[tuple[str, int, int]], job: Job, report: Call
     last = time.monotonic()
     current: tuple[str, int, int] | None = None
 
-    def spill() -> None:
-        nonlocal done, last
+    spilled = False
+
+    def spill(final: bool = False) -> None:
+        nonlocal done, last, spilled
         keys, vals, counts = acc.take()
-        run = write_run(work, keys, vals) if keys.size else None
+        in_memory = final and keep_last and not spilled
+        run = write_run(work, keys, vals) if keys.size and not in_memory else None
+        spilled = True
         report({"kind": "spill", "worker": worker, "run": run, "done": done,
+                "table": (keys, vals) if in_memory else None,
                 "partial": [current] if current else [], "counts": counts,
                 "extent": {"max_id": acc.max_id, "max_label": acc.max_label,
                            "max_width": acc.max_width}})
@@ -146,7 +155,7 @@ def _work(worker: int, units: list[tuple[str, int, int]], job: Job, report: Call
                 spill()
         done.append((path, rg, rows))
         current = None
-    spill()
+    spill(final=True)
 
 
 def _die_with_parent() -> None:
@@ -258,10 +267,7 @@ def _accumulate_locked(stats_dir, work, files, task, window, overwrite, memory, 
             f"{stats_dir} holds {previous.task} statistics with window {previous.window}, "
             f"not {template.task} window {template.window}: use another --stats directory "
             f"or --overwrite")
-    job_options = {"window": template.window, **template.columns,
-                   "vocab_size": template.n_classes if template.task == "lm" else None,
-                   "n_classes": template.n_classes if template.task == "classify" else None,
-                   "n_features": template.n_features_fixed}
+    job_options = _job_options(template)
     identity = {"task": template.task, **job_options}
     journal = _open_journal(work, identity, previous, overwrite)
     counted = {(s["path"], rg) for s in (previous.sources if previous else [])
@@ -285,6 +291,10 @@ def _accumulate_locked(stats_dir, work, files, task, window, overwrite, memory, 
             total_rows += meta.row_group(rg).num_rows - skip
     resumed = bool(journal.runs or journal.done)
     if units:
+        if jobs > 1 and template.task == "classify" and template.columns["features"] is not None \
+                and template.n_features_fixed is None:
+            width = first_dense_width([(p, rg) for p, rg, _ in units], template.task, job_options)
+            job_options = {**job_options, "n_features": width}
         job = Job(template.task, job_options, batch_rows, max(memory // jobs, 1 << 16),
                   str(work), checkpoint_seconds)
         assignments = [units[w::jobs] for w in range(min(jobs, len(units)))]
@@ -308,6 +318,57 @@ def _accumulate_locked(stats_dir, work, files, task, window, overwrite, memory, 
     manifest = _merge_into(stats_dir, work, journal, previous, template, memory)
     shutil.rmtree(work, ignore_errors=True)
     return {"unchanged": False, "resumed": resumed, **_summary(manifest)}
+
+
+def first_dense_width(units: list[tuple[str, int]], task: str, options: dict) -> int | None:
+    """The length of the first dense feature row of the row groups `units` ((path, row
+    group)), which several workers are all held to, as one process holds every row to its
+    first one."""
+    for path, rg in units:
+        probe = accumulator_for([Path(path)], task, **options)
+        for b in iter_batches(Path(path), probe.input_columns, row_groups=[rg], batch_rows=1):
+            try:
+                probe.update(b.data)
+            except InputError as exc:
+                raise exc.located(path=str(path), row_group=rg, row_offset=b.row_offset) from None
+            return probe.dense_width
+    return None
+
+
+def _job_options(template: Accumulator) -> dict:
+    return {"window": template.window, **template.columns,
+            "vocab_size": template.n_classes if template.task == "lm" else None,
+            "n_classes": template.n_classes if template.task == "classify" else None,
+            "n_features": template.n_features_fixed}
+
+
+def count_units(out_dir: str | os.PathLike, units: list[tuple[str, int]], *, task: str | None,
+                window: int = 1, memory: int = DEFAULT_MEMORY, temp: str | os.PathLike,
+                batch_rows: int = DEFAULT_BATCH_ROWS, **options) -> dict:
+    """Count the row groups `units` ((resolved path, row group), in order) into the new
+    statistics directory `out_dir`, without a journal: a unit of distributed work, redone
+    whole if lost. While the table fits `memory` the statistics go from memory to disk
+    once (three arrays and a manifest); past it, runs are spilled to `temp` and merged.
+    Statistics of no examples are committed too. Returns the manifest."""
+    out_dir, work = Path(out_dir), Path(temp)
+    files = list(dict.fromkeys(Path(p) for p, _ in units))
+    template = accumulator_for(files, task, window=window, **options)
+    job_options = _job_options(template)
+    journal = Journal(options={"task": template.task, **job_options},
+                      sizes={str(p): os.path.getsize(p) for p in files})
+    tables = []
+
+    def on_report(msg: dict) -> None:
+        if msg["kind"] == "spill":
+            journal.record(msg)
+            if msg["table"] is not None:
+                tables.append(msg["table"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    job = Job(template.task, job_options, batch_rows, memory, str(work), math.inf)
+    _work(0, [(p, rg, 0) for p, rg in units], job, on_report, keep_last=True)
+    return _merge_into(out_dir, work, journal, None, template, memory,
+                       table=tables[0] if tables else None)
 
 
 def _summary(header: dict) -> dict:
@@ -343,8 +404,9 @@ def _open_journal(work: Path, identity: dict, previous, overwrite: bool) -> Jour
 
 
 def _merge_into(stats_dir: Path, work: Path, journal: Journal, previous, template: Accumulator,
-                memory: int) -> dict:
-    """Merge the journalled runs and the previous statistics into new statistics."""
+                memory: int, table: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """Merge the journalled runs and the previous statistics into new statistics; `table`
+    (sorted keys and values of a table that never spilled) is the only part when given."""
     runs = list(journal.runs)
     ext = journal.extent
     if template.task == "lm":
@@ -365,9 +427,17 @@ def _merge_into(stats_dir: Path, work: Path, journal: Journal, previous, templat
     if previous is not None:
         runs.append(statistics_as_run(previous, work))
     generation = new_generation()
-    arrays = merge_runs(work, runs, task=template.task, vocab_size=n_classes,
-                        n_features=n_features, value_dtype=dtype, out_dir=stats_dir,
-                        generation=generation, memory=memory)
+    if table is not None:
+        rows, cols = cells(table[0], template.task, n_classes)
+        indptr = np.zeros(n_features + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=n_features), out=indptr[1:])
+        arrays = save_arrays(stats_dir, generation, {"indptr": indptr,
+                                                     "indices": cols.astype(np.int32),
+                                                     "data": table[1].astype(dtype)})
+    else:
+        arrays = merge_runs(work, runs, task=template.task, vocab_size=n_classes,
+                            n_features=n_features, value_dtype=dtype, out_dir=stats_dir,
+                            generation=generation, memory=memory)
     sources = list(previous.sources) if previous is not None else []
     for path, groups in journal.done.items():
         entry = {"path": path, "size": journal.sizes[path],

@@ -55,19 +55,20 @@ def packed(rows: np.ndarray, cols: np.ndarray, task: str, vocab_size: int) -> np
 
 def statistics_as_run(stats, directory: Path, chunk_rows: int = 1 << 16) -> dict:
     """Write existing statistics as a run (CSR order is key order), a block of rows at a
-    time, so they merge with new runs in bounded memory."""
+    time, so they merge with new runs in bounded memory. Such a run lives only for one
+    merge and is never journalled (a merge killed midway starts over from the statistics),
+    so it is written without fsync."""
     name = f"run-{uuid.uuid4().hex[:12]}"
-    paths = {part: directory / f"{name}.{part}.npy" for part in ("keys", "vals")}
-    with atomic_path(paths["keys"]) as tk, atomic_path(paths["vals"]) as tv:
-        wk, wv = NpyWriter(tk, np.int64), NpyWriter(tv, stats.data.dtype)
-        for lo in range(0, stats.n_features, chunk_rows):
-            hi = min(stats.n_features, lo + chunk_rows)
-            p0, p1 = int(stats.indptr[lo]), int(stats.indptr[hi])
-            rows = lo + np.repeat(np.arange(hi - lo), np.diff(stats.indptr[lo:hi + 1]))
-            wk.append(packed(rows, np.asarray(stats.indices[p0:p1]), stats.task, stats.n_classes))
-            wv.append(np.asarray(stats.data[p0:p1]))
-        wk.close()
-        wv.close()
+    wk = NpyWriter(directory / f"{name}.keys.npy", np.int64)
+    wv = NpyWriter(directory / f"{name}.vals.npy", stats.data.dtype)
+    for lo in range(0, stats.n_features, chunk_rows):
+        hi = min(stats.n_features, lo + chunk_rows)
+        p0, p1 = int(stats.indptr[lo]), int(stats.indptr[hi])
+        rows = lo + np.repeat(np.arange(hi - lo), np.diff(stats.indptr[lo:hi + 1]))
+        wk.append(packed(rows, np.asarray(stats.indices[p0:p1]), stats.task, stats.n_classes))
+        wv.append(np.asarray(stats.data[p0:p1]))
+    wk.close(sync=False)
+    wv.close(sync=False)
     return {"name": name, "n": int(stats.nnz)}
 
 

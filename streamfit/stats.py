@@ -162,17 +162,23 @@ def commit(directory: Path, header: dict, arrays: dict) -> dict:
     return manifest
 
 
+def save_arrays(directory: Path, generation: str, arrays: dict[str, np.ndarray]) -> dict:
+    """Write the CSR arrays of one generation; returns their manifest entries (`commit`
+    makes them the statistics)."""
+    entries = {}
+    for name in ARRAYS:
+        fname = array_file(generation, name)
+        arr = arrays[name]
+        entries[name] = {"file": fname, "dtype": str(arr.dtype), "shape": list(arr.shape),
+                         **save_npy(directory / fname, arr)}
+    return entries
+
+
 def save(stats: Statistics, directory: str | os.PathLike) -> dict:
     """Write statistics to `directory` crash-safely; returns the manifest."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    generation = new_generation()
-    arrays = {}
-    for name in ARRAYS:
-        fname = array_file(generation, name)
-        arr = getattr(stats, name)
-        entry = save_npy(directory / fname, arr)
-        arrays[name] = {"file": fname, "dtype": str(arr.dtype), "shape": list(arr.shape), **entry}
+    arrays = save_arrays(directory, new_generation(), {n: getattr(stats, n) for n in ARRAYS})
     return commit(directory, stats.header(), arrays)
 
 

@@ -21,17 +21,17 @@ import pytest
 
 import streamfit
 from streamfit import distributed as D
-from streamfit import fileio, solve, synthetic
+from streamfit import fileio, pipeline, solve, synthetic
 from streamfit.cli import main
 from streamfit.errors import InputError, StreamfitError
 from streamfit.evaluate import evaluate, iter_examples
 from streamfit.model import load_model
-from streamfit.pipeline import accumulate_into
+from streamfit.pipeline import DEFAULT_MEMORY, accumulate_into, count_units
 from streamfit.refine import refine
 from streamfit.stats import load
 
 from conftest import (lm_count_oracle, markov_docs, random_feature_rows, dense_to_sparse,
-                      write_sparse, write_tokens)
+                      write_dense, write_sparse, write_tokens)
 
 WINDOW = 2
 
@@ -134,6 +134,61 @@ def assert_same_statistics(got_dir: Path, want_dir: Path, exact: bool) -> None:
     assert len(keys) == len(set(keys))
 
 
+# --- units ---------------------------------------------------------------------------------
+def _groups(files: list[tuple[str, list[int]]]) -> list:
+    return [D.RowGroup(f"/{name}", 1000, rg, 10, values)
+            for name, sizes in files for rg, values in enumerate(sizes)]
+
+
+def _plan(units) -> list:
+    return [[(g.path, g.row_group) for g in u.parts] for u in units]
+
+
+def test_units_gather_consecutive_row_groups_across_files():
+    groups = _groups([("a", [30, 30, 50, 10]), ("b", [70]), ("c", [20, 5]), ("d", [40, 5])])
+    units = D.plan_units(groups, unit_values=60)
+    assert _plan(units) == [[("/a", 0), ("/a", 1)], [("/a", 2), ("/a", 3)], [("/b", 0)],
+                            [("/c", 0), ("/c", 1), ("/d", 0)], [("/d", 1)]]
+    assert units[3].files() == [("/c", [0, 1]), ("/d", [0])]
+    assert [u.rows for u in units] == [20, 20, 10, 30, 10]
+    assert D.plan_units(groups, unit_values=1) == [D.Unit((g,)) for g in groups]
+
+
+def test_default_units_are_capped_and_make_at_least_min_units(monkeypatch):
+    groups = _groups([("a", [100] * 16)])
+    monkeypatch.setattr(D, "MIN_UNITS", 8)
+    assert len(D.plan_units(groups)) == 8  # 1600 // 8 = 200 values a unit
+    monkeypatch.setattr(D, "UNIT_VALUES", 300)
+    assert len(D.plan_units(groups)) == 8
+    monkeypatch.setattr(D, "UNIT_VALUES", 100)
+    assert len(D.plan_units(groups)) == 16
+
+
+def test_a_unit_in_memory_or_spilled_has_the_counts_of_the_definition(tmp_path, monkeypatch):
+    """pipeline.count_units, the task of a distributed accumulate: row groups 1, 2 and 4 of
+    a file; in memory with the default budget, spilled and merged with a 64 KiB one."""
+    chain = synthetic.markov_chain(40, concentration=1.0, seed=1)
+    docs = markov_docs(chain, 60, 40, seed=2)
+    path = write_tokens(tmp_path / "t.parquet", docs, row_group_size=10)
+    key = str(path.resolve())
+    spills = []
+    write_run = pipeline.write_run
+    monkeypatch.setattr(pipeline, "write_run", lambda *a: spills.append(1) or write_run(*a))
+    for memory, spilled in ((DEFAULT_MEMORY, False), (1 << 16, True)):
+        spills.clear()
+        out = tmp_path / f"unit-{memory}"
+        count_units(out, [(key, rg) for rg in (1, 2, 4)], task=None, window=2, memory=memory,
+                    temp=tmp_path / "work", batch_rows=2, vocab_size=40)
+        assert bool(spills) == spilled
+        stats = load(out, check=True)
+        np.testing.assert_array_equal(stats.csr().toarray(),
+                                      lm_count_oracle(docs[10:30] + docs[40:50], 2, 40))
+        assert stats.n_examples == 30 * 40
+        assert stats.sources == [{"path": key, "size": path.stat().st_size,
+                                  "row_groups": [1, 2, 4], "rows": 30}]
+        assert not list((tmp_path / "work").iterdir())  # spilled runs removed
+
+
 # --- accumulate ----------------------------------------------------------------------------
 def test_accumulate_on_dask_is_bit_identical_to_one_process(client, tokens, tmp_path):
     files, docs = tokens
@@ -153,21 +208,48 @@ def test_feature_statistics_on_dask_match_to_summation_order(client, features, t
     assert_same_statistics(tmp_path / "dask", tmp_path / "one", exact=False)
 
 
-@pytest.mark.parametrize("point", ["after_batch:3", "after_unit:2"])
-def test_a_worker_killed_mid_run_changes_nothing(client, tokens, tmp_path, point):
+def test_dense_features_on_dask(client, tmp_path):
+    """Dense rows: the same statistics as one process; rows of another width in another
+    unit are refused with the message one process gives (and one machine's --jobs 2)."""
+    y, x = random_feature_rows(np.random.default_rng(5), 80, 6, 3, zero_rows=2)
+    dense = write_dense(tmp_path / "d.parquet", y, x, row_group_size=10)
+    accumulate_into(tmp_path / "one", [dense])
+    D.accumulate_distributed(client, tmp_path / "dask", [dense])
+    assert_same_statistics(tmp_path / "dask", tmp_path / "one", exact=False)
+    ragged = write_dense(tmp_path / "r.parquet", [0, 1] * 4,
+                         [[1.0, 2.0, 0.0, 1.0]] * 4 + [[1.0, 0.0, 3.0, 1.0, 2.0]] * 4,
+                         row_group_size=4)
+    with pytest.raises(InputError) as one:
+        accumulate_into(tmp_path / "one-r", [ragged])
+    with pytest.raises(InputError) as dask:
+        D.accumulate_distributed(client, tmp_path / "dask-r", [ragged], unit_values=1)
+    assert "ragged dense features" in str(one.value) and "row group 1" in str(one.value)
+    assert str(dask.value) == str(one.value)
+    with pytest.raises(InputError) as jobs:
+        accumulate_into(tmp_path / "jobs-r", [ragged], jobs=2)
+    assert str(jobs.value) == str(one.value)
+
+
+@pytest.mark.parametrize("point,unit_values", [("after_batch:5", None), ("after_unit:1", 1)])
+def test_a_worker_killed_mid_run_changes_nothing(client, tokens, tmp_path, point, unit_values):
+    """Killed in the second row group of a unit of several (batches of 4 rows, 3 per row
+    group), or after a unit of one row group has written its shard."""
     files, _ = tokens
+    if unit_values is None:
+        assert min(len(u.parts) for u in D.source_units(files)[:-1]) >= 2
     accumulate_into(tmp_path / "one", files, window=WINDOW)
     with KillOneWorker(client, point):
-        D.accumulate_distributed(client, tmp_path / "dask", files, window=WINDOW, batch_rows=4)
+        D.accumulate_distributed(client, tmp_path / "dask", files, window=WINDOW, batch_rows=4,
+                                 unit_values=unit_values)
     assert_same_statistics(tmp_path / "dask", tmp_path / "one", exact=True)
 
 
 def test_an_interrupted_run_reuses_its_shards_and_merges_in_a_tree(client, tokens, tmp_path,
                                                                    monkeypatch):
-    """With a fan-in of 2 the 16 unit shards are merged on the workers in a tree (16 → 8 → 4
-    → 2) while a worker dies; the run is interrupted before its last merge. Run again, it
-    reuses every shard (workers armed to die at their first batch survive) and ends with
-    the statistics of one process."""
+    """With a fan-in of 2 the 16 unit shards (one row group each) are merged on the workers
+    in a tree (16 → 8 → 4 → 2) while a worker dies; the run is interrupted before its last
+    merge. Run again with the same units, it reuses every shard (workers armed to die at
+    their first batch survive) and ends with the statistics of one process."""
     files, _ = tokens
     accumulate_into(tmp_path / "one", files, window=WINDOW)
     monkeypatch.setattr(D, "MERGE_FAN_IN", 2)
@@ -175,8 +257,9 @@ def test_an_interrupted_run_reuses_its_shards_and_merges_in_a_tree(client, token
     def interrupted(*a, **k):
         raise KeyboardInterrupt
     monkeypatch.setattr(D, "merge_into", interrupted)  # here only: the workers merge as usual
-    with KillOneWorker(client, "after_unit:3"), pytest.raises(KeyboardInterrupt):
-        D.accumulate_distributed(client, tmp_path / "dask", files, window=WINDOW, batch_rows=4)
+    with KillOneWorker(client, "after_unit:1"), pytest.raises(KeyboardInterrupt):
+        D.accumulate_distributed(client, tmp_path / "dask", files, window=WINDOW, batch_rows=4,
+                                 unit_values=1)
     shards = tmp_path / "dask" / D.SHARDS
     assert len(list(shards.glob("unit-*/manifest.json"))) == 16
     assert len(list(shards.glob("merge-*/manifest.json"))) == 8 + 4 + 2
@@ -185,7 +268,8 @@ def test_an_interrupted_run_reuses_its_shards_and_merges_in_a_tree(client, token
     survivors = set(client.scheduler_info()["workers"])
     client.run(_arm, "after_batch:1")
     try:
-        summary = D.accumulate_distributed(client, tmp_path / "dask", files, window=WINDOW)
+        summary = D.accumulate_distributed(client, tmp_path / "dask", files, window=WINDOW,
+                                           unit_values=1)
         assert set(client.scheduler_info()["workers"]) == survivors  # nothing was read again
     finally:
         client.run(_arm, "")
@@ -235,15 +319,22 @@ def test_urls_are_refused(client, tokens, tmp_path):
 def test_evaluate_on_dask_matches_one_process(client, features):
     model = load_model(features["weights"])
     want = evaluate(model, [features["train"], features["heldout"]], top_k=2)
-    with KillOneWorker(client, "after_unit:2"):
+    with KillOneWorker(client, "after_unit:1"):
         got = D.evaluate_distributed(client, features["weights"],
-                                     [features["train"], features["heldout"]], top_k=2)
+                                     [features["train"], features["heldout"]], top_k=2,
+                                     unit_values=1)
     assert got.keys() == want.keys()
     for k in want:
         assert got[k] == pytest.approx(want[k], rel=1e-12), k
     # the tree of sums is fixed by the units' order: a second run agrees to the bit
     assert D.evaluate_distributed(client, features["weights"],
-                                  [features["train"], features["heldout"]], top_k=2) == got
+                                  [features["train"], features["heldout"]], top_k=2,
+                                  unit_values=1) == got
+    # the default units, of several row groups: the same up to summation order
+    default = D.evaluate_distributed(client, features["weights"],
+                                     [features["train"], features["heldout"]], top_k=2)
+    for k in want:
+        assert default[k] == pytest.approx(want[k], rel=1e-12), k
 
 
 @pytest.mark.parametrize("method,kill", [("gis", True), ("lbfgs", False)])
@@ -255,8 +346,8 @@ def test_refine_passes_on_dask_match_one_process(client, features, tmp_path, met
     held = lambda: iter_examples([features["heldout"]], **layout)
     want = refine(model, train, tmp_path / "one.npy", method=method, passes=3, heldout=held,
                   l2=1e-3)
-    pass_fn = D.pass_function(client, [features["train"]], **layout)
-    with KillOneWorker(client, "after_unit:2") if kill else contextlib.nullcontext():
+    pass_fn = D.pass_function(client, [features["train"]], unit_values=1 if kill else None, **layout)
+    with KillOneWorker(client, "after_unit:1") if kill else contextlib.nullcontext():
         got = refine(model, train, tmp_path / "dask.npy", method=method, passes=3, heldout=held,
                      l2=1e-3, pass_fn=pass_fn)
     np.testing.assert_allclose(np.asarray(got.dense), np.asarray(want.dense), rtol=1e-6, atol=1e-7)
@@ -306,9 +397,11 @@ def test_growth_passes_on_dask_match_one_process(client, features, tmp_path, kil
 
 def test_map_sum_adds_in_a_fixed_order(client, tokens):
     """The executor itself: an integer-valued pure function over every unit."""
-    units = D.source_units(tokens[0])
+    first = tokens[0][0]
+    units = D.source_units([first], unit_values=1)  # one row group each
+    assert [u.files() for u in units] == [[(str(first.resolve()), [rg])] for rg in range(8)]
     got = D.map_sum(client, _rows_and_groups, units, 1000)
-    assert got == [sum(u.rows for u in units), sum(1000 + u.row_group for u in units)]
+    assert got == [80, sum(1000 + rg for rg in range(8))]
 
 
 class _Pair(list):
@@ -317,7 +410,7 @@ class _Pair(list):
 
 
 def _rows_and_groups(unit, offset):
-    return _Pair([unit.rows, offset + unit.row_group])
+    return _Pair([unit.rows, sum(offset + g.row_group for g in unit.parts)])
 
 
 # --- the command ---------------------------------------------------------------------------
@@ -332,7 +425,7 @@ def test_cli_accumulate_on_a_local_cluster(client, tokens, tmp_path, capsys):
     files, _ = tokens
     accumulate_into(tmp_path / "one", files, window=WINDOW)
     rc, out, err = run(capsys, "accumulate", *files, "--stats", tmp_path / "dask", "--window",
-                       WINDOW, "--dask-workers", 2, "--quiet")
+                       WINDOW, "--dask-workers", 2, "--unit-values", 10 ** 6, "--quiet")
     assert rc == 0, err
     assert_same_statistics(tmp_path / "dask", tmp_path / "one", exact=True)
 
@@ -376,6 +469,8 @@ def test_cli_refuses_what_dask_does_not_do(features, tmp_path, capsys):
     rc, _, err = run(capsys, "accumulate", train, "--stats", tmp_path / "s", "--shards",
                      tmp_path / "sh")
     assert rc == 1 and "--shards" in err
+    rc, _, err = run(capsys, "accumulate", train, "--stats", tmp_path / "s", "--unit-values", 8000)
+    assert rc == 1 and "--unit-values" in err
     with pytest.raises(SystemExit):
         main(["evaluate", "--weights", str(w), str(train), "--scheduler", "tcp://x:1",
               "--dask-workers", "2"])

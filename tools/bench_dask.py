@@ -2,23 +2,29 @@
 """Benchmark: streamfit on a local Dask cluster of 1 and 2 worker processes against one
 process and `accumulate --jobs 2`, all in the same run (compare ratios, not absolute times).
 
-What it measures, on a token corpus: by default a synthetic one written here (documents of
-a first-order Markov chain over ``--vocab`` states, deterministic from the seed, ``--row-groups``
-row groups of 1,000 documents of 400 tokens in one file), or ``--corpus`` Parquet files:
+What it measures, on token corpora: by default two synthetic ones written here (documents
+of 400 tokens of a first-order Markov chain over ``--vocab`` states, deterministic from the
+seed, in one file each): *small row groups*, ``--row-groups`` row groups of 1,000 documents
+(0.4M tokens, ~1.6 MB), and *large row groups*, ``--large-row-groups`` row groups of 10,000
+documents (4M tokens, ~16 MB, closer to what Parquet writers produce); or ``--corpus``
+Parquet files:
 
-- accumulate (window ``--window``): ``pipeline.accumulate_into`` with jobs 1 and 2, and
-  ``distributed.accumulate_distributed`` on a LocalCluster of 1 and 2 workers (one task
-  per row group, shards tree-merged, final merge in this process);
-- evaluate: the conditional explicit solution (sparse layout) of those statistics scored on
-  the same corpus, by ``evaluate.evaluate`` and by ``distributed.evaluate_distributed``.
+- accumulate (window ``--window``) on every corpus: ``pipeline.accumulate_into`` with jobs
+  1 and 2, and ``distributed.accumulate_distributed`` on a LocalCluster of 1 and 2 workers
+  (its default units of row groups, see ``distributed.plan_units``; shards merged in this
+  process);
+- evaluate, on the first corpus: the conditional explicit solution of its statistics scored
+  on it, by ``evaluate.evaluate`` and by ``distributed.evaluate_distributed``.
 
-Every configuration runs once untimed (warm-up: numba's kernel cache, the workers' imports),
-then ``--repeat`` times; the best time is reported. A cluster's start-up (processes, imports)
-is timed apart: it is paid once per command, not per row group. All statistics must have
-the same checksum and all evaluations the same cross-entropy (to 1e-9): the tool stops
-otherwise. Calls are in-process through the Python API (no interpreter start-up).
+The configurations run in rounds — one untimed (warm-up: numba's kernel cache, the workers'
+imports), then ``--repeat`` timed — each round running every configuration once, so that a
+change of load on a shared machine falls on all of them alike; the best time of each is
+reported. A cluster's start-up (processes, imports) is timed apart: it is paid once per
+command, not per task. All statistics must have the same checksum and all evaluations the
+same cross-entropy (to 1e-9): the tool stops otherwise. Calls are in-process through the
+Python API (no interpreter start-up).
 
-    python tools/bench_dask.py                 # ~3 min on 2 cores; writes docs/distributed.md's figures
+    python tools/bench_dask.py                 # ~5 min on 2 cores; writes docs/distributed.md's figures
     python tools/bench_dask.py --corpus data/gcide/train.parquet --window 2 --no-write
 
 Evaluating a model of a large vocabulary is slow (minutes for GCIDE's 16,384 classes): keep
@@ -27,6 +33,7 @@ Evaluating a model of a large vocabulary is slow (minutes for GCIDE's 16,384 cla
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -62,101 +69,115 @@ def log(msg: str) -> None:
 
 def synthetic_corpus(tmp: Path, vocab: int, row_groups: int, docs: int = 1000,
                      doc_len: int = 400) -> str:
-    """A Markov chain's documents, one file of `row_groups` row groups."""
+    """A Markov chain's documents, one file of `row_groups` row groups of `docs` documents."""
     chain = synthetic.markov_chain(vocab, concentration=0.3, seed=0)
     tokens, offsets = synthetic.sample_documents(chain, docs * row_groups, doc_len, seed=1)
     table = pa.table({"tokens": pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)),
                                                          pa.array(tokens))})
-    path = tmp / f"markov-v{vocab}.parquet"
+    path = tmp / f"markov-v{vocab}-{row_groups}x{docs}.parquet"
     pq.write_table(table, path, row_group_size=docs)
     return str(path)
 
 
-def best_of(fn, repeat: int) -> tuple[float, object]:
-    fn()  # warm-up
-    times, out = [], None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return min(times), out
-
-
-def run(corpus: list[str], window: int, workers: list[int], repeat: int, tmp: Path) -> dict:
-    files = resolve_paths(corpus)
-    groups = sum(open_parquet(p).metadata.num_row_groups for p in files)
-    rows = []
-    checksums = {}
-
-    def acc_local(jobs):
-        d = tmp / f"jobs{jobs}"
-        accumulate_into(d, files, window=window, jobs=jobs, overwrite=True)
-        return d
-
-    for jobs in (1, 2):
-        log(f"accumulate --jobs {jobs}")
-        s, d = best_of(lambda: acc_local(jobs), repeat)
-        checksums[f"jobs {jobs}"] = checksum_of(d)
-        rows.append({"task": "accumulate", "how": f"one machine, --jobs {jobs}", "n": jobs,
-                     "seconds": s})
-    stats = load(tmp / "jobs1")
-    tokens = stats.n_examples
+def run(corpora: dict[str, list[str]], window: int, workers: list[int], repeat: int,
+        tmp: Path) -> dict:
+    """Every configuration on every corpus (evaluate on the first only), in interleaved
+    rounds after a warm-up round, so that a change of load on the shared machine falls on
+    every configuration alike; the best round of each counts. The statistics of each corpus
+    must have one checksum across configurations, evaluations one cross-entropy."""
+    files = {name: resolve_paths(c) for name, c in corpora.items()}
+    first = next(iter(corpora))
+    facts = {}
+    for name, fs in files.items():
+        accumulate_into(tmp / f"{name}-ref", fs, window=window)
+        stats = load(tmp / f"{name}-ref")
+        facts[name] = {"files": [str(p) for p in fs], "tokens": stats.n_examples,
+                       "nnz": stats.nnz, "units": len(D.source_units(fs)),
+                       "row_groups": sum(open_parquet(p).metadata.num_row_groups for p in fs)}
+    stats = load(tmp / f"{first}-ref")
     weights = tmp / "w.npy"
     finalize(stats, weights, form="conditional", layout="dense" if stats.n_classes <= 4096
              else "sparse")
     model = load_model(weights)
-    log("evaluate, one process")
-    s, ref = best_of(lambda: evaluate(model, files, top_k=5), repeat)
-    rows.append({"task": "evaluate", "how": "one process", "n": 1, "seconds": s})
-    for n in workers:
-        log(f"LocalCluster of {n} worker(s)")
-        t = time.perf_counter()
-        with D.cluster(workers=n) as client:
-            client.wait_for_workers(n)
-            startup = time.perf_counter() - t
+    ref = evaluate(model, files[first], top_k=5)
 
-            def acc_dask():
-                D.accumulate_distributed(client, tmp / f"dask{n}", files, window=window,
-                                         overwrite=True)
-                return tmp / f"dask{n}"
-            s, d = best_of(acc_dask, repeat)
-            checksums[f"dask {n}"] = checksum_of(d)
-            rows.append({"task": "accumulate", "how": f"Dask, {n} local worker(s)", "n": n,
-                         "seconds": s, "startup": startup})
-            s, got = best_of(lambda: D.evaluate_distributed(client, weights, files, top_k=5),
-                             repeat)
-            if abs(got["cross_entropy"] - ref["cross_entropy"]) > 1e-9 * ref["cross_entropy"]:
-                raise SystemExit(f"evaluate on Dask differs: {got} vs {ref}")
-            rows.append({"task": "evaluate", "how": f"Dask, {n} local worker(s)", "n": n,
-                         "seconds": s, "startup": startup})
-    if len(set(checksums.values())) != 1:
-        raise SystemExit(f"statistics differ between configurations: {checksums}")
+    def acc(name, d, fn):
+        fn()
+        return ("checksum", name, checksum_of(d))
+
+    def ev(fn):
+        got = fn()
+        if abs(got["cross_entropy"] - ref["cross_entropy"]) > 1e-9 * ref["cross_entropy"]:
+            raise SystemExit(f"evaluate on Dask differs: {got} vs {ref}")
+        return None
+
+    configs, startup = [], {}
+    with contextlib.ExitStack() as stack:
+        for name, fs in files.items():
+            for jobs in (1, 2):
+                d = tmp / f"{name}-jobs{jobs}"
+                configs.append(({"corpus": name, "task": "accumulate", "how": f"one machine, --jobs {jobs}",
+                                 "n": jobs}, lambda name=name, fs=fs, d=d, jobs=jobs: acc(
+                    name, d, lambda: accumulate_into(d, fs, window=window, jobs=jobs, overwrite=True))))
+        configs.append(({"corpus": first, "task": "evaluate", "how": "one process", "n": 1},
+                        lambda: ev(lambda: evaluate(model, files[first], top_k=5))))
+        for n in workers:
+            log(f"LocalCluster of {n} worker(s)")
+            t = time.perf_counter()
+            client = stack.enter_context(D.cluster(workers=n))
+            client.wait_for_workers(n)
+            startup[n] = time.perf_counter() - t
+            for name, fs in files.items():
+                d = tmp / f"{name}-dask{n}"
+                configs.append(({"corpus": name, "task": "accumulate", "how": f"Dask, {n} local worker(s)",
+                                 "n": n, "startup": startup[n]},
+                                lambda name=name, fs=fs, d=d, client=client: acc(
+                    name, d, lambda: D.accumulate_distributed(client, d, fs, window=window,
+                                                              overwrite=True))))
+            configs.append(({"corpus": first, "task": "evaluate", "how": f"Dask, {n} local worker(s)",
+                             "n": n, "startup": startup[n]},
+                            lambda client=client: ev(lambda: D.evaluate_distributed(
+                                client, weights, files[first], top_k=5))))
+        times = [[] for _ in configs]
+        checksums = {name: {checksum_of(tmp / f"{name}-ref")} for name in files}
+        for r in range(repeat + 1):
+            log(f"round {r} of {repeat}" + (" (warm-up, untimed)" if r == 0 else ""))
+            for (row, fn), ts in zip(configs, times):
+                t = time.perf_counter()
+                out = fn()
+                if r:
+                    ts.append(time.perf_counter() - t)
+                if out is not None:
+                    checksums[out[1]].add(out[2])
+    differ = {name: c for name, c in checksums.items() if len(c) != 1}
+    if differ:
+        raise SystemExit(f"statistics differ between configurations: {differ}")
+    rows = [{**row, "seconds": min(ts), "all_seconds": ts} for (row, _), ts in zip(configs, times)]
     for r in rows:
-        base = next(b for b in rows if b["task"] == r["task"] and b["n"] == 1
-                    and not b["how"].startswith("Dask"))
-        r["tokens_per_s"] = tokens / r["seconds"]
+        base = next(b for b in rows if (b["corpus"], b["task"]) == (r["corpus"], r["task"])
+                    and b["n"] == 1 and not b["how"].startswith("Dask"))
+        r["tokens_per_s"] = facts[r["corpus"]]["tokens"] / r["seconds"]
         r["speed_vs_one_process"] = base["seconds"] / r["seconds"]
-    return {"corpus": [str(p) for p in files], "row_groups": groups, "tokens": tokens,
-            "window": window, "nnz": stats.nnz, "rows": rows,
-            "identical_statistics": True, "checksum": next(iter(checksums.values()))}
+    rows.sort(key=lambda r: (r["task"] != "accumulate", list(corpora).index(r["corpus"])))
+    return {"corpora": facts, "window": window, "rows": rows, "identical_statistics": True}
 
 
 def markdown(res: dict, meta: dict) -> str:
     L = [BEGIN, "",
          f"Measured by `{meta['command']}` on {meta['date']}: {meta['machine']} "
-         f"(load average {meta['load_start']:.1f} at the start: the machine was shared).", "",
-         f"Corpus: {res['corpus_name']} "
-         f"— {res['tokens']:,} tokens in {res['row_groups']} row groups; window "
-         f"{res['window']}, {res['nnz']:,} non-zeros. Best of {meta['repeat']} runs after a "
-         f"warm-up, in-process API calls; a cluster's start-up is paid once per command. "
-         f"Every configuration gave the same statistics (checksum) and the same "
-         f"cross-entropy.", "",
-         "| task | how | seconds | tokens / s | speed vs one process | cluster start-up (s) |",
-         "|---|---|---|---|---|---|"]
+         f"(load average {meta['load_start']:.1f} at the start: the machine was shared).", ""]
+    for name, f in res["corpora"].items():
+        L.append(f"- {name}: {f['description']} — {f['tokens']:,} tokens in {f['row_groups']} "
+                 f"row groups, {f['units']} Dask units; {f['nnz']:,} non-zeros.")
+    L += ["", f"Window {res['window']}. Best of {meta['repeat']} interleaved rounds after a "
+          f"warm-up round, in-process API calls; a cluster's start-up is paid once per command. Every "
+          f"configuration gave the same statistics (checksum) and the same cross-entropy.", "",
+          "| corpus | task | how | seconds | tokens / s | speed vs one process | cluster start-up (s) |",
+          "|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         startup = f"{r['startup']:.1f}" if "startup" in r else "—"
-        L.append(f"| {r['task']} | {r['how']} | {r['seconds']:.2f} | {r['tokens_per_s']:,.0f} | "
-                 f"{r['speed_vs_one_process']:.2f}× | {startup} |")
+        L.append(f"| {r['corpus']} | {r['task']} | {r['how']} | {r['seconds']:.2f} | "
+                 f"{r['tokens_per_s']:,.0f} | {r['speed_vs_one_process']:.2f}× | {startup} |")
     L += ["", END]
     return "\n".join(L)
 
@@ -166,10 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus", nargs="+", help="Parquet token files (default: a synthetic corpus)")
     ap.add_argument("--vocab", type=int, default=512, help="synthetic corpus: states (default: 512)")
     ap.add_argument("--row-groups", type=int, default=16,
-                    help="synthetic corpus: row groups of 1,000 documents (default: 16)")
+                    help="small-row-group corpus: row groups of 1,000 documents (default: 16)")
+    ap.add_argument("--large-row-groups", type=int, default=8,
+                    help="large-row-group corpus: row groups of 10,000 documents (default: 8; "
+                         "0: none)")
     ap.add_argument("--window", type=int, default=1, help="accumulate window (default: 1)")
     ap.add_argument("--workers", default="1,2", help="local Dask worker counts (default: 1,2)")
-    ap.add_argument("--repeat", type=int, default=2, help="timed runs per configuration (default: 2)")
+    ap.add_argument("--repeat", type=int, default=3, help="timed rounds (default: 3)")
     ap.add_argument("--doc", default=str(ROOT / "docs" / "distributed.md"),
                     help="page whose generated block receives the table (default: docs/distributed.md)")
     ap.add_argument("--no-write", action="store_true", help="print the table only")
@@ -185,11 +209,21 @@ def main(argv: list[str] | None = None) -> int:
                        f"Python {platform.python_version()}",
             "load_start": os.getloadavg()[0], "repeat": args.repeat}
     with tempfile.TemporaryDirectory(prefix="bench-dask-") as tmp:
-        corpus = args.corpus or [synthetic_corpus(Path(tmp), args.vocab, args.row_groups)]
-        res = run(corpus, args.window, [int(w) for w in args.workers.split(",")],
+        chain = f"Markov chain of {args.vocab} states, seed 0"
+        if args.corpus:
+            corpora = {"given": args.corpus}
+            described = {"given": ", ".join(os.path.relpath(c, ROOT) for c in args.corpus)}
+        else:
+            corpora = {"small row groups": [synthetic_corpus(Path(tmp), args.vocab, args.row_groups)]}
+            described = {"small row groups": f"synthetic ({chain}), 1,000 documents a row group"}
+            if args.large_row_groups:
+                corpora["large row groups"] = [synthetic_corpus(Path(tmp), args.vocab,
+                                                                args.large_row_groups, docs=10_000)]
+                described["large row groups"] = f"synthetic ({chain}), 10,000 documents a row group"
+        res = run(corpora, args.window, [int(w) for w in args.workers.split(",")],
                   args.repeat, Path(tmp))
-    res["corpus_name"] = (", ".join(os.path.relpath(c, ROOT) for c in args.corpus) if args.corpus
-                          else f"synthetic (Markov chain of {args.vocab} states, seed 0)")
+    for name, text in described.items():
+        res["corpora"][name]["description"] = text
     block = markdown(res, meta)
     print(block)
     if args.json:
