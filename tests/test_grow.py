@@ -462,7 +462,7 @@ def test_cli_grow_evaluate_predict_refine_info(cli_data, tmp_path, capsys):
     out = tmp_path / "grown.npy"
     rc, stdout, err = cli(capsys, "grow", cli_data["train"], "--validation", cli_data["valid"],
                           "--out", out, "--max-width", 12, "--units-per-step", 4, "--min-gain", 0,
-                          "--json", "--quiet")
+                          "--hidden-moves", 2, "--json", "--quiet")
     assert rc == 0, err
     printed = json.loads(stdout)
     meta = json.loads(out.with_suffix(".json").read_text())
@@ -470,6 +470,8 @@ def test_cli_grow_evaluate_predict_refine_info(cli_data, tmp_path, capsys):
     assert meta["form"] == "grown" and meta["layers"] == 2 and meta["n_features"] == 9
     assert printed["log"] == meta["growth"]["log"] and meta["growth"]["amplitude_on"] == "heldout"
     assert [e["width"] for e in printed["log"]] == [0, 4, 8, 12]
+    assert meta["growth"]["hidden_moves"] == 2 and "hidden_steps" not in printed["log"][1]
+    assert all(1 <= len(e["hidden_steps"]) <= 2 for e in printed["log"][2:])
     assert set(meta["arrays"]) == {"A", "a0", "W", "bias"}
 
     xv, yv = cli_data["x_valid"], cli_data["y_valid"]
