@@ -514,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-gain", type=float, default=1e-6, metavar="G",
                    help="stop when the new units' first-order gain Σλ² (nats) is below G "
                         "(default: %(default)s)")
-    p.add_argument("--output-passes", type=int, default=20, metavar="P",
+    p.add_argument("--output-passes", type=int, default=10, metavar="P",
                    help="L-BFGS passes re-solving the output layer after each step (default: %(default)s)")
     p.add_argument("--l2", type=float, default=1e-3,
                    help="L2 strength on the output weights (default: %(default)s)")

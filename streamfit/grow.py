@@ -353,7 +353,7 @@ def grow(train: Callable[[], Iterator[Examples]], out: str | os.PathLike, *, tas
          window: int, n_features: int, n_classes: int,
          heldout: Callable[[], Iterator[Examples]] | None = None, start: Model | None = None,
          units_per_step: int = 16, max_width: int = 256, min_gain: float = 1e-6,
-         output_passes: int = 20, l2: float = 1e-3, ridge: float = 1.0,
+         output_passes: int = 10, l2: float = 1e-3, ridge: float = 1.0,
          hidden_moves: int = 3, pass_fn: PassFn | None = None,
          on_step: Callable[[dict], None] | None = None) -> Model:
     """Grow a 2-layer model on `train()` (a fresh iterator of Examples per call) from no
