@@ -442,7 +442,8 @@ def grow(train: Callable[[], Iterator[Examples]], out: str | os.PathLike, *, tas
         for _ in range(hidden_moves - 1 if hidden else 0):   # further moves of the hidden layer
             sums = pass_fn(layers, True)
             step = growth_step(sums, 0, ridge, s2[1])
-            s_a = min((v, s) for s, v in line_search(layers, step, search(), hidden=True)[1].items())[1]
+            losses_a = line_search(layers, step, search(), grid=(), hidden=True)[1]
+            s_a = min((v, s) for s, v in losses_a.items())[1]
             passes += 1
             if s_a == 0.0:
                 break

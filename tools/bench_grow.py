@@ -510,9 +510,10 @@ def write_markdown(results: dict, meta: dict, out_dir: Path) -> Path:
           f"{meta['mode']}. Total {meta['wall_s'] / 60:.1f} min. Load average (1 min) at the start "
           f"{meta['load'][0]:.2f}, at the end {meta['load'][1]:.2f}: other work on the machine "
           f"slows every timing here, growth's and the MLP's alike."), "",
-         ("Protocol: train fits, valid makes every choice (l2, ridge, learning rate, the MLP's "
-          "epoch), test only reports. Splits are held in memory. Growth seconds: training passes, "
-          "closed form and the amplitude search on valid, without the per-step valid evaluation "
+         ("Protocol: train fits, valid makes every choice (hidden moves, ridge, l2, every "
+          "amplitude, the learning rate, the MLP's epoch), test only reports. Splits are held "
+          "in memory. Growth seconds: training passes, closed form and the amplitude searches "
+          "on valid, without the per-step valid evaluation "
           "and model write. A growth pass is one streaming pass over train (statistics, or one "
           "L-BFGS evaluation of the output layer); an MLP pass is one epoch of mini-batch "
           "backpropagation (batch 64) on x̃ centred and divided by one global standard deviation."), "",
