@@ -297,7 +297,8 @@ def cmd_grow(args) -> int:
                      heldout=(lambda: iter_examples(held, **common)) if held else None,
                      start=start, units_per_step=args.units_per_step, max_width=args.max_width,
                      min_gain=args.min_gain, output_passes=args.output_passes, l2=args.l2,
-                     ridge=args.ridge, on_step=on_step, pass_fn=pass_fn)
+                     ridge=args.ridge, hidden_moves=args.hidden_moves, on_step=on_step,
+                     pass_fn=pass_fn)
     growth = model.meta["growth"]
     if args.json:
         print(json.dumps({"out": str(sidecar_path(args.out)), **growth}))
@@ -558,8 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "from no hidden units (or from --weights, a grown model). Each step: one "
                        "streaming pass of covariance statistics, new units in closed form where "
                        "the output layer cannot follow the loss gradient (an expressivity "
-                       "bottleneck), their amplitude chosen in one pass over --validation data, "
-                       "then the output layer re-solved by L-BFGS passes on the frozen hidden "
+                       "bottleneck) and the best move of the existing hidden units, their "
+                       "amplitudes chosen in one pass over --validation data, then the output "
+                       "layer re-solved by L-BFGS passes on the frozen hidden "
                        "features (convex). Units come in ± pairs. The model is written after "
                        "every step, so a killed run leaves the last finished step. Inputs are "
                        "limited to 4,096 features (S₂ is features × features). See docs/growth.md.")
@@ -576,13 +578,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-gain", type=float, default=1e-6, metavar="G",
                    help="stop when the new units' first-order gain Σλ² (nats) is below G "
                         "(default: %(default)s)")
-    p.add_argument("--output-passes", type=int, default=20, metavar="P",
+    p.add_argument("--output-passes", type=int, default=10, metavar="P",
                    help="L-BFGS passes re-solving the output layer after each step (default: %(default)s)")
     p.add_argument("--l2", type=float, default=1e-3,
                    help="L2 strength on the output weights (default: %(default)s)")
     p.add_argument("--ridge", type=float, default=1.0,
                    help="ridge on the input covariance when making new units, relative to its "
                         "mean eigenvalue; 0 is the plain formula (default: %(default)s)")
+    p.add_argument("--hidden-moves", type=int, default=3, metavar="H",
+                   help="moves of the existing hidden layer per step: the closed-form best move "
+                        "Δ_A = −S₂⁻¹M₁ of its weights, amplitude chosen on the held-out data, "
+                        "then the output layer re-solved; each after the first costs one pass "
+                        "more plus the re-solve; 0 keeps existing units frozen "
+                        "(default: %(default)s)")
     p.add_argument("--task", choices=("lm", "classify"), help="default: detected from the columns")
     p.add_argument("--window", type=int, metavar="M", help="lm: context tokens (default: 1)")
     p.add_argument("--vocab-size", type=int, metavar="V", help="lm: vocabulary size (default: largest id + 1)")

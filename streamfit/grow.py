@@ -5,14 +5,20 @@ from no hidden units (W then holds only the class bias). Each growth step:
 
 1. one streaming pass (`growth_pass`) sums, with the weights frozen and g = softmax − onehot
    per example, b = [h; 1] and x = [x̃; 1]: S = Σ b bᵀ, M = Σ b gᵀ, S₂ = Σ x xᵀ, M₂ = Σ x gᵀ,
-   P = Σ x bᵀ, Σ‖g‖², the loss and a count — float64 sums that add across shards;
+   P = Σ x bᵀ, M₁ = Σ x g₁ᵀ with g₁ = (W g) ⊙ relu'(Aᵀx̃ + a₀) the gradient at the hidden
+   pre-activations, Σ‖g‖², the loss and a count — float64 sums that add across shards;
 2. closed form (`growth_step`): the best move of the output weights Δ = −S⁺M (first-order
    gain tr(Mᵀ S⁺ M)), the part of the desired change it cannot express N = −M₂ + P S⁺ M, and
    the SVD S₂^{−1/2} N = U diag(λ) Vᵀ: new units with incoming α = √λ S₂^{−1/2} u (last entry:
-   the bias) and outgoing ω = √λ v, first-order gain Σ λ²;
-3. the amplitude γ: every candidate evaluated in one pass over held-out data;
+   the bias) and outgoing ω = √λ v, first-order gain Σ λ²; and the best move of the existing
+   hidden layer Δ_A = −S₂⁻¹M₁ (first-order gain tr(M₁ᵀ S₂⁻¹ M₁); S₂ with the same ridge);
+3. the amplitudes of the units and of Δ_A: every candidate evaluated in one pass over
+   held-out data;
 4. the output layer re-solved on the frozen hidden features: L-BFGS passes of its convex
-   cross-entropy (the same streaming passes, gradient M / n).
+   cross-entropy (the same streaming passes, gradient M / n);
+5. `hidden_moves` − 1 further moves of the hidden layer (a pass, Δ_A, its amplitude, the
+   output layer re-solved): new units alone soon have a vanishing first-order gain, while
+   moving the existing ones keeps lowering the loss (measured in docs/growth.md).
 
 Choices, measured in docs/growth.md. Each direction becomes a pair of units (α, ω) and
 (−α, −ω): relu(t) − relu(−t) = t, so the pair adds exactly the linear change the first-order
@@ -46,6 +52,7 @@ BLOCK_ROWS = 2048
 EIGEN_FLOOR = 1e-10      # eigenvalues of S₂ below this × the largest are dropped (pseudo-inverse)
 DIRECTION_FLOOR = 1e-3   # singular values λ below this × λ₁ are noise: no unit is made of them
 GAMMA_GRID = tuple(2.0 ** k for k in range(-8, 7))   # candidate γ² (step along Δ and the units)
+HIDDEN_GRID = tuple(2.0 ** k for k in range(-4, 11))  # candidate steps s along Δ_A
 
 
 @dataclass
@@ -97,6 +104,7 @@ class GrowthSums:
     M2: np.ndarray | None = None   # Σ x gᵀ        (d+1) × C
     P: np.ndarray | None = None    # Σ x bᵀ        (d+1) × (k+1)
     g2: float = 0.0                # Σ ‖g‖²
+    M1: np.ndarray | None = None   # Σ x g₁ᵀ       (d+1) × k, g₁ = ∂ℓ/∂(Aᵀx̃ + a₀)
 
     def __add__(self, other: "GrowthSums") -> "GrowthSums":
         """The sums of two shards of a pass."""
@@ -104,7 +112,8 @@ class GrowthSums:
             return None if a is None else a + b
         return GrowthSums(self.n + other.n, self.loss + other.loss, self.correct + other.correct,
                           add(self.M, other.M), add(self.S, other.S), add(self.S2, other.S2),
-                          add(self.M2, other.M2), add(self.P, other.P), self.g2 + other.g2)
+                          add(self.M2, other.M2), add(self.P, other.P), self.g2 + other.g2,
+                          add(self.M1, other.M1))
 
     @property
     def mean_loss(self) -> float:
@@ -140,6 +149,7 @@ def growth_pass(layers: Layers, batches: Iterable[Examples], *, full: bool = Tru
     if full:
         out.S, out.P = np.zeros((k1, k1)), np.zeros((d + 1, k1))
         out.S2, out.M2 = np.zeros((d + 1, d + 1)), np.zeros((d + 1, c))
+        out.M1 = np.zeros((d + 1, k1 - 1))
     for x, y in _blocks(batches, d):
         b = layers.hidden(x)
         logp = _log_softmax(b @ layers.W)
@@ -162,6 +172,9 @@ def growth_pass(layers: Layers, batches: Iterable[Examples], *, full: bool = Tru
             out.P[:d] += np.asarray(x.T @ b)
             out.P[d] += b.sum(axis=0)
             out.g2 += float(np.sum(g * g))
+            g1 = (g @ layers.W[:-1].T) * (b[:, :-1] > 0)   # relu'(pre) = 1 where h > 0
+            out.M1[:d] += np.asarray(x.T @ g1)
+            out.M1[d] += g1.sum(axis=0)
     return out
 
 
@@ -187,6 +200,8 @@ class Step:
     linear_gain: float         # tr(Mᵀ S⁺ M): first-order loss decrease along Δ
     unit_gain: float           # Σ λ² over the kept directions
     bottleneck: float          # E‖g‖² − tr(Mᵀ S⁺ M): what no change of W can express
+    delta_a: np.ndarray        # best move of the hidden layer [A; a₀] ((d+1) × k)
+    hidden_gain: float         # tr(M₁ᵀ S₂⁺ M₁): first-order loss decrease along Δ_A
 
 
 def whitening(sums: GrowthSums, ridge: float = 0.0) -> np.ndarray:
@@ -215,9 +230,18 @@ def growth_step(sums: GrowthSums, max_directions: int, ridge: float = 0.0,
     root = np.sqrt(lam[:r])
     alpha = (s2_isqrt @ u[:, :r]) * root
     rms = np.sqrt(np.maximum(np.einsum("ir,ij,jr->r", alpha, sums.S2 / n, alpha), 1e-300))
+    m1 = sums.M1 / n if sums.M1 is not None else np.zeros((s2_isqrt.shape[0], 0))
+    delta_a = -s2_isqrt @ (s2_isqrt @ m1)
     return Step(delta=-s_inv_m, alpha=alpha, omega=root[:, None] * vt[:r], lambdas=lam, rms=rms,
                 linear_gain=linear_gain, unit_gain=float(np.sum(lam[:r] ** 2)),
-                bottleneck=sums.g2 / n - linear_gain)
+                bottleneck=sums.g2 / n - linear_gain, delta_a=delta_a,
+                hidden_gain=float(-np.sum(m1 * delta_a)))
+
+
+def moved(layers: Layers, step: Step, s: float) -> Layers:
+    """The layers with the hidden layer moved by s·Δ_A (the output layer unchanged)."""
+    d = layers.A.shape[0]
+    return Layers(layers.A + s * step.delta_a[:d], layers.a0 + s * step.delta_a[d], layers.W)
 
 
 def grown(layers: Layers, step: Step, t: float) -> Layers:
@@ -235,12 +259,16 @@ def grown(layers: Layers, step: Step, t: float) -> Layers:
 
 
 def line_search(layers: Layers, step: Step, batches: Iterable[Examples],
-                grid: Iterable[float] = GAMMA_GRID) -> dict[float, float]:
-    """Mean loss at every candidate γ² (and at 0: no change) from one pass over `batches`:
-    the logits are affine in γ², z(t) = z₀ + t (Δᵀb + Σ ω relu(αᵀx) − ω relu(−αᵀx))."""
-    grid = (0.0, *grid)
+                grid: Iterable[float] = GAMMA_GRID, hidden: bool = False,
+                hidden_grid: Iterable[float] = HIDDEN_GRID
+                ) -> tuple[dict[float, float], dict[float, float]]:
+    """Mean losses from one pass over `batches`, at 0 (no change) and every candidate of
+    `grid`: of the output move and new units at t = γ² (the logits are affine in t,
+    z(t) = z₀ + t (Δᵀb + Σ ω relu(αᵀx) − ω relu(−αᵀx))), and, with `hidden`, of the hidden
+    layer moved by s·Δ_A for s in `hidden_grid` (`moved`; empty without)."""
+    grid, hidden_grid = (0.0, *grid), (0.0, *hidden_grid)
     d = layers.A.shape[0]
-    loss = np.zeros(len(grid))
+    loss, loss_a = np.zeros(len(grid)), np.zeros(len(hidden_grid) if hidden else 0)
     n = 0
     for x, y in _blocks(batches, d):
         b = layers.hidden(x)
@@ -250,8 +278,15 @@ def line_search(layers: Layers, step: Step, batches: Iterable[Examples],
         rows = np.arange(y.size)
         for i, t in enumerate(grid):
             loss[i] -= float(_log_softmax(z0 + t * dz)[rows, y].sum())
+        if hidden:
+            pre_h = np.asarray(x @ layers.A) + layers.a0
+            da = np.asarray(x @ step.delta_a[:d]) + step.delta_a[d]
+            for i, s in enumerate(hidden_grid):
+                z = np.maximum(pre_h + s * da, 0.0) @ layers.W[:-1] + layers.W[-1]
+                loss_a[i] -= float(_log_softmax(z)[rows, y].sum())
         n += y.size
-    return {t: v / max(n, 1) for t, v in zip(grid, loss)}
+    return ({t: v / max(n, 1) for t, v in zip(grid, loss)},
+            {s: v / max(n, 1) for s, v in zip(hidden_grid, loss_a)})
 
 
 PassFn = Callable[[Layers, bool], GrowthSums]
@@ -318,29 +353,32 @@ def grow(train: Callable[[], Iterator[Examples]], out: str | os.PathLike, *, tas
          window: int, n_features: int, n_classes: int,
          heldout: Callable[[], Iterator[Examples]] | None = None, start: Model | None = None,
          units_per_step: int = 16, max_width: int = 256, min_gain: float = 1e-6,
-         output_passes: int = 20, l2: float = 1e-3, ridge: float = 1.0,
-         pass_fn: PassFn | None = None,
+         output_passes: int = 10, l2: float = 1e-3, ridge: float = 1.0,
+         hidden_moves: int = 3, pass_fn: PassFn | None = None,
          on_step: Callable[[dict], None] | None = None) -> Model:
     """Grow a 2-layer model on `train()` (a fresh iterator of Examples per call) from no
     hidden units, or from `start` (a grown model), until `max_width` units or until the new
     units' first-order gain Σλ² is below `min_gain`. Each step adds up to `units_per_step`
-    units (pairs ±, so an even number) and writes the model to `out` (a killed run leaves the
+    units (pairs ±, so an even number), moves the existing hidden layer up to `hidden_moves`
+    times along its closed-form best move Δ_A (stopping early when no amplitude lowers the
+    search loss), and writes the model to `out` (a killed run leaves the
     last finished step). `heldout()` chooses the amplitude and is logged (without it, the
     training data chooses); `pass_fn(layers, full)` computes the training passes (default:
     growth_pass over train() here; a distributed run supplies one that sums shards).
     `on_step(entry)` sees every log entry; the seconds logged exclude the held-out
     evaluation, the model write and on_step itself."""
     check_input_size(n_features)
-    if units_per_step < 2 or max_width < 0:
-        raise ValueError(f"units per step must be at least 2 (units come in ± pairs) and the "
-                         f"maximum width non-negative, not {units_per_step} and {max_width}")
+    if units_per_step < 2 or max_width < 0 or hidden_moves < 0:
+        raise ValueError(f"units per step must be at least 2 (units come in ± pairs), the "
+                         f"maximum width and hidden moves non-negative, not {units_per_step}, "
+                         f"{max_width} and {hidden_moves}")
     if pass_fn is None:
         def pass_fn(layers, full):
             return growth_pass(layers, train(), full=full)
     search = heldout if heldout is not None else train
     settings = {"units_per_step": units_per_step, "max_width": max_width, "min_gain": min_gain,
                 "output_passes": output_passes, "l2": l2, "ridge": ridge,
-                "amplitude_on": "heldout" if heldout is not None else "train"}
+                "hidden_moves": hidden_moves, "amplitude_on": "heldout" if heldout is not None else "train"}
     t0 = time.perf_counter()
     overhead = [0.0]   # held-out evaluation and writing after each step: not training time
     if start is not None:
@@ -388,15 +426,31 @@ def grow(train: Callable[[], Iterator[Examples]], out: str | os.PathLike, *, tas
         if step.omega.shape[0] == 0 or step.unit_gain < min_gain:
             stopped = f"first-order gain {step.unit_gain:.3g} below {min_gain:g}"
             break
-        losses = line_search(layers, step, search())
+        hidden = hidden_moves > 0 and layers.width > 0
+        losses, losses_a = line_search(layers, step, search(), hidden=hidden)
         t = min((v, t) for t, v in losses.items() if t > 0)[1]
-        layers, last, used = solve_output(grown(layers, step, t), pass_fn,
+        s_a = min((v, s) for s, v in losses_a.items())[1] if hidden else 0.0
+        entry = {"step": len(log), "added": 2 * step.omega.shape[0],
+                 "linear_gain": step.linear_gain, "unit_gain": step.unit_gain,
+                 "bottleneck": step.bottleneck, "gamma2": t, "search_loss": losses[t],
+                 "search_loss_before": losses[0.0]}
+        if hidden:
+            entry.update(hidden_gain=step.hidden_gain, hidden_steps=[s_a])
+        layers, last, used = solve_output(grown(moved(layers, step, s_a), step, t), pass_fn,
                                           output_passes, l2)
         passes += used
-        record({"step": len(log), "added": 2 * step.omega.shape[0],
-                "linear_gain": step.linear_gain, "unit_gain": step.unit_gain,
-                "bottleneck": step.bottleneck, "gamma2": t, "search_loss": losses[t],
-                "search_loss_before": losses[0.0]}, last)
+        for _ in range(hidden_moves - 1 if hidden else 0):   # further moves of the hidden layer
+            sums = pass_fn(layers, True)
+            step = growth_step(sums, 0, ridge, s2[1])
+            losses_a = line_search(layers, step, search(), grid=(), hidden=True)[1]
+            s_a = min((v, s) for s, v in losses_a.items())[1]
+            passes += 1
+            if s_a == 0.0:
+                break
+            layers, last, used = solve_output(moved(layers, step, s_a), pass_fn, output_passes, l2)
+            passes += used
+            entry["hidden_steps"].append(s_a)
+        record(entry, last)
     save()
     return load_model(sidecar_path(out))
 

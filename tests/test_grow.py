@@ -108,6 +108,9 @@ def test_growth_pass_matches_numpy(corpus, monkeypatch, block_rows):
                        ("P", x1.T @ b)):
         np.testing.assert_allclose(getattr(got, name), want, rtol=1e-10, atol=1e-12, err_msg=name)
     assert got.g2 == pytest.approx(float(np.sum(g * g)), rel=1e-12)
+    # the hidden layer's gradient: g₁ = ∂ℓ/∂(x̃A + a₀) by the chain rule through the relu
+    g1 = (g @ layers.W[:-1].T) * (x @ layers.A + layers.a0 > 0)
+    np.testing.assert_allclose(got.M1, x1.T @ g1, rtol=1e-10, atol=1e-12)
     lite = G.growth_pass(layers, examples_of(x, y, 40), full=False)
     assert lite.S is None and lite.S2 is None and lite.P is None
     np.testing.assert_allclose(lite.M, b.T @ g, rtol=1e-10, atol=1e-12)
@@ -123,7 +126,7 @@ def test_shards_of_a_pass_add_up_to_the_whole_pass(corpus):
     assert (total.n, total.correct) == (whole.n, whole.correct)
     assert total.loss == pytest.approx(whole.loss, rel=1e-12)
     assert total.g2 == pytest.approx(whole.g2, rel=1e-12)
-    for name in ("S", "M", "S2", "M2", "P"):
+    for name in ("S", "M", "S2", "M2", "P", "M1"):
         np.testing.assert_allclose(getattr(total, name), getattr(whole, name), rtol=1e-12,
                                    atol=1e-12, err_msg=name)
 
@@ -186,6 +189,29 @@ def test_first_order_gains_match_finite_differences(corpus):
         assert slope == pytest.approx(-step.unit_gain, rel=1e-3)
 
 
+def test_the_hidden_layer_move_regresses_its_gradient_and_its_gain_is_the_slope(corpus):
+    """Δ_A regresses −g₁ on [x̃; 1] (ridge 0); with a ridge it is still a descent direction
+    whose first-order gain tr(M₁ᵀ(S₂ + ρI)⁻¹M₁) is the loss's slope along it."""
+    x, y = corpus["x"], corpus["y"]
+    layers = random_layers(np.random.default_rng(11), 7, 5, 4)
+    sums = G.growth_pass(layers, examples_of(x, y, 40))
+    step = G.growth_step(sums, 0, ridge=0.0)
+    b, z = forward(layers.A, layers.a0, layers.W, x)
+    g1 = ((softmax(z, axis=1) - np.eye(4)[y]) @ layers.W[:-1].T) * (b[:, :-1] > 0)
+    x1 = with_one(x)
+    want = np.linalg.lstsq(x1, -g1, rcond=None)[0]
+    np.testing.assert_allclose(step.delta_a, want, rtol=1e-6, atol=1e-8)
+    assert step.hidden_gain == pytest.approx(np.mean(np.sum((x1 @ want) ** 2, axis=1)), rel=1e-7)
+    assert step.alpha.shape[1] == 0
+    for ridge in (0.0, 0.5):
+        step = G.growth_step(sums, 0, ridge=ridge)
+        t = 1e-6
+        slope = (layers_loss(G.moved(layers, step, t), x, y) - layers_loss(layers, x, y)) / t
+        assert step.hidden_gain > 0
+        assert slope == pytest.approx(-step.hidden_gain, rel=1e-4)
+    np.testing.assert_array_equal(G.moved(layers, step, 0.3).W, layers.W)
+
+
 def test_grown_adds_unit_pairs_that_change_the_logits_exactly_as_planned(corpus):
     x, y = corpus["x"], corpus["y"]
     layers = random_layers(np.random.default_rng(6), 7, 2, 4)
@@ -214,11 +240,15 @@ def test_line_search_evaluates_every_candidate_in_one_pass(corpus):
         calls.append(1)
         yield from examples_of(x, y, 30)
 
-    got = G.line_search(layers, step, batches(), grid)
-    assert len(calls) == 1 and list(got) == [0.0, *grid]
+    got, hidden = G.line_search(layers, step, batches(), grid, hidden=True, hidden_grid=grid[1:])
+    assert len(calls) == 1 and list(got) == [0.0, *grid] and list(hidden) == [0.0, *grid[1:]]
     assert got[0.0] == pytest.approx(layers_loss(layers, x, y), rel=1e-12)
+    assert hidden[0.0] == pytest.approx(layers_loss(layers, x, y), rel=1e-12)
     for t in grid:
         assert got[t] == pytest.approx(layers_loss(G.grown(layers, step, t), x, y), rel=1e-9)
+    for s in grid[1:]:
+        assert hidden[s] == pytest.approx(layers_loss(G.moved(layers, step, s), x, y), rel=1e-9)
+    assert G.line_search(layers, step, examples_of(x, y), grid)[1] == {}
 
 
 def test_the_output_layer_is_solved_to_the_regularised_optimum(corpus):
@@ -314,11 +344,18 @@ def test_growth_continues_from_a_grown_model(corpus, tmp_path):
     x, y = corpus["x"], corpus["y"]
     first = grow_in_memory(x, y, tmp_path / "a.npy", units_per_step=4, max_width=4, min_gain=0)
     more = grow_in_memory(x, y, tmp_path / "b.npy", units_per_step=4, max_width=8, min_gain=0,
-                          start=first)
+                          start=first, hidden_moves=0)
     np.testing.assert_array_equal(np.asarray(more.hidden[0])[:, :4], np.asarray(first.hidden[0]))
     log = more.meta["growth"]["log"]
     assert [e["width"] for e in log] == [0, 4, 8]
     assert log[:2] == first.meta["growth"]["log"]
+    # with hidden moves (the default) the existing units move too, by the logged steps
+    moving = grow_in_memory(x, y, tmp_path / "c.npy", units_per_step=4, max_width=8, min_gain=0,
+                            start=first)
+    entry = moving.meta["growth"]["log"][-1]
+    assert entry["hidden_gain"] > 0 and 1 <= len(entry["hidden_steps"]) <= 3
+    assert np.abs(np.asarray(moving.hidden[0])[:, :4] - np.asarray(first.hidden[0])).max() > 0
+    assert entry["train_loss"] < log[-1]["train_loss"]
 
 
 def test_a_supplied_pass_function_that_sums_shards_gives_the_same_model(corpus, tmp_path):
@@ -335,7 +372,7 @@ def test_a_supplied_pass_function_that_sums_shards_gives_the_same_model(corpus, 
               max_width=8, min_gain=0.0, heldout=lambda: iter(batches[:3]))
     plain = G.grow(lambda: iter(batches), tmp_path / "p.npy", **kw)
     shard = G.grow(lambda: iter(()), tmp_path / "s.npy", pass_fn=sharded, **kw)
-    assert calls.count(True) == 2 and calls.count(False) > 2
+    assert calls.count(True) >= 2 and calls.count(False) > 2
     for a, b in zip((*plain.hidden, plain.dense, plain.bias), (*shard.hidden, shard.dense, shard.bias)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
@@ -425,7 +462,7 @@ def test_cli_grow_evaluate_predict_refine_info(cli_data, tmp_path, capsys):
     out = tmp_path / "grown.npy"
     rc, stdout, err = cli(capsys, "grow", cli_data["train"], "--validation", cli_data["valid"],
                           "--out", out, "--max-width", 12, "--units-per-step", 4, "--min-gain", 0,
-                          "--json", "--quiet")
+                          "--hidden-moves", 2, "--json", "--quiet")
     assert rc == 0, err
     printed = json.loads(stdout)
     meta = json.loads(out.with_suffix(".json").read_text())
@@ -433,6 +470,8 @@ def test_cli_grow_evaluate_predict_refine_info(cli_data, tmp_path, capsys):
     assert meta["form"] == "grown" and meta["layers"] == 2 and meta["n_features"] == 9
     assert printed["log"] == meta["growth"]["log"] and meta["growth"]["amplitude_on"] == "heldout"
     assert [e["width"] for e in printed["log"]] == [0, 4, 8, 12]
+    assert meta["growth"]["hidden_moves"] == 2 and "hidden_steps" not in printed["log"][1]
+    assert all(1 <= len(e["hidden_steps"]) <= 2 for e in printed["log"][2:])
     assert set(meta["arrays"]) == {"A", "a0", "W", "bias"}
 
     xv, yv = cli_data["x_valid"], cli_data["y_valid"]

@@ -66,22 +66,23 @@ CLEARLY = 1.0          # accuracy points: "beats the single layer clearly" needs
 MNIST_TARGET = 0.95
 CONFIG = {
     "default": {
-        "digits": dict(max_width=128, units_per_step=16, ridges=(0.3, 1.0), l2s=(1e-3, 1e-2),
-                       output_passes=20, lbfgs_passes=200, l2_grid=(1e-6, 1e-5, 1e-4),
-                       mlp_widths=(16, 32, 64, 128), mlp_lrs=(1e-3, 3e-3), mlp_epochs=100,
-                       mlp_batch=64),
-        "mnist5k": dict(max_width=256, units_per_step=16, ridges=(0.3, 1.0), l2s=(1e-3, 1e-2),
-                        output_passes=20, lbfgs_passes=200, l2_grid=(1e-6, 1e-5, 1e-4),
-                        mlp_widths=(16, 64, 128, 256), mlp_lrs=(1e-3, 3e-3), mlp_epochs=60,
-                        mlp_batch=64),
+        "digits": dict(max_width=128, units_per_step=16, ridges=(0.3, 1.0), l2s=(1e-3,),
+                       hidden_moves=(0, 3), output_passes=10, lbfgs_passes=200,
+                       l2_grid=(1e-6, 1e-5, 1e-4), mlp_widths=(16, 32, 64, 128),
+                       mlp_lrs=(1e-3, 3e-3), mlp_epochs=100, mlp_batch=64),
+        "mnist5k": dict(max_width=256, units_per_step=16, ridges=(0.3, 1.0), l2s=(1e-3,),
+                        hidden_moves=(0, 3), output_passes=10, lbfgs_passes=200,
+                        l2_grid=(1e-6, 1e-5, 1e-4), mlp_widths=(16, 64, 128, 256),
+                        mlp_lrs=(1e-3, 3e-3), mlp_epochs=60, mlp_batch=64),
     },
     "quick": {
         "digits": dict(max_width=64, units_per_step=16, ridges=(1.0,), l2s=(1e-3,),
-                       output_passes=20, lbfgs_passes=50, l2_grid=(1e-5,), mlp_widths=(64,),
-                       mlp_lrs=(3e-3,), mlp_epochs=40, mlp_batch=64),
+                       hidden_moves=(0, 3), output_passes=10, lbfgs_passes=50, l2_grid=(1e-5,),
+                       mlp_widths=(64,), mlp_lrs=(3e-3,), mlp_epochs=40, mlp_batch=64),
         "mnist5k": dict(max_width=96, units_per_step=16, ridges=(1.0,), l2s=(1e-3,),
-                        output_passes=20, lbfgs_passes=50, l2_grid=(1e-5,), mlp_widths=(96,),
-                        mlp_lrs=(3e-3,), mlp_epochs=20, mlp_batch=64),
+                        hidden_moves=(0, 3), output_passes=10, lbfgs_passes=50,
+                        l2_grid=(1e-5,), mlp_widths=(96,), mlp_lrs=(3e-3,), mlp_epochs=20,
+                        mlp_batch=64),
     },
 }
 
@@ -152,35 +153,47 @@ def single_layer(data: dict, cfg: dict, tmp: Path) -> dict:
 def growth_runs(data: dict, cfg: dict, tmp: Path) -> dict:
     ex = data["examples"]
     runs = {}
-    for ridge in cfg["ridges"]:
-        for l2 in cfg["l2s"]:
-            out = tmp / f"grown-{ridge}-{l2}.npy"
-            steps = []
+    for moves in cfg["hidden_moves"]:
+        for ridge in cfg["ridges"]:
+            for l2 in cfg["l2s"]:
+                out = tmp / f"grown-{moves}-{ridge}-{l2}.npy"
+                steps = []
 
-            def on_step(entry, out=out, steps=steps):
-                m = load_model(out)
-                steps.append({**{k: entry[k] for k in ("step", "width", "passes", "seconds",
-                                                        "heldout_loss", "heldout_accuracy",
-                                                        "train_loss")},
-                              **{f"test_{k}": v for k, v in model_metrics(m, ex["test"]).items()},
-                              "unit_gain": entry.get("unit_gain")})
+                def on_step(entry, out=out, steps=steps):
+                    m = load_model(out)
+                    steps.append({**{k: entry[k] for k in ("step", "width", "passes", "seconds",
+                                                            "heldout_loss", "heldout_accuracy",
+                                                            "train_loss")},
+                                  **{f"test_{k}": v
+                                     for k, v in model_metrics(m, ex["test"]).items()},
+                                  "unit_gain": entry.get("unit_gain"),
+                                  "hidden_gain": entry.get("hidden_gain"),
+                                  "hidden_steps": entry.get("hidden_steps", [])})
 
-            t0 = time.perf_counter()
-            model = grow(lambda: iter(ex["train"]), out, task="classify", window=0,
-                         n_features=data["d"], n_classes=data["c"],
-                         heldout=lambda: iter(ex["valid"]), max_width=cfg["max_width"],
-                         units_per_step=cfg["units_per_step"], min_gain=0.0,
-                         output_passes=cfg["output_passes"], l2=l2, ridge=ridge, on_step=on_step)
-            log(f"{data['name']}: grew ridge {ridge} l2 {l2} to {steps[-1]['width']} units in "
-                f"{time.perf_counter() - t0:.0f} s: valid {steps[-1]['heldout_accuracy']:.4f}, "
-                f"test {steps[-1]['test_accuracy']:.4f}")
-            runs[(ridge, l2)] = {"ridge": ridge, "l2": l2, "steps": steps, "path": out,
-                                 "stopped": model.meta["growth"]["stopped"]}
-    best = min(runs, key=lambda k: runs[k]["steps"][-1]["heldout_loss"])
-    return {"chosen": runs[best], "grid": [{"ridge": r["ridge"], "l2": r["l2"],
-                                            "valid_loss": r["steps"][-1]["heldout_loss"],
-                                            "valid_accuracy": r["steps"][-1]["heldout_accuracy"]}
-                                           for r in runs.values()]}
+                t0 = time.perf_counter()
+                model = grow(lambda: iter(ex["train"]), out, task="classify", window=0,
+                             n_features=data["d"], n_classes=data["c"],
+                             heldout=lambda: iter(ex["valid"]), max_width=cfg["max_width"],
+                             units_per_step=cfg["units_per_step"], min_gain=0.0,
+                             output_passes=cfg["output_passes"], l2=l2, ridge=ridge,
+                             hidden_moves=moves, on_step=on_step)
+                log(f"{data['name']}: grew hidden moves {moves} ridge {ridge} l2 {l2} to "
+                    f"{steps[-1]['width']} units in {time.perf_counter() - t0:.0f} s: valid "
+                    f"{steps[-1]['heldout_accuracy']:.4f}, test {steps[-1]['test_accuracy']:.4f}")
+                runs[(moves, ridge, l2)] = {"hidden_moves": moves, "ridge": ridge, "l2": l2,
+                                            "steps": steps, "path": out,
+                                            "stopped": model.meta["growth"]["stopped"]}
+
+    def best(keys):
+        return runs[min(keys, key=lambda k: runs[k]["steps"][-1]["heldout_loss"])]
+
+    frozen = [k for k in runs if k[0] == 0]
+    return {"chosen": best(list(runs)), "frozen": best(frozen) if frozen else None,
+            "grid": [{"hidden_moves": r["hidden_moves"], "ridge": r["ridge"], "l2": r["l2"],
+                      "valid_loss": r["steps"][-1]["heldout_loss"],
+                      "valid_accuracy": r["steps"][-1]["heldout_accuracy"],
+                      "test_accuracy": r["steps"][-1]["test_accuracy"]}
+                     for r in runs.values()]}
 
 
 def hidden_rows(h: np.ndarray, y: np.ndarray) -> FeatureRows:
@@ -365,28 +378,40 @@ def dataset_text(res: dict) -> list[str]:
          (f"| single-layer optimum (L-BFGS from zeros, l2 {single['l2']:g} on valid) | "
           f"{single['test']['loss']:.4f} | {single['test']['accuracy']:.4f} | {single['passes']} | "
           f"{single['seconds']:.2f} |"),
-         (f"| grown, {last['width']} units (ridge {ch['ridge']:g}, l2 {ch['l2']:g} on valid) | "
+         (f"| grown, {last['width']} units (hidden moves {ch['hidden_moves']}, ridge "
+          f"{ch['ridge']:g}, l2 {ch['l2']:g} on valid) | "
           f"{last['test_loss']:.4f} | {last['test_accuracy']:.4f} | {last['passes']} | "
           f"{last['seconds']:.2f} |"),
          (f"| grown, best width on valid ({best['width']} units) | {best['test_loss']:.4f} | "
           f"{best['test_accuracy']:.4f} | {best['passes']} | {best['seconds']:.2f} |")]
+    frozen = res["growth"]["frozen"]
+    if frozen is not None and frozen is not ch:
+        fl = frozen["steps"][-1]
+        L.append(f"| grown with frozen units (hidden moves 0: new units only), {fl['width']} "
+                 f"units (ridge {frozen['ridge']:g}, l2 {frozen['l2']:g} on valid) | "
+                 f"{fl['test_loss']:.4f} | {fl['test_accuracy']:.4f} | {fl['passes']} | "
+                 f"{fl['seconds']:.2f} |")
     for w in sorted(res["mlp"]):
         r = res["mlp"][w]
         L.append(f"| MLP width {w}, Adam lr {r['lr']:g} (valid), best valid epoch | "
                  f"{r['best']['test_loss']:.4f} | {r['best']['test_accuracy']:.4f} | "
                  f"{r['best']['epoch']} epochs | {r['best']['seconds']:.2f} |")
     L += ["", "Growth per step (test figures; passes and seconds cumulative):", "",
-          "| step | width | first-order gain Σλ² | train loss | valid loss | test loss "
-          "| test accuracy | passes | seconds |",
-          "|---|---|---|---|---|---|---|---|---|"]
+          "| step | width | units' gain Σλ² | hidden layer's gain | its moves s "
+          "| train loss | valid loss | test loss | test accuracy | passes | seconds |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in ch["steps"]:
         g = "–" if s["unit_gain"] is None else f"{s['unit_gain']:.2e}"
-        L.append(f"| {s['step']} | {s['width']} | {g} | {s['train_loss']:.4f} | "
+        hg = "–" if s["hidden_gain"] is None else f"{s['hidden_gain']:.2e}"
+        mv = ", ".join(f"{v:g}" for v in s["hidden_steps"]) or "–"
+        L.append(f"| {s['step']} | {s['width']} | {g} | {hg} | {mv} | {s['train_loss']:.4f} | "
                  f"{s['heldout_loss']:.4f} | {s['test_loss']:.4f} | {s['test_accuracy']:.4f} | "
                  f"{s['passes']} | {s['seconds']:.2f} |")
-    L += ["", "Growth grid (valid at the last width): " + ", ".join(
-        f"ridge {g['ridge']:g} l2 {g['l2']:g}: {g['valid_loss']:.4f} / {g['valid_accuracy']:.4f}"
-        for g in res["growth"]["grid"]) + f". Stopped at: {ch['stopped']}.", ""]
+    L += ["", "Growth grid (valid cross-entropy / accuracy at the last width; test accuracy "
+          "for reference only): " + "; ".join(
+              f"hidden moves {g['hidden_moves']} ridge {g['ridge']:g} l2 {g['l2']:g}: "
+              f"{g['valid_loss']:.4f} / {g['valid_accuracy']:.4f} (test {g['test_accuracy']:.4f})"
+              for g in res["growth"]["grid"]) + f". Stopped at: {ch['stopped']}.", ""]
     v = res["variants"]
     L += ["What the output layer reads, on the grown hidden layer (test cross-entropy / accuracy):", "",
           "| output layer | test cross-entropy | test accuracy |", "|---|---|---|",
@@ -403,6 +428,14 @@ def dataset_text(res: dict) -> list[str]:
           f"{last['test_loss']:.4f} vs {single['test']['loss']:.4f}. Beating it clearly (at least "
           f"{CLEARLY:g} point and a lower cross-entropy): "
           + _met(gain >= CLEARLY and last["test_loss"] < single["test"]["loss"]) + "."]
+    if frozen is not None and frozen is not ch:
+        fl = frozen["steps"][-1]
+        L.append(f"- Moving the existing hidden units (hidden moves {ch['hidden_moves']}) against "
+                 f"new units only: test {last['test_accuracy']:.4f} vs {fl['test_accuracy']:.4f} "
+                 f"({100 * (last['test_accuracy'] - fl['test_accuracy']):+.2f} points), "
+                 f"cross-entropy {last['test_loss']:.4f} vs {fl['test_loss']:.4f}, "
+                 f"{last['passes']} vs {fl['passes']} passes, {last['seconds']:.2f} vs "
+                 f"{fl['seconds']:.2f} s.")
     if same is not None:
         L.append(f"- Against the MLP of the same width ({last['width']}): MLP "
                  f"{same['best']['test_accuracy']:.4f} (cross-entropy {same['best']['test_loss']:.4f}) "
@@ -423,9 +456,13 @@ USAGE = [
      "with streaming passes and no end-to-end backpropagation (seed 003, METHODS.md §5). Each "
      "step: one pass sums the statistics S, M, S₂, M₂, P (float64 sums that add across shards); "
      "in closed form, the best move of the output weights Δ = −S⁺M and, from the SVD of "
-     "S₂^{−1/2}(−M₂ + P S⁺ M), new units where the output layer cannot follow the loss gradient; "
-     "their amplitude is chosen among 15 candidates in one pass over the validation data; then "
-     "the output layer (convex on the frozen hidden features) is re-solved by L-BFGS passes."), "",
+     "S₂^{−1/2}(−M₂ + P S⁺ M), new units where the output layer cannot follow the loss gradient, "
+     "and the best move of the existing hidden layer Δ_A = −S₂⁻¹M₁ (M₁ = E[x̃ g₁ᵀ], g₁ the loss "
+     "gradient at the hidden pre-activations, summed in the same pass); the amplitudes of the "
+     "units and of Δ_A are chosen among 15 candidates each in one pass over the validation "
+     "data; then the output layer (convex on the hidden features) is re-solved by L-BFGS "
+     "passes. `--hidden-moves H` (default 3) repeats the move of the hidden layer up to H "
+     "times per step (one more pass, its amplitude on valid, the output layer re-solved)."), "",
     "```sh",
     "streamfit grow train.parquet --validation valid.parquet --out grown.npy --max-width 256",
     "streamfit evaluate --weights grown.npy test.parquet",
@@ -455,7 +492,11 @@ USAGE = [
      "features: small vocabularies only). N has rank at most classes − 1, so a step adds at "
      "most 2 × (classes − 1) units. The first-order signal is the linear correlation between "
      "the inputs and what the output layer cannot fit; once the training loss is small it "
-     "fades (the gain column below), and growth stops adding much."), "",
+     "fades (the units' gain column below), and new units alone stop adding much; the hidden "
+     "layer's own gain stays larger, which is why moving the existing units helps. Each move "
+     "of the hidden layer is one natural-gradient step (preconditioned by S₂) with a line "
+     "search: training of the first layer by full-batch passes, which converges more slowly "
+     "per pass than mini-batch Adam."), "",
 ]
 
 
@@ -469,9 +510,10 @@ def write_markdown(results: dict, meta: dict, out_dir: Path) -> Path:
           f"{meta['mode']}. Total {meta['wall_s'] / 60:.1f} min. Load average (1 min) at the start "
           f"{meta['load'][0]:.2f}, at the end {meta['load'][1]:.2f}: other work on the machine "
           f"slows every timing here, growth's and the MLP's alike."), "",
-         ("Protocol: train fits, valid makes every choice (l2, ridge, learning rate, the MLP's "
-          "epoch), test only reports. Splits are held in memory. Growth seconds: training passes, "
-          "closed form and the amplitude search on valid, without the per-step valid evaluation "
+         ("Protocol: train fits, valid makes every choice (hidden moves, ridge, l2, every "
+          "amplitude, the learning rate, the MLP's epoch), test only reports. Splits are held "
+          "in memory. Growth seconds: training passes, closed form and the amplitude searches "
+          "on valid, without the per-step valid evaluation "
           "and model write. A growth pass is one streaming pass over train (statistics, or one "
           "L-BFGS evaluation of the output layer); an MLP pass is one epoch of mini-batch "
           "backpropagation (batch 64) on x̃ centred and divided by one global standard deviation."), "",
@@ -526,7 +568,9 @@ def main(argv: list[str] | None = None) -> int:
             res["mlp"] = mlp_runs(data, cfg)
             res["plot"] = f"growth-{n}.png"
             plot(res, out_dir / res["plot"])
-            res["growth"]["chosen"].pop("path")
+            for run in (res["growth"]["chosen"], res["growth"]["frozen"]):
+                if run:
+                    run.pop("path", None)
             results[n] = res
     argv_shown = sys.argv[1:] if argv is None else argv
     meta = {"command": "python tools/bench_grow.py" + "".join(" " + shlex.quote(a) for a in argv_shown),
