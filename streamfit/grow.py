@@ -293,6 +293,12 @@ PassFn = Callable[[Layers, bool], GrowthSums]
 """(layers, full) -> the sums of one pass over the training data."""
 
 
+def _nonempty(sums: GrowthSums) -> GrowthSums:
+    if sums.n == 0:
+        raise StreamfitError("no training examples: the files hold no rows")
+    return sums
+
+
 def solve_output(layers: Layers, pass_fn: PassFn, passes: int,
                  l2: float) -> tuple[Layers, GrowthSums, int]:
     """The output layer re-solved on frozen hidden features: L-BFGS on the mean cross-entropy
@@ -305,7 +311,7 @@ def solve_output(layers: Layers, pass_fn: PassFn, passes: int,
 
     def fun(flat):
         w = flat.reshape(shape)
-        r = pass_fn(Layers(layers.A, layers.a0, w), False)
+        r = _nonempty(pass_fn(Layers(layers.A, layers.a0, w), False))
         seen.append((flat.copy(), r))
         return (r.mean_loss + 0.5 * l2 * float(np.sum(mask * w * w)),
                 (r.M / r.n + l2 * mask * w).ravel())
@@ -418,7 +424,7 @@ def grow(train: Callable[[], Iterator[Examples]], out: str | os.PathLike, *, tas
         record({"step": 0}, last)
     s2 = None
     while layers.width + 2 <= max_width:
-        sums = pass_fn(layers, True)
+        sums = _nonempty(pass_fn(layers, True))
         passes += 1
         if s2 is None or not np.array_equal(s2[0], sums.S2):  # the same inputs: computed once
             s2 = (sums.S2, whitening(sums, ridge))

@@ -208,6 +208,10 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
         raise ValueError(f"init must be weights, zeros or random, not {init!r}")
     if passes < 1:
         raise ValueError(f"passes must be at least 1, not {passes}")
+    if method == "newton":
+        from .newton import check_size
+        check_size(model.n_features if model.hidden is None else model.hidden[0].shape[1] + 1,
+                   model.n_classes)  # before any weights are allocated
     if model.hidden is not None:  # 2-layer: the output layer, on the frozen hidden features
         from .grow import refine_output_layer
         return refine_output_layer(model, train, out, heldout=heldout, pass_fn=pass_fn,
@@ -259,8 +263,7 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
         # A resumed L-BFGS restarts from the checkpointed iterate with fresh curvature pairs.
         w = _lbfgs(w, pass_fn, passes - start_pass, l2, record, checkpoint, start_pass)
     elif method == "newton":
-        from .newton import check_size, newton
-        check_size(*w.shape)
+        from .newton import newton
         w = newton(w, train, passes, l2, record, checkpoint, start_pass, state.get("arrays"),
                    hessian_fn)
     elif method in SUBSPACE_METHODS:

@@ -565,3 +565,12 @@ def test_grow_a_small_language_model(tmp_path, capsys):
     top, probs = model.top_k(model.context_examples([[1, 2]]), 5)
     assert sorted(top[0].tolist()) == [0, 1, 2, 3, 4]
     assert probs[0].sum() == pytest.approx(1.0, rel=1e-9)
+
+
+def test_grow_on_a_file_without_rows_is_refused_and_writes_nothing(tmp_path, capsys):
+    empty = write_dense(tmp_path / "empty.parquet", np.zeros(0, dtype=np.int64), np.zeros((0, 4)))
+    out = tmp_path / "grown.npy"
+    assert main(["grow", str(empty), "--out", str(out), "--classes", "3", "--n-features", "4",
+                 "--quiet"]) == 1
+    assert "no training examples" in capsys.readouterr().err
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("grown")]
