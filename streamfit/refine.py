@@ -212,6 +212,8 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
         from .newton import check_size
         check_size(model.n_features if model.hidden is None else model.hidden[0].shape[1] + 1,
                    model.n_classes)  # before any weights are allocated
+    if next((ex for ex in train() if ex.n), None) is None:  # reads up to one batch
+        raise StreamfitError("no training examples: the files hold no rows (or no tokens)")
     if model.hidden is not None:  # 2-layer: the output layer, on the frozen hidden features
         from .grow import refine_output_layer
         return refine_output_layer(model, train, out, heldout=heldout, pass_fn=pass_fn,

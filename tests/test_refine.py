@@ -634,6 +634,17 @@ def test_restart_ignores_a_checkpoint_and_other_settings_are_refused(cli_data, t
 
 
 # --- 8. bad input ----------------------------------------------------------------------------
+@pytest.mark.parametrize("method", R.METHODS)
+def test_refine_on_files_without_rows_is_refused_and_writes_nothing(cli_data, tmp_path, capsys,
+                                                                   method):
+    empty = write_sparse(tmp_path / "empty.parquet", np.zeros(0, dtype=np.int64), [], [])
+    out = tmp_path / "refined.npy"
+    rc, stdout, err = cli(capsys, "refine", "--weights", cli_data["features"]["weights"], empty,
+                          "--method", method, "--passes", 2, "--out", out, "--quiet")
+    assert rc == 1 and "no training examples" in err
+    assert files_named(tmp_path, "refined") == []
+
+
 def test_refine_without_labels_is_refused(cli_data, tmp_path, capsys):
     rng = np.random.default_rng(0)
     _, x = random_feature_rows(rng, 20, 7, 3)
