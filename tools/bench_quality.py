@@ -1107,8 +1107,9 @@ def write_markdown(results: dict, meta: dict, out_dir: Path) -> Path:
         L += [(f"L-BFGS l2 grid (valid cross-entropy after {res['config']['lbfgs_passes']} passes): "
               f"{grid}. Chosen run: training objective {cv['objective_start']:.5g} → "
               f"{cv['objective_end']:.5g}, {100 * cv['objective_drop']:.3g}% over the last "
-              f"{cv['last_passes']} passes ({'converged' if cv['converged'] else 'not converged'}); "
-              f"scipy may evaluate once more than the passes asked for.")]
+              f"{cv['last_passes']} passes ({'converged' if cv['converged'] else 'not converged'})"
+              + ("; scipy evaluated once more than the passes asked for (before refine capped it)"
+                 if o["passes"] > res["config"]["lbfgs_passes"] else "") + ".")]
         for key, title in (("adam_from_explicit_lr_grid", "Adam from explicit"),
                            ("adam_random_lr_grid", "Adam from random"),
                            ("sgd_random_lr_grid", "SGD from random")):
