@@ -140,6 +140,8 @@ def plan_units(groups: Sequence[RowGroup], unit_values: int | None = None) -> li
     last may have fewer): the work of a task, whatever the encoding or compression. By
     default UNIT_VALUES, or fewer where that would make fewer than MIN_UNITS units.
     Depends only on `groups`, so a rerun gets the same units."""
+    if unit_values is not None and unit_values < 1:
+        raise ValueError(f"the values per unit must be at least 1, not {unit_values}")
     if unit_values is None:
         unit_values = min(UNIT_VALUES, sum(g.values for g in groups) // MIN_UNITS)
     units, current, values = [], [], 0

@@ -33,6 +33,7 @@ with a message that says so.
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -378,6 +379,11 @@ def grow(train: Callable[[], Iterator[Examples]], out: str | os.PathLike, *, tas
         raise ValueError(f"units per step must be at least 2 (units come in ± pairs), the "
                          f"maximum width and hidden moves non-negative, not {units_per_step}, "
                          f"{max_width} and {hidden_moves}")
+    for name, value in (("l2", l2), ("ridge", ridge), ("the minimum gain", min_gain)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number ≥ 0, not {value}")
+    if output_passes < 0:
+        raise ValueError(f"output passes must be non-negative, not {output_passes}")
     if pass_fn is None:
         def pass_fn(layers, full):
             return growth_pass(layers, train(), full=full)

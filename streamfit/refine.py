@@ -25,6 +25,7 @@ run resumable.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -208,6 +209,10 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
         raise ValueError(f"init must be weights, zeros or random, not {init!r}")
     if passes < 1:
         raise ValueError(f"passes must be at least 1, not {passes}")
+    if not (math.isfinite(l2) and l2 >= 0):
+        raise ValueError(f"l2 must be a finite number ≥ 0, not {l2}")
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"the learning rate must be a finite number > 0, not {lr}")
     if method == "newton":
         from .newton import check_size
         check_size(model.n_features if model.hidden is None else model.hidden[0].shape[1] + 1,

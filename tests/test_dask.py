@@ -152,6 +152,9 @@ def test_units_gather_consecutive_row_groups_across_files():
     assert units[3].files() == [("/c", [0, 1]), ("/d", [0])]
     assert [u.rows for u in units] == [20, 20, 10, 30, 10]
     assert D.plan_units(groups, unit_values=1) == [D.Unit((g,)) for g in groups]
+    for bad in (0, -5):
+        with pytest.raises(ValueError, match="at least 1"):
+            D.plan_units(groups, unit_values=bad)
 
 
 def test_default_units_are_capped_and_make_at_least_min_units(monkeypatch):

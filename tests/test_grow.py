@@ -574,3 +574,15 @@ def test_grow_on_a_file_without_rows_is_refused_and_writes_nothing(tmp_path, cap
                  "--quiet"]) == 1
     assert "no training examples" in capsys.readouterr().err
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("grown")]
+
+
+@pytest.mark.parametrize("option", [["--l2", "-1"], ["--ridge", "nan"], ["--min-gain", "-1"],
+                                    ["--output-passes", "-1"], ["--max-width", "-2"]])
+def test_grow_bad_numbers_are_refused_and_write_nothing(tmp_path, capsys, option):
+    rng = np.random.default_rng(0)
+    y, x = random_feature_rows(rng, 40, 5, 3)
+    path = write_dense(tmp_path / "f.parquet", y, x)
+    out = tmp_path / "grown.npy"
+    assert main(["grow", str(path), "--out", str(out), "--quiet", *option]) == 1
+    assert "must be" in capsys.readouterr().err
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("grown")]

@@ -634,6 +634,16 @@ def test_restart_ignores_a_checkpoint_and_other_settings_are_refused(cli_data, t
 
 
 # --- 8. bad input ----------------------------------------------------------------------------
+@pytest.mark.parametrize("option", [["--l2", "nan"], ["--l2", "-1"], ["--lr", "0"], ["--lr", "inf"]])
+def test_refine_bad_numbers_are_refused_and_write_nothing(cli_data, tmp_path, capsys, option):
+    data = cli_data["features"]
+    rc, stdout, err = cli(capsys, "refine", "--weights", data["weights"], data["train"],
+                          "--method", "newton", "--passes", 2, "--out", tmp_path / "refined.npy",
+                          "--quiet", *option)
+    assert rc == 1 and ("l2 must be" in err or "learning rate must be" in err)
+    assert files_named(tmp_path, "refined") == []
+
+
 @pytest.mark.parametrize("method", R.METHODS)
 def test_refine_on_files_without_rows_is_refused_and_writes_nothing(cli_data, tmp_path, capsys,
                                                                    method):

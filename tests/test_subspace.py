@@ -336,7 +336,7 @@ def test_dldr_refuses_a_phase_that_does_not_move(tokens, tmp_path, capsys):
     capsys.readouterr()
     rc = main(["refine", "--weights", str(tokens["weights"]), str(tokens["train"]),
                "--out", str(tmp_path / "r.npy"), "--quiet", "--method", "dldr", "--passes", "2",
-               "--lr", "0"])
+               "--lr", "1e-300"])  # steps below rounding
     assert rc == 1 and "snapshots are all equal" in capsys.readouterr().err
     assert Path(tmp_path / "r.ckpt.json").exists()  # the phase's work is kept for a rerun
 
