@@ -47,6 +47,7 @@ import scipy.sparse as sp
 from .errors import StreamfitError
 from .featurize import Examples
 from .model import Model, load_model, sidecar_path, stem_of, write_model
+from .refine import PassMeans
 
 MAX_INPUT_FEATURES = 4096
 BLOCK_ROWS = 2048
@@ -92,7 +93,7 @@ class Layers:
 
 
 @dataclass
-class GrowthSums:
+class GrowthSums(PassMeans):
     """Sums over one pass (divide by n for means). `full=False` passes fill only n, loss,
     correct and M (the output layer's gradient times n)."""
 
@@ -115,14 +116,6 @@ class GrowthSums:
                           add(self.M, other.M), add(self.S, other.S), add(self.S2, other.S2),
                           add(self.M2, other.M2), add(self.P, other.P), self.g2 + other.g2,
                           add(self.M1, other.M1))
-
-    @property
-    def mean_loss(self) -> float:
-        return self.loss / max(self.n, 1)
-
-    @property
-    def accuracy(self) -> float:
-        return self.correct / max(self.n, 1)
 
 
 def _csr(ex: Examples, d: int) -> sp.csr_matrix:

@@ -81,8 +81,24 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
+class PassMeans:
+    """Means of a pass's sums `n`, `loss` and `correct` (shared by the passes' sum types)."""
+
+    n: int
+    loss: float
+    correct: int
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss / max(self.n, 1)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.n, 1)
+
+
 @dataclass
-class PassResult:
+class PassResult(PassMeans):
     """Sums over one streaming pass (divide by n for means)."""
 
     n: int = 0
@@ -97,14 +113,6 @@ class PassResult:
             return None if a is None else a + b
         return PassResult(self.n + other.n, self.loss + other.loss, self.correct + other.correct,
                           add(self.expected, other.expected), add(self.observed, other.observed))
-
-    @property
-    def mean_loss(self) -> float:
-        return self.loss / max(self.n, 1)
-
-    @property
-    def accuracy(self) -> float:
-        return self.correct / max(self.n, 1)
 
 
 def full_pass(w: np.ndarray, batches: Iterable[Examples], *, expected: bool = True,

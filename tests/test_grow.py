@@ -31,15 +31,10 @@ jsonschema = pytest.importorskip("jsonschema")
 from jsonschema import Draft202012Validator  # noqa: E402
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "data_schemas"
+from test_refine import feature_matrix  # noqa: E402  (X̃ of a feature corpus)
 
 
 # --- oracles -------------------------------------------------------------------------------
-def feature_matrix(x_raw: np.ndarray) -> np.ndarray:
-    x_raw = np.asarray(x_raw, dtype=np.float64)
-    s = x_raw.sum(axis=1, keepdims=True)
-    return np.divide(x_raw, s, out=np.zeros_like(x_raw), where=s > 0)
-
-
 def with_one(m: np.ndarray) -> np.ndarray:
     return np.hstack([m, np.ones((m.shape[0], 1))])
 
