@@ -19,16 +19,16 @@ from pathlib import Path
 
 from . import __version__
 from .errors import StreamfitError
-from .evaluate import evaluate, iter_examples, predict
-from .model import load_model, read_sidecar, sidecar_path
-from .reading import DEFAULT_BATCH_ROWS, resolve_paths
-from .solve import DEFAULT_SMOOTHING, FORMS, finalize
-from .pipeline import CHECKPOINT_SECONDS, DEFAULT_MEMORY, accumulate_into, merge_into, parse_size
-from .stats import load, read_manifest
+from .model.evaluate import evaluate, iter_examples, predict
+from .model.weights import load_model, read_sidecar, sidecar_path
+from .io.parquet import DEFAULT_BATCH_ROWS, resolve_paths
+from .solve.explicit import DEFAULT_SMOOTHING, FORMS, finalize
+from .count.out_of_core import CHECKPOINT_SECONDS, DEFAULT_MEMORY, accumulate_into, merge_into, parse_size
+from .count.stats import load, read_manifest
 from .distributed import (INSTALL_HINT, MERGE_FAN_IN, MIN_UNITS, UNIT_VALUES, accumulate_distributed, cluster,
                           evaluate_distributed, growth_pass_function, hessian_function, merge_distributed,
                           pass_function)
-from .subspace import PHASE_METHODS, SUBSPACE_METHODS, SubspaceOptions
+from .train.subspace import PHASE_METHODS, SUBSPACE_METHODS, SubspaceOptions
 
 DEFAULT_STATS = "streamfit-stats"
 DEFAULT_FORM = "calibrated"
@@ -215,7 +215,7 @@ def cmd_predict(args) -> int:
 def cmd_refine(args) -> int:
     from tqdm.auto import tqdm
 
-    from .refine import refine
+    from .train.refine import refine
 
     model = load_model(args.weights)
     common = dict(task=model.task, window=model.window, n_classes=model.n_classes,
@@ -267,7 +267,7 @@ def cmd_refine(args) -> int:
 def cmd_grow(args) -> int:
     from tqdm.auto import tqdm
 
-    from .grow import data_shape, grow
+    from .train.grow import data_shape, grow
 
     files = resolve_paths(args.paths)
     start = load_model(args.weights) if args.weights else None

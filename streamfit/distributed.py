@@ -42,15 +42,15 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 from tqdm.auto import tqdm
 
-from .accumulate import accumulator_for
+from .count.accumulate import accumulator_for
 from .errors import StreamfitError
-from .evaluate import Scores, metrics, score_examples, unit_examples
-from .fileio import DirectoryLock, fault_point, fsync_dir
-from .model import load_model
-from .pipeline import DEFAULT_MEMORY, count_units, first_dense_width, merge_into
-from .reading import DEFAULT_BATCH_ROWS, open_parquet, resolve_paths
-from .refine import PassFn, PassResult, full_pass
-from .stats import MANIFEST, load
+from .model.evaluate import Scores, metrics, score_examples, unit_examples
+from .io.files import DirectoryLock, fault_point, fsync_dir
+from .model.weights import load_model
+from .count.out_of_core import DEFAULT_MEMORY, count_units, first_dense_width, merge_into
+from .io.parquet import DEFAULT_BATCH_ROWS, open_parquet, resolve_paths
+from .train.refine import PassFn, PassResult, full_pass
+from .count.stats import MANIFEST, load
 
 INSTALL_HINT = "pip install 'streamfit[dask]'"
 SHARDS = ".shards"
@@ -392,12 +392,12 @@ def _pass_unit(unit: Unit, w, expected: bool, observed: bool, layout: dict) -> P
 
 
 def _growth_unit(unit: Unit, layers, full: bool, layout: dict):
-    from .grow import growth_pass
+    from .train.grow import growth_pass
     return growth_pass(layers, unit_batches(unit, **layout), full=full)
 
 
 def _hessian_unit(unit: Unit, candidates, layout: dict):
-    from .newton import hessian_pass
+    from .train.newton import hessian_pass
     return hessian_pass(candidates, unit_batches(unit, **layout))
 
 

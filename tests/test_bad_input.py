@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import streamfit
-from streamfit import InputError, StreamfitError, solve
+from streamfit import InputError, StreamfitError
+from streamfit.solve import explicit as solve
 
 N_ROWS, GROUP, BATCH, BAD = 25, 10, 3, 17
 BAD_GROUP, BAD_ROW = BAD // GROUP, BAD % GROUP  # 1, 7

@@ -24,9 +24,9 @@ import pytest
 from scipy.special import logsumexp
 
 from streamfit.cli import main
-from streamfit.evaluate import evaluate
-from streamfit.model import load_model
-from streamfit.stats import load as load_stats
+from streamfit.model.evaluate import evaluate
+from streamfit.model.weights import load_model
+from streamfit.count.stats import load as load_stats
 from streamfit import synthetic
 
 from conftest import lm_count_oracle, markov_docs, write_tokens

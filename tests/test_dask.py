@@ -21,14 +21,17 @@ import pytest
 
 import streamfit
 from streamfit import distributed as D
-from streamfit import fileio, pipeline, solve, synthetic
+from streamfit import synthetic
+from streamfit.io import files as fileio
+from streamfit.count import out_of_core as pipeline
+from streamfit.solve import explicit as solve
 from streamfit.cli import main
 from streamfit.errors import InputError, StreamfitError
-from streamfit.evaluate import evaluate, iter_examples
-from streamfit.model import load_model
-from streamfit.pipeline import DEFAULT_MEMORY, accumulate_into, count_units
-from streamfit.refine import refine
-from streamfit.stats import load
+from streamfit.model.evaluate import evaluate, iter_examples
+from streamfit.model.weights import load_model
+from streamfit.count.out_of_core import DEFAULT_MEMORY, accumulate_into, count_units
+from streamfit.train.refine import refine
+from streamfit.count.stats import load
 
 from conftest import (lm_count_oracle, markov_docs, random_feature_rows, dense_to_sparse,
                       write_dense, write_sparse, write_tokens)
@@ -378,7 +381,7 @@ def test_newton_passes_on_dask_match_one_process(client, features, tmp_path):
 def test_growth_passes_on_dask_match_one_process(client, features, tmp_path, kill):
     """grow with its training passes (statistics and output-layer L-BFGS) summed over the
     row groups on the workers: the same units, amplitudes and log as in one process."""
-    from streamfit.grow import grow
+    from streamfit.train.grow import grow
 
     s = features["stats"]
     layout = dict(task=s.task, window=s.window, n_classes=s.n_classes, n_features=s.n_features)

@@ -5,7 +5,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamfit.featurize import Examples, distinct_inputs
+from streamfit.data.featurize import Examples, distinct_inputs
 
 
 def windows(table: np.ndarray) -> Examples:

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import streamfit
-from streamfit import evaluate, solve
-from streamfit.model import Model
+from streamfit.model import evaluate
+from streamfit.solve import explicit as solve
+from streamfit.model.weights import Model
 
 from conftest import write_dense, write_sparse
 

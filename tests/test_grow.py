@@ -17,13 +17,13 @@ import pytest
 import scipy.optimize
 from scipy.special import logsumexp, softmax
 
-from streamfit import grow as G
+from streamfit.train import grow as G
 from streamfit.cli import main
 from streamfit.errors import StreamfitError
-from streamfit.evaluate import iter_examples
-from streamfit.featurize import Examples
-from streamfit.model import load_model
-from streamfit.refine import refine
+from streamfit.model.evaluate import iter_examples
+from streamfit.data.featurize import Examples
+from streamfit.model.weights import load_model
+from streamfit.train.refine import refine
 
 from conftest import markov_docs, random_feature_rows, write_dense, write_sparse, write_tokens
 

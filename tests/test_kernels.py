@@ -11,10 +11,11 @@ import scipy.sparse as sp
 from hypothesis import given, settings, strategies as st
 from scipy.special import logsumexp
 
-from streamfit import kernels, kernels_reference as ref
-from streamfit.accumulate import CountTable
-from streamfit.featurize import Examples, FeatureRows
-from streamfit.model import Model
+from streamfit.count import kernels
+from streamfit.count import reference as ref
+from streamfit.count.accumulate import CountTable
+from streamfit.data.featurize import Examples, FeatureRows
+from streamfit.model.weights import Model
 
 SETTINGS = settings(max_examples=40, deadline=None)
 

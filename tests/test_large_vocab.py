@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow as pa
 
 import streamfit
-from streamfit.evaluate import iter_examples
-from streamfit.solve import class_log_totals
+from streamfit.model.evaluate import iter_examples
+from streamfit.solve.explicit import class_log_totals
 
 V = 200_000
 
@@ -40,7 +40,7 @@ def test_sparse_path_200k_vocabulary(tmp_path):
                             n_features=stats.n_features)
     model = streamfit.finalize(stats, tmp_path / "w.npy", form="calibrated", smoothing=0.1,
                                heldout=heldout, layout="sparse")
-    from streamfit.evaluate import evaluate
+    from streamfit.model.evaluate import evaluate
     result = evaluate(model, [tmp_path / "test.parquet"])
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()

@@ -12,8 +12,10 @@ import pytest
 from scipy.special import logsumexp
 
 import streamfit
-from streamfit import evaluate, kernels_reference as ref, solve
-from streamfit.model import load_model
+from streamfit.model import evaluate
+from streamfit.count import reference as ref
+from streamfit.solve import explicit as solve
+from streamfit.model.weights import load_model
 
 from conftest import dense_to_sparse, random_feature_rows, write_dense, write_sparse
 
@@ -223,7 +225,7 @@ def test_float16_sparse_is_refused_up_front(markov_corpus):
 def test_model_names_with_dots_keep_their_files_apart(markov_corpus, tmp_path, layout):
     """`weights.v1.npy` and `weights.v2.npy` are two models: every file of each (sidecar
     included) starts with its own full stem, never with a shortened one."""
-    from streamfit.model import load_model, sidecar_path
+    from streamfit.model.weights import load_model, sidecar_path
 
     stats = streamfit.accumulate([markov_corpus().train], window=1)
     out = tmp_path / "models"

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 import streamfit
-from streamfit import evaluate, solve, synthetic
+from streamfit import synthetic
+from streamfit.model import evaluate
+from streamfit.solve import explicit as solve
 
 N_STATES = 8
 N_DOCS = 400

@@ -13,8 +13,8 @@ from hypothesis import given, settings, strategies as st
 
 import streamfit
 from streamfit import FormatError
-from streamfit.accumulate import Accumulator, consume
-from streamfit.stats import Statistics, load, merge, save
+from streamfit.count.accumulate import Accumulator, consume
+from streamfit.count.stats import Statistics, load, merge, save
 
 from conftest import (classify_mass_oracle, dense_to_sparse, lm_count_oracle, write_dense,
                       write_sparse, write_tokens)

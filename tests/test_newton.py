@@ -9,9 +9,9 @@ import scipy.optimize
 from scipy.special import softmax
 
 import streamfit
-from streamfit import newton as N
-from streamfit import refine as R
-from streamfit import solve
+from streamfit.train import newton as N
+from streamfit.train import refine as R
+from streamfit.solve import explicit as solve
 from streamfit.errors import StreamfitError
 
 # the fixtures `bigram` and `features` are shared with test_refine (pytest finds them here)

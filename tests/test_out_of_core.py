@@ -15,8 +15,8 @@ import pytest
 
 import streamfit
 from streamfit.errors import StreamfitError
-from streamfit.fileio import DirectoryLock
-from streamfit.pipeline import accumulate_into, parse_size
+from streamfit.io.files import DirectoryLock
+from streamfit.count.out_of_core import accumulate_into, parse_size
 from streamfit.synthetic import markov_chain, sample_documents
 
 from conftest import write_dense, write_tokens
@@ -172,7 +172,7 @@ def test_killed_finalize_leaves_the_previous_model_or_none(tmp_path, token_files
     renamed): afterwards the model either loads and is exactly the previous one, or there
     is no sidecar (no model) — never a sidecar beside arrays it does not describe."""
     from streamfit.errors import FormatError
-    from streamfit.evaluate import evaluate
+    from streamfit.model.evaluate import evaluate
 
     stats, weights = tmp_path / "stats", tmp_path / "w.npy"
     assert _cli(["accumulate", *token_files, "--stats", stats, "--window", 2, "--quiet"]).returncode == 0

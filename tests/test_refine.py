@@ -18,13 +18,14 @@ import scipy.optimize
 from scipy.special import logsumexp, softmax
 
 import streamfit
-from streamfit import refine as R
-from streamfit import solve, synthetic
+from streamfit.train import refine as R
+from streamfit import synthetic
+from streamfit.solve import explicit as solve
 from streamfit.cli import main
 from streamfit.errors import StreamfitError
-from streamfit.evaluate import iter_examples
-from streamfit.featurize import distinct_inputs
-from streamfit.model import Model, load_model
+from streamfit.model.evaluate import iter_examples
+from streamfit.data.featurize import distinct_inputs
+from streamfit.model.weights import Model, load_model
 
 from conftest import (run_cli, markov_docs, random_feature_rows, write_dense, write_sparse,
                       write_tokens)

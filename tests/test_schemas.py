@@ -25,10 +25,10 @@ jsonschema = pytest.importorskip("jsonschema")
 from jsonschema import Draft202012Validator  # noqa: E402
 
 import streamfit  # noqa: E402
-from streamfit.evaluate import iter_examples, predict  # noqa: E402
-from streamfit.solve import finalize  # noqa: E402
+from streamfit.model.evaluate import iter_examples, predict  # noqa: E402
+from streamfit.solve.explicit import finalize  # noqa: E402
 from streamfit.cli import build_parser  # noqa: E402
-from streamfit.model import load_model  # noqa: E402
+from streamfit.model.weights import load_model  # noqa: E402
 
 from conftest import (classify_mass_oracle, dense_to_sparse, lm_count_oracle,  # noqa: E402
                       random_feature_rows, write_dense, write_sparse)

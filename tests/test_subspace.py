@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp, softmax
 
-from streamfit import refine as R
-from streamfit import subspace as S
+from streamfit.train import refine as R
+from streamfit.train import subspace as S
 from streamfit.cli import main
 from streamfit.errors import StreamfitError
-from streamfit.evaluate import iter_examples
-from streamfit.featurize import Examples
-from streamfit.model import Model, load_model
+from streamfit.model.evaluate import iter_examples
+from streamfit.data.featurize import Examples
+from streamfit.model.weights import Model, load_model
 
 from conftest import run_cli, markov_docs, random_feature_rows, write_dense, write_tokens
 

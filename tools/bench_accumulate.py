@@ -78,8 +78,8 @@ import scipy  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
 import streamfit  # noqa: E402
-from streamfit import kernels_reference  # noqa: E402
-from streamfit.accumulate import CountTable  # noqa: E402
+from streamfit.count import reference as kernels_reference  # noqa: E402
+from streamfit.count.accumulate import CountTable  # noqa: E402
 from streamfit.synthetic import markov_chain, sample_documents  # noqa: E402
 
 TARGET_TOKENS_PER_S = 25e6  # per core, window 1

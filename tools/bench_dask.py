@@ -53,12 +53,12 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from streamfit import distributed as D  # noqa: E402
 from streamfit import synthetic  # noqa: E402
-from streamfit.evaluate import evaluate  # noqa: E402
-from streamfit.model import load_model  # noqa: E402
-from streamfit.pipeline import accumulate_into  # noqa: E402
-from streamfit.reading import open_parquet, resolve_paths  # noqa: E402
-from streamfit.solve import finalize  # noqa: E402
-from streamfit.stats import checksum_of, load  # noqa: E402
+from streamfit.model.evaluate import evaluate  # noqa: E402
+from streamfit.model.weights import load_model  # noqa: E402
+from streamfit.count.out_of_core import accumulate_into  # noqa: E402
+from streamfit.io.parquet import open_parquet, resolve_paths  # noqa: E402
+from streamfit.solve.explicit import finalize  # noqa: E402
+from streamfit.count.stats import checksum_of, load  # noqa: E402
 
 BEGIN, END = "<!-- bench_dask:begin -->", "<!-- bench_dask:end -->"
 

@@ -27,9 +27,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from streamfit import accumulate
-from streamfit.evaluate import evaluate, iter_examples
-from streamfit.solve import DEFAULT_SMOOTHING, finalize
+from streamfit.count import accumulate
+from streamfit.model.evaluate import evaluate, iter_examples
+from streamfit.solve.explicit import DEFAULT_SMOOTHING, finalize
 
 HERE = Path(__file__).resolve().parent
 

@@ -50,12 +50,12 @@ import scipy.sparse as sp
 
 import streamfit
 from streamfit import Accumulator, Model
-from streamfit.evaluate import iter_examples
-from streamfit.featurize import Examples, FeatureRows, feature_examples
-from streamfit.grow import grow
-from streamfit.model import load_model
-from streamfit.refine import refine
-from streamfit.solve import finalize
+from streamfit.model.evaluate import iter_examples
+from streamfit.data.featurize import Examples, FeatureRows, feature_examples
+from streamfit.train.grow import grow
+from streamfit.model.weights import load_model
+from streamfit.train.refine import refine
+from streamfit.solve.explicit import finalize
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

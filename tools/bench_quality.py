@@ -66,12 +66,12 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 import streamfit
-import streamfit.refine as refine_module
+import streamfit.train.refine as refine_module
 from streamfit import Accumulator, Model
-from streamfit.evaluate import evaluate, iter_examples
-from streamfit.featurize import Examples, slice_examples
-from streamfit.refine import dense_parameters, full_pass, refine
-from streamfit.solve import finalize
+from streamfit.model.evaluate import evaluate, iter_examples
+from streamfit.data.featurize import Examples, slice_examples
+from streamfit.train.refine import dense_parameters, full_pass, refine
+from streamfit.solve.explicit import finalize
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -109,8 +109,8 @@ import pyarrow.parquet as pq
 from numba import njit, prange
 
 import streamfit
-from streamfit.pipeline import parse_size
-from streamfit.reading import DEFAULT_BATCH_ROWS
+from streamfit.count.out_of_core import parse_size
+from streamfit.io.parquet import DEFAULT_BATCH_ROWS
 
 ENTRY_BYTES = 16           # one packed int64 key + one int64 count
 NO_CHECKPOINT = "1e9"      # spill for memory only, never for time, in every measured run

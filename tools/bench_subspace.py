@@ -49,11 +49,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from streamfit import refine as R  # noqa: E402
-from streamfit.evaluate import iter_examples  # noqa: E402
-from streamfit.featurize import Examples  # noqa: E402
-from streamfit.model import Model  # noqa: E402
-from streamfit.subspace import SubspaceOptions  # noqa: E402
+from streamfit.train import refine as R  # noqa: E402
+from streamfit.model.evaluate import iter_examples  # noqa: E402
+from streamfit.data.featurize import Examples  # noqa: E402
+from streamfit.model.weights import Model  # noqa: E402
+from streamfit.train.subspace import SubspaceOptions  # noqa: E402
 
 SPLITS = ("train", "valid", "test")
 CONFIG = {

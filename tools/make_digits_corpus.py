@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from streamfit.fileio import atomic_directory
+from streamfit.io.files import atomic_directory
 
 SEED = 0
 ROW_GROUP_SIZE = 1024

@@ -53,7 +53,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from streamfit.fileio import atomic_directory
+from streamfit.io.files import atomic_directory
 from tqdm import tqdm
 
 UNK, NL = "<unk>", "<nl>"

@@ -21,11 +21,11 @@ import numpy as np
 import scipy.optimize
 from numba import njit
 
-from .errors import StreamfitError
-from .featurize import Examples
-from .kernels import _log_expm1
-from .model import Model, load_model, write_model
-from .stats import Statistics
+from ..errors import StreamfitError
+from ..data.featurize import Examples
+from ..count.kernels import _log_expm1
+from ..model.weights import Model, load_model, write_model
+from ..count.stats import Statistics
 
 FORMS = ("conditional", "paper", "calibrated")
 SMOOTHING_GRID = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from .errors import InputError
-from .kernels import MAX_FEATURE, MAX_LABEL, MAX_TOKEN_ID
+from ..errors import InputError
+from ..count.kernels import MAX_FEATURE, MAX_LABEL, MAX_TOKEN_ID
 
 
 @dataclass

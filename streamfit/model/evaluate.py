@@ -16,11 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from .errors import InputError
-from .featurize import Examples, batch_examples
-from .fileio import atomic_path
-from .model import Model
-from .reading import (DEFAULT_BATCH_ROWS, FEATURES, INDICES, LABEL, TOKENS, VALUES,
+from ..errors import InputError
+from ..data.featurize import Examples, batch_examples
+from ..io.files import atomic_path
+from .weights import Model
+from ..io.parquet import (DEFAULT_BATCH_ROWS, FEATURES, INDICES, LABEL, TOKENS, VALUES,
                       iter_batches, open_parquet, resolve_paths)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import kernels
-from .fileio import NpyWriter, atomic_path, fault_point, file_digest, save_npy
+from ..io.files import NpyWriter, atomic_path, fault_point, file_digest, save_npy
 
 RUN_ENTRY_BYTES = 16
 
@@ -86,7 +86,7 @@ class _RunReader:
                 np.lib.format.read_array_header_2_0
             shape, _, dtype = read_header(fh)
             if shape != (self.n,):
-                from .errors import FormatError
+                from ..errors import FormatError
                 raise FormatError(f"{directory}: run {entry['name']} is damaged (size mismatch)")
             self._files.append((fh, fh.tell(), dtype))
         self._start, self._keys, self._vals = 0, np.empty(0, np.int64), np.empty(0)

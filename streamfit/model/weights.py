@@ -28,11 +28,12 @@ import pyarrow as pa
 import scipy.sparse as sp
 from numpy.lib.format import open_memmap
 
-from . import __version__, kernels
-from .errors import FormatError
-from .featurize import (Examples, batch_examples, distinct_inputs, slice_examples,
+from .. import __version__
+from ..count import kernels
+from ..errors import FormatError
+from ..data.featurize import (Examples, batch_examples, distinct_inputs, slice_examples,
                         take_examples)
-from .fileio import (NpyWriter, fault_point, file_digest, fsync_dir, fsync_path,
+from ..io.files import (NpyWriter, fault_point, file_digest, fsync_dir, fsync_path,
                      header_checksum, load_npy, read_document, temp_name, verify, write_json)
 
 FORMAT = "streamfit-weights"

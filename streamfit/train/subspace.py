@@ -37,9 +37,9 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.lib.format import open_memmap
 
-from .errors import StreamfitError
-from .featurize import Examples, distinct_inputs, slice_examples
-from .fileio import atomic_path, fsync_path, temp_name
+from ..errors import StreamfitError
+from ..data.featurize import Examples, distinct_inputs, slice_examples
+from ..io.files import atomic_path, fsync_path, temp_name
 
 SUBSPACE_METHODS = ("random-bases", "dldr")
 PHASE_METHODS = ("sgd", "adam", "gis")

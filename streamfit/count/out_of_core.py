@@ -28,9 +28,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .accumulate import Accumulator, accumulator_for
-from .errors import InputError, StreamfitError
-from .fileio import DirectoryLock, fault_point, write_json
-from .reading import DEFAULT_BATCH_ROWS, iter_batches, open_parquet, resolve_paths
+from ..errors import InputError, StreamfitError
+from ..io.files import DirectoryLock, fault_point, write_json
+from ..io.parquet import DEFAULT_BATCH_ROWS, iter_batches, open_parquet, resolve_paths
 from .spill import cells, merge_runs, remove_run, statistics_as_run, write_run
 from .stats import (FORMAT, MANIFEST, SCHEMA_VERSION, check_mergeable, combined_sources, commit,
                     load, new_generation, save_arrays)
@@ -459,7 +459,7 @@ def _merge_into(stats_dir: Path, work: Path, journal: Journal, previous, templat
         "empty_rows": journal.counts["empty_rows"] + (previous.empty_rows if previous else 0),
         "sources": sources,
     }
-    from . import __version__
+    from .. import __version__
     header["streamfit_version"] = __version__
     if template.task == "lm":
         header["vocab_size"] = n_classes

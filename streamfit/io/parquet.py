@@ -15,7 +15,7 @@ from typing import Iterable, Iterator, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import InputError
+from ..errors import InputError
 
 DEFAULT_BATCH_ROWS = 4096
 

@@ -16,9 +16,9 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from . import kernels
-from .errors import InputError
-from .featurize import FeatureRows, TokenArrays, feature_rows, token_arrays
-from .reading import (DEFAULT_BATCH_ROWS, FEATURES, INDICES, LABEL, TOKENS, VALUES,
+from ..errors import InputError
+from ..data.featurize import FeatureRows, TokenArrays, feature_rows, token_arrays
+from ..io.parquet import (DEFAULT_BATCH_ROWS, FEATURES, INDICES, LABEL, TOKENS, VALUES,
                       detect_task, iter_batches, open_parquet, resolve_paths)
 from .stats import Statistics
 

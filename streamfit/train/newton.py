@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from .errors import StreamfitError
-from .featurize import Examples, distinct_inputs, slice_examples
+from ..errors import StreamfitError
+from ..data.featurize import Examples, distinct_inputs, slice_examples
 from .refine import PassResult
 
 HESSIAN_LIMIT_BYTES = 2 << 30

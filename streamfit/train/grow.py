@@ -44,9 +44,9 @@ import numpy as np
 import scipy.optimize
 import scipy.sparse as sp
 
-from .errors import StreamfitError
-from .featurize import Examples
-from .model import Model, load_model, sidecar_path, stem_of, write_model
+from ..errors import StreamfitError
+from ..data.featurize import Examples
+from ..model.weights import Model, load_model, sidecar_path, stem_of, write_model
 from .refine import PassMeans
 
 MAX_INPUT_FEATURES = 4096
@@ -465,7 +465,7 @@ def data_shape(paths, *, task: str | None = None, window: int | None = None,
                n_features: int | None = None, progress: bool = False, **columns) -> dict:
     """task, window, n_features and n_classes of a corpus, detected by one validating pass
     (streamfit.accumulate) where not given: what a model grown from nothing needs."""
-    from .accumulate import accumulate
+    from ..count.accumulate import accumulate
 
     stats = accumulate(paths, task=task, progress=progress, vocab_size=vocab_size,
                        n_classes=n_classes, n_features=n_features,

@@ -36,10 +36,10 @@ import numpy as np
 import scipy.optimize
 import scipy.sparse as sp
 
-from .errors import StreamfitError
-from .featurize import Examples, distinct_inputs, slice_examples
-from .fileio import atomic_path, fault_point, write_json
-from .model import Model, load_model, write_model
+from ..errors import StreamfitError
+from ..data.featurize import Examples, distinct_inputs, slice_examples
+from ..io.files import atomic_path, fault_point, write_json
+from ..model.weights import Model, load_model, write_model
 from .subspace import SUBSPACE_METHODS, SubspaceOptions, refine_subspace, work_files
 
 METHODS = ("gis", "lbfgs", "newton", "sgd", "adam", *SUBSPACE_METHODS)

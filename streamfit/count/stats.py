@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from . import __version__
-from .errors import FormatError
-from .fileio import header_checksum, load_npy, read_document, save_npy, verify, write_json
+from .. import __version__
+from ..errors import FormatError
+from ..io.files import header_checksum, load_npy, read_document, save_npy, verify, write_json
 
 FORMAT = "streamfit-statistics"
 SCHEMA_VERSION = 1

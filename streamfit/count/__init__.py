@@ -1,0 +1,1 @@
+"""Counting: kernels, the count table, out-of-core accumulation, the statistics format and merge."""

@@ -1,0 +1,1 @@
+"""Featurizing: Arrow record batches to validated numpy example arrays."""

@@ -1,0 +1,1 @@
+"""Input and output: Parquet reading and crash-safe, checksummed files."""

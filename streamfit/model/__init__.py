@@ -1,0 +1,1 @@
+"""Models: weights files, scoring, evaluate and predict."""

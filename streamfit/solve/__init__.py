@@ -1,0 +1,1 @@
+"""The explicit solution: forms, finalize and the held-out calibration."""

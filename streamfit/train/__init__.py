@@ -1,0 +1,1 @@
+"""Training by streaming passes: refinement, Newton, subspaces, growth."""
