@@ -1,16 +1,51 @@
 """streamfit: softmax models over corpora larger than memory, without backpropagation.
 
-Stages, one module each: reading → featurize → kernels / accumulate → stats (format,
-merge) → solve (explicit solution) → model (weights files, scoring) → evaluate.
+The package follows the data flow, one subpackage per stage, imports running one way:
+io (Parquet, crash-safe files) → data (featurize) → count (kernels, accumulate, spill,
+statistics and merge) → model (weights files, scoring, evaluate) → solve (explicit
+solution, calibration) → train (refine, newton, subspace, grow) → distributed → cli.
+
+The public API below is imported on first use, so `import streamfit` stays cheap: a command
+pays only for the stages it runs.
 """
+from __future__ import annotations
+
+import importlib
+
+from .errors import FormatError, InputError, OptionError, StreamfitError
+
 __version__ = "0.1.0"
 
-from .count.accumulate import Accumulator, accumulate  # noqa: E402
-from .errors import FormatError, InputError, StreamfitError  # noqa: E402
-from .model.weights import Model, load_model  # noqa: E402
-from .solve.explicit import finalize  # noqa: E402
-from .count.stats import Statistics, load as load_stats, merge, save as save_stats  # noqa: E402
+_API = {
+    "Accumulator": "count.accumulate",
+    "accumulate": "count.accumulate",       # paths → Statistics in memory
+    "accumulate_into": "count.out_of_core",  # paths → a statistics directory, out of core, resumable
+    "Statistics": "count.stats",
+    "load_stats": ("count.stats", "load"),
+    "save_stats": ("count.stats", "save"),
+    "merge": "count.stats",                  # Statistics objects → their exact sum, in memory
+    "merge_into": "count.out_of_core",       # statistics directories → one, bounded memory
+    "finalize": "solve.explicit",
+    "Model": "model.weights",
+    "load_model": "model.weights",
+    "evaluate": "model.evaluate",
+    "predict": "model.evaluate",
+    "refine": "train.refine",
+    "grow": "train.grow",
+}
 
-__all__ = ["Accumulator", "accumulate", "Statistics", "load_stats", "save_stats", "merge",
-           "finalize", "Model", "load_model",
-           "StreamfitError", "InputError", "FormatError", "__version__"]
+__all__ = [*_API, "StreamfitError", "InputError", "OptionError", "FormatError", "__version__"]
+
+
+def __getattr__(name: str):
+    target = _API.get(name)
+    if target is None:
+        raise AttributeError(f"module 'streamfit' has no attribute {name!r}")
+    module, attr = target if isinstance(target, tuple) else (target, name)
+    value = getattr(importlib.import_module(f".{module}", __name__), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -22,7 +22,8 @@ from .errors import StreamfitError
 from .model.evaluate import evaluate, iter_examples, predict
 from .model.weights import load_model, read_sidecar, sidecar_path
 from .io.parquet import DEFAULT_BATCH_ROWS, resolve_paths
-from .solve.explicit import DEFAULT_SMOOTHING, FORMS, finalize
+from .solve.explicit import finalize
+from .solve.forms import DEFAULT_SMOOTHING, FORMS
 from .count.out_of_core import CHECKPOINT_SECONDS, DEFAULT_MEMORY, accumulate_into, merge_into, parse_size
 from .count.stats import load, read_manifest
 from .distributed import (INSTALL_HINT, MERGE_FAN_IN, MIN_UNITS, UNIT_VALUES, accumulate_distributed, cluster,
@@ -431,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "log(f_i + a·C), logits = tau·(x̃·W) − beta·log(c_j + a·D), and write it "
                        "block by block to memory-mapped files: OUT (.npy, dense) or "
                        "OUT.S.*.npy (sparse), OUT.bias.npy when beta ≠ 0, and the sidecar "
-                       "OUT.json. Forms: conditional (tau=1, beta=0: the maximum-likelihood "
+                       "OUT.model.json. Forms: conditional (tau=1, beta=0: the maximum-likelihood "
                        "bigram), paper (tau=K, beta=K−1, naive-Bayes-like, K = mean input L1 "
                        "norm), calibrated (tau, beta fitted on --heldout data in one pass).")
     p.add_argument("--stats", default=DEFAULT_STATS, metavar="DIR",
@@ -458,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="cross-entropy, perplexity and accuracy on Parquet data",
                        description="Stream Parquet data through a model: cross-entropy (nats "
                        "per token / example), perplexity, accuracy and top-k accuracy.")
-    p.add_argument("--weights", required=True, metavar="FILE", help="weights (.npy or .json)")
+    p.add_argument("--weights", required=True, metavar="FILE", help="weights (.npy or .model.json)")
     p.add_argument("paths", nargs="+", metavar="PATHS", help="Parquet files, globs or directories")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="k of top-k accuracy (default: 5)")
     p.add_argument("--json", action="store_true",
@@ -476,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(words mapped through --vocab, one token per line, line number = id). "
                        "With PATHS and --out: a Parquet file of top-k classes and probabilities "
                        "for every example (every token of a token corpus).")
-    p.add_argument("--weights", required=True, metavar="FILE", help="weights (.npy or .json)")
+    p.add_argument("--weights", required=True, metavar="FILE", help="weights (.npy or .model.json)")
     p.add_argument("paths", nargs="*", metavar="PATHS", help="Parquet files, globs or directories")
     p.add_argument("--context", metavar="TEXT", help="lm: space-separated context tokens (ids, or words with --vocab)")
     p.add_argument("--vocab", metavar="FILE", help="vocabulary file: one token per line, line number = id")
@@ -503,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "whose top --dims principal directions P-BFGS then trains for the "
                        "remaining passes. A checkpoint after every pass (OUT.ckpt.*) lets a "
                        "killed run resume when run again.")
-    p.add_argument("--weights", required=True, metavar="FILE", help="weights to start from (.npy or .json)")
+    p.add_argument("--weights", required=True, metavar="FILE", help="weights to start from (.npy or .model.json)")
     p.add_argument("paths", nargs="+", metavar="PATHS", help="training Parquet files, globs or directories")
     p.add_argument("--method", required=True, choices=("gis", "lbfgs", "newton", "sgd", "adam", *SUBSPACE_METHODS))
     p.add_argument("--passes", type=int, default=5, metavar="N",
@@ -617,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("info", help="what a statistics directory or weights file holds")
-    p.add_argument("path", metavar="PATH", help="statistics directory or weights file (.npy / .json)")
+    p.add_argument("path", metavar="PATH", help="statistics directory or weights file (.npy / .model.json)")
     p.add_argument("--check", action="store_true", help="verify every file's checksum")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
@@ -634,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
             args.smoothing = "auto" if args.heldout else str(DEFAULT_SMOOTHING)
     try:
         return args.func(args)
-    except (StreamfitError, ValueError) as exc:
+    except StreamfitError as exc:
         print(f"streamfit {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -43,14 +43,14 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 from tqdm.auto import tqdm
 
 from .count.accumulate import accumulator_for
-from .errors import StreamfitError
+from .errors import OptionError, StreamfitError
 from .model.evaluate import Scores, metrics, score_examples, unit_examples
 from .io.files import DirectoryLock, fault_point, fsync_dir
 from .model.weights import load_model
 from .count.out_of_core import DEFAULT_MEMORY, count_units, first_dense_width, merge_into
 from .io.parquet import DEFAULT_BATCH_ROWS, open_parquet, resolve_paths
-from .train.refine import PassFn, PassResult, full_pass
-from .count.stats import MANIFEST, load
+from .train.core import PassFn, PassResult, full_pass
+from .count.stats import MANIFEST, load, summary
 
 INSTALL_HINT = "pip install 'streamfit[dask]'"
 SHARDS = ".shards"
@@ -73,7 +73,7 @@ def cluster(scheduler: str | None = None, workers: int | None = None) -> Iterato
     new local cluster of `workers` processes (one thread each), closed on exit."""
     distributed = _distributed()
     if (scheduler is None) == (workers is None):
-        raise ValueError("give either a scheduler address or a number of local workers")
+        raise OptionError("give either a scheduler address or a number of local workers")
     if scheduler is not None:
         if "://" in scheduler and not scheduler.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
             raise StreamfitError(f"{scheduler!r} is not a Dask scheduler address "
@@ -86,7 +86,7 @@ def cluster(scheduler: str | None = None, workers: int | None = None) -> Iterato
             yield client
         return
     if workers < 1:
-        raise ValueError(f"the number of Dask workers must be at least 1, not {workers}")
+        raise OptionError(f"the number of Dask workers must be at least 1, not {workers}")
     with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                   dashboard_address=":0", silence_logs=logging.ERROR) as lc, \
             distributed.Client(lc) as client:
@@ -141,7 +141,7 @@ def plan_units(groups: Sequence[RowGroup], unit_values: int | None = None) -> li
     default UNIT_VALUES, or fewer where that would make fewer than MIN_UNITS units.
     Depends only on `groups`, so a rerun gets the same units."""
     if unit_values is not None and unit_values < 1:
-        raise ValueError(f"the values per unit must be at least 1, not {unit_values}")
+        raise OptionError(f"the values per unit must be at least 1, not {unit_values}")
     if unit_values is None:
         unit_values = min(UNIT_VALUES, sum(g.values for g in groups) // MIN_UNITS)
     units, current, values = [], [], 0
@@ -312,7 +312,7 @@ def accumulate_distributed(client, stats_dir: str | os.PathLike, paths, *,
     units = plan_units(todo, unit_values)
     if not units and previous is not None:
         shutil.rmtree(root, ignore_errors=True)
-        return {"unchanged": True, **_summary(previous.header())}
+        return {"unchanged": True, **summary(previous.header())}
     if not units:
         raise StreamfitError(f"no row groups in {', '.join(map(str, files))}: nothing to "
                              f"accumulate")
@@ -341,12 +341,7 @@ def accumulate_distributed(client, stats_dir: str | os.PathLike, paths, *,
                                  f"accumulate")
         manifest = merge_into(stats_dir, parts, memory=memory)
     shutil.rmtree(root, ignore_errors=True)
-    return {"unchanged": False, "resumed": resumed, **_summary(manifest)}
-
-
-def _summary(header: dict) -> dict:
-    return {k: header[k] for k in ("task", "window", "n_classes", "n_features", "nnz",
-                                   "n_examples", "empty_rows")}
+    return {"unchanged": False, "resumed": resumed, **summary(manifest)}
 
 
 def merge_distributed(client, out_dir: str | os.PathLike, dirs, *,

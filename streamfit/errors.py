@@ -36,5 +36,9 @@ class InputError(StreamfitError, ValueError):
         return InputError(self.message, path=path, row_group=row_group, row=row, column=self.column)
 
 
+class OptionError(StreamfitError, ValueError):
+    """An option or argument outside its range (a bad --window, --l2, method name, size)."""
+
+
 class FormatError(StreamfitError):
     """A statistics directory or weights file that is missing, corrupt or incompatible."""

@@ -162,7 +162,7 @@ def test_bigram_conditional_cross_entropy_and_accuracy_match_hand_computation(ws
 
 
 def test_finalize_sidecar_says_what_was_asked(ws):
-    meta = {n: json.loads((ws["w"] / f"{n}.json").read_text())
+    meta = {n: json.loads((ws["w"] / f"{n}.model.json").read_text())
             for n in ("dense", "sparse", "paper2", "calibrated", "calibrated-a")}
     assert (meta["dense"]["layout"], meta["sparse"]["layout"]) == ("dense", "sparse")
     for n in ("dense", "sparse"):
@@ -212,7 +212,7 @@ def test_paper_form_window_2_matches_hand_computation(ws, capsys):
 def test_calibrated_form_matches_hand_computation_and_beats_conditional(ws, capsys):
     f, valid, test = ws["f"], ws["docs"]["valid"], ws["docs"]["test"]
     for name in ("calibrated", "calibrated-a"):
-        meta = json.loads((ws["w"] / f"{name}.json").read_text())
+        meta = json.loads((ws["w"] / f"{name}.model.json").read_text())
         a, tau, beta = meta["smoothing"], meta["tau"], meta["beta"]
         result = evaluate_json(capsys, ws["w"] / f"{name}.npy", ws["paths"]["test"])
         assert result["cross_entropy"] == pytest.approx(
@@ -225,7 +225,7 @@ def test_calibrated_form_matches_hand_computation_and_beats_conditional(ws, caps
         # (tau, beta) = (1, 0), the conditional form, is one of the candidates.
         assert cross_entropy(bigram_logits(f, a, tau, beta), valid) <= \
             cross_entropy(bigram_logits(f, a, 1.0, 0.0), valid) + 1e-9
-    chosen = json.loads((ws["w"] / "calibrated.json").read_text())
+    chosen = json.loads((ws["w"] / "calibrated.model.json").read_text())
     losses = {g["smoothing"]: cross_entropy(bigram_logits(f, g["smoothing"], g["tau"], g["beta"]), valid)
               for g in chosen["calibration"]["grid"]}
     assert chosen["smoothing"] == min(losses, key=losses.get)
@@ -392,7 +392,7 @@ def test_info_check_detects_a_flipped_byte(ws, capsys, tmp_path):
     rc, out, err = cli(capsys, "info", stats, "--check")
     assert rc == 1 and "checksum" in err and str(data_file) in err
 
-    for name in ("dense.npy", "dense.json"):
+    for name in ("dense.npy", "dense.model.json"):
         shutil.copy(ws["w"] / name, tmp_path / name)
     flip_last_byte(tmp_path / "dense.npy")
     assert cli(capsys, "info", tmp_path / "dense.npy")[0] == 0
@@ -555,7 +555,7 @@ def test_finalize_errors_write_no_weights(ws, capsys, tmp_path):
 def test_evaluate_with_missing_weights(ws, capsys, tmp_path):
     rc, out, err = cli(capsys, "evaluate", "--weights", tmp_path / "nope.npy", ws["paths"]["test"])
     assert rc == 1 and out == ""
-    assert str(tmp_path / "nope.json") in err
+    assert str(tmp_path / "nope.model.json") in err
     assert list(tmp_path.iterdir()) == []
 
 

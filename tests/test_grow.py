@@ -392,7 +392,7 @@ def test_growing_refuses_large_inputs_and_missing_labels(tmp_path, capsys):
 def test_a_written_model_predicts_like_the_layers_in_memory(corpus, tmp_path):
     x, y = corpus["x"], corpus["y"]
     layers = random_layers(np.random.default_rng(9), 7, 6, 4)
-    header = G._header("classify", 0, 7, 4, layers, {})
+    header = G.model_header("classify", 0, 7, 4, layers, {})
     model = load_model(G.write_layers(tmp_path / "m.npy", layers, header), check=True)
     assert model.layers == 2 and model.layout == "dense"
     stored = {k: np.load(tmp_path / f"m{s}.npy") for k, s in
@@ -415,7 +415,7 @@ def test_a_written_model_predicts_like_the_layers_in_memory(corpus, tmp_path):
     # a stem with dots names its own files
     dotted = load_model(G.write_layers(tmp_path / "m-0.001.npy", layers, header))
     assert sorted(p.name for p in tmp_path.glob("m-0.001*")) == [
-        "m-0.001.A.npy", "m-0.001.a0.npy", "m-0.001.bias.npy", "m-0.001.json", "m-0.001.npy"]
+        "m-0.001.A.npy", "m-0.001.a0.npy", "m-0.001.bias.npy", "m-0.001.model.json", "m-0.001.npy"]
     np.testing.assert_array_equal(dotted.logits(ex), model.logits(ex))
     # an Arrow batch goes through the model's own featurizing
     path = write_dense(tmp_path / "f.parquet", y, corpus["x_raw"])
@@ -448,7 +448,7 @@ def cli(capsys, *args):
 
 def stored_forward(path: Path, x: np.ndarray) -> np.ndarray:
     """Logits of a 2-layer model file, read with numpy.load only."""
-    meta = json.loads(path.with_suffix(".json").read_text())
+    meta = json.loads(path.with_suffix(".model.json").read_text())
     arr = {k: np.load(path.parent / v["file"]).astype(np.float64) for k, v in meta["arrays"].items()}
     return forward(arr["A"], arr["a0"], np.vstack([arr["W"], arr["bias"][None, :]]), x)[1]
 
@@ -460,7 +460,7 @@ def test_cli_grow_evaluate_predict_refine_info(cli_data, tmp_path, capsys):
                           "--hidden-moves", 2, "--json", "--quiet")
     assert rc == 0, err
     printed = json.loads(stdout)
-    meta = json.loads(out.with_suffix(".json").read_text())
+    meta = json.loads(out.with_suffix(".model.json").read_text())
     assert [e.message for e in cli_data["validator"].iter_errors(meta)] == []
     assert meta["form"] == "grown" and meta["layers"] == 2 and meta["n_features"] == 9
     assert printed["log"] == meta["growth"]["log"] and meta["growth"]["amplitude_on"] == "heldout"
@@ -496,14 +496,14 @@ def test_cli_grow_evaluate_predict_refine_info(cli_data, tmp_path, capsys):
     rc, stdout, err = cli(capsys, "refine", "--weights", out, cli_data["train"], "--method",
                           "lbfgs", "--passes", 5, "--out", refined, "--quiet")
     assert rc == 0, err
-    rmeta = json.loads(refined.with_suffix(".json").read_text())
+    rmeta = json.loads(refined.with_suffix(".model.json").read_text())
     assert [e.message for e in cli_data["validator"].iter_errors(rmeta)] == []
     assert rmeta["form"] == "refined" and rmeta["refinement"]["from"] == "grown"
     assert rmeta["growth"] == meta["growth"]
     assert rmeta["arrays"]["A"]["sha256"] == meta["arrays"]["A"]["sha256"]  # hidden layer frozen
     assert rmeta["arrays"]["W"]["sha256"] != meta["arrays"]["W"]["sha256"]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("refined")) == \
-        ["refined.A.npy", "refined.a0.npy", "refined.bias.npy", "refined.json", "refined.npy"]
+        ["refined.A.npy", "refined.a0.npy", "refined.bias.npy", "refined.model.json", "refined.npy"]
     for method in (["gis"], ["dldr", "--phase", "gis"]):
         rc, stdout, err = cli(capsys, "refine", "--weights", out, cli_data["train"], "--method",
                               *method, "--out", tmp_path / "gis.npy", "--quiet")

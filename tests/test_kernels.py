@@ -1,4 +1,4 @@
-"""The numba kernels against their pure-numpy twins in streamfit.kernels_reference.
+"""The numba kernels against their pure-numpy twins in streamfit.count.reference and streamfit.model.reference.
 
 Counting starts from a 4-slot table (capacity_bits=2, at most 2 entries before growing),
 so nearly every call stops early, grows the table and resumes mid-document.
@@ -13,6 +13,7 @@ from scipy.special import logsumexp
 
 from streamfit.count import kernels
 from streamfit.count import reference as ref
+from streamfit.model import reference as scoring_ref
 from streamfit.count.accumulate import CountTable
 from streamfit.data.featurize import Examples, FeatureRows
 from streamfit.model.weights import Model
@@ -153,7 +154,7 @@ def make_bias(kind, rng, n_classes):
 def reference_scores(z, targets, top_k):
     """nll, top-k classes and their log-probabilities from dense logits, by numpy."""
     has = targets >= 0
-    nll, _, top = ref.score_dense(z, np.where(has, targets, 0), min(top_k, z.shape[1]))
+    nll, _, top = scoring_ref.score_dense(z, np.where(has, targets, 0), min(top_k, z.shape[1]))
     lse = logsumexp(z, axis=1)
     return np.where(has, nll, np.nan), top, np.take_along_axis(z, top, axis=1) - lse[:, None]
 
@@ -173,13 +174,13 @@ def test_score_sparse_matches_dense_reference(seed, bias_kind, tau, data_dtype):
     nll, top, top_logp = model.score(ex, top_k=top_k)
 
     dense_s = sp.csr_matrix((data, s.indices, s.indptr), shape=s.shape).toarray()
-    z = ref.dense_logits(ex.indptr, ex.indices, ex.values, dense_s, tau, bias)
+    z = scoring_ref.dense_logits(ex.indptr, ex.indices, ex.values, dense_s, tau, bias)
     want_nll, want_top, want_logp = reference_scores(z, ex.targets, top_k)
     np.testing.assert_allclose(nll, want_nll, rtol=1e-9, atol=1e-9)
     np.testing.assert_array_equal(top, want_top)  # exact, ties broken by class index
     np.testing.assert_allclose(top_logp, want_logp, rtol=1e-9, atol=1e-9)
     # rank 0 (the argmax, ties by index) is what accuracy counts
-    _, want_rank, _ = ref.score_dense(z, ex.targets, 1)
+    _, want_rank, _ = scoring_ref.score_dense(z, ex.targets, 1)
     np.testing.assert_array_equal(top[:, 0] == ex.targets, want_rank == 0)
 
 
@@ -194,7 +195,7 @@ def test_score_without_targets_and_top_k_beyond_classes(layout):
         dict(dense=s.toarray())
     model = Model(task="classify", n_classes=4, n_features=s.shape[0], tau=2.0, bias=bias, **weights)
     nll, top, top_logp = model.score(ex, top_k=6)
-    z = ref.dense_logits(ex.indptr, ex.indices, ex.values, s.toarray(), 2.0, bias)
+    z = scoring_ref.dense_logits(ex.indptr, ex.indices, ex.values, s.toarray(), 2.0, bias)
     want_nll, want_top, want_logp = reference_scores(z, ex.targets, 6)
     assert np.isnan(nll[ex.targets < 0]).all()
     if layout == "sparse":
@@ -216,7 +217,7 @@ def test_score_sparse_extreme_logits():
         model = Model(task="classify", n_classes=3, n_features=2, tau=1.0, bias=bias,
                       sparse=(s.indptr, s.indices, s.data))
         nll, top, top_logp = model.score(ex, top_k=3)
-        z = ref.dense_logits(ex.indptr, ex.indices, ex.values, s.toarray(), 1.0, bias)
+        z = scoring_ref.dense_logits(ex.indptr, ex.indices, ex.values, s.toarray(), 1.0, bias)
         want_nll, want_top, want_logp = reference_scores(z, ex.targets, 3)
         assert np.isfinite(nll).all()
         np.testing.assert_allclose(nll, want_nll, rtol=1e-9, atol=1e-9)

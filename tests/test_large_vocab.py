@@ -13,7 +13,7 @@ import pyarrow as pa
 
 import streamfit
 from streamfit.model.evaluate import iter_examples
-from streamfit.solve.explicit import class_log_totals
+from streamfit.solve.forms import class_log_totals
 
 V = 200_000
 

@@ -13,7 +13,7 @@ from scipy.special import logsumexp
 
 import streamfit
 from streamfit.model import evaluate
-from streamfit.count import reference as ref
+from streamfit.model import reference as ref
 from streamfit.solve import explicit as solve
 from streamfit.model.weights import load_model
 
@@ -115,7 +115,7 @@ def test_dense_and_sparse_layouts_predict_alike(corpus, form, tmp_path):
         assert isinstance(model.dense if layout == "dense" else model.sparse[2], np.memmap)
         for got, want in zip(model.score(ex, top_k=top_k), models[layout].score(ex, top_k=top_k)):
             np.testing.assert_array_equal(got, want)
-        reloaded = load_model(tmp_path / f"{layout}-{form}.json", check=True)
+        reloaded = load_model(tmp_path / f"{layout}-{form}.model.json", check=True)
         np.testing.assert_array_equal(reloaded.score(ex)[0], models[layout].score(ex)[0])
 
 
@@ -235,8 +235,32 @@ def test_model_names_with_dots_keep_their_files_apart(markov_corpus, tmp_path, l
         solve.finalize(stats, out / name, form="conditional", smoothing=smoothing,
                        layout=layout)
         written[name] = sidecar_path(out / name)
-    assert {p.name for p in written.values()} == {"weights.v1.json", "weights.v2.json"}
-    assert not (out / "weights.json").exists() and not (out / "weights.npy").exists()
+    assert {p.name for p in written.values()} == {"weights.v1.model.json", "weights.v2.model.json"}
+    assert not (out / "weights.model.json").exists() and not (out / "weights.npy").exists()
     smoothings = {name: load_model(out / name).meta["smoothing"] for name in written}
     assert smoothings == {"weights.v1.npy": 0.01, "weights.v2.npy": 1.0}
     assert all(p.name.startswith(("weights.v1.", "weights.v2.")) for p in out.iterdir())
+
+
+def test_sidecar_name_cannot_be_clobbered_and_old_name_still_reads(markov_corpus, tmp_path, capsys):
+    """The sidecar is STEM.model.json, so `evaluate … --json > STEM.json` leaves the model
+    whole; a model written by an earlier version (sidecar STEM.json) still loads, and
+    rewriting it leaves one sidecar, the new one."""
+    from streamfit.cli import main
+
+    stats = streamfit.accumulate([markov_corpus().train], window=1)
+    tmp_path = tmp_path / "models"
+    tmp_path.mkdir()
+    solve.finalize(stats, tmp_path / "m.npy", form="conditional")
+    assert (tmp_path / "m.model.json").exists() and not (tmp_path / "m.json").exists()
+    (tmp_path / "m.json").write_text('{"perplexity": 1.0}')  # what `--json > m.json` writes
+    assert load_model(tmp_path / "m.npy").n_classes == stats.n_classes
+
+    (tmp_path / "m.json").unlink()
+    (tmp_path / "m.model.json").rename(tmp_path / "m.json")  # an earlier version's model
+    assert load_model(tmp_path / "m.npy").n_classes == stats.n_classes
+    assert main(["info", str(tmp_path / "m.npy")]) == 0
+    capsys.readouterr()
+    solve.finalize(stats, tmp_path / "m.npy", form="conditional", smoothing=1.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.model.json", "m.npy"]
+    assert load_model(tmp_path / "m.npy").meta["smoothing"] == 1.0

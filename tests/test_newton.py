@@ -10,7 +10,7 @@ from scipy.special import softmax
 
 import streamfit
 from streamfit.train import newton as N
-from streamfit.train import refine as R
+from streamfit.train import core, refine as R
 from streamfit.solve import explicit as solve
 from streamfit.errors import StreamfitError
 
@@ -127,7 +127,7 @@ def test_the_line_search_takes_a_shorter_step_when_the_full_one_overshoots(featu
     final = objective_and_grad(np.asarray(refined.dense, np.float64).ravel(), x, y, 0.0,
                                start.shape)[0]
     assert final == pytest.approx(objectives[-1], rel=1e-5)
-    assert final < mean_ce(R.dense_parameters(dense_model(start)), x, y) - 1.0
+    assert final < mean_ce(core.dense_parameters(dense_model(start)), x, y) - 1.0
 
 
 def test_newton_refuses_a_hessian_too_large(features, tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ import pytest
 import streamfit
 from streamfit.errors import StreamfitError
 from streamfit.io.files import DirectoryLock
+from streamfit.count import out_of_core
 from streamfit.count.out_of_core import accumulate_into, parse_size
 from streamfit.synthetic import markov_chain, sample_documents
 
@@ -37,6 +38,35 @@ def token_files(tmp_path_factory):
     return files
 
 
+@pytest.fixture(scope="module")
+def wide_token_files(tmp_path_factory):
+    """Two token files from a 400-state chain: more distinct pairs than a 64 KiB table holds,
+    even at window 1."""
+    folder = tmp_path_factory.mktemp("wide")
+    chain = markov_chain(400, concentration=0.2, seed=5)
+    files = []
+    for i in range(2):
+        tokens, offsets = sample_documents(chain, 80, 60, seed=20 + i)
+        path = folder / f"wide-{i}.parquet"
+        write_tokens(path, [tokens[offsets[d]:offsets[d + 1]].tolist() for d in range(80)],
+                     row_group_size=20)
+        files.append(path)
+    return files
+
+
+@pytest.fixture
+def spills(monkeypatch) -> list[int]:
+    """The sizes of the runs this process spills (so a test of spilling shows it spilled)."""
+    sizes: list[int] = []
+    write_run = out_of_core.write_run
+
+    def counted(directory, keys, vals):
+        sizes.append(int(keys.size))
+        return write_run(directory, keys, vals)
+    monkeypatch.setattr(out_of_core, "write_run", counted)
+    return sizes
+
+
 def same_counts(a, b) -> None:
     assert (a.task, a.window, a.n_classes, a.n_features) == (b.task, b.window, b.n_classes, b.n_features)
     assert np.array_equal(a.indptr, b.indptr)
@@ -48,16 +78,18 @@ def same_counts(a, b) -> None:
 
 
 @pytest.mark.parametrize("window", [1, 3])
-def test_spilled_runs_merge_to_the_in_memory_statistics(tmp_path, token_files, window):
-    expected = streamfit.accumulate(token_files, window=window)
-    # A 64 KiB budget spills after nearly every batch of 8 documents: dozens of runs.
-    accumulate_into(tmp_path / "stats", token_files, window=window, memory=1 << 16,
+def test_spilled_runs_merge_to_the_in_memory_statistics(tmp_path, wide_token_files, window,
+                                                         spills):
+    expected = streamfit.accumulate(wide_token_files, window=window)
+    # A 64 KiB budget holds about a thousand pairs: the table spills many times.
+    accumulate_into(tmp_path / "stats", wide_token_files, window=window, memory=1 << 16,
                     batch_rows=8)
     same_counts(streamfit.load_stats(tmp_path / "stats", check=True), expected)
+    assert len(spills) >= 4 * window and min(spills) > 0
     assert not (tmp_path / "stats" / ".work").exists()
 
 
-def test_spilled_feature_sums_match(tmp_path):
+def test_spilled_feature_sums_match(tmp_path, spills):
     rng = np.random.default_rng(0)
     x = rng.random((300, 12)) * (rng.random((300, 12)) < 0.5)
     y = rng.integers(0, 4, 300)
@@ -66,6 +98,7 @@ def test_spilled_feature_sums_match(tmp_path):
     accumulate_into(tmp_path / "stats", [tmp_path / "f.parquet"], memory=1 << 16,
                     batch_rows=10, checkpoint_seconds=0)
     got = streamfit.load_stats(tmp_path / "stats")
+    assert len(spills) >= 2
     assert np.array_equal(got.indptr, expected.indptr)
     assert np.array_equal(got.indices, expected.indices)
     np.testing.assert_allclose(got.data, expected.data, rtol=1e-12)
@@ -78,9 +111,11 @@ def test_two_jobs_equal_one(tmp_path, token_files):
     same_counts(streamfit.load_stats(tmp_path / "two"), streamfit.load_stats(tmp_path / "one"))
 
 
-def test_extending_existing_statistics_through_runs(tmp_path, token_files):
+def test_extending_existing_statistics_through_runs(tmp_path, token_files, spills):
     accumulate_into(tmp_path / "stats", token_files[:1], window=2)
+    assert len(spills) == 1  # the whole table, once, at the end
     accumulate_into(tmp_path / "stats", token_files, window=2, memory=1 << 16, batch_rows=8)
+    assert len(spills) >= 3
     same_counts(streamfit.load_stats(tmp_path / "stats"),
                 streamfit.accumulate(token_files, window=2))
 
@@ -184,7 +219,7 @@ def test_killed_finalize_leaves_the_previous_model_or_none(tmp_path, token_files
     try:
         model = streamfit.load_model(weights, check=True)
     except FormatError:
-        assert not weights.with_suffix(".json").exists()
+        assert not weights.with_suffix(".model.json").exists()
     else:
         assert model.meta["form"] == "conditional"
         assert evaluate(model, token_files[:1]) == before
@@ -201,8 +236,8 @@ def test_an_edited_sidecar_is_refused(tmp_path, token_files):
     stats, weights = tmp_path / "stats", tmp_path / "w.npy"
     assert _cli(["accumulate", *token_files, "--stats", stats, "--quiet"]).returncode == 0
     assert _cli(["finalize", "--stats", stats, "--out", weights]).returncode == 0
-    meta = json.loads(weights.with_suffix(".json").read_text())
+    meta = json.loads(weights.with_suffix(".model.json").read_text())
     meta["tau"] = 2.0
-    weights.with_suffix(".json").write_text(json.dumps(meta))
+    weights.with_suffix(".model.json").write_text(json.dumps(meta))
     with pytest.raises(FormatError, match="checksum"):
         streamfit.load_model(weights)

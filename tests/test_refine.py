@@ -18,7 +18,7 @@ import scipy.optimize
 from scipy.special import logsumexp, softmax
 
 import streamfit
-from streamfit.train import refine as R
+from streamfit.train import core, refine as R
 from streamfit import synthetic
 from streamfit.solve import explicit as solve
 from streamfit.cli import main
@@ -164,7 +164,7 @@ def features(tmp_path_factory):
 
 # --- 1. full_pass ----------------------------------------------------------------------------
 def check_full_pass(w, batches, x, y):
-    got = R.full_pass(w, batches, expected=True, observed=True)
+    got = core.full_pass(w, batches, expected=True, observed=True)
     want = oracle_pass(w, x, y)
     assert got.n == want["n"]
     assert got.loss == pytest.approx(want["loss"], rel=1e-12)
@@ -178,7 +178,7 @@ def check_full_pass(w, batches, x, y):
 @pytest.mark.parametrize("block_rows", [None, 3])
 def test_full_pass_feature_corpus_matches_numpy(uneven, monkeypatch, block_rows):
     if block_rows:  # several blocks of rows per batch
-        monkeypatch.setattr(R, "BLOCK_BYTES", 8 * C * block_rows)
+        monkeypatch.setattr(core, "BLOCK_BYTES", 8 * C * block_rows)
     batches = examples_list([uneven["path"]], "classify", 0, C, D, batch_rows=7)
     assert len(batches) > 3
     w = np.random.default_rng(0).normal(0, 2.0, (D, C))
@@ -189,7 +189,7 @@ def test_full_pass_feature_corpus_matches_numpy(uneven, monkeypatch, block_rows)
 def test_full_pass_token_window_1_weights_merged_contexts(bigram, monkeypatch, block_rows):
     v = bigram["v"]
     if block_rows:
-        monkeypatch.setattr(R, "BLOCK_BYTES", 8 * v * block_rows)
+        monkeypatch.setattr(core, "BLOCK_BYTES", 8 * v * block_rows)
     batches = examples_list([bigram["path"]], "lm", 1, v, v + 1, batch_rows=4)
     # the path under test: identical contexts are scored once and weighted by their count
     assert any(distinct_inputs(ex)[0].n < ex.n for ex in batches)
@@ -201,7 +201,7 @@ def test_pass_results_of_shards_add_up_to_the_whole_pass(uneven):
     """A pass split into shards (processes, machines) sums to the single pass."""
     batches = examples_list([uneven["path"]], "classify", 0, C, D, batch_rows=7)
     w = np.random.default_rng(2).normal(0, 2.0, (D, C))
-    parts = [R.full_pass(w, batches[i::3], expected=True, observed=True) for i in range(3)]
+    parts = [core.full_pass(w, batches[i::3], expected=True, observed=True) for i in range(3)]
     total = parts[0] + parts[1] + parts[2]
     want = oracle_pass(w, uneven["x"], uneven["y"])
     assert (total.n, total.correct) == (want["n"], want["correct"])
@@ -218,7 +218,7 @@ def test_one_gis_pass_from_zeros_is_the_conditional_explicit_solution(request, t
         stats = streamfit.accumulate([data["path"]])
     else:
         stats = streamfit.accumulate([data["path"]], window=1)
-    a = R.GIS_SMOOTHING
+    a = core.GIS_SMOOTHING
     explicit = solve.finalize(stats, form="conditional", smoothing=a, dtype="float64")
     exs = examples_list([data["path"]], stats.task, stats.window, stats.n_classes,
                         stats.n_features)
@@ -244,7 +244,7 @@ def test_one_gis_pass_from_zeros_is_the_conditional_explicit_solution(request, t
 def test_gis_passes_match_hand_computation(uneven, tmp_path):
     """W ← W + log((F + a) / (E + a)), E = X̃ᵀ softmax(X̃W) recomputed every pass; feature
     D−1, never present (F = E = 0), keeps its row."""
-    x, y, a = uneven["x"], uneven["y"], R.GIS_SMOOTHING
+    x, y, a = uneven["x"], uneven["y"], core.GIS_SMOOTHING
     exs = examples_list([uneven["path"]], "classify", 0, C, D, batch_rows=7)
     w0 = centred(np.random.default_rng(8).normal(0, 1.0, (D, C)))
     refined = R.refine(dense_model(w0), lambda: iter(exs), tmp_path / "gis.npy", method="gis",
@@ -407,7 +407,7 @@ def test_dense_parameters_fold_tau_and_bias(explicit_models):
     for name, stats, model, exs in explicit_models:
         assert model.tau != pytest.approx(1.0, abs=1e-3), name
         assert model.bias is not None and np.ptp(model.bias) > 1e-3, name
-        w = R.dense_parameters(model)
+        w = core.dense_parameters(model)
         assert w.shape == (model.n_features, model.n_classes) and w.dtype == np.float64
         np.testing.assert_allclose(w.mean(axis=1), 0.0, atol=1e-9)   # rows centred
         # the explicit solution by definition, from the counts: logits = tau·(x̃·W) + bias,
@@ -441,7 +441,7 @@ def test_refined_model_keeps_the_class_term_for_rows_without_features(explicit_m
     x = np.zeros((ex.n, model.n_features))
     rows = np.repeat(np.arange(ex.n), np.diff(ex.indptr))
     np.add.at(x, (rows, ex.indices), ex.values)
-    w = R.dense_parameters(model)
+    w = core.dense_parameters(model)
     # what refining needs: W alone is the model wherever x̃ sums to 1 ...
     full = np.setdiff1d(np.arange(ex.n), empty)
     np.testing.assert_allclose(softmax(x @ w, axis=1)[full], softmax(model.logits(ex), axis=1)[full],
@@ -451,11 +451,11 @@ def test_refined_model_keeps_the_class_term_for_rows_without_features(explicit_m
     assert refined.bias is not None
     np.testing.assert_allclose(softmax(refined.logits(ex), axis=1)[empty],
                                softmax(model.logits(ex), axis=1)[empty], rtol=1e-6)
-    w1 = R.dense_parameters(refined)   # folds the bias back: W of the refinement
+    w1 = core.dense_parameters(refined)   # folds the bias back: W of the refinement
     np.testing.assert_allclose(softmax(refined.logits(ex), axis=1)[full],
                                softmax(x @ w1, axis=1)[full], rtol=1e-5, atol=1e-7)
     log = refined.meta["refinement"]["log"]
-    assert R.full_pass(w1, exs, expected=False).mean_loss < log[0]["train_loss"]
+    assert core.full_pass(w1, exs, expected=False).mean_loss < log[0]["train_loss"]
 
 
 # --- 6. the command --------------------------------------------------------------------------
@@ -516,13 +516,13 @@ def test_cli_refine_then_evaluate_and_predict(cli_data, capsys, tmp_path, corpus
     assert rc == 0, err
     printed = json.loads(stdout)
     log = printed["log"]
-    assert printed["method"] == method and Path(printed["out"]) == out.with_suffix(".json")
+    assert printed["method"] == method and Path(printed["out"]) == out.with_suffix(".model.json")
     assert len(log) == passes
     assert [e["pass"] for e in log] == list(range(1, len(log) + 1))
     for e in log:
         assert np.isfinite(e["train_loss"]) and np.isfinite(e["heldout_loss"])
         assert 0.0 <= e["heldout_accuracy"] <= 1.0
-    meta = json.loads(out.with_suffix(".json").read_text())
+    meta = json.loads(out.with_suffix(".model.json").read_text())
     assert [e.message for e in cli_data["validator"].iter_errors(meta)] == []
     assert meta["form"] == "refined" and meta["layout"] == "dense"
     assert (meta["tau"], meta["beta"], meta["smoothing"]) == (1.0, 0.0, None)
@@ -533,7 +533,7 @@ def test_cli_refine_then_evaluate_and_predict(cli_data, capsys, tmp_path, corpus
     assert has_bias == (corpus == "tokens")
     assert set(meta["arrays"]) == ({"W", "bias"} if has_bias else {"W"})
     assert files_named(tmp_path, "refined") == (["refined.bias.npy"] if has_bias else []) + \
-        ["refined.json", "refined.npy"]  # no checkpoint
+        ["refined.model.json", "refined.npy"]  # no checkpoint
 
     rc, stdout, err = cli(capsys, "evaluate", "--weights", out, data["heldout"], "--json",
                           "--quiet")
@@ -594,7 +594,7 @@ def test_killed_refine_resumes_to_the_uninterrupted_result(cli_data, tmp_path, m
     assert [e["pass"] for e in log] == [1, 2, 3, 4]
     assert log[:2] == state["log"]  # resumed: the first two passes were not redone
     assert not npy.exists() and not meta.exists()
-    assert files_named(tmp_path, "refined") == ["refined.bias.npy", "refined.json", "refined.npy"]
+    assert files_named(tmp_path, "refined") == ["refined.bias.npy", "refined.model.json", "refined.npy"]
 
 
 def test_restart_ignores_a_checkpoint_and_other_settings_are_refused(cli_data, tmp_path, capsys):
@@ -610,7 +610,7 @@ def test_restart_ignores_a_checkpoint_and_other_settings_are_refused(cli_data, t
     rc, stdout, err = cli(capsys, *args, "--passes", 3, "--out", out)
     assert rc == 1
     assert "checkpoint of another refinement" in err and str(meta) in err
-    assert not out.exists() and not out.with_suffix(".json").exists()
+    assert not out.exists() and not out.with_suffix(".model.json").exists()
     assert npy.exists() and meta.exists()
 
     # a checkpoint of the same settings whose weights were replaced: resuming uses them,

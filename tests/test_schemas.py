@@ -178,7 +178,7 @@ def sidecars(tmp_path, markov_corpus):
     ]:
         finalize(stats, tmp_path / "w" / f"{name}.npy", source={"path": "/x", "checksum": "0" * 64},
                        **kw)
-        out[name] = (tmp_path / "w" / f"{name}.json", stats)
+        out[name] = (tmp_path / "w" / f"{name}.model.json", stats)
     return out
 
 

@@ -314,7 +314,7 @@ def test_killed_subspace_refine_resumes_to_the_uninterrupted_result(tokens, tmp_
     log = json.loads(done.stdout)["log"]
     assert [e["pass"] for e in log] == [1, 2, 3, 4] and log[:kill_at] == meta["log"]
     assert sorted(p.name for p in tmp_path.iterdir()) == \
-        ["refined.json", "refined.npy", "straight.json", "straight.npy"]
+        ["refined.model.json", "refined.npy", "straight.model.json", "straight.npy"]
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -351,4 +351,4 @@ def test_resuming_dldr_without_its_snapshots_is_refused_clearly(tokens, tmp_path
     assert again.returncode == 1 and "snapshot of this dldr run is missing" in again.stderr
     assert "--restart" in again.stderr and "Traceback" not in again.stderr
     assert run_cli([*args, "--restart"]).returncode == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.model.json", "r.npy"]

@@ -29,7 +29,8 @@ import pyarrow.parquet as pq
 
 from streamfit.count import accumulate
 from streamfit.model.evaluate import evaluate, iter_examples
-from streamfit.solve.explicit import DEFAULT_SMOOTHING, finalize
+from streamfit.solve.explicit import finalize
+from streamfit.solve.forms import DEFAULT_SMOOTHING
 
 HERE = Path(__file__).resolve().parent
 

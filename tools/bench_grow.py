@@ -471,7 +471,7 @@ USAGE = [
     "streamfit grow train.parquet --weights grown.npy --max-width 512 --out wider.npy   # keep growing",
     "```", "",
     ("Files: `grown.npy` (W, units × classes), `grown.A.npy` (features × units), `grown.a0.npy`, "
-     "`grown.bias.npy`, memory-mapped, and the sidecar `grown.json` with the settings and a log "
+     "`grown.bias.npy`, memory-mapped, and the sidecar `grown.model.json` with the settings and a log "
      "per step. The model is rewritten after every step, so a killed run leaves the last "
      "finished step, and `--weights` continues from it. `refine` of a 2-layer model refines "
      "its output layer on the frozen hidden features (lbfgs, sgd, adam; gis needs inputs "

@@ -278,7 +278,7 @@ CHECKPOINT_SECONDS = [0.0]
 @contextlib.contextmanager
 def timed_checkpoints():
     """Time the package's per-pass checkpoint writes (they are subtracted from seconds)."""
-    orig = getattr(refine_module, "_save_checkpoint", None)
+    orig = getattr(refine_module, "save_checkpoint", None)
     if orig is None:
         yield
         return
@@ -289,11 +289,11 @@ def timed_checkpoints():
             return orig(*a, **k)
         finally:
             CHECKPOINT_SECONDS[0] += time.perf_counter() - t
-    refine_module._save_checkpoint = wrapper
+    refine_module.save_checkpoint = wrapper
     try:
         yield
     finally:
-        refine_module._save_checkpoint = orig
+        refine_module.save_checkpoint = orig
 
 
 class _Reached(Exception):

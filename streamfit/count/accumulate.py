@@ -16,7 +16,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from . import kernels
-from ..errors import InputError
+from ..errors import InputError, OptionError
 from ..data.featurize import FeatureRows, TokenArrays, feature_rows, token_arrays
 from ..io.parquet import (DEFAULT_BATCH_ROWS, FEATURES, INDICES, LABEL, TOKENS, VALUES,
                       detect_task, iter_batches, open_parquet, resolve_paths)
@@ -121,9 +121,9 @@ class Accumulator:
                  values: str = VALUES, vocab_size: int | None = None,
                  n_classes: int | None = None, n_features: int | None = None):
         if task not in ("lm", "classify"):
-            raise ValueError(f"task must be 'lm' or 'classify', not {task!r}")
+            raise OptionError(f"task must be 'lm' or 'classify', not {task!r}")
         if task == "lm" and not 1 <= window <= kernels.MAX_WINDOW:
-            raise ValueError(f"window must be between 1 and {kernels.MAX_WINDOW}, not {window}")
+            raise OptionError(f"window must be between 1 and {kernels.MAX_WINDOW}, not {window}")
         self.task = task
         self.window = window if task == "lm" else 0
         self.columns = dict(column=column, label=label, features=features, indices=indices,

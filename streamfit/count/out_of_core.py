@@ -28,12 +28,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .accumulate import Accumulator, accumulator_for
-from ..errors import InputError, StreamfitError
+from ..errors import InputError, OptionError, StreamfitError
 from ..io.files import DirectoryLock, fault_point, write_json
 from ..io.parquet import DEFAULT_BATCH_ROWS, iter_batches, open_parquet, resolve_paths
 from .spill import cells, merge_runs, remove_run, statistics_as_run, write_run
-from .stats import (FORMAT, MANIFEST, SCHEMA_VERSION, check_mergeable, combined_sources, commit,
-                    load, new_generation, save_arrays)
+from .stats import (MANIFEST, check_mergeable, combined_sources, commit, load, manifest_header,
+                    new_generation, save_arrays, summary)
 
 JOURNAL = "journal.json"
 DEFAULT_MEMORY = 2 << 30
@@ -48,9 +48,9 @@ def parse_size(text: str) -> int:
     try:
         size = int(float(number) * scale)
     except ValueError:
-        raise ValueError(f"not a size: {text!r} (e.g. 512M, 2G)") from None
+        raise OptionError(f"not a size: {text!r} (e.g. 512M, 2G)") from None
     if size < 1 << 20:
-        raise ValueError(f"memory budget {text!r} is too small: at least 1M")
+        raise OptionError(f"memory budget {text!r} is too small: at least 1M")
     return size
 
 
@@ -233,7 +233,7 @@ def accumulate_into(stats_dir: str | os.PathLike, paths, *, task: str | None = N
     of refusing them (a distributed unit of empty documents). Options are those of
     `Accumulator`."""
     if jobs < 1:
-        raise ValueError(f"jobs must be at least 1, not {jobs}")
+        raise OptionError(f"jobs must be at least 1, not {jobs}")
     stats_dir = Path(stats_dir)
     files = resolve_paths(paths)
     created = not stats_dir.exists()
@@ -310,14 +310,14 @@ def _accumulate_locked(stats_dir, work, files, task, window, overwrite, memory, 
             _run_workers(assignments, job, on_report)
     if not units and not journal.runs and previous is not None:
         shutil.rmtree(work, ignore_errors=True)
-        return {"unchanged": True, **_summary(previous.header())}
+        return {"unchanged": True, **summary(previous.header())}
     if journal.counts["n_examples"] == 0 and not allow_empty:
         shutil.rmtree(work, ignore_errors=True)
         raise StreamfitError(f"no examples in {', '.join(map(str, files))}: nothing to "
                              f"accumulate")
     manifest = _merge_into(stats_dir, work, journal, previous, template, memory)
     shutil.rmtree(work, ignore_errors=True)
-    return {"unchanged": False, "resumed": resumed, **_summary(manifest)}
+    return {"unchanged": False, "resumed": resumed, **summary(manifest)}
 
 
 def first_dense_width(units: list[tuple[str, int]], task: str, options: dict) -> int | None:
@@ -369,11 +369,6 @@ def count_units(out_dir: str | os.PathLike, units: list[tuple[str, int]], *, tas
     _work(0, [(p, rg, 0) for p, rg in units], job, on_report, keep_last=True)
     return _merge_into(out_dir, work, journal, None, template, memory,
                        table=tables[0] if tables else None)
-
-
-def _summary(header: dict) -> dict:
-    return {k: header[k] for k in ("task", "window", "n_classes", "n_features", "nnz",
-                                   "n_examples", "empty_rows")}
 
 
 def _open_journal(work: Path, identity: dict, previous, overwrite: bool) -> Journal:
@@ -449,20 +444,13 @@ def _merge_into(stats_dir: Path, work: Path, journal: Journal, previous, templat
                 break
         else:
             sources.append(entry)
-    header = {
-        "format": FORMAT, "schema_version": SCHEMA_VERSION,
-        "task": template.task, "window": template.window, "n_classes": n_classes,
-        "n_features": n_features, "value": "count" if template.task == "lm" else "mass",
-        "nnz": arrays["data"]["shape"][0],
-        "n_examples": journal.counts["n_examples"] + (previous.n_examples if previous else 0),
-        "l1_sum": l1 + (previous.l1_sum if previous else 0.0),
-        "empty_rows": journal.counts["empty_rows"] + (previous.empty_rows if previous else 0),
-        "sources": sources,
-    }
-    from .. import __version__
-    header["streamfit_version"] = __version__
-    if template.task == "lm":
-        header["vocab_size"] = n_classes
+    header = manifest_header(
+        task=template.task, window=template.window, n_classes=n_classes, n_features=n_features,
+        nnz=arrays["data"]["shape"][0],
+        n_examples=journal.counts["n_examples"] + (previous.n_examples if previous else 0),
+        l1_sum=l1 + (previous.l1_sum if previous else 0.0),
+        empty_rows=journal.counts["empty_rows"] + (previous.empty_rows if previous else 0),
+        sources=sources)
     fault_point("before_commit")
     manifest = commit(stats_dir, header, arrays)
     fault_point("after_commit")

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from . import kernels
+from .stats import array_file
+from ..errors import FormatError
 from ..io.files import NpyWriter, atomic_path, fault_point, file_digest, save_npy
 
 RUN_ENTRY_BYTES = 16
@@ -86,7 +88,6 @@ class _RunReader:
                 np.lib.format.read_array_header_2_0
             shape, _, dtype = read_header(fh)
             if shape != (self.n,):
-                from ..errors import FormatError
                 raise FormatError(f"{directory}: run {entry['name']} is damaged (size mismatch)")
             self._files.append((fh, fh.tell(), dtype))
         self._start, self._keys, self._vals = 0, np.empty(0, np.int64), np.empty(0)
@@ -115,8 +116,6 @@ def merge_runs(directory: Path, runs: list[dict], *, task: str, vocab_size: int,
     """Merge sorted runs into the CSR arrays F-<generation>.{indptr,indices,data}.npy of
     `out_dir`, summing equal keys, holding at most about `memory` bytes of run slices.
     Returns the arrays' manifest entries."""
-    from .stats import array_file
-
     step = max(1024, memory // (8 * RUN_ENTRY_BYTES * max(len(runs), 1)))
     readers = [_RunReader(directory, r, step) for r in runs]
     row_counts = np.zeros(n_features, dtype=np.int64)

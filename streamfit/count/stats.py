@@ -23,7 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .. import __version__
-from ..errors import FormatError
+from ..errors import FormatError, OptionError
 from ..io.files import header_checksum, load_npy, read_document, save_npy, verify, write_json
 
 FORMAT = "streamfit-statistics"
@@ -111,24 +111,28 @@ class Statistics:
 
     def header(self) -> dict:
         """The manifest's description of these statistics (no file entries)."""
-        h = {
-            "format": FORMAT,
-            "schema_version": SCHEMA_VERSION,
-            "streamfit_version": __version__,
-            "task": self.task,
-            "window": self.window,
-            "n_classes": self.n_classes,
-            "n_features": self.n_features,
-            "value": "count" if self.task == "lm" else "mass",
-            "nnz": self.nnz,
-            "n_examples": self.n_examples,
-            "l1_sum": self.l1_sum,
-            "empty_rows": self.empty_rows,
-            "sources": self.sources,
-        }
-        if self.task == "lm":
-            h["vocab_size"] = self.n_classes
-        return h
+        return manifest_header(task=self.task, window=self.window, n_classes=self.n_classes,
+                               n_features=self.n_features, nnz=self.nnz,
+                               n_examples=self.n_examples, l1_sum=self.l1_sum,
+                               empty_rows=self.empty_rows, sources=self.sources)
+
+
+def manifest_header(*, task: str, window: int, n_classes: int, n_features: int, nnz: int,
+                    n_examples: int, l1_sum: float, empty_rows: int, sources: list[dict]) -> dict:
+    """A statistics manifest's description of its statistics (no file entries)."""
+    h = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "streamfit_version": __version__,
+         "task": task, "window": window, "n_classes": n_classes, "n_features": n_features,
+         "value": "count" if task == "lm" else "mass", "nnz": nnz, "n_examples": n_examples,
+         "l1_sum": l1_sum, "empty_rows": empty_rows, "sources": sources}
+    if task == "lm":
+        h["vocab_size"] = n_classes
+    return h
+
+
+def summary(header: dict) -> dict:
+    """The few numbers of a manifest a command reports."""
+    return {k: header[k] for k in ("task", "window", "n_classes", "n_features", "nnz",
+                                   "n_examples", "empty_rows")}
 
 
 def _checksum(arrays: dict) -> str:
@@ -228,7 +232,7 @@ def check_mergeable(parts) -> None:
     """Refuse shards of different task or window, and shards that consumed the same row
     group of the same file (merging would count it twice)."""
     if not parts:
-        raise ValueError("merge needs at least one statistics shard")
+        raise OptionError("merge needs at least one statistics shard")
     first = parts[0]
     for s in parts[1:]:
         if (s.task, s.window) != (first.task, first.window):

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import InputError
-from ..count.kernels import MAX_FEATURE, MAX_LABEL, MAX_TOKEN_ID
+from .limits import MAX_FEATURE, MAX_LABEL, MAX_TOKEN_ID
 
 
 @dataclass
@@ -261,6 +261,15 @@ def take_examples(ex: Examples, rows: np.ndarray) -> Examples:
     np.cumsum(counts, out=indptr[1:])
     pos = np.repeat(ex.indptr[rows] - indptr[:-1], counts) + np.arange(indptr[-1])
     return Examples(indptr, ex.indices[pos], ex.values[pos], ex.targets[rows])
+
+
+def concat_examples(parts: list[Examples]) -> Examples:
+    """The examples of several batches as one."""
+    offsets = np.cumsum([0] + [p.indices.size for p in parts])
+    indptr = np.concatenate([[0]] + [p.indptr[1:] + o for p, o in zip(parts, offsets)])
+    return Examples(indptr.astype(np.int64), np.concatenate([p.indices for p in parts]),
+                    np.concatenate([p.values for p in parts]),
+                    np.concatenate([p.targets for p in parts]))
 
 
 def slice_examples(ex: Examples, lo: int, hi: int) -> Examples:

@@ -11,6 +11,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ..errors import FormatError, StreamfitError
+
 
 def temp_name(path: Path) -> Path:
     """A unique temporary name beside `path` (same directory, so rename is atomic)."""
@@ -27,7 +29,6 @@ def header_checksum(document: dict) -> str:
 def read_document(path: Path, fmt: str, version: int, what: str) -> dict:
     """Load a streamfit JSON document (statistics manifest, weights sidecar), checking its
     format, schema version and own checksum."""
-    from ..errors import FormatError
 
     try:
         doc = json.loads(path.read_text())
@@ -98,7 +99,6 @@ def file_digest(path: str | os.PathLike, chunk: int = 1 << 22) -> dict:
 def load_npy(path: Path, expected: dict | None, mmap: bool = True) -> np.ndarray:
     """Open a .npy (memory-mapped by default) after checking its size against a manifest
     entry; full checksums are checked by `verify`, which reads every byte."""
-    from ..errors import FormatError
 
     if not path.exists():
         raise FormatError(f"{path}: missing (the manifest names it)")
@@ -112,7 +112,6 @@ def load_npy(path: Path, expected: dict | None, mmap: bool = True) -> np.ndarray
 
 
 def verify(path: Path, expected: dict) -> None:
-    from ..errors import FormatError
 
     got = file_digest(path)
     if got != {"size": expected["size"], "sha256": expected["sha256"]}:
@@ -165,7 +164,6 @@ class DirectoryLock:
     def __enter__(self) -> "DirectoryLock":
         import fcntl
 
-        from ..errors import StreamfitError
 
         self._fd = os.open(self.path, os.O_RDONLY)
         try:

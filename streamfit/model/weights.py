@@ -29,8 +29,8 @@ import scipy.sparse as sp
 from numpy.lib.format import open_memmap
 
 from .. import __version__
-from ..count import kernels
-from ..errors import FormatError
+from . import kernels
+from ..errors import FormatError, OptionError
 from ..data.featurize import (Examples, batch_examples, distinct_inputs, slice_examples,
                         take_examples)
 from ..io.files import (NpyWriter, fault_point, file_digest, fsync_dir, fsync_path,
@@ -41,14 +41,38 @@ SCHEMA_VERSION = 1
 SCORE_BLOCK_BYTES = 8 << 20
 
 
+SIDECAR_SUFFIX = ".model.json"  # distinct, so that `evaluate … --json > m.json` cannot clobber it
+
+
 def stem_of(path: str | os.PathLike) -> Path:
-    """`weights.npy`, `weights.json` and `weights` all name the model `weights`."""
+    """`weights.npy`, `weights.model.json`, `weights.json` and `weights` all name the model
+    `weights`."""
     p = Path(path)
+    if p.name.endswith(SIDECAR_SUFFIX):
+        return p.with_name(p.name[:-len(SIDECAR_SUFFIX)])
     return p.with_suffix("") if p.suffix in (".npy", ".json") else p
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
-    return Path(f"{stem_of(path)}.json")
+    """Where the model's sidecar is written: STEM.model.json."""
+    return Path(f"{stem_of(path)}{SIDECAR_SUFFIX}")
+
+
+def _legacy_sidecar(path: str | os.PathLike) -> Path | None:
+    """STEM.json when it is a weights sidecar of an earlier version (read, never written)."""
+    p = Path(f"{stem_of(path)}.json")
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return None
+    return p if f'"format": "{FORMAT}"'.encode() in head or f'"format":"{FORMAT}"'.encode() in head else None
+
+
+def existing_sidecar(path: str | os.PathLike) -> Path:
+    """The model's sidecar on disk: STEM.model.json, else an earlier version's STEM.json."""
+    p = sidecar_path(path)
+    return p if p.exists() else (_legacy_sidecar(path) or p)
 
 
 @dataclass
@@ -108,14 +132,14 @@ class Model:
     def context_examples(self, contexts: list[list[int]]) -> Examples:
         """lm: one example per context (a list of preceding token ids, most recent last)."""
         if self.task != "lm":
-            raise ValueError("contexts are for language models")
+            raise OptionError("contexts are for language models")
         v, m = self.n_classes, self.window
         indices = np.empty(len(contexts) * m, dtype=np.int64)
         for e, ctx in enumerate(contexts):
             for k in range(m):
                 tok = ctx[-1 - k] if k < len(ctx) else v
                 if not 0 <= tok <= v:
-                    raise ValueError(f"token id {tok} out of range for vocabulary size {v}")
+                    raise OptionError(f"token id {tok} out of range for vocabulary size {v}")
                 indices[e * m + k] = k * (v + 1) + tok
         indptr = np.arange(0, len(contexts) * m + 1, m, dtype=np.int64)
         return Examples(indptr, indices, np.full(indices.size, 1.0 / m),
@@ -289,7 +313,9 @@ def write_model(out: str | os.PathLike, header: dict, *, dense: dict | None = No
             arr = np.load(tmp, mmap_mode="r")
             arrays[name] = {"file": final.name, "dtype": str(arr.dtype), "shape": list(arr.shape),
                             **file_digest(tmp)}
-        sidecar_path(stem).unlink(missing_ok=True)
+        for old in (sidecar_path(stem), _legacy_sidecar(stem)):
+            if old is not None:
+                old.unlink(missing_ok=True)
         fsync_dir(stem.parent)
         for name, (tmp, final) in staged.items():
             os.replace(tmp, final)
@@ -307,7 +333,7 @@ def write_model(out: str | os.PathLike, header: dict, *, dense: dict | None = No
 
 
 def read_sidecar(path: str | os.PathLike) -> dict:
-    p = sidecar_path(path)
+    p = existing_sidecar(path)
     if not p.exists():
         raise FormatError(f"{p}: no weights sidecar here (run `streamfit finalize --out "
                           f"{stem_of(path)}.npy` first)")
@@ -318,7 +344,7 @@ def load_model(path: str | os.PathLike, *, check: bool = False) -> Model:
     """Open a model memory-mapped. Sizes, shapes and dtypes are checked against the sidecar;
     `check=True` verifies every byte's checksum too."""
     meta = read_sidecar(path)
-    folder = sidecar_path(path).parent
+    folder = existing_sidecar(path).parent
     arrays = {}
     for name, entry in meta["arrays"].items():
         p = folder / entry["file"]

@@ -43,11 +43,12 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import scipy.optimize
 import scipy.sparse as sp
+from scipy.special import log_softmax
 
-from ..errors import StreamfitError
+from ..errors import OptionError, StreamfitError
 from ..data.featurize import Examples
-from ..model.weights import Model, load_model, sidecar_path, stem_of, write_model
-from .refine import PassMeans
+from ..model.weights import Model, load_model, sidecar_path, write_model
+from .core import PassMeans, example_matrix
 
 MAX_INPUT_FEATURES = 4096
 BLOCK_ROWS = 2048
@@ -118,20 +119,11 @@ class GrowthSums(PassMeans):
                           add(self.M1, other.M1))
 
 
-def _csr(ex: Examples, d: int) -> sp.csr_matrix:
-    return sp.csr_matrix((ex.values, ex.indices, ex.indptr), shape=(ex.n, d))
-
-
-def _log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-
-
 def _blocks(batches: Iterable[Examples], d: int) -> Iterator[tuple[sp.csr_matrix, np.ndarray]]:
     for ex in batches:
         if np.any(ex.targets < 0):
             raise StreamfitError("growing needs a target for every example (labels missing)")
-        x = _csr(ex, d)
+        x = example_matrix(ex, d)
         for lo in range(0, ex.n, BLOCK_ROWS):
             yield x[lo:lo + BLOCK_ROWS], ex.targets[lo:lo + BLOCK_ROWS]
 
@@ -146,7 +138,7 @@ def growth_pass(layers: Layers, batches: Iterable[Examples], *, full: bool = Tru
         out.M1 = np.zeros((d + 1, k1 - 1))
     for x, y in _blocks(batches, d):
         b = layers.hidden(x)
-        logp = _log_softmax(b @ layers.W)
+        logp = log_softmax(b @ layers.W, axis=1)
         rows = np.arange(y.size)
         out.n += y.size
         out.loss -= float(logp[rows, y].sum())
@@ -271,13 +263,13 @@ def line_search(layers: Layers, step: Step, batches: Iterable[Examples],
         dz = b @ step.delta + (np.maximum(pre, 0) - np.maximum(-pre, 0)) @ step.omega
         rows = np.arange(y.size)
         for i, t in enumerate(grid):
-            loss[i] -= float(_log_softmax(z0 + t * dz)[rows, y].sum())
+            loss[i] -= float(log_softmax(z0 + t * dz, axis=1)[rows, y].sum())
         if hidden:
             pre_h = np.asarray(x @ layers.A) + layers.a0
             da = np.asarray(x @ step.delta_a[:d]) + step.delta_a[d]
             for i, s in enumerate(hidden_grid):
                 z = np.maximum(pre_h + s * da, 0.0) @ layers.W[:-1] + layers.W[-1]
-                loss_a[i] -= float(_log_softmax(z)[rows, y].sum())
+                loss_a[i] -= float(log_softmax(z, axis=1)[rows, y].sum())
         n += y.size
     return ({t: v / max(n, 1) for t, v in zip(grid, loss)},
             {s: v / max(n, 1) for s, v in zip(hidden_grid, loss_a)})
@@ -333,7 +325,7 @@ def check_input_size(n_features: int) -> None:
             f"vocabulary or window; for features, fewer of them")
 
 
-def _header(task: str, window: int, n_features: int, n_classes: int, layers: Layers,
+def model_header(task: str, window: int, n_features: int, n_classes: int, layers: Layers,
             extra: dict) -> dict:
     return {"task": task, "window": window, "n_classes": n_classes, "n_features": n_features,
             "form": "grown", "smoothing": None, "tau": 1.0, "beta": 0.0, "dtype": "float32",
@@ -369,14 +361,14 @@ def grow(train: Callable[[], Iterator[Examples]], out: str | os.PathLike, *, tas
     evaluation, the model write and on_step itself."""
     check_input_size(n_features)
     if units_per_step < 2 or max_width < 0 or hidden_moves < 0:
-        raise ValueError(f"units per step must be at least 2 (units come in ± pairs), the "
+        raise OptionError(f"units per step must be at least 2 (units come in ± pairs), the "
                          f"maximum width and hidden moves non-negative, not {units_per_step}, "
                          f"{max_width} and {hidden_moves}")
     for name, value in (("l2", l2), ("ridge", ridge), ("the minimum gain", min_gain)):
         if not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"{name} must be a finite number ≥ 0, not {value}")
+            raise OptionError(f"{name} must be a finite number ≥ 0, not {value}")
     if output_passes < 0:
-        raise ValueError(f"output passes must be non-negative, not {output_passes}")
+        raise OptionError(f"output passes must be non-negative, not {output_passes}")
     if pass_fn is None:
         def pass_fn(layers, full):
             return growth_pass(layers, train(), full=full)
@@ -402,7 +394,7 @@ def grow(train: Callable[[], Iterator[Examples]], out: str | os.PathLike, *, tas
     stopped = f"maximum width {max_width}"
 
     def save() -> None:
-        write_layers(out, layers, _header(task, window, n_features, n_classes, layers, {
+        write_layers(out, layers, model_header(task, window, n_features, n_classes, layers, {
             **extra, "growth": {**settings, "log": log, "stopped": stopped}}))
 
     def record(entry: dict, result: GrowthSums) -> None:
@@ -472,48 +464,3 @@ def data_shape(paths, *, task: str | None = None, window: int | None = None,
                        **({"window": window} if window else {}), **columns)
     return {"task": stats.task, "window": stats.window, "n_features": stats.n_features,
             "n_classes": stats.n_classes}
-
-
-def _hidden_examples(model: Model, batches: Iterable[Examples]) -> Iterator[Examples]:
-    """[h; 1] of each example as dense CSR rows: the output layer's inputs."""
-    for ex in batches:
-        b = np.hstack([model.hidden_features(ex), np.ones((ex.n, 1))])
-        width = b.shape[1]
-        yield Examples(np.arange(0, ex.n * width + 1, width, dtype=np.int64),
-                       np.tile(np.arange(width, dtype=np.int64), ex.n), b.ravel(), ex.targets)
-
-
-def refine_output_layer(model: Model, train: Callable[[], Iterator[Examples]],
-                        out: str | os.PathLike, *, heldout=None, pass_fn=None, **options) -> Model:
-    """refine() of a 2-layer model: the output layer (a convex problem) refined on the frozen
-    hidden features [h; 1], written as a 2-layer model with the same hidden layer. The
-    single-layer intermediate (and refine's checkpoints) live at OUT.output.* until done."""
-    from .refine import refine
-
-    subspace = options.get("subspace")
-    if options.get("method") == "gis" or (options.get("method") == "dldr" and subspace is not None
-                                          and subspace.phase == "gis"):
-        raise StreamfitError("gis needs inputs that sum to 1, and the hidden features of a "
-                             "2-layer model do not: refine it with lbfgs, newton, sgd, adam, "
-                             "random-bases or dldr with --phase sgd or adam")
-    if pass_fn is not None:
-        raise StreamfitError("refining a 2-layer model passes over its hidden features, which "
-                             "the distributed pass function does not compute: run it without "
-                             "--scheduler / --dask-workers")
-    layers = Layers.of(model)
-    view = Model(task="classify", n_classes=model.n_classes, n_features=layers.width + 1,
-                 tau=1.0, dense=layers.W, meta={"form": model.meta.get("form")})
-    inner = Path(f"{stem_of(out)}.output.npy")
-    single = refine(view, lambda: _hidden_examples(model, train()), inner,
-                    heldout=(lambda: _hidden_examples(model, heldout())) if heldout else None,
-                    **options)
-    refined = Layers(layers.A, layers.a0, np.asarray(single.dense, np.float64))
-    keep = {k: v for k, v in model.meta.items()
-            if k in ("task", "window", "vocab_size", "growth")}
-    write_layers(out, refined, _header(model.task, model.window, model.n_features,
-                                       model.n_classes, refined,
-                                       {**keep, "form": "refined",
-                                        "refinement": single.meta["refinement"]}))
-    for p in (inner, sidecar_path(inner)):
-        p.unlink(missing_ok=True)
-    return load_model(sidecar_path(out))

@@ -23,7 +23,7 @@ import scipy.linalg
 
 from ..errors import StreamfitError
 from ..data.featurize import Examples, distinct_inputs, slice_examples
-from .refine import PassResult
+from .core import PassResult
 
 HESSIAN_LIMIT_BYTES = 2 << 30
 ROWS_PER_BLOCK = 512

@@ -31,15 +31,18 @@ import multiprocessing
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import scipy.sparse as sp
 from numpy.lib.format import open_memmap
+from scipy.special import log_softmax
 
 from ..errors import StreamfitError
-from ..data.featurize import Examples, distinct_inputs, slice_examples
+from ..data.featurize import Examples, distinct_inputs
 from ..io.files import atomic_path, fsync_path, temp_name
+from ..model.weights import stem_of
+from .core import Optimizer, PassResult, gis_pass, minibatches, sgd_pass
 
 SUBSPACE_METHODS = ("random-bases", "dldr")
 PHASE_METHODS = ("sgd", "adam", "gis")
@@ -94,18 +97,6 @@ class SubspaceOptions:
 
 
 # --- shared pieces ----------------------------------------------------------------------------
-def minibatches(train: Callable[[], Iterator[Examples]], batch_size: int) -> Iterator[Examples]:
-    """The mini-batches of one pass: each record batch cut into slices of batch_size."""
-    for ex in train():
-        for lo in range(0, ex.n, batch_size):
-            yield slice_examples(ex, lo, min(ex.n, lo + batch_size))
-
-
-def _log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-
-
 class _Batch:
     """A mini-batch over the rows of W it touches, identical inputs (a bigram's contexts)
     scored once and weighted by their count."""
@@ -123,7 +114,7 @@ class _Batch:
     def loss(self, w_rows: np.ndarray) -> tuple[float, int, np.ndarray]:
         """Summed loss, correct count and the residual R (distinct inputs × classes) with
         gradient xᵀR/n, at W's rows w_rows."""
-        logp = _log_softmax(np.asarray(self.x @ w_rows))
+        logp = log_softmax(np.asarray(self.x @ w_rows), axis=1)
         loss = -float(logp[self.inverse, self.targets].sum())
         correct = int(np.sum(logp.argmax(axis=1)[self.inverse] == self.targets))
         resid = np.exp(logp) * self.counts[:, None]
@@ -317,21 +308,17 @@ def _receive(conn, worker: int) -> np.ndarray:
 
 
 # --- DLDR: snapshots, basis, P-BFGS -----------------------------------------------------------
-def _stem(out: Path) -> Path:
-    return out.with_suffix("") if out.suffix in (".npy", ".json") else out
-
-
 def snapshot_path(out: Path, i: int) -> Path:
-    return Path(f"{_stem(out)}.dldr.snap-{i:05d}.npy")
+    return Path(f"{stem_of(out)}.dldr.snap-{i:05d}.npy")
 
 
 def basis_path(out: Path) -> Path:
-    return Path(f"{_stem(out)}.dldr.basis.npy")
+    return Path(f"{stem_of(out)}.dldr.basis.npy")
 
 
 def work_files(out: Path) -> list[Path]:
     """DLDR's snapshots and basis beside `out` (removed with the checkpoints)."""
-    stem = _stem(Path(out))
+    stem = stem_of(Path(out))
     return sorted(stem.parent.glob(f"{stem.name}.dldr.*.npy"))
 
 
@@ -457,8 +444,6 @@ def refine_subspace(method: str, w: np.ndarray, train, out: Path, opts: Subspace
                     batch_size: int, seed: int, arrays: dict | None, t: int, record, checkpoint,
                     pass_fn) -> np.ndarray:
     """Run the passes start_pass..passes of `method`, recording and checkpointing each."""
-    from .refine import PassResult
-
     if method == "random-bases":
         rb = RandomBases(w.shape, opts, lr if lr is not None else default_lr[method], l2, seed, t)
         w = w.copy()
@@ -477,27 +462,23 @@ def refine_subspace(method: str, w: np.ndarray, train, out: Path, opts: Subspace
 
 def _dldr(w, train, out, opts, *, passes, start_pass, lr, l2, batch_size, arrays, t, record,
           checkpoint, pass_fn):
-    from .refine import PassResult, _gis_pass, _Optimizer, full_pass
-
     n_snap = int(arrays.pop("n_snapshots", np.zeros(1))[0])
     phase_arrays = {k[6:]: v for k, v in arrays.items() if k.startswith("phase_")}
-    opt = _Optimizer(opts.phase, lr, l2, batch_size, phase_arrays, w.shape, t)
+    opt = Optimizer(opts.phase, lr, l2, batch_size, phase_arrays, w.shape, t)
     w = w.copy()
     start = w.copy() if n_snap == 0 else None   # snapshot 0, saved with the first pass's
     observed = None
     for p in range(start_pass, min(passes, opts.phase_passes)):
         if opts.phase == "gis":
-            w, result, observed = _gis_pass(w, train, pass_fn, opt, observed)
+            w, result, observed = gis_pass(w, train, pass_fn, opt, observed)
             fresh = [w.copy()] if (p + 1) % opts.snapshot_every == 0 else []
         else:
-            result, fresh = PassResult(), []
-            for ex in minibatches(train, batch_size):
-                before = full_pass(w, [ex], expected=False)
-                result.n, result.loss = result.n + before.n, result.loss + before.loss
-                result.correct += before.correct
-                opt.step(w, ex)
+            fresh = []
+
+            def snapshot():
                 if opt.t % opts.snapshot_every == 0:
                     fresh.append(w.copy())
+            result = sgd_pass(w, minibatches(train, batch_size), opt, snapshot)
         if p + 1 == opts.phase_passes and not (fresh and np.array_equal(fresh[-1], w)):
             fresh.append(w.copy())                 # the end of the phase is θ₀
         for snap in ([start] if start is not None else []) + fresh:
