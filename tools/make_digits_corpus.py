@@ -28,20 +28,18 @@ Output (``--out DIR``, default ``data/<dataset>``)
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from streamfit.io.files import atomic_directory
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpora import SPLITS, publish  # noqa: E402
 
 SEED = 0
 ROW_GROUP_SIZE = 1024
-SPLITS = ("train", "valid", "test")
 DATASETS = ("digits", "mnist5k")
 INSTALL_HINT = "pip install -e '.[bench]'"
 
@@ -91,16 +89,16 @@ def split_indices(n: int, seed: int = SEED) -> dict[str, np.ndarray]:
             "train": order[n_test + n_valid:]}
 
 
-def _write_split(path: Path, x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> None:
+def split_table(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> pa.Table:
+    """The images `idx` as ``label``, ``features: list<float32>`` and ``index`` columns."""
     width = x.shape[1]
     values = pa.array(np.ascontiguousarray(x[idx], dtype=np.float32).reshape(-1), pa.float32())
     offsets = pa.array(np.arange(len(idx) + 1, dtype=np.int32) * width, pa.int32())
-    table = pa.table({
+    return pa.table({
         "label": pa.array(y[idx], pa.int64()),
         "features": pa.ListArray.from_arrays(offsets, values),
         "index": pa.array(idx.astype(np.int64), pa.int64()),
     })
-    pq.write_table(table, path, row_group_size=ROW_GROUP_SIZE)
 
 
 def build_corpus(dataset: str, out: str | Path) -> dict:
@@ -126,10 +124,8 @@ def build_corpus(dataset: str, out: str | Path) -> dict:
         "features": "raw values as float32, not rescaled",
     }
 
-    with atomic_directory(out) as tmp:
-        for split in SPLITS:
-            _write_split(tmp / f"{split}.parquet", x, y, splits[split])
-        (tmp / "corpus.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    publish(out, {s: split_table(x, y, splits[s]) for s in SPLITS}, meta,
+            row_group_size=ROW_GROUP_SIZE)
     return meta
 
 

@@ -70,7 +70,6 @@ import argparse
 import gzip
 import hashlib
 import io
-import json
 import os
 import re
 import shutil
@@ -82,22 +81,17 @@ import time
 import unicodedata
 import urllib.parse
 import uuid
-import zlib
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from streamfit.io.files import atomic_directory
 from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpora import SPLITS, TokenDocuments, publish, split_of as split_by_key  # noqa: E402
 
 PACKAGE = "dict-gcide"
 SYSTEM_DICT_DIR = Path("/usr/share/dictd")
 DICT_NAME, INDEX_NAME = "gcide.dict.dz", "gcide.index"
-UNK = "<unk>"
 ROW_GROUP_SIZE = 4096
-SPLITS = ("train", "valid", "test")
 
 B64_DIGITS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _B64_VALUE = {c: i for i, c in enumerate(B64_DIGITS)}
@@ -184,8 +178,7 @@ def read_articles(index_path: Path) -> list[tuple[int, int, str]]:
 
 def split_of(headword: str, offset: int) -> str:
     """Deterministic article-level split: ~10% test, ~10% valid, the rest train."""
-    bucket = zlib.crc32(f"{headword}\t{offset}".encode("utf-8")) % 10
-    return "test" if bucket == 0 else "valid" if bucket == 1 else "train"
+    return split_by_key(f"{headword}\t{offset}")
 
 
 # --- obtaining the package --------------------------------------------------------------------
@@ -307,17 +300,6 @@ def default_cache() -> Path:
 
 
 # --- building ---------------------------------------------------------------------------------
-def _write_split(path: Path, docs: list[tuple[str, np.ndarray]]) -> None:
-    lengths = np.array([len(ids) for _, ids in docs], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    values = np.concatenate([ids for _, ids in docs]) if docs else np.empty(0, np.int32)
-    table = pa.table({
-        "tokens": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.int32())),
-        "headword": pa.array([h for h, _ in docs], pa.string()),
-    })
-    pq.write_table(table, path, row_group_size=ROW_GROUP_SIZE)
-
-
 def build_corpus(out: str | Path, dict_dir: str | Path, vocab_size: int = 16384,
                  max_entries: int | None = None, quiet: bool = False,
                  provenance: dict | None = None) -> dict:
@@ -332,32 +314,12 @@ def build_corpus(out: str | Path, dict_dir: str | Path, vocab_size: int = 16384,
     with gzip.open(dict_dir / DICT_NAME, "rb") as f:
         raw = f.read()
 
-    table: dict[str, int] = {}  # token -> provisional id
-    docs: dict[str, list[tuple[str, np.ndarray]]] = {s: [] for s in SPLITS}
+    docs = TokenDocuments()
     for off, ln, head in tqdm(articles, desc="tokenizing", unit="entry",
                               disable=quiet or not sys.stderr.isatty()):
         text = raw[off:off + ln].decode("utf-8", errors="replace")
-        toks = tokenize(strip_markup(text))
-        if toks:
-            ids = np.array([table.setdefault(t, len(table)) for t in toks], dtype=np.int32)
-            docs[split_of(head, off)].append((head, ids))
-
-    tokens = list(table)
-    train_ids = [ids for _, ids in docs["train"]]
-    counts = np.bincount(np.concatenate(train_ids), minlength=len(tokens)) if train_ids \
-        else np.zeros(len(tokens), np.int64)
-    ranked = sorted(np.flatnonzero(counts).tolist(), key=lambda i: (-counts[i], tokens[i]))
-    ranked = ranked[: vocab_size - 1]
-    remap = np.zeros(len(tokens), dtype=np.int32)
-    remap[ranked] = np.arange(1, len(ranked) + 1, dtype=np.int32)
-    vocab = [UNK] + [tokens[i] for i in ranked]
-
-    n_tokens, unk_rate = {}, {}
-    for split, split_docs in docs.items():
-        split_docs[:] = [(h, remap[ids]) for h, ids in split_docs]
-        n = sum(len(ids) for _, ids in split_docs)
-        n_unk = sum(int(np.count_nonzero(ids == 0)) for _, ids in split_docs)
-        n_tokens[split], unk_rate[split] = n, (n_unk / n if n else 0.0)
+        docs.add(split_of(head, off), head, tokenize(strip_markup(text)))
+    vocab, n_tokens, unk_rate = docs.vocabulary(vocab_size)
 
     prov = dict(provenance or {})
     prov.pop("dict_dir", None)
@@ -371,8 +333,8 @@ def build_corpus(out: str | Path, dict_dir: str | Path, vocab_size: int = 16384,
         "articles_in_dictionary": n_articles,
         "max_entries": max_entries,
         "vocab_size": len(vocab),
-        "distinct_tokens": len(tokens),
-        "entries": {s: len(d) for s, d in docs.items()},
+        "distinct_tokens": len(docs.ids),
+        "entries": {s: len(d) for s, d in docs.docs.items()},
         "tokens": n_tokens,
         "unk_rate": unk_rate,
         "split": "crc32(headword + '\\t' + offset) % 10: 0 test, 1 valid, else train",
@@ -380,11 +342,8 @@ def build_corpus(out: str | Path, dict_dir: str | Path, vocab_size: int = 16384,
         "tokenizer": TOKENIZER_DESC,
     }
 
-    with atomic_directory(out) as tmp:
-        for split, split_docs in docs.items():
-            _write_split(tmp / f"{split}.parquet", split_docs)
-        (tmp / "vocab.txt").write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
-        (tmp / "corpus.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    publish(out, {s: docs.table(s, "headword") for s in SPLITS}, meta,
+            row_group_size=ROW_GROUP_SIZE, vocab=vocab)
     return meta
 
 

@@ -41,22 +41,18 @@ Output (``--out DIR``, default ``data/stdlib``)
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import re
 import sys
 import sysconfig
-import zlib
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from streamfit.io.files import atomic_directory
 from tqdm import tqdm
 
-UNK, NL = "<unk>", "<nl>"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpora import TokenDocuments, publish, split_of  # noqa: E402
+
+NL = "<nl>"
 ROW_GROUP_SIZE = 256
 TOKEN_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|[0-9]+(?:\.[0-9]+)?|\S")
 TOKENIZER_DESC = (
@@ -88,24 +84,6 @@ def stdlib_sources(max_files: int | None = None) -> tuple[Path, list[str]]:
     return root, rels[:max_files] if max_files is not None else rels
 
 
-def split_of(relpath: str) -> str:
-    """Deterministic file-level split: ~10% test, ~10% valid, the rest train."""
-    bucket = zlib.crc32(relpath.encode()) % 10
-    return "test" if bucket == 0 else "valid" if bucket == 1 else "train"
-
-
-def _write_split(path: Path, docs: list[tuple[str, np.ndarray]]) -> None:
-    """Write (relpath, token ids) documents as ``tokens: list<int32>, path: string``."""
-    lengths = np.array([len(ids) for _, ids in docs], dtype=np.int32)
-    offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int32)
-    values = np.concatenate([ids for _, ids in docs]) if docs else np.empty(0, np.int32)
-    table = pa.table({
-        "tokens": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.int32())),
-        "path": pa.array([rel for rel, _ in docs], pa.string()),
-    })
-    pq.write_table(table, path, row_group_size=ROW_GROUP_SIZE)
-
-
 def build_corpus(out: str | Path, vocab_size: int = 8192, max_files: int | None = None,
                  quiet: bool = False) -> dict:
     """Build the corpus into ``out`` (atomically) and return the corpus.json content."""
@@ -113,51 +91,27 @@ def build_corpus(out: str | Path, vocab_size: int = 8192, max_files: int | None 
         raise ValueError("vocab_size must be >= 1 (id 0 is <unk>)")
     root, rels = stdlib_sources(max_files)
 
-    # Tokenize once, interning tokens to provisional ids so per-file storage is a
-    # compact int32 array instead of millions of Python strings.
-    table: dict[str, int] = {}
-    docs: dict[str, list[tuple[str, np.ndarray]]] = {"train": [], "valid": [], "test": []}
+    # Tokenize once, interning tokens to provisional ids; split by file:
+    # crc32(relpath) % 10 is 0 for test, 1 for valid, else train.
+    docs = TokenDocuments()
     for rel in tqdm(rels, desc="tokenizing", unit="file", disable=quiet or not sys.stderr.isatty()):
         text = (root / rel).read_text(encoding="utf-8", errors="replace")
-        ids = np.array([table.setdefault(t, len(table)) for t in tokenize(text)], dtype=np.int32)
-        if ids.size:
-            docs[split_of(rel)].append((rel, ids))
-
-    # Vocabulary: <unk> + most frequent train tokens, ties by token string.
-    tokens = list(table)
-    train_ids = [ids for _, ids in docs["train"]]
-    counts = np.bincount(np.concatenate(train_ids), minlength=len(tokens)) if train_ids \
-        else np.zeros(len(tokens), np.int64)
-    seen = np.flatnonzero(counts)
-    ranked = sorted(seen.tolist(), key=lambda i: (-counts[i], tokens[i]))[: vocab_size - 1]
-    remap = np.zeros(len(tokens), dtype=np.int32)  # provisional id -> final id (0 = <unk>)
-    remap[ranked] = np.arange(1, len(ranked) + 1, dtype=np.int32)
-    vocab = [UNK] + [tokens[i] for i in ranked]
-
-    n_tokens, unk_rate = {}, {}
-    for split, split_docs in docs.items():
-        split_docs[:] = [(rel, remap[ids]) for rel, ids in split_docs]
-        n = sum(len(ids) for _, ids in split_docs)
-        n_unk = sum(int(np.count_nonzero(ids == 0)) for _, ids in split_docs)
-        n_tokens[split], unk_rate[split] = n, (n_unk / n if n else 0.0)
+        docs.add(split_of(rel), rel, tokenize(text))
+    vocab, n_tokens, unk_rate = docs.vocabulary(vocab_size)
 
     meta = {
         "source": "python-stdlib",
         "python_version": platform.python_version(),
         "stdlib_path": str(root),
         "vocab_size": len(vocab),
-        "files": {s: len(d) for s, d in docs.items()},
+        "files": {s: len(d) for s, d in docs.docs.items()},
         "tokens": n_tokens,
         "unk_rate": unk_rate,
         "tokenizer": TOKENIZER_DESC,
     }
 
-    # Atomic publish: build in a sibling temp dir, then swap it in.
-    with atomic_directory(out) as tmp:
-        for split, split_docs in docs.items():
-            _write_split(tmp / f"{split}.parquet", split_docs)
-        (tmp / "vocab.txt").write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
-        (tmp / "corpus.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    publish(out, {s: docs.table(s, "path") for s in docs.docs}, meta,
+            row_group_size=ROW_GROUP_SIZE, vocab=vocab)
     return meta
 
 
