@@ -37,7 +37,7 @@ HOME: dict[str, tuple[str, str | None]] = {
     "refine": ("streamfit.train.refine", "refine"),
     "full_pass": ("streamfit.train.refine", "full_pass"),
     "dense_parameters": ("streamfit.train.refine", "dense_parameters"),
-    "checkpoints": ("streamfit.train.refine", None),   # the module whose _save_checkpoint is timed
+    "checkpoints": ("streamfit.train.refine", None),   # the module whose save_checkpoint is timed
     "SubspaceOptions": ("streamfit.train.subspace", "SubspaceOptions"),
     "grow": ("streamfit.train.grow", "grow"),
     # several machines
