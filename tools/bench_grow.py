@@ -27,20 +27,15 @@ without the per-epoch evaluation; an MLP pass is one epoch.
 
     python tools/bench_grow.py              # ~8 min on 2 cores
     python tools/bench_grow.py --quick      # ~2 min: smaller widths and grids
+    python tools/bench_grow.py --render docs/growth.json   # the page again, running nothing
+
+The run's figures are saved as ``growth.json`` beside the page; the page and its plots are
+written from that file, by the same code as ``--render``, which needs no data.
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
-import datetime as dt
-import json
 import math
-import os
-import platform
-import shlex
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -48,18 +43,12 @@ import numpy as np
 import scipy.optimize
 import scipy.sparse as sp
 
-import streamfit
-from streamfit import Accumulator, Model
-from streamfit.model.evaluate import iter_examples
-from streamfit.data.featurize import Examples, FeatureRows, feature_examples
-from streamfit.train.grow import grow
-from streamfit.model.weights import load_model
-from streamfit.train.refine import refine
-from streamfit.solve.explicit import finalize
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpora import SPLITS, corpus_meta, corpus_shape, digits_corpus, read_examples  # noqa: E402
+from harness import log, page_main, relative, write_page  # noqa: E402
+from internals import FeatureRows, feature_examples, grow, refine  # noqa: E402
+from streamfit import Accumulator, Model, finalize, load_model  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-SPLITS = ("train", "valid", "test")
 DATASETS = ("digits", "mnist5k")
 LABELS = {"digits": "digits (sklearn 8×8)", "mnist5k": "MNIST-5k"}
 CLEARLY = 1.0          # accuracy points: "beats the single layer clearly" needs at least this
@@ -87,37 +76,19 @@ CONFIG = {
 }
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 # --------------------------------------------------------------------------- data
-def ensure_corpus(name: str, data: Path) -> Path:
-    folder = data / name
-    if not all((folder / f"{s}.parquet").exists() for s in SPLITS):
-        log(f"{name}: building {folder}")
-        subprocess.run([sys.executable, str(HERE / "make_digits_corpus.py"), "--dataset", name,
-                        "--out", str(folder)], check=True)
-    return folder
-
-
-def dense(parts: list[Examples], d: int) -> tuple[np.ndarray, np.ndarray]:
+def dense(parts: list, d: int) -> tuple[np.ndarray, np.ndarray]:
     x = sp.vstack([sp.csr_matrix((e.values, e.indices, e.indptr), shape=(e.n, d))
                    for e in parts]).toarray()
     return x, np.concatenate([e.targets for e in parts])
 
 
 def load(name: str, folder: Path) -> dict:
-    d = len(pq_first_row(folder / "train.parquet"))
-    ex = {s: list(iter_examples([folder / f"{s}.parquet"], task="classify", window=0,
-                                n_classes=10, n_features=d)) for s in SPLITS}
-    return {"name": name, "folder": folder, "d": d, "c": 10, "examples": ex,
+    shape = corpus_shape(corpus_meta(folder))
+    d, c = shape["n_features"], shape["n_classes"]
+    ex = {s: read_examples(folder, s, shape) for s in SPLITS}
+    return {"name": name, "folder": folder, "d": d, "c": c, "examples": ex,
             "dense": {s: dense(ex[s], d) for s in SPLITS}}
-
-
-def pq_first_row(path: Path) -> list:
-    import pyarrow.parquet as pq
-    return pq.ParquetFile(path).read_row_group(0, columns=["features"]).column(0)[0].as_py()
 
 
 def metrics(z: np.ndarray, y: np.ndarray) -> dict:
@@ -127,7 +98,7 @@ def metrics(z: np.ndarray, y: np.ndarray) -> dict:
             "accuracy": float(np.mean(z.argmax(axis=1) == y))}
 
 
-def model_metrics(model: Model, parts: list[Examples]) -> dict:
+def model_metrics(model: Model, parts: list) -> dict:
     z = np.vstack([model.logits(e) for e in parts])
     return metrics(z, np.concatenate([e.targets for e in parts]))
 
@@ -303,6 +274,16 @@ def mlp_runs(data: dict, cfg: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- report
+def mlp_by_width(res: dict) -> dict[int, dict]:
+    """The MLP runs by width (JSON keeps the widths as strings)."""
+    return {int(w): r for w, r in sorted(res["mlp"].items(), key=lambda kv: int(kv[0]))}
+
+
+def other_run(a: dict | None, b: dict) -> bool:
+    """Whether `a` is a growth run other than `b` (the grid's settings tell them apart)."""
+    return a is not None and any(a[k] != b[k] for k in ("hidden_moves", "ridge", "l2"))
+
+
 def plot(res: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -310,13 +291,14 @@ def plot(res: dict, path: Path) -> None:
 
     steps = res["growth"]["chosen"]["steps"]
     single = res["single"]["test"]
+    mlps = mlp_by_width(res)
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
     for row, key in enumerate(("accuracy", "loss")):
         ax = axes[row][0]
         ax.plot([s["width"] for s in steps[1:]], [s[f"test_{key}"] for s in steps[1:]], "o-",
                 label="grown (streamfit grow)")
-        widths = sorted(res["mlp"])
-        ax.plot(widths, [res["mlp"][w]["best"][f"test_{key}"] for w in widths], "s--",
+        widths = sorted(mlps)
+        ax.plot(widths, [mlps[w]["best"][f"test_{key}"] for w in widths], "s--",
                 label="MLP, backprop + Adam (best valid epoch)")
         ax.axhline(single[key], color="gray", ls=":", label="single-layer optimum")
         ax.set_xlabel("hidden units")
@@ -324,7 +306,7 @@ def plot(res: dict, path: Path) -> None:
         ax = axes[row][1]
         ax.plot([s["seconds"] for s in steps[1:]], [s[f"test_{key}"] for s in steps[1:]], "o-",
                 label="grown")
-        wide = res["mlp"][max(res["mlp"])]
+        wide = mlps[max(mlps)]
         ax.plot([e["seconds"] for e in wide["history"]], [e[f"test_{key}"] for e in wide["history"]],
                 "-", label=f"MLP width {wide['width']} (per epoch)")
         ax.axhline(single[key], color="gray", ls=":", label="single-layer optimum")
@@ -343,20 +325,6 @@ def plot(res: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def machine() -> dict:
-    cpu = platform.processor() or ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=False,
-                            capture_output=True, text=True).stdout.strip()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu, "cores": cores, "python": platform.python_version(),
-            "numpy": np.__version__, "streamfit": streamfit.__version__, "commit": commit}
-
-
 def _met(ok: bool) -> str:
     return "**met**" if ok else "**not met**"
 
@@ -366,8 +334,9 @@ def dataset_text(res: dict) -> list[str]:
     ch = res["growth"]["chosen"]
     last = ch["steps"][-1]
     best = max(ch["steps"], key=lambda s: s["heldout_accuracy"])
-    widest = res["mlp"][max(res["mlp"])]
-    same = res["mlp"].get(last["width"])
+    mlps = mlp_by_width(res)
+    widest = mlps[max(mlps)]
+    same = mlps.get(last["width"])
     gain = 100 * (last["test_accuracy"] - single["test"]["accuracy"])
     L = [f"## {name}", "",
          f"`{res['folder']}`: {res['n']['train']:,} / {res['n']['valid']:,} / {res['n']['test']:,} "
@@ -385,14 +354,13 @@ def dataset_text(res: dict) -> list[str]:
          (f"| grown, best width on valid ({best['width']} units) | {best['test_loss']:.4f} | "
           f"{best['test_accuracy']:.4f} | {best['passes']} | {best['seconds']:.2f} |")]
     frozen = res["growth"]["frozen"]
-    if frozen is not None and frozen is not ch:
+    if other_run(frozen, ch):
         fl = frozen["steps"][-1]
         L.append(f"| grown with frozen units (hidden moves 0: new units only), {fl['width']} "
                  f"units (ridge {frozen['ridge']:g}, l2 {frozen['l2']:g} on valid) | "
                  f"{fl['test_loss']:.4f} | {fl['test_accuracy']:.4f} | {fl['passes']} | "
                  f"{fl['seconds']:.2f} |")
-    for w in sorted(res["mlp"]):
-        r = res["mlp"][w]
+    for w, r in mlps.items():
         L.append(f"| MLP width {w}, Adam lr {r['lr']:g} (valid), best valid epoch | "
                  f"{r['best']['test_loss']:.4f} | {r['best']['test_accuracy']:.4f} | "
                  f"{r['best']['epoch']} epochs | {r['best']['seconds']:.2f} |")
@@ -428,7 +396,7 @@ def dataset_text(res: dict) -> list[str]:
           f"{last['test_loss']:.4f} vs {single['test']['loss']:.4f}. Beating it clearly (at least "
           f"{CLEARLY:g} point and a lower cross-entropy): "
           + _met(gain >= CLEARLY and last["test_loss"] < single["test"]["loss"]) + "."]
-    if frozen is not None and frozen is not ch:
+    if other_run(frozen, ch):
         fl = frozen["steps"][-1]
         L.append(f"- Moving the existing hidden units (hidden moves {ch['hidden_moves']}) against "
                  f"new units only: test {last['test_accuracy']:.4f} vs {fl['test_accuracy']:.4f} "
@@ -500,7 +468,7 @@ USAGE = [
 ]
 
 
-def write_markdown(results: dict, meta: dict, out_dir: Path) -> Path:
+def page_lines(results: dict, meta: dict) -> list[str]:
     L = ["# Growing hidden units: against the single layer and backpropagation", "",
          "*Generated by `tools/bench_grow.py` — do not edit by hand; rerun instead:*", "",
          "```sh", meta["command"], "```", "",
@@ -508,7 +476,8 @@ def write_markdown(results: dict, meta: dict, out_dir: Path) -> Path:
           f"Python {meta['machine']['python']}, numpy {meta['machine']['numpy']}; streamfit "
           f"{meta['machine']['streamfit']} at commit {meta['machine']['commit']}. Mode: "
           f"{meta['mode']}. Total {meta['wall_s'] / 60:.1f} min. Load average (1 min) at the start "
-          f"{meta['load'][0]:.2f}, at the end {meta['load'][1]:.2f}: other work on the machine "
+          f"{meta['load_start']:.2f}, at the end {meta['machine']['load_average_end'][0]:.2f}: other "
+          f"work on the machine "
           f"slows every timing here, growth's and the MLP's alike."), "",
          ("Protocol: train fits, valid makes every choice (hidden moves, ridge, l2, every "
           "amplitude, the learning rate, the MLP's epoch), test only reports. Splits are held "
@@ -532,56 +501,35 @@ def write_markdown(results: dict, meta: dict, out_dir: Path) -> Path:
     L.append("")
     for res in results.values():
         L += dataset_text(res)
-    path = out_dir / "growth.md"
-    path.write_text("\n".join(L))
-    return path
+    return L
+
+
+def render(saved: dict, out_dir: Path, *, plots: bool = True) -> Path:
+    """growth.md (and, with `plots`, its PNG plots) in `out_dir`, from saved results."""
+    figures = [(plot, res, res["plot"]) for res in saved["results"].values()] if plots else []
+    return write_page(out_dir, "growth.md", page_lines(saved["results"], saved["meta"]), figures)
+
+
+def run_dataset(n: str, args, tmp: Path) -> dict:
+    cfg = CONFIG[args.mode][n]
+    data = load(n, digits_corpus(Path(args.data), n))
+    res = {"name": n, "folder": relative(data["folder"]), "d": data["d"],
+           "n": {s: int(data["dense"][s][1].size) for s in SPLITS}}
+    res["single"] = single_layer(data, cfg, tmp)
+    log(f"{n}: single-layer optimum test {res['single']['test']['accuracy']:.4f}")
+    res["growth"] = growth_runs(data, cfg, tmp)
+    res["variants"] = output_variants(data, res["growth"]["chosen"], tmp)
+    res["mlp"] = mlp_runs(data, cfg)
+    res["plot"] = f"growth-{n}.png"
+    for run in (res["growth"]["chosen"], res["growth"]["frozen"]):
+        if run:
+            run.pop("path", None)
+    return res
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated (default: both)")
-    ap.add_argument("--quick", action="store_true", help="smaller widths and grids (~2 min)")
-    ap.add_argument("--data", default=str(ROOT / "data"), help="corpora folder (default: data)")
-    ap.add_argument("--out", default=str(ROOT / "docs"), help="where growth.md and plots go")
-    ap.add_argument("--json", action="store_true", help="print every figure as JSON")
-    args = ap.parse_args(argv)
-    mode = "quick" if args.quick else "default"
-    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
-    for n in names:
-        if n not in DATASETS:
-            raise SystemExit(f"unknown dataset {n!r}; choose from {', '.join(DATASETS)}")
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
-    results = {}
-    with tempfile.TemporaryDirectory(prefix="bench-grow-") as tmp:
-        for n in names:
-            cfg = CONFIG[mode][n]
-            data = load(n, ensure_corpus(n, Path(args.data)))
-            res = {"name": n, "folder": str(data["folder"]), "d": data["d"],
-                   "n": {s: int(data["dense"][s][1].size) for s in SPLITS}}
-            res["single"] = single_layer(data, cfg, Path(tmp))
-            log(f"{n}: single-layer optimum test {res['single']['test']['accuracy']:.4f}")
-            res["growth"] = growth_runs(data, cfg, Path(tmp))
-            res["variants"] = output_variants(data, res["growth"]["chosen"], Path(tmp))
-            res["mlp"] = mlp_runs(data, cfg)
-            res["plot"] = f"growth-{n}.png"
-            plot(res, out_dir / res["plot"])
-            for run in (res["growth"]["chosen"], res["growth"]["frozen"]):
-                if run:
-                    run.pop("path", None)
-            results[n] = res
-    argv_shown = sys.argv[1:] if argv is None else argv
-    meta = {"command": "python tools/bench_grow.py" + "".join(" " + shlex.quote(a) for a in argv_shown),
-            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "mode": mode, "machine": machine(), "wall_s": time.perf_counter() - t0,
-            "load": (load_start, os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan)}
-    path = write_markdown(results, meta, out_dir)
-    log(f"{path}: written ({meta['wall_s'] / 60:.1f} min)")
-    if args.json:
-        print(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
-    return 0
+    return page_main(argv, __doc__.split("\n\n")[0], "bench_grow.py", "growth", datasets=DATASETS,
+                     quick="smaller widths and grids (~2 min)", render=render, run=run_dataset)
 
 
 if __name__ == "__main__":

@@ -50,11 +50,9 @@ that file by tools/quality_report.py, the same code as ``--render``, which needs
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -68,8 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import internals  # noqa: E402
 from corpora import (SPLITS, concat_examples, corpus_meta, corpus_shape, digits_corpus,  # noqa: E402
                      gcide_corpus, read_examples)
-from harness import (ROOT, command, load_average, load_results, log, machine_facts,  # noqa: E402
-                     relative, save_results, to_json, utc_now)
+from harness import log, page_main, relative  # noqa: E402
 from internals import dense_parameters, evaluate, full_pass, refine, slice_examples  # noqa: E402
 from quality_report import FORMS, direction_runs, render  # noqa: E402
 from streamfit import Accumulator, Model, Statistics, finalize  # noqa: E402
@@ -537,20 +534,14 @@ def bench_dataset(name: str, cfg: dict, data_root: Path, tmp: Path) -> dict:
     stop = target_loss if cfg["stop_at_target"] else None
     runs["lbfgs_zeros"] = bench.run(model, "lbfgs", cfg["scratch_lbfgs_passes"], init="zeros",
                                     l2=opt["l2"], refs=True, stop_below=stop)
-    if cfg["adam_passes"]:
-        s = bench.sweep(model, "adam", cfg["adam_passes"], cfg["adam_lrs"], "lr", init="random",
-                        refs=True)
-        runs["adam_random"] = s["chosen"]
-        res["adam_random_lr_grid"] = s["grid"]
-    else:
-        probes["adam"] = probe_pass_seconds(bench, model, "adam", cfg["adam_lrs"][0])
-    if cfg["sgd_passes"]:
-        s = bench.sweep(model, "sgd", cfg["sgd_passes"], cfg["sgd_lrs"], "lr", init="random",
-                        refs=True)
-        runs["sgd_random"] = s["chosen"]
-        res["sgd_random_lr_grid"] = s["grid"]
-    else:
-        probes["sgd"] = probe_pass_seconds(bench, model, "sgd", cfg["sgd_lrs"][0])
+    for method in ("adam", "sgd"):   # mini-batch methods from a random start, or their cost
+        if cfg[f"{method}_passes"]:
+            s = bench.sweep(model, method, cfg[f"{method}_passes"], cfg[f"{method}_lrs"], "lr",
+                            init="random", refs=True)
+            runs[f"{method}_random"] = s["chosen"]
+            res[f"{method}_random_lr_grid"] = s["grid"]
+        else:
+            probes[method] = probe_pass_seconds(bench, model, method, cfg[f"{method}_lrs"][0])
     res["probes"] = probes
     for r in runs.values():
         r.pop("_w", None)
@@ -577,52 +568,27 @@ def bench_dataset(name: str, cfg: dict, data_root: Path, tmp: Path) -> dict:
 # --------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--datasets", default=",".join(DATASETS),
-                    help="comma-separated, of digits, mnist5k, gcide (default: all)")
-    ap.add_argument("--quick", action="store_true", help="fewer passes and smaller grids (~2 min)")
-    ap.add_argument("--data", default=str(ROOT / "data"), help="corpora folder (default: data)")
-    ap.add_argument("--out", default=str(ROOT / "docs"),
-                    help="where results.md, results.json and the plots go (default: docs)")
+def run_dataset(n: str, args, tmp: Path) -> dict:
+    cfg = dict(CONFIG[args.mode][n])
+    if n == "gcide" and args.gcide_adam_passes:
+        cfg["adam_passes"] = cfg["sgd_passes"] = args.gcide_adam_passes
+    CHECKPOINT_SECONDS[0] = 0.0
+    res = bench_dataset(n, cfg, Path(args.data), tmp)
+    res["plots"] = {"refinement": f"quality-{n}-refinement.png"}
+    if direction_runs(res):
+        res["plots"]["direction"] = f"quality-{n}-direction.png"
+    return res
+
+
+def options(ap) -> None:
     ap.add_argument("--gcide-adam-passes", type=int, default=None, metavar="N",
                     help="also run Adam and SGD on GCIDE for N passes (slow: minutes a pass)")
-    ap.add_argument("--json", action="store_true", help="print every figure as one JSON object")
-    ap.add_argument("--render", metavar="JSON",
-                    help="write the page and plots again from a saved results.json, running nothing")
-    ap.add_argument("--no-plots", action="store_true", help="write the page only, not the plots")
-    args = ap.parse_args(argv)
-    out_dir = Path(args.out)
-    if args.render:
-        render(load_results(args.render), out_dir, plots=not args.no_plots)
-        return 0
-    mode = "quick" if args.quick else "default"
-    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
-    for n in names:
-        if n not in DATASETS:
-            raise SystemExit(f"unknown dataset {n!r}; choose from {', '.join(DATASETS)}")
-    t0, load_start = time.perf_counter(), load_average()
-    results = {}
-    with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
-        for n in names:
-            cfg = dict(CONFIG[mode][n])
-            if n == "gcide" and args.gcide_adam_passes:
-                cfg["adam_passes"] = cfg["sgd_passes"] = args.gcide_adam_passes
-            CHECKPOINT_SECONDS[0] = 0.0
-            res = bench_dataset(n, cfg, Path(args.data), Path(tmp))
-            res["plots"] = {"refinement": f"quality-{n}-refinement.png"}
-            if direction_runs(res):
-                res["plots"]["direction"] = f"quality-{n}-direction.png"
-            results[n] = res
-    meta = {"command": command("bench_quality.py", argv), "date": utc_now(), "mode": mode,
-            "machine": machine_facts("sklearn"), "wall_s": time.perf_counter() - t0,
-            "load_start": load_start}
-    saved = save_results(out_dir / "results.json", {"meta": meta, "results": results})
-    render(load_results(saved), out_dir)
-    log(f"{saved}: written ({meta['wall_s'] / 60:.1f} min)")
-    if args.json:
-        print(to_json({"meta": meta, "results": results}))
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return page_main(argv, __doc__.split("\n\n")[0], "bench_quality.py", "results",
+                     datasets=DATASETS, quick="fewer passes and smaller grids (~2 min)",
+                     render=render, run=run_dataset, packages=("sklearn",), options=options)
 
 
 if __name__ == "__main__":

@@ -27,49 +27,37 @@ Datasets:
 
     python tools/bench_subspace.py              # both datasets (~15 min on 2 cores)
     python tools/bench_subspace.py --quick      # ~1 min: fewer passes and settings
+    python tools/bench_subspace.py --render docs/subspace.json   # the page again, running nothing
+
+The run's figures are saved as ``subspace.json`` beside the page; the page and its plots are
+written from that file, by the same code as ``--render``, which needs no data.
 """
 from __future__ import annotations
 
-import argparse
-import datetime as dt
-import json
-import os
-import platform
-import shlex
-import subprocess
 import sys
-import tempfile
 import time
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpora import SPLITS, corpus_meta, corpus_shape, digits_corpus, gcide_corpus, read_examples  # noqa: E402
+from harness import log, page_main, write_page  # noqa: E402
+from internals import SubspaceOptions, full_pass, refine  # noqa: E402
+from streamfit import Model  # noqa: E402
 
-from streamfit.train import refine as R  # noqa: E402
-from streamfit.model.evaluate import iter_examples  # noqa: E402
-from streamfit.data.featurize import Examples  # noqa: E402
-from streamfit.model.weights import Model  # noqa: E402
-from streamfit.train.subspace import SubspaceOptions  # noqa: E402
-
-SPLITS = ("train", "valid", "test")
 CONFIG = {
-    "mnist5k": dict(folder="mnist5k", build=["make_digits_corpus.py", "--dataset", "mnist5k"],
-                    batch=32, rb_dims=[10, 50, 250], fixed_dims=[50, 250], rb_passes=4,
+    "mnist5k": dict(folder="mnist5k", batch=32, rb_dims=[10, 50, 250], fixed_dims=[50, 250], rb_passes=4,
                     rb_grid=[100.0, 300.0, 1000.0, 3000.0], adam_grid=[0.03, 0.1, 0.3],
                     dldr_dims=[10, 20, 40], phase_passes=3, snapshot_every=6,
                     pbfgs_batch=1024, passes=15, lbfgs_passes=40, l2_grid=[0.0, 1e-6]),
-    "gcide": dict(folder="gcide-v512-first5000",
-                  build=["make_gcide_corpus.py", "--vocab-size", "512", "--max-entries", "5000",
-                         "--quiet"],
-                  batch=2048, rb_dims=[5, 20], fixed_dims=[5], rb_passes=3,
+    "gcide": dict(folder="gcide-v512-first5000", batch=2048, rb_dims=[5, 20], fixed_dims=[5], rb_passes=3,
                   rb_grid=[1.0, 3.0, 10.0], adam_grid=[0.03, 0.1, 0.3],
                   dldr_dims=[10, 20, 40], phase_passes=3, snapshot_every=4, pbfgs_batch=4096,
                   passes=12, lbfgs_passes=30, l2_grid=[0.0, 1e-6]),
 }
+DATASETS = tuple(CONFIG)
 QUICK = {"mnist5k": dict(rb_dims=[10, 50], fixed_dims=[50], rb_passes=2, rb_grid=[1000.0],
                          adam_grid=[0.1], dldr_dims=[10, 40], passes=6, phase_passes=2,
                          lbfgs_passes=10, l2_grid=[1e-6]),
@@ -78,28 +66,22 @@ QUICK = {"mnist5k": dict(rb_dims=[10, 50], fixed_dims=[50], rb_passes=2, rb_grid
                        lbfgs_passes=8, l2_grid=[0.0])}
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 # --------------------------------------------------------------------------- data
+CORPORA = {"mnist5k": lambda data: digits_corpus(data, "mnist5k"),
+           "gcide": lambda data: gcide_corpus(data, 512, 5000)}
+
+
 class Data:
+    """A corpus held in memory, each split as one Examples."""
+
     def __init__(self, name: str, folder: Path):
         self.name, self.folder = name, folder
-        self.meta = json.loads((folder / "corpus.json").read_text())
-        if name == "gcide":
-            self.task, self.window = "lm", 1
-            self.n_classes = int(self.meta["vocab_size"])
-            self.n_features = self.n_classes + 1
-        else:
-            self.task, self.window = "classify", 0
-            self.n_classes, self.n_features = len(self.meta["classes"]), int(self.meta["n_features"])
-        self.examples = {}
-        for s in SPLITS:
-            parts = list(iter_examples([folder / f"{s}.parquet"], task=self.task,
-                                       window=self.window, n_classes=self.n_classes,
-                                       n_features=self.n_features, batch_rows=1 << 20))
-            self.examples[s] = [_merge(parts)]
+        self.meta = corpus_meta(folder)
+        shape = corpus_shape(self.meta, window=1)
+        self.task, self.window = shape["task"], shape["window"]
+        self.n_classes, self.n_features = shape["n_classes"], shape["n_features"]
+        self.examples = {s: read_examples(folder, s, shape, whole=True, batch_rows=1 << 20)
+                         for s in SPLITS}
 
     def stream(self, split: str):
         parts = self.examples[split]
@@ -107,23 +89,6 @@ class Data:
 
     def n(self, split: str) -> int:
         return sum(e.n for e in self.examples[split])
-
-
-def _merge(parts: list[Examples]) -> Examples:
-    offsets = np.cumsum([0] + [p.indices.size for p in parts])
-    indptr = np.concatenate([[0]] + [p.indptr[1:] + o for p, o in zip(parts, offsets)])
-    return Examples(indptr.astype(np.int64), np.concatenate([p.indices for p in parts]),
-                    np.concatenate([p.values for p in parts]),
-                    np.concatenate([p.targets for p in parts]))
-
-
-def ensure_corpus(data_root: Path, cfg: dict) -> Path:
-    folder = data_root / cfg["folder"]
-    if not (folder / "corpus.json").exists():
-        cmd = [sys.executable, str(HERE / cfg["build"][0]), *cfg["build"][1:], "--out", str(folder)]
-        log(f"building {folder}: {shlex.join(cmd)}")
-        subprocess.run(cmd, check=True)
-    return folder
 
 
 # --------------------------------------------------------------------------- runs
@@ -140,7 +105,7 @@ def run(data: Data, tmp: Path, method: str, passes: int, *, split: str = "test",
 
     def watch(entry: dict, w: np.ndarray) -> None:
         t0 = time.perf_counter()
-        r = R.full_pass(w, data.examples[split], expected=False)
+        r = full_pass(w, data.examples[split], expected=False)
         curve.append({"pass": entry["pass"], "seconds": entry["seconds"] - spent[0],
                       "loss": r.mean_loss, "accuracy": r.accuracy,
                       "train_loss": entry["train_loss"],
@@ -149,7 +114,7 @@ def run(data: Data, tmp: Path, method: str, passes: int, *, split: str = "test",
         spent[0] += time.perf_counter() - t0
 
     out = tmp / f"{method}-{time.monotonic_ns()}.npy"
-    R.refine(zeros_model(data), data.stream("train"), out, init="zeros", method=method,
+    refine(zeros_model(data), data.stream("train"), out, init="zeros", method=method,
              passes=passes, resume=False, watch=watch, **kw)
     return {"method": method, "curve": curve}
 
@@ -165,7 +130,7 @@ def peak_memory(data: Data, tmp: Path, method: str, **kw) -> float:
     tracemalloc.start()
     tracemalloc.reset_peak()
     base = tracemalloc.get_traced_memory()[0]
-    R.refine(zeros_model(data), data.stream("train"), tmp / f"mem-{time.monotonic_ns()}.npy",
+    refine(zeros_model(data), data.stream("train"), tmp / f"mem-{time.monotonic_ns()}.npy",
              init="zeros", method=method, passes=passes, resume=False, **kw)
     peak = tracemalloc.get_traced_memory()[1] - base
     tracemalloc.stop()
@@ -183,7 +148,7 @@ def choose(data: Data, tmp: Path, method: str, key: str, values: list, passes: i
 
 
 def bench_dataset(name: str, cfg: dict, data_root: Path, tmp: Path) -> dict:
-    data = Data(name, ensure_corpus(data_root, cfg))
+    data = Data(name, CORPORA[name](data_root))
     size = data.n_features * data.n_classes
     log(f"{name}: {data.n('train'):,} train examples, W {data.n_features} × {data.n_classes} "
         f"= {size:,} weights")
@@ -339,9 +304,15 @@ streamfit refine --weights w.npy train/ --out dldr.npy --method dldr --init zero
 """.splitlines()
 
 
-def write_page(results: list[dict], meta: dict, out_dir: Path) -> Path:
+def machine_text(meta: dict) -> str:
+    m = meta["machine"]
+    return (f"{m['cpu']}, {m['cpu_count']} cores shared, load average "
+            f"{m['load_average_end'][0]:.1f} at the end, numpy {m['numpy']}")
+
+
+def page_lines(results: dict, meta: dict) -> list[str]:
     lines = ["# Training in tiny subspaces: random bases and DLDR + P-BFGS", "",
-             f"Generated by `{meta['command']}` on {meta['date']} ({meta['machine']}). "
+             f"Generated by `{meta['command']}` on {meta['date']} ({machine_text(meta)}). "
              "Every figure below comes from that run; rerun it to reproduce them.", "",
              "What is compared: `streamfit refine` from zero weights with random bases descent "
              "(`--method random-bases`, d directions per step re-drawn every step, or "
@@ -356,9 +327,9 @@ def write_page(results: list[dict], meta: dict, out_dir: Path) -> Path:
              "count and hits; data-parallel Adam or SGD would exchange the whole gradient "
              "(D numbers) per step. The machine is shared with other work (see the load "
              "average above): seconds are noisy, compare them within a factor of two.", "", *USAGE, "## Targets", ""]
-    for res in results:
+    for res in results.values():
         lines += targets(res)
-    for res in results:
+    for res in results.values():
         cfg = res["cfg"]
         lines += ["", f"## {res['name']}", "",
                   f"`data/{cfg['folder']}`: {res['n']['train']:,} / {res['n']['valid']:,} / "
@@ -368,7 +339,7 @@ def write_page(results: list[dict], meta: dict, out_dir: Path) -> Path:
                   f"{cfg['phase_passes']}-pass phase, P-BFGS batch {cfg['pbfgs_batch']}.", ""]
         lines += table(res)
         lines += ["", "Valid cross-entropy of the grids (after 1 pass; L-BFGS: after the run): " +
-                  "; ".join(f"{k}: " + ", ".join(f"{v:g} → {s:.4f}" for v, s in g.items())
+                  "; ".join(f"{k}: " + ", ".join(f"{float(v):g} → {s:.4f}" for v, s in g.items())
                             for k, g in res["grids"].items()) + ".", "",
                   f"![{res['name']}](subspace-{res['name']}.png)"]
     lines += ["", "## Notes", "",
@@ -378,39 +349,24 @@ def write_page(results: list[dict], meta: dict, out_dir: Path) -> Path:
               "- The GCIDE model here has a 512-token vocabulary (D = 262,656), not the "
               "4,096-token model of results.md (D = 16.8M), on which one random-bases step at "
               "d = 20 would take about 1 s.", ""]
-    path = out_dir / "subspace.md"
-    path.write_text("\n".join(lines))
-    return path
+    return lines
+
+
+def render(saved: dict, out_dir: Path, *, plots: bool = True) -> Path:
+    """subspace.md (and, with `plots`, its PNG plots) in `out_dir`, from saved results."""
+    figures = [(plot, res, f"subspace-{n}.png") for n, res in saved["results"].items()] if plots else []
+    return write_page(out_dir, "subspace.md", page_lines(saved["results"], saved["meta"]), figures)
+
+
+def run_dataset(name: str, args, tmp: Path) -> dict:
+    cfg = {**CONFIG[name], **(QUICK[name] if args.quick else {})}
+    return bench_dataset(name, cfg, Path(args.data), tmp)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--datasets", default="mnist5k,gcide", help="comma-separated (default: %(default)s)")
-    ap.add_argument("--data", default=str(ROOT / "data"), help="corpora folder (default: data/)")
-    ap.add_argument("--out", default=str(ROOT / "docs"), help="where subspace.md and the plots go")
-    ap.add_argument("--quick", action="store_true", help="fewer passes and settings (a smoke run)")
-    ap.add_argument("--json", action="store_true", help="print the results as JSON too")
-    args = ap.parse_args(argv)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.datasets.split(","):
-            cfg = {**CONFIG[name], **(QUICK[name] if args.quick else {})}
-            res = bench_dataset(name, cfg, Path(args.data), Path(tmp))
-            plot(res, out_dir / f"subspace-{name}.png")
-            results.append(res)
-    cpu = platform.processor() or platform.machine()
-    meta = {"command": "python tools/bench_subspace.py" + (" " + shlex.join(argv or sys.argv[1:])
-                                                          if (argv or sys.argv[1:]) else ""),
-            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": f"{cpu}, {os.cpu_count()} cores shared, load average "
-                       f"{os.getloadavg()[0]:.1f} at the end, numpy {np.__version__}"}
-    path = write_page(results, meta, out_dir)
-    log(f"wrote {path}")
-    if args.json:
-        print(json.dumps(results, default=float))
-    return 0
+    return page_main(argv, __doc__.split("\n\n")[0], "bench_subspace.py", "subspace",
+                     datasets=DATASETS, quick="fewer passes and settings (a smoke run)",
+                     render=render, run=run_dataset)
 
 
 if __name__ == "__main__":

@@ -87,11 +87,11 @@ class TokenDocuments:
 
 
 def publish(out: str | Path, splits: dict, meta: dict, *, row_group_size: int,
-            vocab: list[str] | None = None) -> None:
+            vocab: list[str] | None = None) -> dict:
     """Write a corpus folder atomically: ``SPLIT.parquet`` for each Arrow table of
     `splits`, ``vocab.txt`` (one token per line, line number = id) when given, and
     ``corpus.json``. Everything goes into a temporary directory beside `out`, renamed into
-    place at the end, so a killed build never leaves a half-written corpus."""
+    place at the end, so a killed build never leaves a half-written corpus. Returns `meta`."""
     import pyarrow.parquet as pq
 
     from internals import atomic_directory
@@ -102,6 +102,41 @@ def publish(out: str | Path, splits: dict, meta: dict, *, row_group_size: int,
         if vocab is not None:
             (tmp / "vocab.txt").write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
         (tmp / "corpus.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return meta
+
+
+def token_corpus_description(source: str, rules: str) -> str:
+    """The --help description of a token corpus builder: its `source` and its `rules`."""
+    return (f"Build a token corpus (train/valid/test parquet + vocab) from {source}. {rules} "
+            "Vocab from train only, id 0 = <unk>. Output is written atomically.")
+
+
+def per_split(what: str, counts: dict, fmt: str = "") -> str:
+    """``what train=N valid=N test=N`` (the splits in `counts` among them, formatted by `fmt`)."""
+    return what + "".join(f" {s}={counts[s]:{fmt}}" for s in SPLITS if s in counts)
+
+
+def built(out: str | Path, *facts: str, seconds: float | None = None) -> None:
+    """The one line on stderr that says what a builder wrote in `out`."""
+    print(f"{out}: " + ", ".join(facts) + ("" if seconds is None else f" ({seconds:.1f} s)"),
+          file=sys.stderr)
+
+
+def token_facts(meta: dict) -> list[str]:
+    """A token corpus's tokens per split, vocabulary size and unknown-token rates."""
+    u = meta["unk_rate"]
+    return [per_split("tokens", meta["tokens"]), f"vocab={meta['vocab_size']}",
+            per_split("unk rate", {"train": u["train"], "test": u["test"]}, ".4f")]
+
+
+def token_corpus_options(ap, out: str, vocab_size: int) -> None:
+    """``--out`` and ``--vocab-size`` of a token corpus builder (defaults `out`, `vocab_size`)."""
+    ap.add_argument("--out", default=out,
+                    help="output dir for train/valid/test.parquet, vocab.txt, corpus.json "
+                         "(default: %(default)s; replaced atomically)")
+    ap.add_argument("--vocab-size", type=int, default=vocab_size,
+                    help="ids including <unk>=0; the most frequent train tokens, ties by "
+                         "token string (default: %(default)s)")
 
 
 # --------------------------------------------------------------------------- using
@@ -140,6 +175,22 @@ def gcide_corpus(data: Path, vocab_size: int, max_entries: int | None = None) ->
 def stdlib_corpus(data: Path) -> Path:
     """``data/stdlib``, the embedded default corpus (tools/make_stdlib_corpus.py)."""
     return ensure_corpus(data / "stdlib", "make_stdlib_corpus.py", "--quiet")
+
+
+def generated_files(meta_path: Path, params: dict) -> tuple[list[Path], bool]:
+    """The files a generated corpus recorded in `meta_path` (see record_generated), and
+    whether all of them are there and were generated with `params` (then reuse them)."""
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        meta = {}
+    files = [meta_path.parent / f for f in meta.get("files", [])]
+    return files, meta.get("params") == params and bool(files) and all(f.exists() for f in files)
+
+
+def record_generated(meta_path: Path, params: dict, files: list[Path]) -> None:
+    meta_path.write_text(json.dumps({"params": params, "files": [f.name for f in files]},
+                                    indent=1))
 
 
 def corpus_meta(folder: Path) -> dict:

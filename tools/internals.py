@@ -2,7 +2,7 @@
 
 A tool that needs more than ``import streamfit`` offers takes it from here
 (``from internals import iter_examples``), so that a module moving inside the package is a
-one-line edit of ``HOME`` below and nothing else. A name is imported on first use (PEP 562
+one-line edit of ``NAMES`` or ``MODULES`` below and nothing else. A name is imported on first use (PEP 562
 ``__getattr__``): a tool pays only for the modules it touches, and the corpus tools do not
 load the training code.
 """
@@ -10,38 +10,29 @@ from __future__ import annotations
 
 import importlib
 
-# name -> (module, attribute); attribute None: the module itself.
+# module -> the names the tools take from it
+NAMES = {
+    "streamfit.io.files": "atomic_directory",
+    "streamfit.io.parquet": "open_parquet resolve_paths DEFAULT_BATCH_ROWS",
+    "streamfit.data.featurize": "Examples FeatureRows feature_examples slice_examples",
+    "streamfit.count.accumulate": "CountTable",
+    "streamfit.count.stats": "checksum_of",
+    "streamfit.count.out_of_core": "accumulate_into parse_size",
+    "streamfit.solve.explicit": "DEFAULT_SMOOTHING",
+    "streamfit.model.evaluate": "evaluate iter_examples",
+    "streamfit.train.refine": "refine full_pass dense_parameters",
+    "streamfit.train.subspace": "SubspaceOptions",
+    "streamfit.train.grow": "grow",
+}
+# name -> a module the tools use whole
+MODULES = {
+    "count_reference": "streamfit.count.reference",    # the numpy twins of the counting kernels
+    "checkpoints": "streamfit.train.refine",           # whose save_checkpoint bench_quality times
+    "distributed": "streamfit.distributed",
+}
 HOME: dict[str, tuple[str, str | None]] = {
-    # io
-    "atomic_directory": ("streamfit.io.files", "atomic_directory"),
-    "open_parquet": ("streamfit.io.parquet", "open_parquet"),
-    "resolve_paths": ("streamfit.io.parquet", "resolve_paths"),
-    "DEFAULT_BATCH_ROWS": ("streamfit.io.parquet", "DEFAULT_BATCH_ROWS"),
-    # data
-    "Examples": ("streamfit.data.featurize", "Examples"),
-    "FeatureRows": ("streamfit.data.featurize", "FeatureRows"),
-    "feature_examples": ("streamfit.data.featurize", "feature_examples"),
-    "slice_examples": ("streamfit.data.featurize", "slice_examples"),
-    # count
-    "CountTable": ("streamfit.count.accumulate", "CountTable"),
-    "count_reference": ("streamfit.count.reference", None),
-    "checksum_of": ("streamfit.count.stats", "checksum_of"),
-    "accumulate_into": ("streamfit.count.out_of_core", "accumulate_into"),
-    "parse_size": ("streamfit.count.out_of_core", "parse_size"),
-    # solve
-    "DEFAULT_SMOOTHING": ("streamfit.solve.explicit", "DEFAULT_SMOOTHING"),
-    # model
-    "evaluate": ("streamfit.model.evaluate", "evaluate"),
-    "iter_examples": ("streamfit.model.evaluate", "iter_examples"),
-    # train
-    "refine": ("streamfit.train.refine", "refine"),
-    "full_pass": ("streamfit.train.refine", "full_pass"),
-    "dense_parameters": ("streamfit.train.refine", "dense_parameters"),
-    "checkpoints": ("streamfit.train.refine", None),   # the module whose save_checkpoint is timed
-    "SubspaceOptions": ("streamfit.train.subspace", "SubspaceOptions"),
-    "grow": ("streamfit.train.grow", "grow"),
-    # several machines
-    "distributed": ("streamfit.distributed", None),
+    **{name: (module, name) for module, names in NAMES.items() for name in names.split()},
+    **{name: (module, None) for name, module in MODULES.items()},
 }
 
 

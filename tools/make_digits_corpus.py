@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from corpora import SPLITS, publish  # noqa: E402
+from corpora import SPLITS, built, per_split, publish  # noqa: E402
 
 SEED = 0
 ROW_GROUP_SIZE = 1024
@@ -124,9 +124,8 @@ def build_corpus(dataset: str, out: str | Path) -> dict:
         "features": "raw values as float32, not rescaled",
     }
 
-    publish(out, {s: split_table(x, y, splits[s]) for s in SPLITS}, meta,
+    return publish(out, {s: split_table(x, y, splits[s]) for s in SPLITS}, meta,
             row_group_size=ROW_GROUP_SIZE)
-    return meta
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,10 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     except MissingDependency as e:
         print(f"make_digits_corpus: {e}", file=sys.stderr)
         return 1
-    n = meta["examples"]
-    print(f"{out}: {args.dataset}, examples train={n['train']} valid={n['valid']} "
-          f"test={n['test']}, {meta['n_features']} features, {len(meta['classes'])} classes "
-          f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+    built(out, args.dataset, per_split("examples", meta["examples"]),
+          f"{meta['n_features']} features", f"{len(meta['classes'])} classes",
+          seconds=time.perf_counter() - t0)
     return 0
 
 

@@ -86,7 +86,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from corpora import SPLITS, TokenDocuments, publish, split_of as split_by_key  # noqa: E402
+from corpora import (SPLITS, TokenDocuments, built, per_split, publish,  # noqa: E402
+                     split_of as split_by_key, token_corpus_description, token_corpus_options,
+                     token_facts)
 
 PACKAGE = "dict-gcide"
 SYSTEM_DICT_DIR = Path("/usr/share/dictd")
@@ -342,29 +344,19 @@ def build_corpus(out: str | Path, dict_dir: str | Path, vocab_size: int = 16384,
         "tokenizer": TOKENIZER_DESC,
     }
 
-    publish(out, {s: docs.table(s, "headword") for s in SPLITS}, meta,
+    return publish(out, {s: docs.table(s, "headword") for s in SPLITS}, meta,
             row_group_size=ROW_GROUP_SIZE, vocab=vocab)
-    return meta
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; see ``--help``."""
-    ap = argparse.ArgumentParser(
-        description="Build a token corpus (train/valid/test parquet + vocab) from GCIDE, the "
-                    "GNU Collaborative International Dictionary of English (Debian package "
-                    f"{PACKAGE}; fetched with 'apt-get download' into --cache when not "
-                    "installed, never installed system-wide). One document per dictionary "
-                    "article; markup stripped; tokens: lowercase words [a-z]+(?:'[a-z]+)?, "
-                    "digit runs, each of .,;:!?() alone. Split by article: "
-                    "crc32(headword TAB offset) % 10 == 0 test, == 1 valid, else train. "
-                    "Vocab from train only, id 0 = <unk>. Output is written atomically.",
-    )
-    ap.add_argument("--out", default="data/gcide",
-                    help="output dir for train/valid/test.parquet, vocab.txt, corpus.json "
-                         "(default: %(default)s; replaced atomically)")
-    ap.add_argument("--vocab-size", type=int, default=16384,
-                    help="ids including <unk>=0; the most frequent train tokens, ties by "
-                         "token string (default: %(default)s)")
+    ap = argparse.ArgumentParser(description=token_corpus_description(
+        "GCIDE, the GNU Collaborative International Dictionary of English (Debian package "
+        f"{PACKAGE}; fetched with 'apt-get download' into --cache when not installed, never "
+        "installed system-wide)", "One document per dictionary article; markup stripped; tokens: "
+        "lowercase words [a-z]+(?:'[a-z]+)?, digit runs, each of .,;:!?() alone. Split by "
+        "article: crc32(headword TAB offset) % 10 == 0 test, == 1 valid, else train."))
+    token_corpus_options(ap, "data/gcide", 16384)
     ap.add_argument("--max-entries", type=int, default=None, metavar="N",
                     help="use only the first N articles in dictionary (offset) order "
                          "(default: all)")
@@ -390,11 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     meta = build_corpus(args.out, source["dict_dir"], args.vocab_size, args.max_entries,
                         args.quiet, provenance=source)
-    e, t, u = meta["entries"], meta["tokens"], meta["unk_rate"]
-    print(f"{args.out}: {PACKAGE} {meta['package_version']}, entries train={e['train']} "
-          f"valid={e['valid']} test={e['test']}, tokens train={t['train']} valid={t['valid']} "
-          f"test={t['test']}, vocab={meta['vocab_size']}, unk rate train={u['train']:.4f} "
-          f"test={u['test']:.4f} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+    built(args.out, f"{PACKAGE} {meta['package_version']}", per_split("entries", meta["entries"]),
+          *token_facts(meta), seconds=time.perf_counter() - t0)
     return 0
 
 

@@ -50,7 +50,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from corpora import TokenDocuments, publish, split_of  # noqa: E402
+from corpora import (TokenDocuments, built, per_split, publish, split_of,  # noqa: E402
+                     token_corpus_description, token_corpus_options, token_facts)
 
 NL = "<nl>"
 ROW_GROUP_SIZE = 256
@@ -110,35 +111,22 @@ def build_corpus(out: str | Path, vocab_size: int = 8192, max_files: int | None 
         "tokenizer": TOKENIZER_DESC,
     }
 
-    publish(out, {s: docs.table(s, "path") for s in docs.docs}, meta,
+    return publish(out, {s: docs.table(s, "path") for s in docs.docs}, meta,
             row_group_size=ROW_GROUP_SIZE, vocab=vocab)
-    return meta
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; see ``--help``."""
-    ap = argparse.ArgumentParser(
-        description="Build a token corpus (train/valid/test parquet + vocab) from the Python "
-                    "stdlib's .py files. Tokens: identifiers, numbers, single other chars, "
-                    "<nl> per non-blank line. Split by file: crc32(relpath) % 10 == 0 test, "
-                    "== 1 valid, else train. "
-                    "Vocab from train only, id 0 = <unk>. Output is written atomically.",
-    )
-    ap.add_argument("--out", default="data/stdlib",
-                    help="output dir for train/valid/test.parquet, vocab.txt, corpus.json "
-                         "(default: %(default)s; replaced atomically)")
-    ap.add_argument("--vocab-size", type=int, default=8192,
-                    help="ids including <unk>=0; the most frequent train tokens, ties by "
-                         "token string (default: %(default)s)")
+    ap = argparse.ArgumentParser(description=token_corpus_description(
+        "the Python stdlib's .py files", "Tokens: identifiers, numbers, single other chars, <nl> "
+        "per non-blank line. Split by file: crc32(relpath) % 10 == 0 test, == 1 valid, else train."))
+    token_corpus_options(ap, "data/stdlib", 8192)
     ap.add_argument("--max-files", type=int, default=None, metavar="N",
                     help="use only the first N files in sorted relative-path order (default: all)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     meta = build_corpus(args.out, args.vocab_size, args.max_files, args.quiet)
-    f, t, u = meta["files"], meta["tokens"], meta["unk_rate"]
-    print(f"{args.out}: files train={f['train']} valid={f['valid']} test={f['test']}, tokens "
-          f"train={t['train']} valid={t['valid']} test={t['test']}, vocab={meta['vocab_size']}, "
-          f"unk rate train={u['train']:.4f} test={u['test']:.4f}", file=sys.stderr)
+    built(args.out, per_split("files", meta["files"]), *token_facts(meta))
     return 0
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from harness import log
+from harness import write_page
 
 
 FORMS = ("conditional", "paper", "calibrated")
@@ -375,7 +375,7 @@ def targets_text(results: dict) -> list[str]:
     return out
 
 
-def write_markdown(results: dict, meta: dict, out_dir: Path) -> Path:
+def page_lines(results: dict, meta: dict) -> list[str]:
     L = []
     m = meta["machine"]
     L += ["# Quality of the explicit solution: against refinement and scikit-learn", "",
@@ -528,18 +528,12 @@ def write_markdown(results: dict, meta: dict, out_dir: Path) -> Path:
                   f"{evo['norm_optimum']:.1f}."), ""]
     L += ["## Files", "", "All figures are also printed by `--json`. Plots: "
           + ", ".join(f"`{p}`" for r in results.values() for p in r["plots"].values() if p) + ".", ""]
-    path = out_dir / "results.md"
-    path.write_text("\n".join(L))
-    return path
+    return L
 
 
 def render(saved: dict, out_dir: Path, *, plots: bool = True) -> Path:
     """results.md (and, with `plots`, its PNG plots) in `out_dir`, from saved results."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for res in saved["results"].values() if plots else ():
-        plot_refinement(res, out_dir / res["plots"]["refinement"])
-        if "direction" in res["plots"]:
-            plot_direction(res, out_dir / res["plots"]["direction"])
-    path = write_markdown(saved["results"], saved["meta"], out_dir)
-    log(f"{path}: written")
-    return path
+    figures = [(draw, res, res["plots"][kind]) for res in saved["results"].values()
+               for kind, draw in (("refinement", plot_refinement), ("direction", plot_direction))
+               if kind in res["plots"]] if plots else []
+    return write_page(out_dir, "results.md", page_lines(saved["results"], saved["meta"]), figures)
