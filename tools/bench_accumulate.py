@@ -19,7 +19,7 @@ What it measures
                 occupied slots (``CountTable.items()``) is timed separately as "kernel+items";
     end-to-end  ``streamfit.accumulate([parquet files], window=m)``: reading Parquet,
                 validating, counting and building the ``Statistics`` (CSR);
-    numpy       the plain numpy counter ``streamfit.kernels_reference.count_windows``
+    numpy       the plain numpy counter ``streamfit.count.reference.count_windows``
                 (every packed key built, then ``np.unique(..., return_counts=True)``);
     scipy       rows/cols built with numpy, then
                 ``scipy.sparse.coo_matrix((ones, (rows, cols))).tocsr()`` (sums duplicates).
@@ -62,8 +62,6 @@ for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MK
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -74,12 +72,14 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-import scipy  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import streamfit  # noqa: E402
-from streamfit.count import reference as kernels_reference  # noqa: E402
-from streamfit.count.accumulate import CountTable  # noqa: E402
+from corpora import generated_files, record_generated, stdlib_corpus  # noqa: E402
+from harness import (ROOT, block_options, command, load_results, log, machine_facts, report_status,  # noqa: E402
+                     relative, save_and_render, write_block)
+from internals import CountTable, count_reference  # noqa: E402
 from streamfit.synthetic import markov_chain, sample_documents  # noqa: E402
 
 TARGET_TOKENS_PER_S = 25e6  # per core, window 1
@@ -87,10 +87,6 @@ TARGET_RATIO = 5.0          # versus the best plain numpy/scipy baseline
 META = "bench_corpus.json"
 ROW_GROUP_DOCS = 1000
 DOCS_PER_FILE = 10_000
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- corpus
@@ -135,11 +131,7 @@ def read_parquet(files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
 
 def stdlib_tokens(copies: int) -> tuple[np.ndarray, np.ndarray]:
     """The embedded default corpus's train split (built if missing), `copies` times over."""
-    corpus = Path(__file__).resolve().parent.parent / "data" / "stdlib"
-    if not (corpus / "corpus.json").exists():
-        import subprocess
-        subprocess.run([sys.executable, str(Path(__file__).with_name("make_stdlib_corpus.py")),
-                        "--out", str(corpus), "--quiet"], check=True)
+    corpus = stdlib_corpus(ROOT / "data")
     tokens, offsets = read_parquet([corpus / "train.parquet"])
     n = tokens.size
     all_offsets = np.concatenate([offsets[:-1] + i * n for i in range(copies)] + [[copies * n]])
@@ -158,26 +150,20 @@ def prepare_corpus(args, workdir: Path) -> tuple[np.ndarray, np.ndarray, list[Pa
     directory = Path(args.data) if args.data else workdir / "corpus"
     directory.mkdir(parents=True, exist_ok=True)
     meta_path = directory / META
-    if meta_path.exists():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
-            meta = {}
-        files = [directory / f for f in meta.get("files", [])]
-        if meta.get("params") == params and files and all(f.exists() for f in files):
-            t0 = time.perf_counter()
-            tokens, offsets = read_parquet(files)
-            log(f"reused corpus in {directory} ({time.perf_counter() - t0:.1f}s to load)")
-            return tokens, offsets, files, params, "reused"
-        for f in files:  # stale shards of a corpus with other parameters
-            if f.exists() and f.parent == directory:
-                f.unlink()
+    files, reuse = generated_files(meta_path, params)
+    if reuse:
+        t0 = time.perf_counter()
+        tokens, offsets = read_parquet(files)
+        log(f"reused corpus in {directory} ({time.perf_counter() - t0:.1f}s to load)")
+        return tokens, offsets, files, params, "reused"
+    for f in files:  # stale shards of a corpus with other parameters
+        if f.exists():
+            f.unlink()
     t0 = time.perf_counter()
     tokens, offsets = generate(params)
     t1 = time.perf_counter()
     files = write_parquet(directory, tokens, offsets)
-    meta_path.write_text(json.dumps({"params": params, "files": [f.name for f in files]},
-                                    indent=1))
+    record_generated(meta_path, params, files)
     log(f"generated {tokens.size:,} tokens in {t1 - t0:.1f}s, wrote {len(files)} Parquet "
         f"file(s) to {directory} in {time.perf_counter() - t1:.1f}s (not timed)")
     return tokens, offsets, files, params, "generated"
@@ -192,12 +178,12 @@ def run_kernel(tokens, offsets, window):
 
 
 def run_numpy(tokens, offsets, window):
-    return kernels_reference.count_windows(tokens, offsets, window)
+    return count_reference.count_windows(tokens, offsets, window)
 
 
 def run_scipy(tokens, offsets, window, vocab):
     """Rows k*(V+1) + context (V for before the document start), cols the next token,
-    summed by coo -> csr (the statistics layout of streamfit.stats)."""
+    summed by coo -> csr (the statistics layout of streamfit.count.stats)."""
     t = tokens.astype(np.int64)
     n = t.size
     pos = np.arange(n, dtype=np.int64) - np.repeat(offsets[:-1], np.diff(offsets))
@@ -233,7 +219,7 @@ def warm_up(workdir: Path, windows: list[int], vocab: int) -> None:
         table.add_windows(tokens, offsets, m)
         table.items()
         run_e2e(files, m, vocab)
-        kernels_reference.count_windows(tokens, offsets, m)
+        count_reference.count_windows(tokens, offsets, m)
         run_scipy(tokens, offsets, m, vocab)
 
 
@@ -303,20 +289,8 @@ def bench_window(tokens, offsets, files, window, vocab, repeat) -> dict:
 
 
 def environment(pinned: list[int] | None) -> dict:
-    cpu_model = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"python": platform.python_version(), "numpy": np.__version__,
-            "numba": numba.__version__, "scipy": scipy.__version__, "pyarrow": pa.__version__,
-            "streamfit": streamfit.__version__, "platform": platform.platform(),
-            "cpu_model": cpu_model, "cpu_count": os.cpu_count(),
-            "pinned_cpus": pinned, "numba_num_threads": numba.config.NUMBA_NUM_THREADS,
-            "arrow_cpu_count": pa.cpu_count()}
+    return {**machine_facts(), "pinned_cpus": pinned,
+            "numba_num_threads": numba.config.NUMBA_NUM_THREADS, "arrow_cpu_count": pa.cpu_count()}
 
 
 def format_table(report: dict) -> str:
@@ -330,7 +304,7 @@ def format_table(report: dict) -> str:
          f"corpus: {c['tokens']:,} tokens, {c['n_docs']:,} docs x {c['doc_len']}, vocab "
          f"{c['vocab']}, first-order Markov (concentration {c['concentration']}, seed "
          f"{c['seed']}), {c['files']} Parquet file(s), row groups of {c['row_group_docs']} docs"),
-        f"best of {report['repeat']} (interleaved); {env['cpu_model']}; python {env['python']}, "
+        f"best of {report['repeat']} (interleaved); {env['cpu']}; python {env['python']}, "
         f"numpy {env['numpy']}, numba {env['numba']}, scipy {env['scipy']}, "
         f"pyarrow {env['pyarrow']}; {env['cpu_count']} CPUs",
         "",
@@ -364,6 +338,49 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def times(ratio: float) -> str:
+    return f"{ratio:.1f}×" if ratio >= 1 else f"{ratio:.2f}×"
+
+
+def readme_table(saved: dict) -> list[str]:
+    """The README's table: one row per corpus and window of each saved run (stdlib, markov)."""
+    runs = saved["runs"]
+    env = next(iter(runs.values()))["environment"]
+    L = ["From " + " and ".join(f"`{r['command']}`" for r in runs.values())
+         + " (one process pinned to one core, best of "
+         + "/".join(sorted({str(r["repeat"]) for r in runs.values()})) + ", the plain numpy "
+         "counter — every packed key built, then `np.unique` — timed in the same run; a "
+         f"{env['cpu_count']}-core {env['cpu']}):", "",
+         "| corpus | window | kernel | end to end (Parquet → statistics) | numpy baseline "
+         "| kernel / baseline |", "|---|---|---|---|---|---|"]
+    for name, run in runs.items():
+        c = run["corpus"]
+        label = (f"stdlib train × {c['copies']} ({c['tokens'] / 1e6:.0f}M tokens, real text)"
+                 if name == "stdlib" else
+                 f"Markov, {c['vocab']} states, spread rows ({c['tokens'] / 1e6:.0f}M tokens)")
+        for i, res in enumerate(run["results"]):
+            tps, base = res["tokens_per_s"], res["best_baseline"]
+            ratio = res["ratios"]["kernel_vs_best_baseline"]
+            cell = times(ratio)
+            L.append((f"| {label} |" if i == 0 else "| |") + f" {res['window']} | {tps['kernel'] / 1e6:.3g} M "
+                     f"tokens/s | {tps['end_to_end'] / 1e6:.3g} M tokens/s | {tps[base] / 1e6:.3g} M "
+                     f"tokens/s{' (scipy)' if base == 'scipy' else ''} | "
+                     + (f"**{cell}**" if ratio >= TARGET_RATIO else cell)
+                     + f" (end to end {times(res['ratios']['end_to_end_vs_best_baseline'])}) |")
+    return L
+
+
+def save_run(path: Path, name: str, report: dict, readme: Path) -> None:
+    """Put this run's report under its corpus in the saved JSON, then write the README's table."""
+    saved = load_results(path) if path.exists() else {"runs": {}}
+    saved["runs"][name] = report
+    save_and_render(path, saved, render, readme)
+
+
+def render(saved: dict, readme: Path) -> None:
+    log(f"{write_block(readme, 'accumulate', readme_table(saved))}: accumulate table written")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -388,7 +405,12 @@ def main(argv=None) -> int:
                     help="print one JSON object on stdout (the table goes to stderr)")
     ap.add_argument("--no-pin", action="store_true",
                     help="do not pin the process to one CPU (thread pools stay at 1)")
+    block_options(ap, "accumulate", save="save the report there, under its corpus (stdlib or "
+                  "markov: one file holds both runs),")
     args = ap.parse_args(argv)
+    if args.render:
+        render(load_results(args.render), Path(args.readme))
+        return 0
     if args.quick:
         args.tokens, args.repeat, args.copies = 1_000_000, 1, 1
     try:
@@ -429,24 +451,19 @@ def main(argv=None) -> int:
         target[f"{cand}_ratio_met"] = None if r1 is None else \
             bool(r1["ratios"][f"{cand}_vs_best_baseline"] >= TARGET_RATIO)
     report = {
-        "benchmark": "streamfit accumulate", "single_process": True, "threads": 1,
+        "benchmark": "streamfit accumulate", "command": command("bench_accumulate.py", argv),
+        "single_process": True, "threads": 1,
         "corpus": {**params, "files": len(files), "source": how,
-                   "data_dir": str(Path(args.data).resolve()) if args.data else None},
+                   "data_dir": relative(args.data) if args.data else None},
         "repeat": args.repeat, "timer": "time.perf_counter, best of repeat, interleaved",
         "environment": environment(pinned), "results": results, "target": target,
         "ok": all(r["check"] == "OK" for r in results),
         "run_seconds": time.perf_counter() - start,
     }
     table = format_table(report)
-    if args.json:
-        log(table)
-        print(json.dumps(report, indent=1))
-    else:
-        print(table)
-    if not report["ok"]:
-        log("correctness check FAILED")
-        return 1
-    return 0
+    if args.save:
+        save_run(Path(args.save), args.corpus, report, Path(args.readme))
+    return report_status(table, report, args.json, "correctness check FAILED")
 
 
 if __name__ == "__main__":

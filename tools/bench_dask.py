@@ -34,37 +34,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
-import json
 import os
-import platform
-import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-
-from streamfit import distributed as D  # noqa: E402
-from streamfit import synthetic  # noqa: E402
-from streamfit.model.evaluate import evaluate  # noqa: E402
-from streamfit.model.weights import load_model  # noqa: E402
-from streamfit.count.out_of_core import accumulate_into  # noqa: E402
-from streamfit.io.parquet import open_parquet, resolve_paths  # noqa: E402
-from streamfit.solve.explicit import finalize  # noqa: E402
-from streamfit.count.stats import checksum_of, load  # noqa: E402
-
-BEGIN, END = "<!-- bench_dask:begin -->", "<!-- bench_dask:end -->"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (ROOT, block_options, command, load_average, load_results, log,  # noqa: E402
+                     machine_facts, relative, save_and_render, to_json, utc_now, write_block)
+from internals import accumulate_into, checksum_of, distributed as D, evaluate  # noqa: E402
+from internals import open_parquet, resolve_paths  # noqa: E402
+from streamfit import finalize, load_model, load_stats as load, synthetic  # noqa: E402
 
 
 def synthetic_corpus(tmp: Path, vocab: int, row_groups: int, docs: int = 1000,
@@ -91,7 +76,7 @@ def run(corpora: dict[str, list[str]], window: int, workers: list[int], repeat: 
     for name, fs in files.items():
         accumulate_into(tmp / f"{name}-ref", fs, window=window)
         stats = load(tmp / f"{name}-ref")
-        facts[name] = {"files": [str(p) for p in fs], "tokens": stats.n_examples,
+        facts[name] = {"files": [relative(p) for p in fs], "tokens": stats.n_examples,
                        "nnz": stats.nnz, "units": len(D.source_units(fs)),
                        "row_groups": sum(open_parquet(p).metadata.num_row_groups for p in fs)}
     stats = load(tmp / f"{first}-ref")
@@ -162,10 +147,13 @@ def run(corpora: dict[str, list[str]], window: int, workers: list[int], repeat: 
     return {"corpora": facts, "window": window, "rows": rows, "identical_statistics": True}
 
 
-def markdown(res: dict, meta: dict) -> str:
-    L = [BEGIN, "",
-         f"Measured by `{meta['command']}` on {meta['date']}: {meta['machine']} "
-         f"(load average {meta['load_start']:.1f} at the start: the machine was shared).", ""]
+def block(saved: dict) -> list[str]:
+    """The lines of docs/distributed.md's results:distributed block."""
+    res, meta = saved, saved["meta"]
+    m = meta["machine"]
+    L = ["", f"Measured by `{meta['command']}` on {meta['date']}: {m['cpu']}, {m['cpu_count']} "
+         f"CPUs, Python {m['python']} (load average {meta['load_start']:.1f} at the start: the "
+         "machine was shared).", ""]
     for name, f in res["corpora"].items():
         L.append(f"- {name}: {f['description']} — {f['tokens']:,} tokens in {f['row_groups']} "
                  f"row groups, {f['units']} Dask units; {f['nnz']:,} non-zeros.")
@@ -178,8 +166,11 @@ def markdown(res: dict, meta: dict) -> str:
         startup = f"{r['startup']:.1f}" if "startup" in r else "—"
         L.append(f"| {r['corpus']} | {r['task']} | {r['how']} | {r['seconds']:.2f} | "
                  f"{r['tokens_per_s']:,.0f} | {r['speed_vs_one_process']:.2f}× | {startup} |")
-    L += ["", END]
-    return "\n".join(L)
+    return L + [""]
+
+
+def render(saved: dict, doc: Path) -> None:
+    log(f"{write_block(doc, 'distributed', block(saved))}: figures written")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,20 +185,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=int, default=1, help="accumulate window (default: 1)")
     ap.add_argument("--workers", default="1,2", help="local Dask worker counts (default: 1,2)")
     ap.add_argument("--repeat", type=int, default=3, help="timed rounds (default: 3)")
-    ap.add_argument("--doc", default=str(ROOT / "docs" / "distributed.md"),
-                    help="page whose generated block receives the table (default: docs/distributed.md)")
-    ap.add_argument("--no-write", action="store_true", help="print the table only")
+    ap.add_argument("--no-write", action="store_true",
+                    help="print the table only (else the figures are saved beside --doc as its "
+                         "name with .json, and its block is written from them)")
+    block_options(ap, "distributed", save=None, flag="--doc", page=ROOT / "docs" / "distributed.md")
     ap.add_argument("--json", action="store_true", help="print every figure as JSON")
     args = ap.parse_args(argv)
+    if args.render:
+        render(load_results(args.render), Path(args.doc))
+        return 0
     for c in args.corpus or []:
         if not Path(c).exists():
             raise SystemExit(f"{c}: missing (tools/make_*_corpus.py build the corpora of data/)")
-    argv_shown = sys.argv[1:] if argv is None else argv
-    meta = {"command": "python tools/bench_dask.py" + "".join(" " + shlex.quote(a) for a in argv_shown),
-            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
-                       f"Python {platform.python_version()}",
-            "load_start": os.getloadavg()[0], "repeat": args.repeat}
+    meta = {"command": command("bench_dask.py", argv), "date": utc_now(),
+            "load_start": load_average(), "repeat": args.repeat}
     with tempfile.TemporaryDirectory(prefix="bench-dask-") as tmp:
         chain = f"Markov chain of {args.vocab} states, seed 0"
         if args.corpus:
@@ -224,18 +215,13 @@ def main(argv: list[str] | None = None) -> int:
                   args.repeat, Path(tmp))
     for name, text in described.items():
         res["corpora"][name]["description"] = text
-    block = markdown(res, meta)
-    print(block)
+    meta["machine"] = machine_facts("dask", "distributed")
+    saved = {"meta": meta, **res}
+    print("\n".join(block(saved)))
     if args.json:
-        print(json.dumps({"meta": meta, **res}, indent=1))
+        print(to_json(saved))
     if not args.no_write:
-        doc = Path(args.doc)
-        text = doc.read_text()
-        if BEGIN not in text or END not in text:
-            raise SystemExit(f"{doc}: no {BEGIN} … {END} block to replace")
-        head, rest = text.split(BEGIN, 1)
-        doc.write_text(head + block + rest.split(END, 1)[1])
-        log(f"{doc}: figures written")
+        save_and_render(Path(args.doc).with_suffix(".json"), saved, render, Path(args.doc))
     return 0
 
 

@@ -12,12 +12,12 @@ Datasets:
   60/20/20 split by a seeded permutation.
 
     python tools/bench_forms.py [--datasets stdlib,digits] [--windows 1,2,3] [--json]
+    python tools/bench_forms.py --windows 1,3 --save docs/forms.json   # + the README's table
+    python tools/bench_forms.py --render docs/forms.json               # the table again, from the JSON
 """
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,19 +27,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from streamfit.count import accumulate
-from streamfit.model.evaluate import evaluate, iter_examples
-from streamfit.solve.explicit import finalize
-from streamfit.solve.forms import DEFAULT_SMOOTHING
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpora import stdlib_corpus  # noqa: E402
+from harness import (block_options, command, load_average, load_results, log,  # noqa: E402
+                     machine_facts, save_and_render, to_json, utc_now, write_block)
 
-HERE = Path(__file__).resolve().parent
+FORMS = ("conditional", "paper", "calibrated")
 
 
 def stdlib_splits(data: Path) -> dict[str, Path]:
-    corpus = data / "stdlib"
-    if not (corpus / "corpus.json").exists():
-        subprocess.run([sys.executable, str(HERE / "make_stdlib_corpus.py"), "--out", str(corpus),
-                        "--quiet"], check=True)
+    corpus = stdlib_corpus(data)
     return {s: corpus / f"{s}.parquet" for s in ("train", "valid", "test")}
 
 
@@ -59,6 +56,9 @@ def digits_splits(folder: Path) -> dict[str, Path]:
 
 
 def run_forms(splits: dict[str, Path], folder: Path, **acc_options) -> list[dict]:
+    from internals import DEFAULT_SMOOTHING, evaluate, iter_examples
+    from streamfit import accumulate, finalize
+
     t0 = time.perf_counter()
     stats = accumulate([splits["train"]], **acc_options)
     t_acc = time.perf_counter() - t0
@@ -83,13 +83,54 @@ def run_forms(splits: dict[str, Path], folder: Path, **acc_options) -> list[dict
     return rows
 
 
+def _num(x: float) -> str:
+    return f"{x:.3g}".replace("-", "−")
+
+
+def readme_table(saved: dict) -> list[str]:
+    """The README's table: per dataset, each form at the default smoothing and at the one
+    chosen on valid (one row where they are the same; paper left out where it is the
+    conditional form, K = 1), the best test figures in bold."""
+    L = [f"From `{saved['meta']['command']}` (test-split figures; smoothing \"(valid)\" was "
+         "chosen on the valid split, the others are the default; digits needs "
+         "`pip install -e '.[bench]'`):", "",
+         "| data | form | smoothing | τ | β | test perplexity | test accuracy |",
+         "|---|---|---|---|---|---|---|"]
+    for name, rows in saved["results"].items():
+        shown = {}
+        for r in rows:   # the default first: a choice on valid of the same value replaces it
+            if not (r["form"] == "paper" and r["tau"] == 1 and r["beta"] == 0):
+                shown[(r["form"], r["smoothing"])] = r
+        shown = sorted(shown.values(), key=lambda r: (FORMS.index(r["form"]), r["chosen_on_valid"]))
+        best_ppl = min(r["test_perplexity"] for r in shown)
+        best_acc = max(r["test_accuracy"] for r in shown)
+        label = "digits (sklearn 8×8)" if name == "digits" else name.replace("stdlib window", "stdlib, window")
+        for i, r in enumerate(shown):
+            ppl, acc = f"{r['test_perplexity']:.2f}", f"{r['test_accuracy']:.3f}"
+            L.append((f"| {label} |" if i == 0 else "| |") + f" {r['form']} | {r['smoothing']:g}"
+                     f"{' (valid)' if r['chosen_on_valid'] else ''} | {_num(r['tau'])} | "
+                     f"{_num(r['beta'])} | "
+                     + (f"**{ppl}**" if r["test_perplexity"] == best_ppl else ppl) + " | "
+                     + (f"**{acc}**" if r["test_accuracy"] == best_acc else acc) + " |")
+    return L
+
+
+def render(saved: dict, readme: Path) -> None:
+    log(f"{write_block(readme, 'forms', readme_table(saved))}: forms table written")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--datasets", default="stdlib,digits")
     ap.add_argument("--windows", default="1,2,3", help="stdlib context windows (default: 1,2,3)")
     ap.add_argument("--data", default="data", help="where the stdlib corpus lives (default: data)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    block_options(ap, "forms")
     args = ap.parse_args(argv)
+    if args.render:
+        render(load_results(args.render), Path(args.readme))
+        return 0
+    t_start, load_start = time.perf_counter(), load_average()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -102,14 +143,18 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     splits = digits_splits(folder)
                 except ImportError:
-                    print("digits: scikit-learn missing (pip install -e '.[bench]'); skipped",
-                          file=sys.stderr)
+                    log("digits: scikit-learn missing (pip install -e '.[bench]'); skipped")
                     continue
                 results["digits"] = run_forms(splits, folder)
             else:
                 raise SystemExit(f"unknown dataset {name!r}")
+    if args.save:
+        meta = {"command": command("bench_forms.py", argv), "date": utc_now(),
+                "machine": machine_facts(), "wall_s": time.perf_counter() - t_start,
+                "load_start": load_start}
+        save_and_render(args.save, {"meta": meta, "results": results}, render, Path(args.readme))
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(to_json(results))
         return 0
     for name, rows in results.items():
         print(f"\n{name} (test: {rows[0]['n_test']:,} examples; accumulate {rows[0]['accumulate_s']:.2f} s)")

@@ -95,7 +95,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -108,9 +107,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from numba import njit, prange
 
-import streamfit
-from streamfit.count.out_of_core import parse_size
-from streamfit.io.parquet import DEFAULT_BATCH_ROWS
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import streamfit  # noqa: E402
+from corpora import generated_files, record_generated  # noqa: E402
+from harness import (block_options, command, load_results, log, machine_facts, report_status,  # noqa: E402
+                     relative, save_and_render, write_block)
+from internals import DEFAULT_BATCH_ROWS, parse_size  # noqa: E402
 
 ENTRY_BYTES = 16           # one packed int64 key + one int64 count
 NO_CHECKPOINT = "1e9"      # spill for memory only, never for time, in every measured run
@@ -122,11 +124,17 @@ MiB = 1 << 20
 NNZ_PER_TOKEN = {1: (0.95, 0.75, 0.35), 2: (1.9, 1.55, 1.2), 3: (2.9, 2.55, 2.2)}
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 # ------------------------------------------------------------------------------ corpus
+
+@njit(cache=False)
+def _stack(p, j, small, large, ns, nl):
+    """Vose's method: j onto the small stack (p[j] < 1) or the large one; the new heights."""
+    if p[j] < 1.0:
+        small[ns] = j
+        return ns + 1, nl
+    large[nl] = j
+    return ns, nl + 1
+
 
 @njit(cache=False)
 def _alias_tables(weights, successors, table):
@@ -145,12 +153,7 @@ def _alias_tables(weights, successors, table):
             p[j] = weights[s, j] * k
             alias[j] = j
             prob[j] = 1.0
-            if p[j] < 1.0:
-                small[ns] = j
-                ns += 1
-            else:
-                large[nl] = j
-                nl += 1
+            ns, nl = _stack(p, j, small, large, ns, nl)
         while ns > 0 and nl > 0:
             ns -= 1
             a = small[ns]
@@ -159,12 +162,7 @@ def _alias_tables(weights, successors, table):
             prob[a] = p[a]
             alias[a] = g
             p[g] = p[g] + p[a] - 1.0
-            if p[g] < 1.0:
-                small[ns] = g
-                ns += 1
-            else:
-                large[nl] = g
-                nl += 1
+            ns, nl = _stack(p, g, small, large, ns, nl)
         for j in range(k):
             table[s, j, 0] = min(np.int64(prob[j] * 2147483648.0), np.int64(2147483647))
             table[s, j, 1] = successors[s, j]
@@ -210,15 +208,10 @@ def corpus_params(args, label: str, tokens: int, scale: float) -> dict:
 def write_corpus(directory: Path, params: dict, chain_fn) -> list[Path]:
     """Sample and write one corpus, a file at a time (reused when `params` match)."""
     meta_path = directory / META
-    if meta_path.exists():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
-            meta = {}
-        files = [directory / f for f in meta.get("files", [])]
-        if meta.get("params") == params and files and all(f.exists() for f in files):
-            log(f"  reused {params['label']} corpus in {directory}")
-            return files
+    files, reuse = generated_files(meta_path, params)
+    if reuse:
+        log(f"  reused {params['label']} corpus in {directory}")
+        return files
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     table = chain_fn()
@@ -238,8 +231,7 @@ def write_corpus(directory: Path, params: dict, chain_fn) -> list[Path]:
         pq.write_table(pa.Table.from_arrays([arr], schema=schema), path,
                        row_group_size=params["row_group_docs"])
         files.append(path)
-    meta_path.write_text(json.dumps({"params": params, "files": [f.name for f in files]},
-                                    indent=1))
+    record_generated(meta_path, params, files)
     log(f"  generated {params['label']} corpus: {params['tokens']:,} tokens in {len(files)} "
         f"file(s), {time.perf_counter() - t0:.1f}s (not timed)")
     return files
@@ -460,23 +452,6 @@ def same_statistics(a: Path, b: Path) -> list[str]:
 
 # ------------------------------------------------------------------------------- report
 
-def environment() -> dict:
-    cpu_model = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {"loadavg_1m_5m_15m": list(os.getloadavg()),
-            "python": platform.python_version(), "numpy": np.__version__,
-            "pyarrow": pa.__version__, "streamfit": streamfit.__version__,
-            "platform": platform.platform(), "cpu_model": cpu_model,
-            "cpu_count": os.cpu_count(), "memory_bytes": mem}
-
-
 def mib(x) -> str:
     return "-" if not x else f"{x / MiB:,.0f}"
 
@@ -491,12 +466,12 @@ def format_report(r: dict) -> str:
         f"corpora: sparse Markov chain, {c['vocab']:,} states x {c['successors']} successors "
         f"(Dirichlet {c['concentration']:g}, seed {c['seed']}), documents of {c['doc_len']} "
         f"tokens, row groups of {c['row_group_docs']} docs, {c['docs_per_file']} docs a file",
-        f"{env['cpu_model']}, {env['cpu_count']} CPUs, "
-        f"{(env['memory_bytes'] or 0) / (1 << 30):.0f} GiB; python {env['python']}, "
+        f"{env['cpu']}, {env['cpu_count']} CPUs, "
+        f"{env['memory_gib']:.0f} GiB; python {env['python']}, "
         f"numpy {env['numpy']}, pyarrow {env['pyarrow']}; best of {c['repeat']} "
         f"({c['repeat_largest']} for the largest); memory sampled every {c['poll']}s "
         f"(PSS every {c['pss_every']}s); load average {env['loadavg_at_start'][0]:.1f} at the "
-        f"start, {env['loadavg_1m_5m_15m'][0]:.1f} at the end (1 min)",
+        f"start, {env['load_average_end'][0]:.1f} at the end (1 min)",
         "",
         "baselines (fixed overhead; MiB, whole process tree):",
     ]
@@ -572,6 +547,31 @@ def format_report(r: dict) -> str:
 
 # --------------------------------------------------------------------------------- main
 
+def readme_table(r: dict) -> list[str]:
+    """The README's table: the corpus sizes at the budget, --jobs 1."""
+    c, env = r["config"], r["environment"]
+    names = {f"{x:g}x" for x in c["scales"]}
+    L = [f"From `{r['command']}` (a sparse {c['vocab'] / 1000:g}k-state Markov chain, window "
+         f"{c['window']}, `--memory {c['memory']}`, each run a real `streamfit accumulate` "
+         f"subprocess; peaks of the whole process tree; {env['cpu_count']} cores, load average "
+         f"{env['loadavg_at_start'][0]:.1f} at the start and {env['load_average_end'][0]:.1f} at "
+         "the end: other work on the machine shows in the times):", "",
+         "| corpus | tokens | statistics / budget | peak RSS | anon (RSS less file pages) "
+         "| spilled runs | M tokens/s |", "|---|---|---|---|---|---|---|"]
+    for res in r["results"]:
+        if res["name"] in names:
+            t = res["tokens"]
+            tokens = f"{t / 1e6:.2g}M" if t < 1e7 else f"{t / 1e6:.0f}M"
+            L.append(f"| {res['name'].replace('x', '×')} | {tokens} | {res['stats_over_budget']:.1f} "
+                     f"| {mib(res['peak_rss_tree'])} MiB | {mib(res['peak_anon_tree'])} MiB | "
+                     f"{res['runs']} | {res['tokens_per_s'] / 1e6:.2f} |")
+    return L
+
+
+def render(saved: dict, readme: Path) -> None:
+    log(f"{write_block(readme, 'scale', readme_table(saved))}: scale table written")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -623,7 +623,11 @@ def main(argv=None) -> int:
                          "documents of 200 tokens, row groups of 100, 1 repeat")
     ap.add_argument("--json", action="store_true",
                     help="print one JSON object on stdout (the table goes to stderr)")
+    block_options(ap, "scale", save="save the report there,")
     args = ap.parse_args(argv)
+    if args.render:
+        render(load_results(args.render), Path(args.readme))
+        return 0
     if args.quick:
         args.memory, args.repeat, args.repeat_largest = "2M", 1, 1
         args.vocab, args.successors = 20_000, 64
@@ -846,9 +850,10 @@ def main(argv=None) -> int:
                    "repeat": args.repeat, "repeat_largest": args.repeat_largest,
                    "poll": args.poll, "dir_every": args.dir_every,
                    "pss_every": args.pss_every, "quick": args.quick,
-                   "data_dir": str(Path(args.data).resolve()) if args.data else None},
+                   "data_dir": relative(args.data) if args.data else None},
         "corpora": {label(x): p for x, (_, p) in corpora.items()},
-        "environment": {**environment(), "loadavg_at_start": load_start},
+        "command": command("bench_scale.py", argv),
+        "environment": {**machine_facts(), "loadavg_at_start": load_start},
         "timer": "time.perf_counter around the accumulate process (start-up included); "
                  "best of repeat; memory peaks the largest of the repeats",
         "baselines": {k: {kk: vv for kk, vv in v.items() if kk not in ("stdout", "stderr")}
@@ -858,15 +863,9 @@ def main(argv=None) -> int:
         "run_seconds": time.perf_counter() - start,
     }
     table = format_report(report)
-    if args.json:
-        log(table)
-        print(json.dumps(report, indent=1))
-    else:
-        print(table)
-    if not report["ok"]:
-        log("FAILED: a check or an accumulate command failed")
-        return 1
-    return 0
+    if args.save:
+        save_and_render(args.save, report, render, Path(args.readme))
+    return report_status(table, report, args.json, "FAILED: a check or an accumulate command failed")
 
 
 if __name__ == "__main__":
