@@ -9,12 +9,12 @@ seed, in one file each): *small row groups*, ``--row-groups`` row groups of 1,00
 documents (4M tokens, ~16 MB, closer to what Parquet writers produce); or ``--corpus``
 Parquet files:
 
-- accumulate (window ``--window``) on every corpus: ``pipeline.accumulate_into`` with jobs
+- accumulate (window ``--window``) on every corpus: ``count.out_of_core.accumulate_into`` with jobs
   1 and 2, and ``distributed.accumulate_distributed`` on a LocalCluster of 1 and 2 workers
   (its default units of row groups, see ``distributed.plan_units``; shards merged in this
   process);
 - evaluate, on the first corpus: the conditional explicit solution of its statistics scored
-  on it, by ``evaluate.evaluate`` and by ``distributed.evaluate_distributed``.
+  on it, by ``model.evaluate.evaluate`` and by ``distributed.evaluate_distributed``.
 
 The configurations run in rounds — one untimed (warm-up: numba's kernel cache, the workers'
 imports), then ``--repeat`` timed — each round running every configuration once, so that a
@@ -47,9 +47,8 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (ROOT, block_options, command, load_average, load_results, log,  # noqa: E402
                      machine_facts, relative, save_and_render, to_json, utc_now, write_block)
-from internals import accumulate_into, checksum_of, distributed as D, evaluate  # noqa: E402
-from internals import open_parquet, resolve_paths  # noqa: E402
-from streamfit import finalize, load_model, load_stats as load, synthetic  # noqa: E402
+from internals import accumulate_into, checksum_of, evaluate, open_parquet, resolve_paths  # noqa: E402
+from streamfit import distributed as D, finalize, load_model, load_stats as load, synthetic  # noqa: E402
 
 
 def synthetic_corpus(tmp: Path, vocab: int, row_groups: int, docs: int = 1000,

@@ -7,7 +7,7 @@ figure in it comes from this run):
 
 - the single-layer optimum: ``refine --method lbfgs`` from zeros on x̃ = x/sum(x), l2 chosen on
   valid from a small grid;
-- growth: ``streamfit.grow.grow`` from no hidden units, amplitude chosen on valid, for a small
+- growth: ``streamfit.train.grow.grow`` from no hidden units, amplitude chosen on valid, for a small
   grid of (ridge, l2) chosen by the valid cross-entropy at the end; test cross-entropy and
   accuracy after every step, with its training passes and seconds;
 - the output layer on the grown hidden layer, four ways (what the output layer reads): as

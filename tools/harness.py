@@ -233,7 +233,7 @@ def report_status(table: str, report: dict, as_json: bool, failure: str) -> int:
     the exit status: 1 with the `failure` line when the report is not ok."""
     if as_json:
         log(table)
-        print(json.dumps(report, indent=1))
+        print(to_json(report))
     else:
         print(table)
     if not report["ok"]:
@@ -242,10 +242,11 @@ def report_status(table: str, report: dict, as_json: bool, failure: str) -> int:
     return 0
 
 
-def block_options(ap, block: str, *, save: str = "", flag: str = "--readme",
+def block_options(ap, block: str, *, save: str | None = "", flag: str = "--readme",
                   page: Path = ROOT / "README.md") -> None:
     """``--save``, ``--render`` and the page (`flag`) of a benchmark that writes the marked
-    block `block` of a page; `save` words what --save keeps (default: every figure)."""
+    block `block` of a page; `save` words what --save keeps (default: every figure; None:
+    no --save, the tool saves on its own)."""
     if save is not None:
         ap.add_argument("--save", metavar="JSON",
                         help=(save or "save every figure there (paths relative to the repository)")

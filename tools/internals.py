@@ -2,9 +2,10 @@
 
 A tool that needs more than ``import streamfit`` offers takes it from here
 (``from internals import iter_examples``), so that a module moving inside the package is a
-one-line edit of ``NAMES`` or ``MODULES`` below and nothing else. A name is imported on first use (PEP 562
-``__getattr__``): a tool pays only for the modules it touches, and the corpus tools do not
-load the training code.
+one-line edit of ``NAMES`` or ``MODULES`` below and nothing else; a name that joins the public
+API (``streamfit.evaluate``, ``refine``, ``grow``) leaves this table for ``from streamfit
+import``. A name is imported on first use (PEP 562 ``__getattr__``): a tool pays only for the
+modules it touches, and the corpus tools do not load the training code.
 """
 from __future__ import annotations
 
@@ -28,7 +29,6 @@ NAMES = {
 MODULES = {
     "count_reference": "streamfit.count.reference",    # the numpy twins of the counting kernels
     "checkpoints": "streamfit.train.refine",           # whose save_checkpoint bench_quality times
-    "distributed": "streamfit.distributed",
 }
 HOME: dict[str, tuple[str, str | None]] = {
     **{name: (module, name) for module, names in NAMES.items() for name in names.split()},
