@@ -47,8 +47,9 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (ROOT, block_options, command, load_average, load_results, log,  # noqa: E402
                      machine_facts, relative, save_and_render, to_json, utc_now, write_block)
-from internals import accumulate_into, checksum_of, evaluate, open_parquet, resolve_paths  # noqa: E402
-from streamfit import distributed as D, finalize, load_model, load_stats as load, synthetic  # noqa: E402
+from internals import checksum_of, open_parquet, resolve_paths  # noqa: E402
+from streamfit import accumulate_into, distributed as D, evaluate, finalize, load_model, synthetic  # noqa: E402
+from streamfit import load_stats as load  # noqa: E402
 
 
 def synthetic_corpus(tmp: Path, vocab: int, row_groups: int, docs: int = 1000,

@@ -56,8 +56,8 @@ def digits_splits(folder: Path) -> dict[str, Path]:
 
 
 def run_forms(splits: dict[str, Path], folder: Path, **acc_options) -> list[dict]:
-    from internals import DEFAULT_SMOOTHING, evaluate, iter_examples
-    from streamfit import accumulate, finalize
+    from internals import DEFAULT_SMOOTHING, iter_examples
+    from streamfit import accumulate, evaluate, finalize
 
     t0 = time.perf_counter()
     stats = accumulate([splits["train"]], **acc_options)

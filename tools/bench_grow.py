@@ -46,8 +46,8 @@ import scipy.sparse as sp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpora import SPLITS, corpus_meta, corpus_shape, digits_corpus, read_examples  # noqa: E402
 from harness import log, page_main, relative, write_page  # noqa: E402
-from internals import FeatureRows, feature_examples, grow, refine  # noqa: E402
-from streamfit import Accumulator, Model, finalize, load_model  # noqa: E402
+from internals import FeatureRows, feature_examples  # noqa: E402
+from streamfit import Accumulator, Model, finalize, grow, load_model, refine  # noqa: E402
 
 DATASETS = ("digits", "mnist5k")
 LABELS = {"digits": "digits (sklearn 8×8)", "mnist5k": "MNIST-5k"}

@@ -64,12 +64,12 @@ import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import internals  # noqa: E402
-from corpora import (SPLITS, concat_examples, corpus_meta, corpus_shape, digits_corpus,  # noqa: E402
+from corpora import (SPLITS, corpus_meta, corpus_shape, digits_corpus,  # noqa: E402
                      gcide_corpus, read_examples)
 from harness import log, page_main, relative  # noqa: E402
-from internals import dense_parameters, evaluate, full_pass, refine, slice_examples  # noqa: E402
+from internals import concat_examples, dense_parameters, full_pass, slice_examples  # noqa: E402
 from quality_report import FORMS, direction_runs, render  # noqa: E402
-from streamfit import Accumulator, Model, Statistics, finalize  # noqa: E402
+from streamfit import Accumulator, Model, Statistics, evaluate, finalize, refine  # noqa: E402
 
 # Per dataset: passes, grids. "adam_passes": 0 means not run (a timed partial pass gives
 # the cost of one pass instead).

@@ -44,8 +44,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpora import SPLITS, corpus_meta, corpus_shape, digits_corpus, gcide_corpus, read_examples  # noqa: E402
 from harness import log, page_main, write_page  # noqa: E402
-from internals import SubspaceOptions, full_pass, refine  # noqa: E402
-from streamfit import Model  # noqa: E402
+from internals import SubspaceOptions, full_pass  # noqa: E402
+from streamfit import Model, refine  # noqa: E402
 
 CONFIG = {
     "mnist5k": dict(folder="mnist5k", batch=32, rb_dims=[10, 50, 250], fixed_dims=[50, 250], rb_passes=4,

@@ -208,22 +208,11 @@ def corpus_shape(meta: dict, window: int = 1) -> dict:
             "n_features": int(meta["n_features"])}
 
 
-def concat_examples(parts: list) -> "Examples":  # noqa: F821
-    """One Examples holding `parts` in order."""
-    from internals import Examples
-
-    offsets = np.cumsum([0] + [p.indices.size for p in parts])
-    indptr = np.concatenate([[0]] + [p.indptr[1:] + o for p, o in zip(parts, offsets)])
-    return Examples(indptr.astype(np.int64), np.concatenate([p.indices for p in parts]),
-                    np.concatenate([p.values for p in parts]),
-                    np.concatenate([p.targets for p in parts]))
-
-
 def read_examples(folder: Path, split: str, shape: dict, *, whole: bool = False,
                   batch_rows: int | None = None) -> list:
     """A split of the corpus as a list of streamfit Examples (one per record batch, or one
     in all with `whole`)."""
-    from internals import iter_examples
+    from internals import concat_examples, iter_examples
 
     kw = {} if batch_rows is None else {"batch_rows": batch_rows}
     parts = list(iter_examples([Path(folder) / f"{split}.parquet"], **shape, **kw))

@@ -2,9 +2,9 @@
 
 A tool that needs more than ``import streamfit`` offers takes it from here
 (``from internals import iter_examples``), so that a module moving inside the package is a
-one-line edit of ``NAMES`` or ``MODULES`` below and nothing else; a name that joins the public
-API (``streamfit.evaluate``, ``refine``, ``grow``) leaves this table for ``from streamfit
-import``. A name is imported on first use (PEP 562 ``__getattr__``): a tool pays only for the
+one-line edit of ``NAMES`` or ``MODULES`` below and nothing else; what the public API offers
+(``streamfit.evaluate``, ``refine``, ``grow``, ``accumulate_into``, ...) is imported from
+``streamfit`` itself, not from here. A name is imported on first use (PEP 562 ``__getattr__``): a tool pays only for the
 modules it touches, and the corpus tools do not load the training code.
 """
 from __future__ import annotations
@@ -15,15 +15,14 @@ import importlib
 NAMES = {
     "streamfit.io.files": "atomic_directory",
     "streamfit.io.parquet": "open_parquet resolve_paths DEFAULT_BATCH_ROWS",
-    "streamfit.data.featurize": "Examples FeatureRows feature_examples slice_examples",
+    "streamfit.data.featurize": "FeatureRows concat_examples feature_examples slice_examples",
     "streamfit.count.accumulate": "CountTable",
     "streamfit.count.stats": "checksum_of",
-    "streamfit.count.out_of_core": "accumulate_into parse_size",
-    "streamfit.solve.explicit": "DEFAULT_SMOOTHING",
-    "streamfit.model.evaluate": "evaluate iter_examples",
-    "streamfit.train.refine": "refine full_pass dense_parameters",
+    "streamfit.count.out_of_core": "parse_size",
+    "streamfit.solve.forms": "DEFAULT_SMOOTHING",
+    "streamfit.model.evaluate": "iter_examples",
+    "streamfit.train.core": "full_pass dense_parameters",
     "streamfit.train.subspace": "SubspaceOptions",
-    "streamfit.train.grow": "grow",
 }
 # name -> a module the tools use whole
 MODULES = {
