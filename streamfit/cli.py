@@ -404,8 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memory budget, e.g. 512M or 4G: statistics beyond it are spilled to "
                         "disk as sorted runs and merged at the end (default: %(default)s)")
     p.add_argument("--temp", metavar="DIR",
-                   help="where spilled runs and the resume journal go (default: STATS/.work); "
-                        "an interrupted run resumes when rerun with the same --temp")
+                   help="where spilled runs and the resume journal go (default: STATS/.work): "
+                        "in a subdirectory of DIR that streamfit creates and removes, leaving "
+                        "everything else in DIR alone; an interrupted run resumes when rerun "
+                        "with the same --temp")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="worker processes, each on its own row groups (default: 1)")
     p.add_argument("--checkpoint", type=float, default=CHECKPOINT_SECONDS, metavar="SECONDS",
@@ -423,8 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     _unit_option(g)
     g.add_argument(
         "--shards", metavar="DIR",
-        help="with Dask: directory of the per-unit shards, shared by the workers "
-             "(default: STATS/.shards; removed once merged)")
+        help="with Dask: directory of the per-unit shards, shared by the workers: they go "
+             "in a subdirectory of DIR that streamfit creates and removes once merged "
+             "(default: STATS/.shards)")
     p.set_defaults(func=cmd_accumulate)
 
     p = sub.add_parser("finalize", help="explicit-solution weights from statistics",

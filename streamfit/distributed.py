@@ -47,7 +47,8 @@ from .errors import OptionError, StreamfitError
 from .model.evaluate import Scores, metrics, score_examples, unit_examples
 from .io.files import DirectoryLock, fault_point, fsync_dir
 from .model.weights import load_model
-from .count.out_of_core import DEFAULT_MEMORY, count_units, first_dense_width, merge_into
+from .count.out_of_core import (DEFAULT_MEMORY, count_units, first_dense_width, merge_into,
+                                work_directory)
 from .io.parquet import DEFAULT_BATCH_ROWS, open_parquet, resolve_paths
 from .train.core import PassFn, PassResult, full_pass
 from .count.stats import MANIFEST, load, summary
@@ -287,7 +288,10 @@ def accumulate_distributed(client, stats_dir: str | os.PathLike, paths, *,
     statistics until the final merge, so a rerun after an interruption reuses the finished
     ones; `temp` is where tasks spill on their worker (default: its temporary directory)."""
     stats_dir = _refuse_url(stats_dir, "statistics directory")
-    root = _refuse_url(shards, "shard directory") if shards is not None else stats_dir / SHARDS
+    # A user's --shards directory gets a subdirectory of streamfit's own: only that is
+    # emptied on --overwrite and removed once merged.
+    root = stats_dir / SHARDS if shards is None else \
+        work_directory(stats_dir, _refuse_url(shards, "shard directory"), "streamfit-shards")
     files = resolve_paths(paths)
     previous = None
     if (stats_dir / MANIFEST).exists() and not overwrite:

@@ -13,6 +13,7 @@ uninterrupted run. The statistics directory is locked for the whole run.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import multiprocessing
@@ -219,6 +220,19 @@ def _rebuild_error(message: str) -> StreamfitError:
     return InputError(message) if ": " in message else StreamfitError(message)
 
 
+def work_directory(stats_dir: str | os.PathLike, temp: str | os.PathLike | None,
+                   prefix: str = "streamfit-work") -> Path:
+    """Where an accumulate keeps its spilled runs and journal: STATS/.work, or with `temp`
+    a subdirectory of it that is streamfit's own, named after the statistics directory (a
+    rerun with the same `temp` finds an interrupted run's journal there, and several
+    statistics directories can share one `temp`). Only that subdirectory is ever created
+    or removed in `temp`: the user's own files there are left alone."""
+    if temp is None:
+        return Path(stats_dir) / ".work"
+    key = hashlib.sha256(str(Path(stats_dir).resolve()).encode()).hexdigest()[:16]
+    return Path(temp) / f"{prefix}-{key}"
+
+
 def accumulate_into(stats_dir: str | os.PathLike, paths, *, task: str | None = None,
                     window: int | None = None, overwrite: bool = False,
                     memory: int = DEFAULT_MEMORY, temp: str | os.PathLike | None = None,
@@ -238,7 +252,7 @@ def accumulate_into(stats_dir: str | os.PathLike, paths, *, task: str | None = N
     files = resolve_paths(paths)
     created = not stats_dir.exists()
     stats_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(temp) if temp is not None else stats_dir / ".work"
+    work = work_directory(stats_dir, temp)
     try:
         with DirectoryLock(stats_dir):
             return _accumulate_locked(stats_dir, work, files, task, window, overwrite, memory,
