@@ -315,7 +315,9 @@ def accumulate_distributed(client, stats_dir: str | os.PathLike, paths, *,
         todo.append(g)
     units = plan_units(todo, unit_values)
     if not units and previous is not None:
-        shutil.rmtree(root, ignore_errors=True)
+        if root.exists():
+            with DirectoryLock(root):  # never another writer's shards
+                shutil.rmtree(root, ignore_errors=True)
         return {"unchanged": True, **summary(previous.header())}
     if not units:
         raise StreamfitError(f"no row groups in {', '.join(map(str, files))}: nothing to "
@@ -344,7 +346,7 @@ def accumulate_distributed(client, stats_dir: str | os.PathLike, paths, *,
             raise StreamfitError(f"no examples in {', '.join(map(str, files))}: nothing to "
                                  f"accumulate")
         manifest = merge_into(stats_dir, parts, memory=memory)
-    shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)  # still locked: no other writer's shards
     return {"unchanged": False, "resumed": resumed, **summary(manifest)}
 
 
@@ -362,7 +364,7 @@ def merge_distributed(client, out_dir: str | os.PathLike, dirs, *,
         top = client.gather(_reduce(client, dirs, _merge_shards, MERGE_FAN_IN, MERGE_FAN_IN,
                                     str(root), memory))
         manifest = merge_into(out_dir, top, memory=memory)
-    shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
     return manifest
 
 

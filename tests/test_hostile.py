@@ -113,3 +113,30 @@ def test_1_dask_shards_dir_keeps_the_users_files(tmp_path, corpus):
     assert sorted(p.name for p in shards.iterdir()) == ["important.txt"]
     assert main(["accumulate", *map(str, corpus), "--stats", str(tmp_path / "ref"), "--quiet"]) == 0
     same_statistics(tmp_path / "st", tmp_path / "ref")
+
+
+# --- 2: a refused writer changes nothing ------------------------------------------------------
+def tree(directory: Path) -> dict:
+    return {str(p.relative_to(directory)): p.read_bytes() if p.is_file() else None
+            for p in sorted(directory.rglob("*"))}
+
+
+@pytest.mark.parametrize("temp", [False, True])
+def test_2_a_refused_second_writer_changes_nothing(tmp_path, corpus, capsys, temp):
+    from streamfit.io.files import DirectoryLock
+    from streamfit.count.out_of_core import work_directory
+
+    stats = tmp_path / "st"
+    stats.mkdir()
+    extra = ["--temp", tmp_path / "scr"] if temp else []
+    work = work_directory(stats, tmp_path / "scr" if temp else None)
+    work.mkdir(parents=True)
+    (work / "run-0123456789ab.keys.npy").write_bytes(b"a first writer's run, not yet journalled")
+    before = tree(tmp_path)
+    with DirectoryLock(stats):  # the first writer, still running
+        rc, _, err = cli(capsys, "accumulate", *corpus, "--stats", stats, "--quiet", *extra)
+        one_line_error(rc, err, str(stats), "in use")
+        rc, _, err = cli(capsys, "accumulate", *corpus, "--stats", stats, "--quiet", "--overwrite",
+                         *extra)
+        one_line_error(rc, err, "in use")
+    assert tree(tmp_path) == before

@@ -253,18 +253,20 @@ def accumulate_into(stats_dir: str | os.PathLike, paths, *, task: str | None = N
     created = not stats_dir.exists()
     stats_dir.mkdir(parents=True, exist_ok=True)
     work = work_directory(stats_dir, temp)
-    try:
-        with DirectoryLock(stats_dir):
+    # The lock comes first: a writer refused because another one holds the directory has
+    # touched nothing (not the other's work directory, whose journal may not exist yet).
+    with DirectoryLock(stats_dir):
+        try:
             return _accumulate_locked(stats_dir, work, files, task, window, overwrite, memory,
                                       jobs, batch_rows, checkpoint_seconds, progress, units,
                                       allow_empty, options)
-    except BaseException:
-        # Leave no trace of a run that recorded nothing: an interrupted run's journal stays.
-        if not (work / JOURNAL).exists():
-            shutil.rmtree(work, ignore_errors=True)
-            if created and not any(stats_dir.iterdir()):
-                stats_dir.rmdir()
-        raise
+        except BaseException:
+            # Leave no trace of a run that recorded nothing: an interrupted run's journal stays.
+            if not (work / JOURNAL).exists():
+                shutil.rmtree(work, ignore_errors=True)
+                if created and not any(stats_dir.iterdir()):
+                    stats_dir.rmdir()
+            raise
 
 
 def _accumulate_locked(stats_dir, work, files, task, window, overwrite, memory, jobs,
