@@ -140,3 +140,70 @@ def test_2_a_refused_second_writer_changes_nothing(tmp_path, corpus, capsys, tem
                          *extra)
         one_line_error(rc, err, "in use")
     assert tree(tmp_path) == before
+
+
+# --- 3: one writer of an output at a time -----------------------------------------------------
+@pytest.fixture
+def stats_dir(tmp_path, corpus) -> Path:
+    assert main(["accumulate", *map(str, corpus), "--stats", str(tmp_path / "st"),
+                 "--window", "2", "--quiet"]) == 0
+    return tmp_path / "st"
+
+
+class HeldElsewhere:
+    """Another process holding the output lock of `stem` (as a running finalize, refine or
+    grow of that output does) until the block ends."""
+
+    def __init__(self, stem: Path):
+        self.stem = stem
+
+    def __enter__(self):
+        code = ("import sys; from streamfit.io.files import OutputLock\n"
+                f"with OutputLock({str(self.stem)!r}):\n"
+                "    print('locked', flush=True); sys.stdin.read()")
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "locked"
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.stdin.close()
+        assert self.proc.wait(timeout=60) == 0
+
+
+def test_3_a_second_finalize_of_the_same_output_is_refused(tmp_path, stats_dir, capsys):
+    out = tmp_path / "w.npy"
+    # the earlier finalize, still writing: its lock and its temporary file
+    theirs = tmp_path / f".w.npy.tmp-{os.getpid()}-0123abcd"
+    theirs.write_bytes(b"half-written weights")
+    with HeldElsewhere(tmp_path / "w"):
+        rc, _, err = cli(capsys, "finalize", "--stats", stats_dir, "--out", out, "--quiet")
+        one_line_error(rc, err, str(tmp_path / "w"), "another streamfit process")
+    assert theirs.read_bytes() == b"half-written weights" and not out.exists()
+    theirs.unlink()
+    # once it is done, finalize works and leaves no lock file
+    rc, _, err = cli(capsys, "finalize", "--stats", stats_dir, "--out", out, "--quiet")
+    assert rc == 0, err
+    assert sorted(p.name for p in tmp_path.glob(".w*")) == []
+
+
+def test_3_finalize_leaves_another_models_temporary_files_alone(tmp_path, stats_dir, capsys):
+    theirs = tmp_path / f".w2.npy.tmp-{os.getpid()}-0123abcd"  # model w2, being written
+    theirs.write_bytes(b"half-written weights")
+    rc, _, err = cli(capsys, "finalize", "--stats", stats_dir, "--out", tmp_path / "w.npy", "--quiet")
+    assert rc == 0, err
+    assert theirs.exists()
+
+
+def test_3_refine_and_grow_hold_the_output_too(tmp_path, stats_dir, corpus, capsys):
+    assert main(["finalize", "--stats", str(stats_dir), "--out", str(tmp_path / "w.npy"),
+                 "--quiet"]) == 0
+    with HeldElsewhere(tmp_path / "r"):
+        rc, _, err = cli(capsys, "refine", "--weights", tmp_path / "w.npy", *corpus, "--method",
+                         "gis", "--passes", "1", "--out", tmp_path / "r.npy", "--quiet")
+        one_line_error(rc, err, "another streamfit process")
+    with HeldElsewhere(tmp_path / "g"):
+        rc, _, err = cli(capsys, "grow", *corpus, "--out", tmp_path / "g.npy", "--max-width", "2",
+                         "--quiet")
+        one_line_error(rc, err, "another streamfit process")
+    assert not list(tmp_path.glob("r.*")) and not list(tmp_path.glob("g.*"))

@@ -179,6 +179,58 @@ class DirectoryLock:
         os.close(self._fd)  # closing the descriptor releases the lock
 
 
+_HELD_OUTPUTS: dict[str, list] = {}  # lock file -> [descriptor, depth] held by this process
+
+
+class OutputLock:
+    """An exclusive lock on one output (a model's files, named by their stem) for as long as
+    a command writes it: flock on a lock file `.NAME.lock` beside it, removed on release.
+    A second process writing the same output is refused with a clear message instead of
+    deleting the first one's temporary files as stale. Reentrant within a process; the
+    kernel releases it if the process dies (a lock file left then is taken over)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.file = self.path.parent / f".{self.path.name}.lock"
+
+    def __enter__(self) -> "OutputLock":
+        import fcntl
+
+        from ..errors import StreamfitError
+
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        self._key = str(self.file.resolve())
+        if self._key in _HELD_OUTPUTS:
+            _HELD_OUTPUTS[self._key][1] += 1
+            return self
+        while True:
+            fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise StreamfitError(f"{self.path} is being written by another streamfit "
+                                     f"process: one writer at a time; wait for it to finish "
+                                     f"(or write another output)") from None
+            try:  # its last holder may have removed the file between our open and flock
+                if os.stat(self.file).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        _HELD_OUTPUTS[self._key] = [fd, 1]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        held = _HELD_OUTPUTS[self._key]
+        held[1] -= 1
+        if held[1] == 0:
+            del _HELD_OUTPUTS[self._key]
+            with contextlib.suppress(OSError):
+                self.file.unlink()  # while still locked: a waiting opener retries
+            os.close(held[0])
+
+
 _FAULTS: dict[str, int] | None = None
 
 

@@ -33,12 +33,32 @@ from . import kernels
 from ..errors import FormatError, OptionError
 from ..data.featurize import (Examples, batch_examples, distinct_inputs, slice_examples,
                         take_examples)
-from ..io.files import (NpyWriter, fault_point, file_digest, fsync_dir, fsync_path,
-                     header_checksum, load_npy, read_document, temp_name, verify, write_json)
+from ..io.files import (NpyWriter, OutputLock, fault_point, file_digest, fsync_dir, fsync_path,
+                        header_checksum, load_npy, read_document, temp_name, verify, write_json)
 
 FORMAT = "streamfit-weights"
 SCHEMA_VERSION = 1
 SCORE_BLOCK_BYTES = 8 << 20
+MODEL_FILES = (".npy", ".A.npy", ".a0.npy", ".S.indptr.npy", ".S.indices.npy", ".S.data.npy",
+               ".bias.npy", ".model.json", ".json")  # what write_model writes beside STEM
+
+
+def locks_output(fn):
+    """Decorate a function whose argument `out` names a model it writes: it runs holding
+    that model's OutputLock (no lock when `out` is None)."""
+    import functools
+    import inspect
+
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def locked(*args, **kwargs):
+        out = signature.bind_partial(*args, **kwargs).arguments.get("out")
+        if out is None:
+            return fn(*args, **kwargs)
+        with OutputLock(stem_of(out)):
+            return fn(*args, **kwargs)
+    return locked
 
 
 SIDECAR_SUFFIX = ".model.json"  # distinct, so that `evaluate … --json > m.json` cannot clobber it
@@ -265,6 +285,7 @@ def _write_blocks(tmp: Path, dtype: str, blocks: Iterable[np.ndarray]) -> None:
     writer.close()
 
 
+@locks_output
 def write_model(out: str | os.PathLike, header: dict, *, dense: dict | None = None,
                 sparse: tuple[np.ndarray, np.ndarray, Iterable[np.ndarray]] | None = None,
                 bias: np.ndarray | None = None,
@@ -277,8 +298,11 @@ def write_model(out: str | os.PathLike, header: dict, *, dense: dict | None = No
     then has one row per hidden unit."""
     stem = stem_of(out)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    for stale in stem.parent.glob(f".{stem.name}*.tmp-*"):  # left by a killed run
-        stale.unlink(missing_ok=True)
+    # Temporary files of this model that a killed run left (no live writer's: the output's
+    # lock is held); only this model's own names, not another model's sharing the prefix.
+    for suffix in MODEL_FILES:
+        for stale in stem.parent.glob(f".{stem.name}{suffix}.tmp-*"):
+            stale.unlink(missing_ok=True)
     staged: dict[str, tuple[Path, Path]] = {}
     try:
         if hidden is not None:

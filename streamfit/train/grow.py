@@ -47,7 +47,7 @@ from scipy.special import log_softmax
 
 from ..errors import OptionError, StreamfitError
 from ..data.featurize import Examples
-from ..model.weights import Model, load_model, sidecar_path, write_model
+from ..model.weights import Model, load_model, locks_output, sidecar_path, write_model
 from .core import PassMeans, example_matrix
 
 MAX_INPUT_FEATURES = 4096
@@ -341,6 +341,7 @@ def write_layers(out: str | os.PathLike, layers: Layers, header: dict) -> Path:
                        hidden=(layers.A.astype(np.float32), layers.a0.astype(np.float64)))
 
 
+@locks_output
 def grow(train: Callable[[], Iterator[Examples]], out: str | os.PathLike, *, task: str,
          window: int, n_features: int, n_classes: int,
          heldout: Callable[[], Iterator[Examples]] | None = None, start: Model | None = None,
