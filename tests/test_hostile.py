@@ -207,3 +207,41 @@ def test_3_refine_and_grow_hold_the_output_too(tmp_path, stats_dir, corpus, caps
                          "--quiet")
         one_line_error(rc, err, "another streamfit process")
     assert not list(tmp_path.glob("r.*")) and not list(tmp_path.glob("g.*"))
+
+
+# --- 4: a file that failed validation was not counted -----------------------------------------
+def test_4_a_file_fixed_after_failing_validation_is_counted_on_rerun(tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_tokens(folder / "a.parquet", docs_of(40, 30, seed=1), row_group_size=10)
+    good_b = docs_of(20, 30, seed=2)
+    bad_b = [list(d) for d in good_b]
+    bad_b[3][5] = -1
+    write_tokens(folder / "b.parquet", bad_b, row_group_size=10)
+    args = ["accumulate", folder, "--stats", tmp_path / "st", "--checkpoint", "0", "--batch-rows",
+            "5", "--quiet"]
+    rc, _, err = cli(capsys, *args)
+    one_line_error(rc, err, "b.parquet", "negative token id")
+    assert list((tmp_path / "st" / ".work").glob("journal.json"))  # a's work was journalled
+    write_tokens(folder / "b.parquet", good_b, row_group_size=7)  # fixed (another size)
+    rc, out, err = cli(capsys, *args)
+    assert rc == 0, err
+    assert "resumed" in out
+    rc, _, err = cli(capsys, "accumulate", folder, "--stats", tmp_path / "ref", "--quiet")
+    same_statistics(tmp_path / "st", tmp_path / "ref")
+
+
+def test_4_a_file_changed_after_part_of_it_was_counted_is_still_refused(tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    docs = docs_of(30, 30, seed=2)
+    docs[25][3] = -1  # row group 2: row groups 0 and 1 are counted first
+    write_tokens(folder / "b.parquet", docs, row_group_size=10)
+    args = ["accumulate", folder, "--stats", tmp_path / "st", "--checkpoint", "0", "--batch-rows",
+            "5", "--quiet"]
+    rc, _, err = cli(capsys, *args)
+    assert rc == 1
+    docs[25][3] = 1
+    write_tokens(folder / "b.parquet", docs, row_group_size=7)
+    rc, _, err = cli(capsys, *args)
+    one_line_error(rc, err, "b.parquet", "changed since it was counted")

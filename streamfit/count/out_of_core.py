@@ -290,11 +290,14 @@ def _accumulate_locked(stats_dir, work, files, task, window, overwrite, memory, 
                for rg in s["row_groups"]} | journal.units_done()
     sizes = {**{s["path"]: s["size"] for s in (previous.sources if previous else [])},
              **journal.sizes}
+    # Files of which something was counted (a file that failed validation before any of
+    # its rows were journalled was not: fixing it must not block the rerun).
+    counted_files = {p for p, _ in counted} | {p for p, groups in journal.partial.items() if groups}
     units, total_rows = [], 0
     for p in files:
         key = str(p.resolve())
         size = os.path.getsize(p)
-        if key in sizes and sizes[key] != size:
+        if key in counted_files and key in sizes and sizes[key] != size:
             raise StreamfitError(f"{p} changed since it was counted (size {sizes[key]} → "
                                  f"{size}): use --overwrite")
         journal.sizes[key] = size
