@@ -245,3 +245,60 @@ def test_4_a_file_changed_after_part_of_it_was_counted_is_still_refused(tmp_path
     write_tokens(folder / "b.parquet", docs, row_group_size=7)
     rc, _, err = cli(capsys, *args)
     one_line_error(rc, err, "b.parquet", "changed since it was counted")
+
+
+# --- 10: only files beside a manifest or sidecar are followed ---------------------------------
+def rewrite_document(path: Path, edit) -> None:
+    """Edit a manifest or sidecar and recompute its own checksum, as a hostile user would."""
+    import json
+
+    from streamfit.io.files import header_checksum
+
+    doc = json.loads(path.read_text())
+    edit(doc)
+    doc["header_checksum"] = header_checksum(doc)
+    path.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("name", ["../a/w.npy", "ABSOLUTE"])
+def test_10_a_sidecar_naming_files_elsewhere_is_refused(tmp_path, stats_dir, corpus, capsys, name):
+    for d in ("a", "b"):
+        assert main(["finalize", "--stats", str(stats_dir), "--out", str(tmp_path / d / "w.npy"),
+                     "--quiet"]) == 0
+    target = str(tmp_path / "a" / "w.npy") if name == "ABSOLUTE" else name
+
+    def point_elsewhere(doc):
+        doc["arrays"]["W"]["file"] = target
+    rewrite_document(tmp_path / "b" / "w.model.json", point_elsewhere)
+    rc, _, err = cli(capsys, "evaluate", "--weights", tmp_path / "b" / "w.npy", *corpus, "--quiet")
+    one_line_error(rc, err, "w.model.json", "not a plain file name")
+
+
+def test_10_a_manifest_naming_files_elsewhere_is_refused(tmp_path, stats_dir, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(stats_dir, other)
+
+    def point_elsewhere(doc):
+        doc["arrays"]["data"]["file"] = str(stats_dir / doc["arrays"]["data"]["file"])
+    rewrite_document(other / "manifest.json", point_elsewhere)
+    rc, _, err = cli(capsys, "finalize", "--stats", other, "--out", tmp_path / "w.npy", "--quiet")
+    one_line_error(rc, err, "manifest.json", "not a plain file name")
+
+
+def test_10_a_journal_naming_runs_elsewhere_is_refused(tmp_path, corpus, capsys):
+    import json
+
+    stats = tmp_path / "st"
+    args = ["accumulate", *map(str, corpus), "--stats", str(stats), "--checkpoint", "0",
+            "--batch-rows", "5", "--quiet"]
+    env = {**os.environ, "STREAMFIT_FAULT": "after_batch:6"}
+    assert subprocess.run([sys.executable, "-m", "streamfit", *args], env=env).returncode == -9
+    journal = json.loads((stats / ".work" / "journal.json").read_text())
+    run = journal["runs"][0]["name"]
+    for part in ("keys", "vals"):  # the run, moved outside the work directory
+        os.replace(stats / ".work" / f"{run}.{part}.npy", tmp_path / f"victim.{part}.npy")
+    journal["runs"][0]["name"] = "../../victim"
+    (stats / ".work" / "journal.json").write_text(json.dumps(journal))
+    rc, _, err = cli(capsys, *args)
+    one_line_error(rc, err, "journal.json", "'../../victim'")
+    assert (tmp_path / "victim.keys.npy").exists() and (tmp_path / "victim.vals.npy").exists()

@@ -19,6 +19,7 @@ import math
 import multiprocessing
 import os
 import queue as queue_module
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from .stats import (MANIFEST, check_mergeable, combined_sources, commit, load, m
                     new_generation, save_arrays, summary)
 
 JOURNAL = "journal.json"
+RUN_NAME = re.compile(r"run-[0-9a-f]{12}")  # spill.write_run's names
 DEFAULT_MEMORY = 2 << 30
 CHECKPOINT_SECONDS = 60.0
 
@@ -82,7 +84,13 @@ class Journal:
     @classmethod
     def load(cls, path: Path) -> "Journal":
         raw = json.loads(path.read_text())
-        return cls(**raw)
+        journal = cls(**raw)
+        for run in journal.runs:  # run files are read and removed: only streamfit's own names
+            if not (isinstance(run.get("name"), str) and RUN_NAME.fullmatch(run["name"])):
+                raise StreamfitError(f"{path}: names the run {run.get('name')!r}, not one of "
+                                     f"streamfit's (run-<12 hex digits>): refused; remove "
+                                     f"{path.parent} or pass --overwrite")
+        return journal
 
     def save(self, path: Path) -> None:
         write_json(path, self.__dict__)

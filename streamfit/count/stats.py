@@ -24,7 +24,8 @@ import scipy.sparse as sp
 
 from .. import __version__
 from ..errors import FormatError, OptionError
-from ..io.files import header_checksum, load_npy, read_document, save_npy, verify, write_json
+from ..io.files import (header_checksum, load_npy, named_file, read_document, save_npy, verify,
+                        write_json)
 
 FORMAT = "streamfit-statistics"
 SCHEMA_VERSION = 1
@@ -204,7 +205,7 @@ def load(directory: str | os.PathLike, *, mmap: bool = True, check: bool = False
     arrays = {}
     for name in ARRAYS:
         entry = manifest["arrays"][name]
-        path = directory / entry["file"]
+        path = named_file(directory, entry["file"], directory / MANIFEST)
         if check:
             verify(path, entry)
         arr = load_npy(path, entry, mmap=mmap)

@@ -44,6 +44,20 @@ def read_document(path: Path, fmt: str, version: int, what: str) -> dict:
     return doc
 
 
+def named_file(directory: Path, name, document: Path) -> Path:
+    """The file `name` that the manifest or sidecar `document` names: only a plain file
+    name, which stays inside `directory` (the document's own), is followed; `../`, an
+    absolute path or anything else is refused, so that a document cannot make streamfit
+    read (or remove) files elsewhere."""
+    from ..errors import FormatError
+
+    if not (isinstance(name, str) and name not in ("", ".", "..") and "\0" not in name
+            and os.path.basename(name) == name and os.sep not in name and "/" not in name):
+        raise FormatError(f"{document}: names the file {name!r}, which is not a plain file "
+                          f"name in {directory}: refused (only files beside it are read)")
+    return directory / name
+
+
 def fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

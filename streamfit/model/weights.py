@@ -34,7 +34,8 @@ from ..errors import FormatError, OptionError
 from ..data.featurize import (Examples, batch_examples, distinct_inputs, slice_examples,
                         take_examples)
 from ..io.files import (NpyWriter, OutputLock, fault_point, file_digest, fsync_dir, fsync_path,
-                        header_checksum, load_npy, read_document, temp_name, verify, write_json)
+                        header_checksum, load_npy, named_file, read_document, temp_name, verify,
+                        write_json)
 
 FORMAT = "streamfit-weights"
 SCHEMA_VERSION = 1
@@ -371,7 +372,7 @@ def load_model(path: str | os.PathLike, *, check: bool = False) -> Model:
     folder = existing_sidecar(path).parent
     arrays = {}
     for name, entry in meta["arrays"].items():
-        p = folder / entry["file"]
+        p = named_file(folder, entry["file"], sidecar_path(path))
         if check:
             verify(p, entry)
         arr = load_npy(p, entry)
