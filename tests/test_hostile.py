@@ -302,3 +302,47 @@ def test_10_a_journal_naming_runs_elsewhere_is_refused(tmp_path, corpus, capsys)
     rc, _, err = cli(capsys, *args)
     one_line_error(rc, err, "journal.json", "'../../victim'")
     assert (tmp_path / "victim.keys.npy").exists() and (tmp_path / "victim.vals.npy").exists()
+
+
+# --- 8: a damaged sparse structure is refused on open, never a crash ---------------------------
+def damage(path: Path, index: int, value: int) -> None:
+    arr = np.load(path, mmap_mode="r+")
+    arr[index] = value
+    arr.flush()
+    del arr
+
+
+def streamfit_process(*args) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "STREAMFIT_FAULT"}
+    return subprocess.run([sys.executable, "-m", "streamfit", *map(str, args)], env=env,
+                          capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("array,index,value,words", [
+    ("S.indices", 5, 10 ** 8, ["S.indices", "out of range"]),
+    ("S.indices", 0, -7, ["S.indices", "out of range"]),
+    ("S.indptr", 3, 10 ** 9, ["S.indptr", "not increasing"]),
+    ("S.indptr", -1, 10 ** 6, ["S.indptr", "end"]),
+])
+def test_8_a_damaged_sparse_model_is_refused(tmp_path, stats_dir, corpus, array, index, value, words):
+    out = tmp_path / "w.npy"
+    assert main(["finalize", "--stats", str(stats_dir), "--out", str(out), "--format", "sparse",
+                 "--quiet"]) == 0
+    damage(tmp_path / f"w.{array}.npy", index, value)
+    r = streamfit_process("evaluate", "--weights", out, *corpus, "--quiet")
+    one_line_error(r.returncode, r.stderr, *words)
+
+
+@pytest.mark.parametrize("array,index,value,words", [
+    ("indices", 5, 10 ** 8, ["indices", "out of range"]),
+    ("indptr", 3, 10 ** 9, ["indptr", "not increasing"]),
+])
+def test_8_damaged_statistics_are_refused(tmp_path, stats_dir, corpus, array, index, value, words):
+    import json
+
+    manifest = json.loads((stats_dir / "manifest.json").read_text())
+    damage(stats_dir / manifest["arrays"][array]["file"], index, value)
+    r = streamfit_process("finalize", "--stats", stats_dir, "--out", tmp_path / "w.npy",
+                          "--heldout", *corpus, "--quiet")
+    one_line_error(r.returncode, r.stderr, *words)
+    assert not (tmp_path / "w.npy").exists()

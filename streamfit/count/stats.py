@@ -24,8 +24,8 @@ import scipy.sparse as sp
 
 from .. import __version__
 from ..errors import FormatError, OptionError
-from ..io.files import (header_checksum, load_npy, named_file, read_document, save_npy, verify,
-                        write_json)
+from ..io.files import (check_csr, header_checksum, load_npy, named_file, read_document, save_npy,
+                        verify, write_json)
 
 FORMAT = "streamfit-statistics"
 SCHEMA_VERSION = 1
@@ -213,8 +213,11 @@ def load(directory: str | os.PathLike, *, mmap: bool = True, check: bool = False
             raise FormatError(f"{path}: shape/dtype {arr.shape}/{arr.dtype} does not match "
                               f"the manifest ({entry['shape']}/{entry['dtype']})")
         arrays[name] = arr
-    if arrays["indptr"].size != manifest["n_features"] + 1 or arrays["data"].size != manifest["nnz"]:
+    if arrays["indptr"].size != manifest["n_features"] + 1 or arrays["data"].size != manifest["nnz"] \
+            or arrays["indices"].size != manifest["nnz"]:
         raise FormatError(f"{directory}: arrays do not match the manifest's sizes")
+    check_csr(arrays["indptr"], arrays["indices"], manifest["n_features"], manifest["n_classes"],
+              tuple(directory / manifest["arrays"][n]["file"] for n in ("indptr", "indices")))
     return Statistics(task=manifest["task"], n_classes=manifest["n_classes"],
                       n_features=manifest["n_features"], window=manifest["window"],
                       n_examples=manifest["n_examples"], l1_sum=manifest["l1_sum"],

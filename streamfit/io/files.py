@@ -58,6 +58,41 @@ def named_file(directory: Path, name, document: Path) -> Path:
     return directory / name
 
 
+def check_csr(indptr: np.ndarray, indices: np.ndarray, n_rows: int, n_cols: int,
+              names: tuple[Path, Path], block: int = 1 << 22) -> None:
+    """Refuse a CSR structure that would send a kernel outside its arrays: indptr of
+    n_rows + 1 integers from 0, never decreasing, ending at the number of indices, and
+    every index in 0..n_cols-1. One vectorised pass over both arrays, a block at a time
+    (memory-mapped arrays stay out of memory); `names` are their files, for the message."""
+    from ..errors import FormatError
+
+    ptr_name, idx_name = names
+    if indptr.dtype.kind not in "iu" or indices.dtype.kind not in "iu":
+        raise FormatError(f"{ptr_name}, {idx_name}: CSR arrays must hold integers, not "
+                          f"{indptr.dtype} / {indices.dtype}")
+    if indptr.shape != (n_rows + 1,):
+        raise FormatError(f"{ptr_name}: {indptr.shape[0]} entries, {n_rows + 1} expected")
+    if int(indptr[0]) != 0:
+        raise FormatError(f"{ptr_name}: damaged (starts at {int(indptr[0])}, not 0)")
+    for lo in range(0, n_rows, block):
+        part = np.asarray(indptr[lo:lo + block + 1])
+        bad = np.flatnonzero(part[1:] < part[:-1])
+        if bad.size:
+            row = lo + int(bad[0])
+            raise FormatError(f"{ptr_name}: damaged (not increasing at row {row}: "
+                              f"{int(part[bad[0]])} then {int(part[bad[0] + 1])})")
+    if int(indptr[-1]) != indices.size:
+        raise FormatError(f"{ptr_name}: damaged (its end, {int(indptr[-1])}, is not the "
+                          f"{indices.size} entries of {idx_name.name})")
+    for lo in range(0, indices.size, block):
+        part = np.asarray(indices[lo:lo + block])
+        low, high = int(part.min()), int(part.max())
+        if low < 0 or high >= n_cols:
+            at = lo + int(np.flatnonzero((part < 0) | (part >= n_cols))[0])
+            raise FormatError(f"{idx_name}: damaged (entry {at} is {int(indices[at])}, out of "
+                              f"range 0..{n_cols - 1})")
+
+
 def fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

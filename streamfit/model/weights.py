@@ -33,7 +33,7 @@ from . import kernels
 from ..errors import FormatError, OptionError
 from ..data.featurize import (Examples, batch_examples, distinct_inputs, slice_examples,
                         take_examples)
-from ..io.files import (NpyWriter, OutputLock, fault_point, file_digest, fsync_dir, fsync_path,
+from ..io.files import (NpyWriter, OutputLock, check_csr, fault_point, file_digest, fsync_dir, fsync_path,
                         header_checksum, load_npy, named_file, read_document, temp_name, verify,
                         write_json)
 
@@ -382,6 +382,10 @@ def load_model(path: str | os.PathLike, *, check: bool = False) -> Model:
         arrays[name] = arr
     common = dict(task=meta["task"], n_classes=meta["n_classes"], n_features=meta["n_features"],
                   tau=meta["tau"], window=meta.get("window", 0), bias=arrays.get("bias"), meta=meta)
+    file_of = lambda name: folder / meta["arrays"][name]["file"]
+    if "bias" in arrays and arrays["bias"].shape != (meta["n_classes"],):
+        raise FormatError(f"{file_of('bias')}: {arrays['bias'].shape} entries, not one per class "
+                          f"({meta['n_classes']})")
     if "A" in arrays:
         a, a0, w = arrays["A"], arrays["a0"], arrays["W"]
         units = a.shape[1]
@@ -396,4 +400,11 @@ def load_model(path: str | os.PathLike, *, check: bool = False) -> Model:
             raise FormatError(f"{folder / meta['arrays']['W']['file']}: shape does not match "
                               f"n_features × n_classes")
         return Model(dense=arrays["W"], **common)
+    # The scoring kernels index by these without bounds checks: a damaged structure is
+    # refused here, once, instead of read out of bounds (a crash, or silent garbage).
+    if arrays["S.data"].shape != arrays["S.indices"].shape:
+        raise FormatError(f"{file_of('S.data')}: {arrays['S.data'].size} entries, "
+                          f"{file_of('S.indices').name} has {arrays['S.indices'].size}")
+    check_csr(arrays["S.indptr"], arrays["S.indices"], meta["n_features"], meta["n_classes"],
+              (file_of("S.indptr"), file_of("S.indices")))
     return Model(sparse=(arrays["S.indptr"], arrays["S.indices"], arrays["S.data"]), **common)
