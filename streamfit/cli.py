@@ -155,7 +155,13 @@ def cmd_finalize(args) -> int:
     return 0
 
 
+def _top_k(args) -> None:
+    if args.top_k < 1:
+        raise StreamfitError(f"--top-k must be at least 1, not {args.top_k}")
+
+
 def cmd_evaluate(args) -> int:
+    _top_k(args)
     model = load_model(args.weights)
     if _on_dask(args):
         with _cluster(args) as client:
@@ -180,6 +186,7 @@ def _read_vocab(path: str | None) -> list[str] | None:
 
 
 def cmd_predict(args) -> int:
+    _top_k(args)
     model = load_model(args.weights)
     if args.context is not None:
         if model.task != "lm":
@@ -628,6 +635,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def os_error_line(exc: OSError) -> str:
+    """One line for an error the system gave: the file(s) and the reason."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    files = [str(f) for f in (exc.filename, exc.filename2) if f is not None]
+    return f"{' → '.join(files)}: {reason}" if files else reason
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -640,6 +654,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except StreamfitError as exc:
         print(f"streamfit {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the system refused: permissions, a full disk, a missing path
+        print(f"streamfit {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"streamfit {args.command}: interrupted; outputs were left as they were",

@@ -346,3 +346,82 @@ def test_8_damaged_statistics_are_refused(tmp_path, stats_dir, corpus, array, in
                           "--heldout", *corpus, "--quiet")
     one_line_error(r.returncode, r.stderr, *words)
     assert not (tmp_path / "w.npy").exists()
+
+
+# --- 12: one-line errors where a traceback was --------------------------------------------------
+def test_12_an_unwritable_place_is_a_one_line_error(tmp_path, corpus, capsys, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    rc, _, err = cli(capsys, "accumulate", *corpus, "--stats", blocker / "st", "--quiet")
+    one_line_error(rc, err, str(blocker))
+    # a read-only directory (as root, whom permissions do not stop, the refusal is simulated)
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    if os.geteuid() == 0:
+        real_mkdir = Path.mkdir
+
+        def refuse(self, *a, **k):
+            if readonly in self.parents:
+                raise PermissionError(13, "Permission denied", str(self))
+            return real_mkdir(self, *a, **k)
+        monkeypatch.setattr(Path, "mkdir", refuse)
+    else:
+        readonly.chmod(0o555)
+    rc, _, err = cli(capsys, "accumulate", *corpus, "--stats", readonly / "st", "--quiet")
+    one_line_error(rc, err, str(readonly / "st"), "Permission denied")
+
+
+@pytest.mark.parametrize("size", ["1e30", "inf", "-inf", "nan", "1e400"])
+def test_12_an_impossible_memory_budget_is_a_one_line_error(tmp_path, corpus, capsys, size):
+    rc, _, err = cli(capsys, "accumulate", *corpus, "--stats", tmp_path / "st", f"--memory={size}",
+                     "--quiet")
+    one_line_error(rc, err, "memory budget", size)
+    assert not (tmp_path / "st").exists()
+
+
+@pytest.mark.parametrize("k", ["0", "-1"])
+def test_12_top_k_below_one_is_a_one_line_error(tmp_path, stats_dir, corpus, capsys, k):
+    assert main(["finalize", "--stats", str(stats_dir), "--out", str(tmp_path / "w.npy"),
+                 "--quiet"]) == 0
+    rc, _, err = cli(capsys, "evaluate", "--weights", tmp_path / "w.npy", *corpus, f"--top-k={k}",
+                     "--quiet")
+    one_line_error(rc, err, "--top-k")
+    rc, _, err = cli(capsys, "predict", "--weights", tmp_path / "w.npy", "--context", "1 2",
+                     f"--top-k={k}")
+    one_line_error(rc, err, "--top-k")
+
+
+@pytest.mark.parametrize("drop", ["arrays.data", "arrays.indices.sha256", "n_features", "task"])
+def test_12_a_manifest_missing_an_entry_is_a_one_line_error(tmp_path, stats_dir, capsys, drop):
+    def remove(doc):
+        *parents, last = drop.split(".")
+        for key in parents:
+            doc = doc[key]
+        del doc[last]
+    rewrite_document(stats_dir / "manifest.json", remove)
+    rc, _, err = cli(capsys, "finalize", "--stats", stats_dir, "--out", tmp_path / "w.npy", "--quiet")
+    one_line_error(rc, err, "manifest.json", repr(drop.split(".")[-1]))
+
+
+@pytest.mark.parametrize("layout,drop", [("dense", "arrays.W"), ("sparse", "arrays.S.indptr"),
+                                         ("dense", "tau"), ("sparse", "layout"),
+                                         ("dense", "arrays.W.file")])
+def test_12_a_sidecar_missing_an_entry_is_a_one_line_error(tmp_path, stats_dir, corpus, capsys,
+                                                            layout, drop):
+    assert main(["finalize", "--stats", str(stats_dir), "--out", str(tmp_path / "w.npy"),
+                 "--format", layout, "--quiet"]) == 0
+
+    def remove(doc):
+        if drop.startswith("arrays."):
+            name, _, field = drop.removeprefix("arrays.").partition(".file")
+            if _:
+                del doc["arrays"][name]["file"]
+            else:
+                del doc["arrays"][name]
+        else:
+            del doc[drop]
+    rewrite_document(tmp_path / "w.model.json", remove)
+    for command in (["evaluate", "--weights", tmp_path / "w.npy", *corpus, "--quiet"],
+                    ["info", tmp_path / "w.npy"]):
+        rc, _, err = cli(capsys, *command)
+        one_line_error(rc, err, "w.model.json")

@@ -41,6 +41,7 @@ JOURNAL = "journal.json"
 RUN_NAME = re.compile(r"run-[0-9a-f]{12}")  # spill.write_run's names
 DEFAULT_MEMORY = 2 << 30
 CHECKPOINT_SECONDS = 60.0
+MAX_MEMORY = 1 << 50  # a budget beyond any one machine is a typing error
 
 
 def parse_size(text: str) -> int:
@@ -49,9 +50,14 @@ def parse_size(text: str) -> int:
     scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
     number = t[:-1] if t[-1:] in "KMGT" else t
     try:
-        size = int(float(number) * scale)
+        value = float(number) * scale
     except ValueError:
-        raise OptionError(f"not a size: {text!r} (e.g. 512M, 2G)") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise OptionError(f"memory budget {text!r} is not a size (e.g. 512M, 2G)")
+    if value > MAX_MEMORY:
+        raise OptionError(f"memory budget {text!r} is too large: at most {MAX_MEMORY >> 40}T")
+    size = int(value)
     if size < 1 << 20:
         raise OptionError(f"memory budget {text!r} is too small: at least 1M")
     return size

@@ -24,13 +24,16 @@ import scipy.sparse as sp
 
 from .. import __version__
 from ..errors import FormatError, OptionError
-from ..io.files import (check_csr, header_checksum, load_npy, named_file, read_document, save_npy,
-                        verify, write_json)
+from ..io.files import (check_array_entries, check_csr, check_fields, header_checksum, load_npy,
+                        named_file, read_document, save_npy, verify, write_json)
 
 FORMAT = "streamfit-statistics"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 ARRAYS = ("indptr", "indices", "data")
+MANIFEST_FIELDS = {"task": str, "window": int, "n_classes": int, "n_features": int, "nnz": int,
+                   "n_examples": int, "l1_sum": (int, float), "empty_rows": int, "sources": list,
+                   "checksum": str}
 
 
 @dataclass
@@ -194,7 +197,13 @@ def read_manifest(directory: str | os.PathLike) -> dict:
         raise FormatError(f"{directory}: no statistics directory here (run `streamfit accumulate` first)")
     if not path.exists():
         raise FormatError(f"{directory}: not a statistics directory (no {MANIFEST})")
-    return read_document(path, FORMAT, SCHEMA_VERSION, "statistics manifest")
+    what = "statistics manifest"
+    manifest = read_document(path, FORMAT, SCHEMA_VERSION, what)
+    check_fields(manifest, MANIFEST_FIELDS, path, what)
+    if manifest["task"] not in ("lm", "classify"):
+        raise FormatError(f"{path}: {what} has task {manifest['task']!r}, not lm or classify")
+    check_array_entries(manifest, ARRAYS, path, what)
+    return manifest
 
 
 def load(directory: str | os.PathLike, *, mmap: bool = True, check: bool = False) -> Statistics:

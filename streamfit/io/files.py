@@ -93,6 +93,32 @@ def check_csr(indptr: np.ndarray, indices: np.ndarray, n_rows: int, n_cols: int,
                               f"range 0..{n_cols - 1})")
 
 
+ARRAY_ENTRY = {"file": str, "dtype": str, "shape": list, "size": int, "sha256": str}
+
+
+def check_fields(doc: dict, fields: dict, path: Path, what: str, prefix: str = "") -> None:
+    """Refuse a document (manifest, sidecar) that lacks one of `fields` ({key: type}) or
+    holds a value of another type: a clear error instead of a KeyError deep inside."""
+    from ..errors import FormatError
+
+    where = f" in {prefix}" if prefix else ""
+    for key, kind in fields.items():
+        if key not in doc:
+            raise FormatError(f"{path}: {what} has no {key!r} entry{where} (edited or damaged)")
+        value = doc[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise FormatError(f"{path}: {what} entry {key!r}{where} is {value!r}, not a "
+                              f"{getattr(kind, '__name__', 'number')}")
+
+
+def check_array_entries(doc: dict, names, path: Path, what: str) -> None:
+    """Every array of `names` has an entry with its file, dtype, shape, size and sha256."""
+    check_fields(doc, {"arrays": dict}, path, what)
+    for name in names:
+        check_fields(doc["arrays"], {name: dict}, path, what, "arrays")
+        check_fields(doc["arrays"][name], ARRAY_ENTRY, path, what, f"arrays/{name}")
+
+
 def fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -33,13 +33,15 @@ from . import kernels
 from ..errors import FormatError, OptionError
 from ..data.featurize import (Examples, batch_examples, distinct_inputs, slice_examples,
                         take_examples)
-from ..io.files import (NpyWriter, OutputLock, check_csr, fault_point, file_digest, fsync_dir, fsync_path,
-                        header_checksum, load_npy, named_file, read_document, temp_name, verify,
-                        write_json)
+from ..io.files import (NpyWriter, OutputLock, check_array_entries, check_csr, check_fields,
+                        fault_point, file_digest, fsync_dir, fsync_path, header_checksum, load_npy,
+                        named_file, read_document, temp_name, verify, write_json)
 
 FORMAT = "streamfit-weights"
 SCHEMA_VERSION = 1
 SCORE_BLOCK_BYTES = 8 << 20
+SIDECAR_FIELDS = {"layout": str, "task": str, "n_classes": int, "n_features": int,
+                  "tau": (int, float), "window": int}
 MODEL_FILES = (".npy", ".A.npy", ".a0.npy", ".S.indptr.npy", ".S.indices.npy", ".S.data.npy",
                ".bias.npy", ".model.json", ".json")  # what write_model writes beside STEM
 
@@ -362,7 +364,18 @@ def read_sidecar(path: str | os.PathLike) -> dict:
     if not p.exists():
         raise FormatError(f"{p}: no weights sidecar here (run `streamfit finalize --out "
                           f"{stem_of(path)}.npy` first)")
-    return read_document(p, FORMAT, SCHEMA_VERSION, "weights sidecar")
+    what = "weights sidecar"
+    meta = read_document(p, FORMAT, SCHEMA_VERSION, what)
+    check_fields(meta, SIDECAR_FIELDS, p, what)
+    if meta["layout"] not in ("dense", "sparse") or meta["task"] not in ("lm", "classify"):
+        raise FormatError(f"{p}: {what} has layout {meta['layout']!r} and task {meta['task']!r}: "
+                          f"not dense or sparse, lm or classify")
+    check_fields(meta, {"arrays": dict}, p, what)
+    names = {"dense": ("W",), "sparse": ("S.indptr", "S.indices", "S.data")}[meta["layout"]]
+    if "A" in meta["arrays"] or "a0" in meta["arrays"]:
+        names += ("A", "a0")
+    check_array_entries(meta, sorted(set(names) | set(meta["arrays"])), p, what)
+    return meta
 
 
 def load_model(path: str | os.PathLike, *, check: bool = False) -> Model:
@@ -372,7 +385,7 @@ def load_model(path: str | os.PathLike, *, check: bool = False) -> Model:
     folder = existing_sidecar(path).parent
     arrays = {}
     for name, entry in meta["arrays"].items():
-        p = named_file(folder, entry["file"], sidecar_path(path))
+        p = named_file(folder, entry["file"], existing_sidecar(path))
         if check:
             verify(p, entry)
         arr = load_npy(p, entry)
