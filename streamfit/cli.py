@@ -327,14 +327,31 @@ def cmd_merge(args) -> int:
         with _cluster(args) as client:
             manifest = merge_distributed(client, args.out, args.dirs, memory=parse_size(args.memory))
     else:
-        manifest = merge_into(args.out, args.dirs, memory=parse_size(args.memory))
+        manifest = merge_into(args.out, args.dirs, memory=parse_size(args.memory),
+                              progress=_progress(args))
     print(f"{args.out}: merged {len(args.dirs)} shards, {manifest['n_examples']:,} examples, "
           f"{manifest['nnz']:,} non-zeros")
     return 0
 
 
+def _is_parquet(p: Path) -> bool:
+    if p.suffix.lower() == ".parquet":
+        return True
+    try:
+        with open(p, "rb") as fh:
+            return fh.read(4) == b"PAR1"
+    except OSError:
+        return False
+
+
 def cmd_info(args) -> int:
     p = Path(args.path)
+    if not p.exists() and not sidecar_path(p).exists():
+        raise StreamfitError(f"{p}: no such file or directory (info reads a statistics "
+                             f"directory or a weights file)")
+    if p.is_file() and _is_parquet(p):
+        raise StreamfitError(f"{p}: a Parquet data file; info reads a statistics directory "
+                             f"or a weights file (.npy / .json)")
     if p.is_dir():
         info = read_manifest(p)
         if args.check:
@@ -623,6 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output statistics directory")
     p.add_argument("--memory", default=f"{DEFAULT_MEMORY >> 30}G", metavar="SIZE",
                    help="memory budget of the streaming merge (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     _dask_options(p, f"More than {MERGE_FAN_IN} shards are merged in groups of {MERGE_FAN_IN} "
                   f"on the workers (into OUT/.shards), the last merge here.")
     p.set_defaults(func=cmd_merge)

@@ -425,3 +425,95 @@ def test_12_a_sidecar_missing_an_entry_is_a_one_line_error(tmp_path, stats_dir, 
                     ["info", tmp_path / "w.npy"]):
         rc, _, err = cli(capsys, *command)
         one_line_error(rc, err, "w.model.json")
+
+
+# --- 14: messages that say what is wrong ------------------------------------------------------
+def test_14_uint64_ids_above_2_63_are_not_called_negative(tmp_path, capsys):
+    big = 2 ** 63 + 5
+    pq.write_table(pa.table({"tokens": pa.array([[1, 2, big]], type=pa.list_(pa.uint64()))}),
+                   tmp_path / "t.parquet")
+    rc, _, err = cli(capsys, "accumulate", tmp_path / "t.parquet", "--stats", tmp_path / "s1",
+                     "--quiet")
+    one_line_error(rc, err, f"token id {big}")
+    assert "negative" not in err
+    pq.write_table(pa.table({"label": pa.array([1, 2 ** 64 - 1], type=pa.uint64()),
+                             "indices": pa.array([[0], [big]], type=pa.list_(pa.uint64())),
+                             "values": pa.array([[1.0], [1.0]])}), tmp_path / "f.parquet")
+    rc, _, err = cli(capsys, "accumulate", tmp_path / "f.parquet", "--stats", tmp_path / "s2",
+                     "--quiet")
+    one_line_error(rc, err, f"label {2 ** 64 - 1}")
+    pq.write_table(pa.table({"label": pa.array([1, 2], type=pa.uint64()),
+                             "indices": pa.array([[0], [big]], type=pa.list_(pa.uint64())),
+                             "values": pa.array([[1.0], [1.0]])}), tmp_path / "g.parquet")
+    rc, _, err = cli(capsys, "accumulate", tmp_path / "g.parquet", "--stats", tmp_path / "s3",
+                     "--quiet")
+    one_line_error(rc, err, f"feature index {big}")
+
+
+def test_14_info_on_a_missing_path_or_a_parquet_file(tmp_path, corpus, capsys):
+    rc, _, err = cli(capsys, "info", tmp_path / "nothing-here")
+    one_line_error(rc, err, "nothing-here", "no such file or directory")
+    assert "sidecar" not in err
+    rc, _, err = cli(capsys, "info", corpus[0])
+    one_line_error(rc, err, corpus[0].name, "Parquet data file")
+    assert "sidecar" not in err
+
+
+def test_14_column_alone_selects_the_lm_task(tmp_path, capsys):
+    write_tokens(tmp_path / "t.parquet", docs_of(10, 20, seed=4), column="ids")
+    rc, out, err = cli(capsys, "accumulate", tmp_path / "t.parquet", "--column", "ids", "--stats",
+                       tmp_path / "st", "--quiet")
+    assert rc == 0, err
+    assert streamfit.load_stats(tmp_path / "st").task == "lm"
+
+
+class RecordingBar:
+    """Stands in for tqdm: records (desc, position) after every update."""
+
+    log: list = []
+
+    def __init__(self, *args, total=None, desc=None, disable=None, **kwargs):
+        self.total, self.desc, self.n, self.disable = total, desc, 0, disable
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n=1):
+        self.n += n
+        RecordingBar.log.append((self.desc, self.n, self.total))
+
+    def set_postfix(self, *a, **k):
+        pass
+
+
+def test_14_evaluate_progress_counts_scored_batches(tmp_path, stats_dir, corpus, monkeypatch):
+    from streamfit.model import evaluate as ev
+
+    monkeypatch.setattr(ev, "tqdm", RecordingBar)
+    RecordingBar.log = []
+    model = streamfit.finalize(streamfit.load_stats(stats_dir), tmp_path / "w.npy")
+    scored = []
+    real_score = type(model).score
+
+    def score(self, ex, top_k=1):
+        scored.append(ex.n)
+        assert len(RecordingBar.log) == len(scored) - 1  # the bar has not counted this batch yet
+        return real_score(self, ex, top_k)
+    monkeypatch.setattr(type(model), "score", score)
+    ev.evaluate(model, corpus, progress=True, batch_rows=5)
+    assert len(RecordingBar.log) == len(scored) and RecordingBar.log[-1][1] == RecordingBar.log[-1][2]
+
+
+def test_14_the_final_merge_has_a_bar(tmp_path, corpus, monkeypatch):
+    import tqdm.auto
+
+    from streamfit.count.out_of_core import accumulate_into
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", RecordingBar)
+    RecordingBar.log = []
+    accumulate_into(tmp_path / "st", corpus, memory=1 << 16, batch_rows=5, progress=True)
+    merge = [entry for entry in RecordingBar.log if entry[0] == "merge"]
+    assert merge and merge[-1][1] == merge[-1][2] > 0

@@ -234,7 +234,9 @@ def accumulator_for(paths: list[Path], task: str | None = None, **options) -> Ac
     schema = open_parquet(paths[0]).schema_arrow
     if task is None:
         try:
-            task = detect_task(schema)
+            task = detect_task(schema, **{k: options[k] for k in
+                                          ("column", "label", "features", "indices", "values")
+                                          if k in options})
         except InputError as exc:
             raise InputError(exc.message, path=str(paths[0])) from None
     features = options.get("features", FEATURES)

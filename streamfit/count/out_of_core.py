@@ -348,7 +348,7 @@ def _accumulate_locked(stats_dir, work, files, task, window, overwrite, memory, 
         shutil.rmtree(work, ignore_errors=True)
         raise StreamfitError(f"no examples in {', '.join(map(str, files))}: nothing to "
                              f"accumulate")
-    manifest = _merge_into(stats_dir, work, journal, previous, template, memory)
+    manifest = _merge_into(stats_dir, work, journal, previous, template, memory, progress=progress)
     shutil.rmtree(work, ignore_errors=True)
     return {"unchanged": False, "resumed": resumed, **summary(manifest)}
 
@@ -432,7 +432,8 @@ def _open_journal(work: Path, identity: dict, previous, overwrite: bool) -> Jour
 
 
 def _merge_into(stats_dir: Path, work: Path, journal: Journal, previous, template: Accumulator,
-                memory: int, table: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+                memory: int, table: tuple[np.ndarray, np.ndarray] | None = None,
+                progress: bool = False) -> dict:
     """Merge the journalled runs and the previous statistics into new statistics; `table`
     (sorted keys and values of a table that never spilled) is the only part when given."""
     runs = list(journal.runs)
@@ -465,7 +466,7 @@ def _merge_into(stats_dir: Path, work: Path, journal: Journal, previous, templat
     else:
         arrays = merge_runs(work, runs, task=template.task, vocab_size=n_classes,
                             n_features=n_features, value_dtype=dtype, out_dir=stats_dir,
-                            generation=generation, memory=memory)
+                            generation=generation, memory=memory, progress=progress)
     sources = list(previous.sources) if previous is not None else []
     for path, groups in journal.done.items():
         entry = {"path": path, "size": journal.sizes[path],
@@ -492,7 +493,8 @@ def _merge_into(stats_dir: Path, work: Path, journal: Journal, previous, templat
     return manifest
 
 
-def merge_into(out_dir: str | os.PathLike, dirs, *, memory: int = DEFAULT_MEMORY) -> dict:
+def merge_into(out_dir: str | os.PathLike, dirs, *, memory: int = DEFAULT_MEMORY,
+               progress: bool = False) -> dict:
     """Merge statistics directories into `out_dir` (which may be one of them) with the
     bounded-memory k-way merge; returns the manifest."""
     out_dir = Path(out_dir)
@@ -511,7 +513,8 @@ def merge_into(out_dir: str | os.PathLike, dirs, *, memory: int = DEFAULT_MEMORY
             runs = [statistics_as_run(s, work) for s in parts]
             arrays = merge_runs(work, runs, task=first.task, vocab_size=n_classes,
                                 n_features=n_features, value_dtype=first.data.dtype,
-                                out_dir=out_dir, generation=new_generation(), memory=memory)
+                                out_dir=out_dir, generation=new_generation(), memory=memory,
+                                progress=progress)
             merged = dataclasses.replace(
                 first, n_classes=n_classes, n_features=n_features,
                 n_examples=sum(s.n_examples for s in parts), l1_sum=sum(s.l1_sum for s in parts),

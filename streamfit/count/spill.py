@@ -112,15 +112,19 @@ class _RunReader:
 
 def merge_runs(directory: Path, runs: list[dict], *, task: str, vocab_size: int,
                n_features: int, value_dtype, out_dir: Path, generation: str,
-               memory: int) -> dict:
+               memory: int, progress: bool = False) -> dict:
     """Merge sorted runs into the CSR arrays F-<generation>.{indptr,indices,data}.npy of
     `out_dir`, summing equal keys, holding at most about `memory` bytes of run slices.
-    Returns the arrays' manifest entries."""
+    Returns the arrays' manifest entries. `progress`: a bar of the run entries merged."""
+    from tqdm.auto import tqdm
+
     step = max(1024, memory // (8 * RUN_ENTRY_BYTES * max(len(runs), 1)))
     readers = [_RunReader(directory, r, step) for r in runs]
     row_counts = np.zeros(n_features, dtype=np.int64)
     paths = {name: out_dir / array_file(generation, name) for name in ("indices", "data")}
-    with atomic_path(paths["indices"]) as ti, atomic_path(paths["data"]) as td:
+    with atomic_path(paths["indices"]) as ti, atomic_path(paths["data"]) as td, \
+            tqdm(total=sum(r["n"] for r in runs), unit="entries", unit_scale=True, desc="merge",
+                 disable=None if progress else True) as bar:
         wi, wd = NpyWriter(ti, np.int32), NpyWriter(td, value_dtype)
         while True:
             live = [r for r in readers if r.pos < r.n]
@@ -137,6 +141,7 @@ def merge_runs(directory: Path, runs: list[dict], *, task: str, vocab_size: int,
                 r.pos += end
             keys = np.concatenate(key_parts)
             vals = np.concatenate(val_parts)
+            bar.update(keys.size)
             order = np.argsort(keys, kind="stable")
             keys, vals = keys[order], vals[order]
             first = np.empty(keys.size, dtype=bool)

@@ -102,8 +102,6 @@ def token_arrays(batch: pa.RecordBatch, column: str = "tokens",
         bad = np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))
         raise InputError("null token id", row=_first_row(offsets, bad), column=column)
     tokens = values.to_numpy()
-    if tokens.dtype not in (np.int32, np.int64):
-        tokens = tokens.astype(np.int64)
     limit = MAX_TOKEN_ID if vocab_size is None else vocab_size - 1
     if tokens.size and (tokens.min() < 0 or tokens.max() > limit):  # cheap test first
         bad = np.flatnonzero((tokens < 0) | (tokens > limit))
@@ -113,6 +111,8 @@ def token_arrays(batch: pa.RecordBatch, column: str = "tokens",
                 if vocab_size is not None else f"token id {value} above {MAX_TOKEN_ID}")
         raise InputError(f"{what} ({value})" if value < 0 else what,
                          row=_first_row(offsets, bad), column=column)
+    if tokens.dtype not in (np.int32, np.int64):  # after the range check: uint64 would wrap
+        tokens = tokens.astype(np.int64)
     return TokenArrays(np.ascontiguousarray(tokens), offsets)
 
 
@@ -123,13 +123,13 @@ def _labels(batch: pa.RecordBatch, column: str, n_classes: int | None) -> np.nda
     if arr.null_count:
         row = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
         raise InputError("null label", row=row, column=column)
-    labels = arr.to_numpy().astype(np.int64)
+    labels = arr.to_numpy()
     limit = MAX_LABEL if n_classes is None else n_classes - 1
-    bad = np.flatnonzero((labels < 0) | (labels > limit))
+    bad = np.flatnonzero((labels < 0) | (labels > limit))  # in the labels' own type
     if bad.size:
         value = int(labels[bad[0]])
         raise InputError(f"label {value} out of range 0..{limit}", row=int(bad[0]), column=column)
-    return labels
+    return labels.astype(np.int64)
 
 
 def _check_values(values: np.ndarray, offsets: np.ndarray, column: str) -> None:
@@ -188,12 +188,13 @@ def feature_rows(batch: pa.RecordBatch, *, label: str = "label", features: str |
     if iflat.null_count:
         bad = np.flatnonzero(iflat.is_null().to_numpy(zero_copy_only=False))
         raise InputError("null feature index", row=_first_row(ioff, bad), column=indices)
-    idx = iflat.to_numpy().astype(np.int64)
+    idx = iflat.to_numpy()
     limit = MAX_FEATURE if n_features is None else n_features - 1
-    bad = np.flatnonzero((idx < 0) | (idx > limit))
+    bad = np.flatnonzero((idx < 0) | (idx > limit))  # in the indices' own type
     if bad.size:
         raise InputError(f"feature index {int(idx[bad[0]])} out of range 0..{limit}",
                          row=_first_row(ioff, bad), column=indices)
+    idx = idx.astype(np.int64)
     vals = _float_values(vflat, voff, values)
     width = int(idx.max()) + 1 if idx.size else 0
     if n_features is not None:

@@ -47,8 +47,8 @@ def iter_examples(paths: Iterable[str | os.PathLike], *, task: str, window: int,
         for p in files:
             for ex, rows in _file_examples(p, None, task, window, n_classes, n_features,
                                            need_label, batch_rows, columns):
-                bar.update(rows)
                 yield ex
+                bar.update(rows)  # once the caller is done with the batch (scored it)
 
 
 def unit_examples(path: str | os.PathLike, row_groups: Sequence[int], *, task: str,
