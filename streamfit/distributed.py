@@ -48,7 +48,7 @@ from .model.evaluate import Scores, metrics, score_examples, unit_examples
 from .io.files import DirectoryLock, fault_point, fsync_dir
 from .model.weights import load_model
 from .count.out_of_core import (DEFAULT_MEMORY, count_units, first_dense_width, merge_into,
-                                work_directory)
+                                refuse_duplicates, work_directory)
 from .io.parquet import DEFAULT_BATCH_ROWS, open_parquet, resolve_paths
 from .train.core import PassFn, PassResult, full_pass
 from .count.stats import MANIFEST, load, summary
@@ -356,6 +356,7 @@ def merge_distributed(client, out_dir: str | os.PathLike, dirs, *,
     last one here; returns the manifest."""
     out_dir = _refuse_url(out_dir, "output directory")
     dirs = [str(_refuse_url(d, "statistics directory")) for d in dirs]
+    refuse_duplicates(dirs)
     if len(dirs) <= MERGE_FAN_IN:
         return merge_into(out_dir, dirs, memory=memory)
     root = out_dir / SHARDS

@@ -517,3 +517,73 @@ def test_14_the_final_merge_has_a_bar(tmp_path, corpus, monkeypatch):
     accumulate_into(tmp_path / "st", corpus, memory=1 << 16, batch_rows=5, progress=True)
     merge = [entry for entry in RecordingBar.log if entry[0] == "merge"]
     assert merge and merge[-1][1] == merge[-1][2] > 0
+
+
+# --- 15: the Python API's edges ----------------------------------------------------------------
+def test_15_update_accepts_a_pandas_dataframe_and_says_what_it_takes():
+    pd = pytest.importorskip("pandas")
+    docs = docs_of(6, 12, seed=5)
+    from_arrow = streamfit.Accumulator("lm", window=2)
+    from_arrow.update(pa.table({"tokens": pa.array(docs, type=pa.list_(pa.int64()))}))
+    from_pandas = streamfit.Accumulator("lm", window=2)
+    from_pandas.update(pd.DataFrame({"tokens": docs}))
+    a, b = from_arrow.stats(), from_pandas.stats()
+    assert np.array_equal(a.data, b.data) and np.array_equal(a.indices, b.indices)
+    assert a.n_examples == b.n_examples
+    with pytest.raises(TypeError, match="RecordBatch or Table"):
+        streamfit.Accumulator("lm").update({"tokens": docs})
+
+
+def test_15_add_tokens_refuses_ids_that_would_corrupt_the_table():
+    from streamfit.data.featurize import TokenArrays
+
+    offsets = np.array([0, 3], dtype=np.int64)
+    for tokens, words in [(np.array([1, -1, 2]), "negative"), (np.array([1, -5, 2]), "negative"),
+                          (np.array([1.0, 2.0, 3.0]), "integer"),
+                          (np.array([1, 2, 1 << 40]), "out of range")]:
+        acc = streamfit.Accumulator("lm")
+        with pytest.raises(streamfit.InputError, match=words):
+            acc.add_tokens(TokenArrays(tokens, offsets))
+        assert acc.stats().n_examples == 0 and acc.stats().nnz == 0
+    acc = streamfit.Accumulator("lm", vocab_size=3)
+    with pytest.raises(streamfit.InputError, match="out of range"):
+        acc.add_tokens(TokenArrays(np.array([0, 1, 3]), offsets))
+    with pytest.raises(streamfit.InputError, match="offsets"):
+        acc.add_tokens(TokenArrays(np.array([0, 1, 2]), np.array([0, 5], dtype=np.int64)))
+    acc.add_tokens(TokenArrays(np.array([0, 1, 2], dtype=np.uint8), offsets))  # any integer type
+    assert acc.stats().n_examples == 3 and int(acc.stats().data.sum()) == 3
+
+
+def test_15_add_rows_refuses_bad_rows():
+    from streamfit.data.featurize import FeatureRows
+
+    def rows(indices=(0, 1), values=(1.0, 2.0), labels=(0,), indptr=(0, 2)):
+        return FeatureRows(np.array(indptr, dtype=np.int64), np.asarray(indices),
+                           np.asarray(values), np.asarray(labels), 2)
+    for bad, words in [(rows(indices=(0, -1)), "feature index"),
+                       (rows(indices=(0.0, 1.0)), "integer"),
+                       (rows(labels=(-1,)), "label"),
+                       (rows(values=(1.0, np.nan)), "NaN"),
+                       (rows(values=(1.0, -2.0)), "negative"),
+                       (rows(indptr=(0, 3)), "indptr")]:
+        acc = streamfit.Accumulator("classify")
+        with pytest.raises(streamfit.InputError, match=words):
+            acc.add_rows(bad)
+        assert acc.stats().n_examples == 0
+    acc = streamfit.Accumulator("classify")
+    acc.add_rows(rows())
+    assert acc.stats().n_examples == 1
+
+
+def test_15_merging_statistics_with_themselves_is_refused(tmp_path, stats_dir, capsys):
+    acc = streamfit.Accumulator("lm")
+    acc.update(pa.table({"tokens": pa.array(docs_of(5, 10, seed=1))}))
+    s = acc.stats()
+    with pytest.raises(streamfit.StreamfitError, match="twice"):
+        streamfit.merge(s, s)
+    import dataclasses
+
+    with pytest.raises(streamfit.StreamfitError, match="twice"):
+        streamfit.merge(s, dataclasses.replace(s))  # another object, the same arrays
+    rc, _, err = cli(capsys, "merge", stats_dir, stats_dir, "--out", tmp_path / "m", "--quiet")
+    one_line_error(rc, err, "twice")

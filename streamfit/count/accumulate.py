@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from . import kernels
 from ..errors import InputError, OptionError
-from ..data.featurize import FeatureRows, TokenArrays, feature_rows, token_arrays
+from ..data.featurize import (FeatureRows, TokenArrays, check_feature_rows, check_token_arrays,
+                              feature_rows, token_arrays)
 from ..io.parquet import (DEFAULT_BATCH_ROWS, FEATURES, INDICES, LABEL, TOKENS, VALUES,
                       detect_task, iter_batches, open_parquet, resolve_paths)
 from .stats import Statistics
@@ -150,13 +151,15 @@ class Accumulator:
         return [c["label"], c["indices"], c["values"]]
 
     def update(self, batch: pa.RecordBatch | pa.Table) -> None:
-        """Add one Arrow record batch (or table)."""
+        """Add one Arrow record batch or table (or a pandas DataFrame, converted to one)."""
+        if not isinstance(batch, (pa.RecordBatch, pa.Table)):
+            batch = _as_arrow(batch)
         if isinstance(batch, pa.Table):
             for rb in batch.to_batches():
                 self.update(rb)
             return
         if self.task == "lm":
-            self.add_tokens(token_arrays(batch, self.columns["column"], self.n_classes))
+            self._add_tokens(token_arrays(batch, self.columns["column"], self.n_classes))
         else:
             c = self.columns
             dense = c["features"] is not None
@@ -168,17 +171,28 @@ class Accumulator:
                                 n_features=width, n_classes=self.n_classes)
             if dense and self.dense_width is None and rows.n_rows:
                 self.dense_width = rows.n_features
-            self.add_rows(rows)
+            self._add_rows(rows)
 
     def add_tokens(self, arrays: TokenArrays) -> None:
-        """Add documents given as numpy arrays (already validated, e.g. by token_arrays)."""
+        """Add documents given as numpy arrays: integer token ids, documents concatenated,
+        and their offsets. Checked first (types, offsets, id range: min / max), since an id
+        outside the range would corrupt the hash table."""
+        self._add_tokens(check_token_arrays(arrays, self.n_classes))
+
+    def add_rows(self, rows: FeatureRows) -> None:
+        """Add feature rows given as numpy arrays (CSR indptr / indices / values, labels),
+        checked first as `add_tokens` checks tokens."""
+        self._add_rows(check_feature_rows(rows, self.n_features_fixed, self.n_classes))
+
+    def _add_tokens(self, arrays: TokenArrays) -> None:
+        """add_tokens of arrays already validated (by token_arrays)."""
         self.table.add_windows(arrays.tokens, arrays.doc_offsets, self.window)
         self.n_examples += arrays.n_tokens
         if arrays.n_tokens:
             self.max_id = max(self.max_id, int(arrays.tokens.max()))
 
-    def add_rows(self, rows: FeatureRows) -> None:
-        """Add feature rows given as numpy arrays (already validated, e.g. by feature_rows)."""
+    def _add_rows(self, rows: FeatureRows) -> None:
+        """add_rows of rows already validated (by feature_rows)."""
         self.table.add_rows(rows)
         row_of = np.repeat(np.arange(rows.n_rows), np.diff(rows.indptr))
         sums = np.bincount(row_of, weights=rows.values, minlength=rows.n_rows)
@@ -226,6 +240,16 @@ class Accumulator:
                           window=self.window, indptr=indptr, indices=cols.astype(np.int32),
                           data=vals, n_examples=self.n_examples, l1_sum=l1_sum,
                           empty_rows=self.empty_rows, sources=list(self.sources))
+
+
+def _as_arrow(data) -> pa.Table:
+    """A pandas DataFrame (or anything speaking the Arrow stream protocol) as an Arrow table."""
+    if type(data).__module__.split(".")[0] == "pandas" and hasattr(data, "columns"):
+        return pa.Table.from_pandas(data, preserve_index=False)
+    if hasattr(data, "__arrow_c_stream__"):
+        return pa.table(data)
+    raise TypeError(f"update takes a pyarrow RecordBatch or Table (or a pandas DataFrame), not "
+                    f"{type(data).__name__}")
 
 
 def accumulator_for(paths: list[Path], task: str | None = None, **options) -> Accumulator:

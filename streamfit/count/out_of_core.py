@@ -493,11 +493,21 @@ def _merge_into(stats_dir: Path, work: Path, journal: Journal, previous, templat
     return manifest
 
 
+def refuse_duplicates(dirs) -> None:
+    """A statistics directory named twice would be counted twice: refused."""
+    seen: set[Path] = set()
+    for d in dirs:
+        if Path(d).resolve() in seen:
+            raise OptionError(f"{d} is given twice: merging would count it twice")
+        seen.add(Path(d).resolve())
+
+
 def merge_into(out_dir: str | os.PathLike, dirs, *, memory: int = DEFAULT_MEMORY,
                progress: bool = False) -> dict:
     """Merge statistics directories into `out_dir` (which may be one of them) with the
     bounded-memory k-way merge; returns the manifest."""
     out_dir = Path(out_dir)
+    refuse_duplicates(dirs)
     parts = [load(d) for d in dirs]
     check_mergeable(parts)
     out_dir.mkdir(parents=True, exist_ok=True)

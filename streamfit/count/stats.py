@@ -246,6 +246,11 @@ def check_mergeable(parts) -> None:
     group of the same file (merging would count it twice)."""
     if not parts:
         raise OptionError("merge needs at least one statistics shard")
+    for i, s in enumerate(parts):
+        for t in parts[:i]:
+            if s is t or (s.nnz and np.may_share_memory(s.data, t.data)):
+                raise OptionError("the same statistics are given twice: merging would count "
+                                  "them twice")
     first = parts[0]
     for s in parts[1:]:
         if (s.task, s.window) != (first.task, first.window):

@@ -202,6 +202,67 @@ def feature_rows(batch: pa.RecordBatch, *, label: str = "label", features: str |
     return FeatureRows(ioff, idx, vals, labels, width)
 
 
+def _check_offsets(offsets: np.ndarray, n: int, what: str) -> np.ndarray:
+    offsets = np.asarray(offsets)
+    if offsets.ndim != 1 or offsets.dtype.kind not in "iu" or offsets.size < 1 or \
+            int(offsets[0]) != 0 or int(offsets[-1]) != n or np.any(offsets[1:] < offsets[:-1]):
+        raise InputError(f"{what} must be integers running from 0 to {n} without decreasing")
+    return offsets.astype(np.int64, copy=False)
+
+
+def _check_ids(ids: np.ndarray, limit: int, offsets: np.ndarray, what: str, column: str) -> np.ndarray:
+    """Integer ids in 0..limit (min / max first: cheap), as int64."""
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or ids.dtype.kind not in "iu":
+        raise InputError(f"{what}s must be a 1-d array of integers, not {ids.dtype} {ids.shape}",
+                         column=column)
+    if ids.size and (ids.min() < 0 or ids.max() > limit):
+        bad = np.flatnonzero((ids < 0) | (ids > limit))
+        value = int(ids[bad[0]])
+        raise InputError(f"negative {what} ({value})" if value < 0 else
+                         f"{what} {value} out of range 0..{limit}",
+                         row=_first_row(offsets, bad), column=column)
+    return ids.astype(np.int64, copy=False)
+
+
+def check_token_arrays(arrays: TokenArrays, vocab_size: int | None = None) -> TokenArrays:
+    """TokenArrays from a caller (not from token_arrays, which validates as it reads),
+    checked as cheaply as possible: integer ids of one dimension within range (min / max),
+    document offsets from 0 to the number of tokens, never decreasing."""
+    tokens = np.asarray(arrays.tokens)
+    offsets = _check_offsets(arrays.doc_offsets, tokens.size if tokens.ndim == 1 else -1,
+                             "document offsets")
+    limit = MAX_TOKEN_ID if vocab_size is None else vocab_size - 1
+    checked = _check_ids(tokens, limit, offsets, "token id", "tokens")
+    if tokens.dtype in (np.int32, np.int64):
+        checked = tokens
+    return TokenArrays(np.ascontiguousarray(checked), offsets)
+
+
+def check_feature_rows(rows: FeatureRows, n_features: int | None = None,
+                       n_classes: int | None = None) -> FeatureRows:
+    """FeatureRows from a caller, checked as token arrays are: CSR indptr from 0 to the
+    number of entries, integer feature indices and labels within range, values finite and
+    non-negative."""
+    indices = np.asarray(rows.indices)
+    indptr = _check_offsets(rows.indptr, indices.size if indices.ndim == 1 else -1, "indptr")
+    values = np.asarray(rows.values)
+    labels = np.asarray(rows.labels)
+    if values.shape != indices.shape or labels.shape != (indptr.size - 1,):
+        raise InputError(f"{indices.size} indices, {values.size} values and {labels.size} labels "
+                         f"for {indptr.size - 1} rows: one value per index, one label per row")
+    idx = _check_ids(indices, MAX_FEATURE if n_features is None else n_features - 1, indptr,
+                     "feature index", "indices")
+    labels = _check_ids(labels, MAX_LABEL if n_classes is None else n_classes - 1,
+                        np.arange(labels.size + 1), "label", "label")
+    if values.dtype.kind not in "iuf":
+        raise InputError(f"feature values must be numbers, not {values.dtype}", column="values")
+    values = values.astype(np.float64, copy=False)
+    _check_values(values, indptr, "values")
+    width = max(int(rows.n_features), int(idx.max()) + 1 if idx.size else 0)
+    return FeatureRows(indptr, idx, values, labels, width)
+
+
 def window_examples(arrays: TokenArrays, window: int, vocab_size: int) -> Examples:
     """One example per token: its `window` previous tokens (BOS before the document start)
     as features k*(V+1) + token, each with weight 1/window, and the token as target."""
