@@ -587,3 +587,52 @@ def test_15_merging_statistics_with_themselves_is_refused(tmp_path, stats_dir, c
         streamfit.merge(s, dataclasses.replace(s))  # another object, the same arrays
     rc, _, err = cli(capsys, "merge", stats_dir, stats_dir, "--out", tmp_path / "m", "--quiet")
     one_line_error(rc, err, "twice")
+
+
+# --- 6: the spill merge within the open-file limit ---------------------------------------------
+def test_6_hundreds_of_runs_merge_under_a_low_open_file_limit(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    docs = docs_of(260, 25, seed=6, states=60)
+    write_tokens(folder / "c.parquet", docs, row_group_size=20)
+    stats = tmp_path / "st"
+    # one run per document (a spill after every batch of one row): 260 runs, 520 files
+    code = textwrap.dedent(f"""
+        import resource, sys
+        resource.setrlimit(resource.RLIMIT_NOFILE, (160, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        from streamfit.cli import main
+        sys.exit(main(["accumulate", {str(folder)!r}, "--stats", {str(stats)!r}, "--window", "2",
+                       "--memory", "1M", "--checkpoint", "0", "--batch-rows", "1", "--quiet"]))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "STREAMFIT_FAULT"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    expected = streamfit.accumulate([folder / "c.parquet"], window=2)
+    got = streamfit.load_stats(stats)
+    assert np.array_equal(got.indptr, expected.indptr) and np.array_equal(got.indices, expected.indices)
+    assert np.array_equal(got.data, expected.data) and got.n_examples == expected.n_examples
+
+
+def test_6_merge_levels_give_the_one_level_result(tmp_path, monkeypatch):
+    """A fan-in of 3 over 20 runs: three levels of intermediate runs, the same statistics."""
+    from streamfit.count import spill
+    from streamfit.count.out_of_core import accumulate_into
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_tokens(folder / "c.parquet", docs_of(20, 40, seed=7, states=50), row_group_size=5)
+    monkeypatch.setattr(spill, "MERGE_FAN_IN", 3)
+    opened = []
+    real = spill._RunReader.__init__
+
+    def counting(self, directory, entry, step):
+        opened.append(entry["name"])
+        real(self, directory, entry, step)
+    monkeypatch.setattr(spill._RunReader, "__init__", counting)
+    accumulate_into(tmp_path / "st", [folder], window=3, memory=1 << 16, batch_rows=1,
+                    checkpoint_seconds=0)
+    assert len(opened) > 20  # intermediate runs were merged again
+    expected = streamfit.accumulate([folder], window=3)
+    got = streamfit.load_stats(tmp_path / "st")
+    assert np.array_equal(got.indptr, expected.indptr) and np.array_equal(got.data, expected.data)
+    assert not (tmp_path / "st" / ".work").exists()

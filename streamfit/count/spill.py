@@ -8,8 +8,10 @@ so runs written before the vocabulary was known merge into its final layout.
 """
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -19,6 +21,7 @@ from ..errors import FormatError
 from ..io.files import NpyWriter, atomic_path, fault_point, file_digest, save_npy
 
 RUN_ENTRY_BYTES = 16
+MERGE_FAN_IN = 64  # runs merged at once (two open files each); more are merged in levels
 
 
 def write_run(directory: Path, keys: np.ndarray, vals: np.ndarray) -> dict:
@@ -110,26 +113,37 @@ class _RunReader:
             fh.close()
 
 
-def merge_runs(directory: Path, runs: list[dict], *, task: str, vocab_size: int,
-               n_features: int, value_dtype, out_dir: Path, generation: str,
-               memory: int, progress: bool = False) -> dict:
-    """Merge sorted runs into the CSR arrays F-<generation>.{indptr,indices,data}.npy of
-    `out_dir`, summing equal keys, holding at most about `memory` bytes of run slices.
-    Returns the arrays' manifest entries. `progress`: a bar of the run entries merged."""
-    from tqdm.auto import tqdm
+def fan_in() -> int:
+    """How many runs one merge reads at once: MERGE_FAN_IN, or fewer when the open-file
+    limit leaves no room for two files per run (with a margin for everything else)."""
+    try:
+        import resource
 
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return MERGE_FAN_IN
+    if soft == resource.RLIM_INFINITY:
+        return MERGE_FAN_IN
+    try:
+        open_now = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        open_now = 64
+    return max(2, min(MERGE_FAN_IN, (soft - open_now - 32) // 2))
+
+
+def _merged(directory: Path, runs: list[dict], memory: int, bar) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The runs' (key, summed value) pairs in key order, a bounded chunk at a time: a
+    slice of each run, at most about `memory` bytes in all. The runs' files are open until
+    the generator is exhausted or closed."""
     step = max(1024, memory // (8 * RUN_ENTRY_BYTES * max(len(runs), 1)))
-    readers = [_RunReader(directory, r, step) for r in runs]
-    row_counts = np.zeros(n_features, dtype=np.int64)
-    paths = {name: out_dir / array_file(generation, name) for name in ("indices", "data")}
-    with atomic_path(paths["indices"]) as ti, atomic_path(paths["data"]) as td, \
-            tqdm(total=sum(r["n"] for r in runs), unit="entries", unit_scale=True, desc="merge",
-                 disable=None if progress else True) as bar:
-        wi, wd = NpyWriter(ti, np.int32), NpyWriter(td, value_dtype)
+    readers = []
+    try:
+        for r in runs:
+            readers.append(_RunReader(directory, r, step))
         while True:
             live = [r for r in readers if r.pos < r.n]
             if not live:
-                break
+                return
             windows = [r.window() for r in live]
             # Every key <= bound of every run lies in its window: bounded slices of each.
             bound = min(int(keys[-1]) for keys, _ in windows)
@@ -148,16 +162,95 @@ def merge_runs(directory: Path, runs: list[dict], *, task: str, vocab_size: int,
             first[0] = True
             np.not_equal(keys[1:], keys[:-1], out=first[1:])
             starts = np.flatnonzero(first)
-            sums = np.add.reduceat(vals, starts)
-            rows, cols = cells(keys[starts], task, vocab_size)
-            row_counts += np.bincount(rows, minlength=n_features)
-            wi.append(cols.astype(np.int32))
-            wd.append(sums)
-            fault_point("mid_merge")
-        wi.close()
-        wd.close()
-    for r in readers:
-        r.close()
+            yield keys[starts], np.add.reduceat(vals, starts)
+    finally:
+        for r in readers:
+            r.close()
+
+
+def _merge_level(directory: Path, runs: list[dict], width: int, value_dtype, memory: int,
+                 progress: bool, level: int) -> list[dict]:
+    """Merge each group of `width` runs into one run (a single run passes as it is).
+    Merged runs live only until the next level has read them and are never journalled (a
+    merge killed midway starts over from the journalled runs), so they are written
+    without fsync, under run names that a resume removes as unjournalled."""
+    from tqdm.auto import tqdm
+
+    out: list[dict] = []
+    made: list[dict] = []  # this level's runs, removed again if it fails
+    try:
+        with tqdm(total=sum(r["n"] for r in runs), unit="entries", unit_scale=True,
+                  desc=f"merge (level {level})", disable=None if progress else True) as bar:
+            for lo in range(0, len(runs), width):
+                group = runs[lo:lo + width]
+                if len(group) == 1:
+                    out.append(group[0])
+                    continue
+                entry = {"name": f"run-{uuid.uuid4().hex[:12]}", "n": 0, "level": level}
+                made.append(entry)
+                writers = [NpyWriter(directory / f"{entry['name']}.keys.npy", np.int64)]
+                writers.append(NpyWriter(directory / f"{entry['name']}.vals.npy", value_dtype))
+                try:
+                    for keys, sums in _merged(directory, group, memory, bar):
+                        writers[0].append(keys)
+                        writers[1].append(sums)
+                        fault_point("mid_merge")
+                except BaseException:
+                    for w in writers:
+                        w.abort()
+                    raise
+                for w in writers:
+                    w.close(sync=False)
+                entry["n"] = writers[0].n
+                out.append(entry)
+                for r in group:
+                    if r.get("level"):  # an earlier level's merged run: done with
+                        remove_run(directory, r)
+    except BaseException:
+        for entry in made:
+            remove_run(directory, entry)
+        raise
+    return out
+
+
+def merge_runs(directory: Path, runs: list[dict], *, task: str, vocab_size: int,
+               n_features: int, value_dtype, out_dir: Path, generation: str,
+               memory: int, progress: bool = False) -> dict:
+    """Merge sorted runs into the CSR arrays F-<generation>.{indptr,indices,data}.npy of
+    `out_dir`, summing equal keys, holding at most about `memory` bytes of run slices.
+    At most `fan_in()` runs are open at once: more are first merged in levels, groups of
+    that many into one run each. Returns the arrays' manifest entries. `progress`: a bar
+    of the run entries merged (one per level)."""
+    from tqdm.auto import tqdm
+
+    width, level = fan_in(), 0
+    try:
+        while len(runs) > width:
+            level += 1
+            runs = _merge_level(directory, runs, width, value_dtype, memory, progress, level)
+        row_counts = np.zeros(n_features, dtype=np.int64)
+        paths = {name: out_dir / array_file(generation, name) for name in ("indices", "data")}
+        with atomic_path(paths["indices"]) as ti, atomic_path(paths["data"]) as td, \
+                tqdm(total=sum(r["n"] for r in runs), unit="entries", unit_scale=True,
+                     desc="merge", disable=None if progress else True) as bar:
+            wi, wd = NpyWriter(ti, np.int32), NpyWriter(td, value_dtype)
+            try:
+                for keys, sums in _merged(directory, runs, memory, bar):
+                    rows, cols = cells(keys, task, vocab_size)
+                    row_counts += np.bincount(rows, minlength=n_features)
+                    wi.append(cols.astype(np.int32))
+                    wd.append(sums)
+                    fault_point("mid_merge")
+            except BaseException:
+                wi.abort()
+                wd.abort()
+                raise
+            wi.close()
+            wd.close()
+    finally:
+        for r in runs:
+            if r.get("level"):
+                remove_run(directory, r)
     indptr = np.zeros(n_features + 1, dtype=np.int64)
     np.cumsum(row_counts, out=indptr[1:])
     entries = {"indptr": (indptr, save_npy(out_dir / array_file(generation, "indptr"), indptr))}

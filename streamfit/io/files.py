@@ -219,6 +219,10 @@ class NpyWriter:
         self._fh.write(values.tobytes())
         self.n += values.size
 
+    def abort(self) -> None:
+        """Close without finishing (the caller removes the file)."""
+        self._fh.close()
+
     def close(self, sync: bool = True) -> None:
         self._fh.seek(0)
         self._fh.write(self._header(self.n))
