@@ -636,3 +636,83 @@ def test_6_merge_levels_give_the_one_level_result(tmp_path, monkeypatch):
     got = streamfit.load_stats(tmp_path / "st")
     assert np.array_equal(got.indptr, expected.indptr) and np.array_equal(got.data, expected.data)
     assert not (tmp_path / "st" / ".work").exists()
+
+
+# --- 11: a full disk is a one-line error that leaves nothing behind ---------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 20 MiB tmpfs (needs root and mount; skipped elsewhere, where the simulated tests
+    below still run)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)],
+            capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+@pytest.fixture(scope="module")
+def wide_corpus(tmp_path_factory) -> Path:
+    """2,000 token ids in random order: dense window-2 weights of 32 MB, more than the disk."""
+    path = tmp_path_factory.mktemp("wide") / "wide.parquet"
+    rng = np.random.default_rng(0)
+    write_tokens(path, [rng.integers(0, 2000, 500).tolist() for _ in range(200)],
+                 row_group_size=20)
+    return path
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.rglob("*") if ".tmp-" in p.name or p.name.endswith(".lock"))
+
+
+def test_11_dense_finalize_on_a_full_disk(tmp_path, small_disk, wide_corpus, corpus):
+    small_stats, wide_stats = tmp_path / "small", tmp_path / "wide"
+    assert main(["accumulate", *map(str, corpus), "--stats", str(small_stats), "--quiet"]) == 0
+    assert main(["accumulate", str(wide_corpus), "--stats", str(wide_stats), "--window", "2",
+                 "--quiet"]) == 0
+    out = small_disk / "w.npy"
+    assert main(["finalize", "--stats", str(small_stats), "--out", str(out), "--quiet"]) == 0
+    before = tree(small_disk)
+    r = streamfit_process("finalize", "--stats", wide_stats, "--out", out, "--quiet")
+    one_line_error(r.returncode, r.stderr, "w.npy", "no space left on device", "MiB")
+    assert tree(small_disk) == before and not leftovers(small_disk)  # the previous model, intact
+
+
+def test_11_accumulate_and_merge_on_a_full_disk(tmp_path, small_disk, wide_corpus):
+    import json
+
+    big = tmp_path / "big.parquet"
+    rng = np.random.default_rng(1)
+    write_tokens(big, [rng.integers(0, 20000, 1000).tolist() for _ in range(600)], row_group_size=50)
+    stats = small_disk / "st"
+    r = streamfit_process("accumulate", big, "--stats", stats, "--window", "3", "--memory", "1M",
+                          "--quiet")
+    one_line_error(r.returncode, r.stderr, "no space left on device")
+    assert not leftovers(small_disk)
+    journal = json.loads((stats / ".work" / "journal.json").read_text())
+    runs = {f"{run['name']}.{part}.npy" for run in journal["runs"] for part in ("keys", "vals")}
+    assert {p.name for p in (stats / ".work").iterdir()} == runs | {"journal.json"}  # to resume
+    shutil.rmtree(stats)
+    local = tmp_path / "local"
+    assert main(["accumulate", str(wide_corpus), "--stats", str(local), "--window", "3",
+                 "--quiet"]) == 0
+    (small_disk / "filler").write_bytes(b"\0" * (20 * 2 ** 20 - 300_000))
+    r = streamfit_process("merge", local, "--out", small_disk / "m", "--quiet")
+    one_line_error(r.returncode, r.stderr, "no space left on device")
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+
+
+def test_11_a_refused_reservation_is_reported_with_the_size_needed(tmp_path, stats_dir, capsys,
+                                                                     monkeypatch):
+    """Where no small disk can be mounted: the reservation of the dense weights fails as
+    on a full disk."""
+    import errno
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    rc, _, err = cli(capsys, "finalize", "--stats", stats_dir, "--out", tmp_path / "w.npy", "--quiet")
+    one_line_error(rc, err, "w.npy", "no space left on device", "needs")
+    assert not leftovers(tmp_path) and not list(tmp_path.glob("w.*"))

@@ -12,6 +12,7 @@ uninterrupted run. The statistics directory is locked for the whole run.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -35,7 +36,7 @@ from ..io.files import DirectoryLock, fault_point, write_json
 from ..io.parquet import DEFAULT_BATCH_ROWS, iter_batches, open_parquet, resolve_paths
 from .spill import cells, merge_runs, remove_run, statistics_as_run, write_run
 from .stats import (MANIFEST, check_mergeable, combined_sources, commit, load, manifest_header,
-                    new_generation, save_arrays, summary)
+                    new_generation, remove_uncommitted, save_arrays, summary)
 
 JOURNAL = "journal.json"
 RUN_NAME = re.compile(r"run-[0-9a-f]{12}")  # spill.write_run's names
@@ -275,11 +276,16 @@ def accumulate_into(stats_dir: str | os.PathLike, paths, *, task: str | None = N
                                       jobs, batch_rows, checkpoint_seconds, progress, units,
                                       allow_empty, options)
         except BaseException:
-            # Leave no trace of a run that recorded nothing: an interrupted run's journal stays.
+            # Leave no trace of a run that recorded nothing: an interrupted run's journal
+            # stays, with the runs it names (to resume), but nothing else it did not record.
+            remove_uncommitted(stats_dir)
             if not (work / JOURNAL).exists():
                 shutil.rmtree(work, ignore_errors=True)
                 if created and not any(stats_dir.iterdir()):
                     stats_dir.rmdir()
+            else:
+                with contextlib.suppress(OSError, ValueError, TypeError, StreamfitError):
+                    _remove_unjournalled(work, Journal.load(work / JOURNAL))
             raise
 
 
@@ -422,13 +428,19 @@ def _open_journal(work: Path, identity: dict, previous, overwrite: bool) -> Jour
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True, exist_ok=True)
         return Journal(options=identity)
-    known = {r["name"] for r in journal.runs}
-    for stale in work.glob("run-*.npy"):  # spilled after the last journal entry: lost work
-        if stale.name.split(".")[0] not in known:
-            stale.unlink()
-    for stale in work.glob(".*.tmp-*"):  # files a killed write left half-done
-        stale.unlink()
+    _remove_unjournalled(work, journal)
     return journal
+
+
+def _remove_unjournalled(work: Path, journal: Journal) -> None:
+    """Remove run files the journal does not name (spilled after its last entry, or the
+    merge's own) and half-written temporary files."""
+    known = {r["name"] for r in journal.runs}
+    for stale in work.glob("run-*.npy"):
+        if stale.name.split(".")[0] not in known:
+            stale.unlink(missing_ok=True)
+    for stale in work.glob(".*.tmp-*"):
+        stale.unlink(missing_ok=True)
 
 
 def _merge_into(stats_dir: Path, work: Path, journal: Journal, previous, template: Accumulator,
@@ -510,6 +522,7 @@ def merge_into(out_dir: str | os.PathLike, dirs, *, memory: int = DEFAULT_MEMORY
     refuse_duplicates(dirs)
     parts = [load(d) for d in dirs]
     check_mergeable(parts)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     with DirectoryLock(out_dir):
         work = out_dir / ".work-merge"
@@ -531,5 +544,11 @@ def merge_into(out_dir: str | os.PathLike, dirs, *, memory: int = DEFAULT_MEMORY
                 empty_rows=sum(s.empty_rows for s in parts),
                 sources=combined_sources([src for s in parts for src in s.sources]))
             return commit(out_dir, {**merged.header(), "nnz": arrays["data"]["shape"][0]}, arrays)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            remove_uncommitted(out_dir)
+            if created and not any(out_dir.iterdir()):
+                out_dir.rmdir()  # a failed merge leaves no empty output directory
+            raise
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -8,6 +8,7 @@ so runs written before the vocabulary was known merge into its final layout.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from pathlib import Path
@@ -17,20 +18,49 @@ import numpy as np
 
 from . import kernels
 from .stats import array_file
-from ..errors import FormatError
-from ..io.files import NpyWriter, atomic_path, fault_point, file_digest, save_npy
+from ..errors import FormatError, StreamfitError
+from ..io.files import NpyWriter, atomic_path, disk_full, fault_point, file_digest, no_space, save_npy
 
 RUN_ENTRY_BYTES = 16
 MERGE_FAN_IN = 64  # runs merged at once (two open files each); more are merged in levels
 
 
 def write_run(directory: Path, keys: np.ndarray, vals: np.ndarray) -> dict:
-    """Write one sorted run crash-safely; returns its journal entry."""
-    name = f"run-{uuid.uuid4().hex[:12]}"
-    save_npy(directory / f"{name}.keys.npy", keys)
-    fault_point("mid_spill")
-    save_npy(directory / f"{name}.vals.npy", vals)
-    return {"name": name, "n": int(keys.size)}
+    """Write one sorted run crash-safely; returns its journal entry. A run that cannot be
+    written whole (a full disk) leaves no file."""
+    entry = {"name": f"run-{uuid.uuid4().hex[:12]}", "n": int(keys.size)}
+    try:
+        save_npy(directory / f"{entry['name']}.keys.npy", keys)
+        fault_point("mid_spill")
+        save_npy(directory / f"{entry['name']}.vals.npy", vals)
+    except BaseException:
+        remove_run(directory, entry)
+        raise
+    return entry
+
+
+@contextlib.contextmanager
+def unjournalled_run(directory: Path, value_dtype,
+                     **fields) -> Iterator[tuple[NpyWriter, NpyWriter, dict]]:
+    """Writers of the keys and values of a run that lives only for one merge and is never
+    journalled (a merge killed midway starts over), so written without fsync; yields them
+    and the run's entry (its size filled in at the end). On failure its files are removed
+    and a full disk is reported naming them."""
+    entry = {"name": f"run-{uuid.uuid4().hex[:12]}", "n": 0, **fields}
+    writers = (NpyWriter(directory / f"{entry['name']}.keys.npy", np.int64),
+               NpyWriter(directory / f"{entry['name']}.vals.npy", value_dtype))
+    try:
+        yield writers[0], writers[1], entry
+        for w in writers:
+            w.close(sync=False)
+    except BaseException as exc:
+        for w in writers:
+            w.abort()
+        remove_run(directory, entry)
+        if disk_full(exc) and not isinstance(exc, StreamfitError):
+            raise no_space(writers[0].path) from None
+        raise
+    entry["n"] = writers[0].n
 
 
 def remove_run(directory: Path, entry: dict) -> None:
@@ -63,18 +93,14 @@ def statistics_as_run(stats, directory: Path, chunk_rows: int = 1 << 16) -> dict
     time, so they merge with new runs in bounded memory. Such a run lives only for one
     merge and is never journalled (a merge killed midway starts over from the statistics),
     so it is written without fsync."""
-    name = f"run-{uuid.uuid4().hex[:12]}"
-    wk = NpyWriter(directory / f"{name}.keys.npy", np.int64)
-    wv = NpyWriter(directory / f"{name}.vals.npy", stats.data.dtype)
-    for lo in range(0, stats.n_features, chunk_rows):
-        hi = min(stats.n_features, lo + chunk_rows)
-        p0, p1 = int(stats.indptr[lo]), int(stats.indptr[hi])
-        rows = lo + np.repeat(np.arange(hi - lo), np.diff(stats.indptr[lo:hi + 1]))
-        wk.append(packed(rows, np.asarray(stats.indices[p0:p1]), stats.task, stats.n_classes))
-        wv.append(np.asarray(stats.data[p0:p1]))
-    wk.close(sync=False)
-    wv.close(sync=False)
-    return {"name": name, "n": int(stats.nnz)}
+    with unjournalled_run(directory, stats.data.dtype) as (wk, wv, entry):
+        for lo in range(0, stats.n_features, chunk_rows):
+            hi = min(stats.n_features, lo + chunk_rows)
+            p0, p1 = int(stats.indptr[lo]), int(stats.indptr[hi])
+            rows = lo + np.repeat(np.arange(hi - lo), np.diff(stats.indptr[lo:hi + 1]))
+            wk.append(packed(rows, np.asarray(stats.indices[p0:p1]), stats.task, stats.n_classes))
+            wv.append(np.asarray(stats.data[p0:p1]))
+    return entry
 
 
 class _RunReader:
@@ -186,22 +212,12 @@ def _merge_level(directory: Path, runs: list[dict], width: int, value_dtype, mem
                 if len(group) == 1:
                     out.append(group[0])
                     continue
-                entry = {"name": f"run-{uuid.uuid4().hex[:12]}", "n": 0, "level": level}
-                made.append(entry)
-                writers = [NpyWriter(directory / f"{entry['name']}.keys.npy", np.int64)]
-                writers.append(NpyWriter(directory / f"{entry['name']}.vals.npy", value_dtype))
-                try:
+                with unjournalled_run(directory, value_dtype, level=level) as (wk, wv, entry):
                     for keys, sums in _merged(directory, group, memory, bar):
-                        writers[0].append(keys)
-                        writers[1].append(sums)
+                        wk.append(keys)
+                        wv.append(sums)
                         fault_point("mid_merge")
-                except BaseException:
-                    for w in writers:
-                        w.abort()
-                    raise
-                for w in writers:
-                    w.close(sync=False)
-                entry["n"] = writers[0].n
+                made.append(entry)
                 out.append(entry)
                 for r in group:
                     if r.get("level"):  # an earlier level's merged run: done with

@@ -170,6 +170,24 @@ def commit(directory: Path, header: dict, arrays: dict) -> dict:
     return manifest
 
 
+def remove_uncommitted(directory: Path) -> None:
+    """Remove arrays that no manifest names and temporary files: what a failed save left
+    in a statistics directory (its writer holds the directory's lock)."""
+    import json
+
+    keep: set[str] = set()
+    try:
+        keep = {a["file"] for a in json.loads((directory / MANIFEST).read_text())["arrays"].values()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        if (directory / MANIFEST).exists():
+            return  # a manifest that cannot be read: leave its directory alone
+    for p in directory.glob("F-*.npy"):
+        if p.name not in keep:
+            p.unlink(missing_ok=True)
+    for p in directory.glob(".*.tmp-*"):
+        p.unlink(missing_ok=True)
+
+
 def save_arrays(directory: Path, generation: str, arrays: dict[str, np.ndarray]) -> dict:
     """Write the CSR arrays of one generation; returns their manifest entries (`commit`
     makes them the statistics)."""

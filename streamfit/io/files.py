@@ -132,10 +132,58 @@ def fsync_dir(path: Path) -> None:
         fsync_path(path)
 
 
+def disk_full(exc: BaseException) -> bool:
+    import errno
+
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def no_space(path: Path, needed: int | None = None, free: int | None = None):
+    """The DiskFullError of writing `path` (`needed` bytes, when known)."""
+    from ..errors import DiskFullError
+
+    return DiskFullError(path, needed, free)
+
+
+def create_memmap(path: Path, dtype, shape: tuple[int, ...], name: Path | None = None) -> np.memmap:
+    """open_memmap(path, "w+"), with the file's blocks reserved first: a memory map over
+    blocks a full disk cannot supply kills the process with SIGBUS when written, so a disk
+    without room is reported here, as a DiskFullError naming the size needed (and `name`,
+    the file that `path` is a temporary name of)."""
+    import shutil
+
+    from numpy.lib.format import open_memmap
+
+    size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    free = None
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(Path(path).parent).free
+    if free is not None and free < size:
+        raise no_space(name or path, size, free)
+    out = open_memmap(path, mode="w+", dtype=np.dtype(dtype), shape=shape)
+    reserve = getattr(os, "posix_fallocate", None)
+    if reserve is not None:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            reserve(fd, 0, os.path.getsize(path))
+        except OSError as exc:
+            if disk_full(exc):
+                del out
+                Path(path).unlink(missing_ok=True)
+                raise no_space(name or path, size) from None
+            import errno
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+        finally:
+            os.close(fd)
+    return out
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, needed: int | None = None) -> Iterator[Path]:
     """Yield a temporary path to write; on success it is fsynced and renamed to `path`.
-    On failure the temporary file is removed and `path` is untouched."""
+    On failure the temporary file is removed and `path` is untouched; a full disk is
+    reported as a DiskFullError naming `path` (and the `needed` bytes, when given)."""
     path = Path(path)
     tmp = temp_name(path)
     try:
@@ -143,6 +191,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         fsync_path(tmp)
         os.replace(tmp, path)
         fsync_dir(path.parent)
+    except OSError as exc:
+        if disk_full(exc) and not isinstance(exc, StreamfitError):
+            raise no_space(path, needed) from None
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -155,9 +207,12 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> dict:
     """Write `array` atomically as .npy; returns {"size", "sha256"} for a manifest."""
-    with atomic_path(path) as tmp:
+    array = np.ascontiguousarray(array)
+    with atomic_path(path, needed=array.nbytes) as tmp:
         with open(tmp, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+            np.lib.format.write_array_header_1_0(fh, np.lib.format.header_data_from_array_1_0(array))
+            # plain writes, not numpy's tofile: a full disk is then an OSError with ENOSPC
+            fh.write(array.data if array.ndim else array.tobytes())
     return file_digest(path)
 
 
@@ -220,8 +275,10 @@ class NpyWriter:
         self.n += values.size
 
     def abort(self) -> None:
-        """Close without finishing (the caller removes the file)."""
-        self._fh.close()
+        """Close without finishing (the caller removes the file); buffered bytes that cannot
+        be written (a full disk) are dropped."""
+        with contextlib.suppress(OSError):
+            self._fh.close()
 
     def close(self, sync: bool = True) -> None:
         self._fh.seek(0)

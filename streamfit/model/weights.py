@@ -26,16 +26,16 @@ from typing import Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
-from numpy.lib.format import open_memmap
 
 from .. import __version__
 from . import kernels
-from ..errors import FormatError, OptionError
+from ..errors import FormatError, OptionError, StreamfitError
 from ..data.featurize import (Examples, batch_examples, distinct_inputs, slice_examples,
                         take_examples)
 from ..io.files import (NpyWriter, OutputLock, check_array_entries, check_csr, check_fields,
-                        fault_point, file_digest, fsync_dir, fsync_path, header_checksum, load_npy,
-                        named_file, read_document, temp_name, verify, write_json)
+                        create_memmap, disk_full, fault_point, file_digest, fsync_dir, fsync_path,
+                        header_checksum, load_npy, named_file, no_space, read_document, temp_name,
+                        verify, write_json)
 
 FORMAT = "streamfit-weights"
 SCHEMA_VERSION = 1
@@ -269,10 +269,11 @@ def _array_entry(path: Path, arr: np.ndarray, digest: dict) -> dict:
 
 
 def _write_dense(tmp: Path, n_rows: int, n_cols: int, dtype: str,
-                 blocks: Iterator[tuple[int, np.ndarray]]) -> None:
-    """A dense matrix written block by block through open_memmap: memory stays bounded by
-    one block. `blocks` yields (first row, rows × n_cols array)."""
-    out = open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(n_rows, n_cols))
+                 blocks: Iterator[tuple[int, np.ndarray]], final: Path | None = None) -> None:
+    """A dense matrix written block by block through a memory map (its blocks reserved on
+    disk first): memory stays bounded by one block. `blocks` yields (first row, rows ×
+    n_cols array); `tmp` is a temporary name of `final`."""
+    out = create_memmap(tmp, dtype, (n_rows, n_cols), name=final)
     for lo, block in blocks:
         out[lo:lo + block.shape[0]] = block
         fault_point("mid_finalize")
@@ -310,16 +311,19 @@ def write_model(out: str | os.PathLike, header: dict, *, dense: dict | None = No
     try:
         if hidden is not None:
             a, a0 = hidden
-            for name in ("A", "a0"):
-                final = Path(f"{stem}.{name}.npy")
-                staged[name] = (temp_name(final), final)
-            _write_dense(staged["A"][0], a.shape[0], a.shape[1], dense["dtype"], iter([(0, a)]))
+            final = Path(f"{stem}.A.npy")
+            staged["A"] = (temp_name(final), final)
+            _write_dense(staged["A"][0], a.shape[0], a.shape[1], dense["dtype"], iter([(0, a)]),
+                         final)
+            final = Path(f"{stem}.a0.npy")
+            staged["a0"] = (temp_name(final), final)
             _write_blocks(staged["a0"][0], np.float64, [a0])
         if dense is not None:
             final = Path(f"{stem}.npy")
             staged["W"] = (temp_name(final), final)
             rows = header["n_features"] if hidden is None else hidden[0].shape[1]
-            _write_dense(staged["W"][0], rows, header["n_classes"], dense["dtype"], dense["blocks"])
+            _write_dense(staged["W"][0], rows, header["n_classes"], dense["dtype"], dense["blocks"],
+                         final)
         else:
             indptr, indices, data_blocks = sparse
             for name, arr in (("indptr", indptr), ("indices", indices)):
@@ -348,6 +352,10 @@ def write_model(out: str | os.PathLike, header: dict, *, dense: dict | None = No
             os.replace(tmp, final)
             fault_point("mid_finalize")
         fsync_dir(stem.parent)
+    except OSError as exc:
+        if not disk_full(exc) or isinstance(exc, StreamfitError):
+            raise
+        raise no_space(list(staged.values())[-1][1] if staged else stem) from None
     finally:
         for tmp, _ in staged.values():
             tmp.unlink(missing_ok=True)
