@@ -716,3 +716,55 @@ def test_11_a_refused_reservation_is_reported_with_the_size_needed(tmp_path, sta
     rc, _, err = cli(capsys, "finalize", "--stats", stats_dir, "--out", tmp_path / "w.npy", "--quiet")
     one_line_error(rc, err, "w.npy", "no space left on device", "needs")
     assert not leftovers(tmp_path) and not list(tmp_path.glob("w.*"))
+
+
+# --- 13: numba's cache where it can be written, else none ---------------------------------------
+def read_only_install(tmp_path: Path) -> dict:
+    """A copy of the package where no cache can be written beside it (each __pycache__ a
+    file), and an environment whose home cannot hold ~/.cache: what a read-only install
+    with an unwritable $HOME looks like, even to root."""
+    pkg = tmp_path / "pkg"
+    shutil.copytree(Path(streamfit.__file__).parent, pkg / "streamfit",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for d in [pkg / "streamfit", *(p for p in (pkg / "streamfit").rglob("*") if p.is_dir())]:
+        (d / "__pycache__").write_text("not a directory")
+    (tmp_path / "home").write_text("not a directory either")
+    (tmp_path / "tmp").mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME", "STREAMFIT_FAULT")}
+    return {**env, "HOME": str(tmp_path / "home"), "TMPDIR": str(tmp_path / "tmp"),
+            "PYTHONPATH": str(pkg)}
+
+
+def run_from_copy(env: dict, tmp_path: Path, corpus) -> subprocess.CompletedProcess:
+    code = textwrap.dedent(f"""
+        import sys, streamfit
+        assert streamfit.__file__.startswith({str(tmp_path / "pkg")!r}), streamfit.__file__
+        from streamfit.cli import main
+        sys.exit(main(["accumulate", *{[str(p) for p in corpus]!r}, "--stats",
+                       {str(tmp_path / "st")!r}, "--quiet"]))
+    """)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          cwd=tmp_path)
+
+
+def test_13_a_read_only_install_with_an_unwritable_home_still_runs(tmp_path, corpus):
+    env = read_only_install(tmp_path)
+    r = run_from_copy(env, tmp_path, corpus)
+    assert r.returncode == 0 and r.stderr == "", r.stderr[-3000:]
+    own = tmp_path / "tmp" / f"streamfit-numba-cache-{os.getuid()}"
+    assert any(own.rglob("*.nbi"))  # the cache went to streamfit's own private directory
+    expected = streamfit.accumulate(corpus)
+    assert np.array_equal(streamfit.load_stats(tmp_path / "st").data, expected.data)
+
+
+def test_13_no_private_place_at_all_compiles_without_a_cache(tmp_path, corpus):
+    env = read_only_install(tmp_path)
+    planted = tmp_path / "tmp" / f"streamfit-numba-cache-{os.getuid()}"
+    planted.mkdir()
+    planted.chmod(0o777)  # writable by anyone: not a cache to load code from
+    r = run_from_copy(env, tmp_path, corpus)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "warning" in lines[0] and "cache" in lines[0], r.stderr
+    assert not any(planted.rglob("*.nbi"))
