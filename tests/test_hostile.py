@@ -768,3 +768,49 @@ def test_13_no_private_place_at_all_compiles_without_a_cache(tmp_path, corpus):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "warning" in lines[0] and "cache" in lines[0], r.stderr
     assert not any(planted.rglob("*.nbi"))
+
+
+# --- 5: the memory budget holds inside one record batch -----------------------------------------
+@pytest.fixture
+def long_document(tmp_path) -> Path:
+    """One document of 30,000 tokens over 5,000 ids: ~90,000 distinct window-3 keys in a
+    single record batch, against a table of 2,048 slots."""
+    rng = np.random.default_rng(5)
+    return write_tokens(tmp_path / "long.parquet", [rng.integers(0, 5000, 30_000).tolist()])
+
+
+def test_5_the_table_never_outgrows_the_budget_within_a_batch(tmp_path, long_document, monkeypatch):
+    from streamfit.count.accumulate import CountTable
+    from streamfit.count.out_of_core import accumulate_into
+
+    sizes = []
+    real = CountTable._allocate
+
+    def recording(self, bits):
+        if self.max_bits is not None:  # the counting tables (not the template accumulators)
+            sizes.append(bits)
+        real(self, bits)
+    monkeypatch.setattr(CountTable, "_allocate", recording)
+    accumulate_into(tmp_path / "st", [long_document], window=3, memory=1 << 16)
+    budget_bits = max(10, int(np.log2((1 << 16) // 2 // 16)))
+    assert max(sizes) <= budget_bits, (max(sizes), budget_bits)
+    expected = streamfit.accumulate([long_document], window=3)
+    got = streamfit.load_stats(tmp_path / "st")
+    assert np.array_equal(got.indptr, expected.indptr) and np.array_equal(got.indices, expected.indices)
+    assert np.array_equal(got.data, expected.data) and got.n_examples == 30_000
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_5_killed_between_spills_inside_a_batch_resumes_identically(tmp_path, long_document, jobs):
+    other = tmp_path / "other.parquet"
+    rng = np.random.default_rng(6)
+    write_tokens(other, [rng.integers(0, 5000, 20_000).tolist()])
+    args = ["accumulate", long_document, other, "--stats", tmp_path / "st", "--window", "3",
+            "--memory", "1M", "--jobs", str(jobs), "--quiet"]
+    env = {**os.environ, "STREAMFIT_FAULT": "mid_batch_spill:3"}
+    r = subprocess.run([sys.executable, "-m", "streamfit", *map(str, args)], env=env)
+    assert r.returncode != 0  # killed (it, or a worker) after three runs written inside a batch
+    assert main([str(a) for a in args]) == 0
+    expected = streamfit.accumulate([long_document, other], window=3)
+    got = streamfit.load_stats(tmp_path / "st")
+    assert np.array_equal(got.indptr, expected.indptr) and np.array_equal(got.data, expected.data)

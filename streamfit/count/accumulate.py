@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +33,10 @@ class CountTable:
     def __init__(self, value_dtype: type, capacity_bits: int = 16, max_bits: int | None = None):
         self.value_dtype = np.dtype(value_dtype)
         self.max_bits = max_bits  # growth stops here unless a batch needs more
+        # Called with the sorted (keys, values) when the table is full at max_bits in the
+        # middle of a batch: it takes them (e.g. writes a run) and the table is emptied
+        # instead of grown, so a long document or batch stays within the budget.
+        self.spill: Callable[[np.ndarray, np.ndarray], None] | None = None
         self._allocate(capacity_bits)
 
     def _allocate(self, bits: int) -> None:
@@ -43,7 +47,8 @@ class CountTable:
         self.n_used = 0
 
     def clear(self, capacity_bits: int = 16) -> None:
-        self._allocate(capacity_bits)
+        """Empty the table, at `capacity_bits` (never above max_bits)."""
+        self._allocate(capacity_bits if self.max_bits is None else min(capacity_bits, self.max_bits))
 
     @property
     def full(self) -> bool:
@@ -63,7 +68,13 @@ class CountTable:
         return self.slots.nbytes
 
     def grow(self) -> None:
-        """Double the capacity (quadruple while small: rehashing is the cost of growth)."""
+        """Double the capacity (quadruple while small: rehashing is the cost of growth); at
+        max_bits with a `spill`, hand the table over and empty it instead."""
+        if self.spill is not None and self.max_bits is not None and self.bits >= self.max_bits:
+            keys, vals = self.items()
+            self.spill(keys, vals)
+            self.clear(self.bits)
+            return
         old, n_used = self.slots, self.n_used
         bits = self.bits + (2 if self.bits < 22 else 1)
         if self.max_bits is not None:
@@ -115,12 +126,15 @@ class Accumulator:
     sparse `indices` + `values` list columns (set features=None).
     `vocab_size` / `n_classes` / `n_features` fix the sizes up front (ids beyond them are
     errors); otherwise they are discovered as the largest id seen plus one.
+    `table_bits` caps the hash table at 2**table_bits slots (16 bytes each); past it the
+    table grows anyway unless `table.spill` is set (see CountTable).
     """
 
     def __init__(self, task: str, *, window: int = 1, column: str = TOKENS,
                  label: str = LABEL, features: str | None = FEATURES, indices: str = INDICES,
                  values: str = VALUES, vocab_size: int | None = None,
-                 n_classes: int | None = None, n_features: int | None = None):
+                 n_classes: int | None = None, n_features: int | None = None,
+                 table_bits: int | None = None):
         if task not in ("lm", "classify"):
             raise OptionError(f"task must be 'lm' or 'classify', not {task!r}")
         if task == "lm" and not 1 <= window <= kernels.MAX_WINDOW:
@@ -131,7 +145,8 @@ class Accumulator:
                             values=values)
         self.n_classes = vocab_size if task == "lm" else n_classes
         self.n_features_fixed = n_features
-        self.table = CountTable(np.int64 if task == "lm" else np.float64)
+        self.table = CountTable(np.int64 if task == "lm" else np.float64,
+                                16 if table_bits is None else min(16, table_bits), table_bits)
         self.n_examples = 0
         self.l1_sum = 0.0
         self.empty_rows = 0

@@ -104,8 +104,7 @@ class Journal:
 
     def record(self, msg: dict) -> None:
         """Add one spill's report: its run, the units and rows it holds, its counts."""
-        if msg["run"] is not None:
-            self.runs.append(msg["run"])
+        self.runs.extend(msg["runs"])
         for path, rg, rows in msg["done"]:
             self.done.setdefault(path, {})[str(rg)] = rows
             self.partial.get(path, {}).pop(str(rg), None)
@@ -126,23 +125,34 @@ def _work(worker: int, units: list[tuple[str, int, int]], job: Job, report: Call
     reporting it whenever the table reaches the budget or a checkpoint is due. With
     `keep_last`, a table that never had to spill is reported in memory ("table": sorted
     keys and values) instead of as a run."""
-    acc = Accumulator(job.task, **job.options)
     # The table may take half the budget (16 bytes a slot); spilling it takes about as much.
-    acc.table.max_bits = max(10, int(np.log2(max(job.budget // 2 // 16, 1024))))
+    acc = Accumulator(job.task, table_bits=max(10, int(np.log2(max(job.budget // 2 // 16, 1024)))),
+                      **job.options)
     work = Path(job.work)
     done: list = []
     last = time.monotonic()
     current: tuple[str, int, int] | None = None
 
     spilled = False
+    inside: list[dict] = []  # runs spilled inside a batch, reported with the next spill
+
+    def spill_inside(keys: np.ndarray, vals: np.ndarray) -> None:
+        # The table is full in the middle of a batch: a run, not a bigger table. It is
+        # journalled only with the next spill (at a batch's end), so a run killed before
+        # that recounts the batch and the resume removes this run as unjournalled.
+        nonlocal spilled
+        inside.append(write_run(work, keys, vals))
+        spilled = True
+        fault_point("mid_batch_spill")
+    acc.table.spill = spill_inside
 
     def spill(final: bool = False) -> None:
-        nonlocal done, last, spilled
+        nonlocal done, last, spilled, inside
         keys, vals, counts = acc.take()
         in_memory = final and keep_last and not spilled
-        run = write_run(work, keys, vals) if keys.size and not in_memory else None
-        spilled = True
-        report({"kind": "spill", "worker": worker, "run": run, "done": done,
+        runs = inside + ([write_run(work, keys, vals)] if keys.size and not in_memory else [])
+        spilled, inside = True, []
+        report({"kind": "spill", "worker": worker, "runs": runs, "done": done,
                 "table": (keys, vals) if in_memory else None,
                 "partial": [current] if current else [], "counts": counts,
                 "extent": {"max_id": acc.max_id, "max_label": acc.max_label,
