@@ -162,7 +162,7 @@ def _top_k(args) -> None:
 
 def cmd_evaluate(args) -> int:
     _top_k(args)
-    model = load_model(args.weights)
+    model = load_model(args.weights, check=args.verify)
     if _on_dask(args):
         with _cluster(args) as client:
             result = evaluate_distributed(client, args.weights, args.paths, top_k=args.top_k,
@@ -187,7 +187,7 @@ def _read_vocab(path: str | None) -> list[str] | None:
 
 def cmd_predict(args) -> int:
     _top_k(args)
-    model = load_model(args.weights)
+    model = load_model(args.weights, check=args.verify)
     if args.context is not None:
         if model.task != "lm":
             raise StreamfitError("--context is for language models; pass Parquet paths instead")
@@ -225,7 +225,7 @@ def cmd_refine(args) -> int:
 
     from .train.refine import refine
 
-    model = load_model(args.weights)
+    model = load_model(args.weights, check=True)  # read whole: verified
     common = dict(task=model.task, window=model.window, n_classes=model.n_classes,
                   n_features=model.n_features, batch_rows=args.batch_rows, **_columns(args))
     files = resolve_paths(args.paths)
@@ -278,7 +278,7 @@ def cmd_grow(args) -> int:
     from .train.grow import data_shape, grow
 
     files = resolve_paths(args.paths)
-    start = load_model(args.weights) if args.weights else None
+    start = load_model(args.weights, check=True) if args.weights else None
     if start is not None:
         shape = {"task": start.task, "window": start.window, "n_features": start.n_features,
                  "n_classes": start.n_classes}
@@ -489,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", required=True, metavar="FILE", help="weights (.npy or .model.json)")
     p.add_argument("paths", nargs="+", metavar="PATHS", help="Parquet files, globs or directories")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="k of top-k accuracy (default: 5)")
+    p.add_argument("--verify", action="store_true",
+                   help="check the sha256 of every weights file first (one more read of them)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: cross_entropy, perplexity, accuracy, topK_accuracy, n")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -511,6 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unknown", default="<unk>", help="vocabulary entry for unknown words (default: <unk>)")
     p.add_argument("--out", metavar="FILE", help="Parquet output for PATHS")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="how many classes (default: 5)")
+    p.add_argument("--verify", action="store_true",
+                   help="check the sha256 of every weights file first (one more read of them)")
     p.add_argument("--json", action="store_true", help="print JSON (with --context)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _column_options(p)

@@ -814,3 +814,64 @@ def test_5_killed_between_spills_inside_a_batch_resumes_identically(tmp_path, lo
     expected = streamfit.accumulate([long_document, other], window=3)
     got = streamfit.load_stats(tmp_path / "st")
     assert np.array_equal(got.indptr, expected.indptr) and np.array_equal(got.data, expected.data)
+
+
+# --- 9: checksums verified wherever an array is read whole ---------------------------------------
+def flip_byte(path: Path, offset_from_end: int = 5) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(-offset_from_end, os.SEEK_END)
+        b = fh.read(1)
+        fh.seek(-offset_from_end, os.SEEK_END)
+        fh.write(bytes([b[0] ^ 0x10]))
+
+
+def flip_low_bit(path: Path, low: np.ndarray, high: np.ndarray) -> None:
+    """Flip the lowest bit of the first entry whose new value stays within [low, high]
+    (entry by entry): a silent change that no structure check can see."""
+    arr = np.load(path, mmap_mode="r+")
+    new = arr ^ 1
+    i = int(np.flatnonzero((new >= low) & (new <= high))[len(arr) // 2 if arr.size > 2 else 0])
+    arr[i] = new[i]
+    arr.flush()
+    del arr
+
+
+@pytest.mark.parametrize("array", ["data", "indices", "indptr"])
+def test_9_finalize_merge_and_accumulate_refuse_damaged_statistics(tmp_path, stats_dir, corpus,
+                                                                    capsys, array):
+    import json
+
+    manifest = json.loads((stats_dir / "manifest.json").read_text())
+    damaged = stats_dir / manifest["arrays"][array]["file"]
+    arr = np.load(damaged)
+    if array == "indptr":  # still never decreasing
+        flip_low_bit(damaged, np.concatenate([[0], arr[:-1]]), np.concatenate([arr[1:], [0]]))
+    else:  # still in range
+        flip_low_bit(damaged, np.zeros_like(arr), np.full_like(arr, 29 if array == "indices" else 10 ** 9))
+    assert streamfit.load_stats(stats_dir).nnz  # structurally sound: it opens
+    for command in (["finalize", "--stats", stats_dir, "--out", tmp_path / "w.npy"],
+                    ["finalize", "--stats", stats_dir, "--out", tmp_path / "w.npy", "--format",
+                     "sparse"],
+                    ["merge", stats_dir, "--out", tmp_path / "m"],
+                    ["accumulate", write_tokens(tmp_path / "more.parquet", docs_of(5, 20, seed=9)),
+                     "--stats", stats_dir]):
+        rc, _, err = cli(capsys, *command, "--quiet")
+        one_line_error(rc, err, damaged.name, "checksum mismatch")
+    assert not (tmp_path / "w.npy").exists() and not (tmp_path / "m").exists()
+
+
+def test_9_verify_on_evaluate_and_predict_and_always_on_refine(tmp_path, stats_dir, corpus, capsys):
+    assert main(["finalize", "--stats", str(stats_dir), "--out", str(tmp_path / "w.npy"),
+                 "--quiet"]) == 0
+    flip_byte(tmp_path / "w.npy")
+    rc, _, err = cli(capsys, "evaluate", "--weights", tmp_path / "w.npy", *corpus, "--quiet")
+    assert rc == 0, err  # by default the weights are memory-mapped, not read whole
+    rc, _, err = cli(capsys, "evaluate", "--weights", tmp_path / "w.npy", *corpus, "--quiet",
+                     "--verify")
+    one_line_error(rc, err, "w.npy", "checksum mismatch")
+    rc, _, err = cli(capsys, "predict", "--weights", tmp_path / "w.npy", "--context", "1 2",
+                     "--verify")
+    one_line_error(rc, err, "w.npy", "checksum mismatch")
+    rc, _, err = cli(capsys, "refine", "--weights", tmp_path / "w.npy", *corpus, "--method", "gis",
+                     "--passes", "1", "--out", tmp_path / "r.npy", "--quiet")
+    one_line_error(rc, err, "w.npy", "checksum mismatch")

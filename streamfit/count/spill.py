@@ -93,13 +93,23 @@ def statistics_as_run(stats, directory: Path, chunk_rows: int = 1 << 16) -> dict
     time, so they merge with new runs in bounded memory. Such a run lives only for one
     merge and is never journalled (a merge killed midway starts over from the statistics),
     so it is written without fsync."""
+    digests = stats.digests()  # statistics read whole: their sha256 checked on the way
     with unjournalled_run(directory, stats.data.dtype) as (wk, wv, entry):
         for lo in range(0, stats.n_features, chunk_rows):
             hi = min(stats.n_features, lo + chunk_rows)
             p0, p1 = int(stats.indptr[lo]), int(stats.indptr[hi])
-            rows = lo + np.repeat(np.arange(hi - lo), np.diff(stats.indptr[lo:hi + 1]))
-            wk.append(packed(rows, np.asarray(stats.indices[p0:p1]), stats.task, stats.n_classes))
-            wv.append(np.asarray(stats.data[p0:p1]))
+            ptr = np.asarray(stats.indptr[lo:hi + 1])
+            rows = lo + np.repeat(np.arange(hi - lo), np.diff(ptr))
+            indices, data = np.asarray(stats.indices[p0:p1]), np.asarray(stats.data[p0:p1])
+            for name, part in (("indptr", ptr[:-1]), ("indices", indices), ("data", data)):
+                if name in digests:
+                    digests[name].update(part)
+            wk.append(packed(rows, indices, stats.task, stats.n_classes))
+            wv.append(data)
+        if "indptr" in digests:
+            digests["indptr"].update(np.asarray(stats.indptr[stats.n_features:]))
+        for d in digests.values():
+            d.check()
     return entry
 
 

@@ -57,6 +57,7 @@ def finalize(stats: Statistics, out: str | os.PathLike | None = None, *,
         raise OptionError("dtype float16 is for the dense layout; use float32 for sparse")
     if stats.n_examples - stats.empty_rows <= 0 or stats.nnz == 0:
         raise StreamfitError("the statistics are empty: nothing to solve")
+    stats.totals()  # one pass over F: its totals, and each array's sha256 checked on the way
     solution = choose(stats, form, smoothing, heldout)
     a = solution.smoothing
     bias = None if solution.beta == 0 else -solution.beta * class_log_totals(stats, a)
