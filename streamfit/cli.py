@@ -285,7 +285,7 @@ def cmd_grow(args) -> int:
     else:
         shape = data_shape(files, task=args.task, window=args.window, vocab_size=args.vocab_size,
                            n_classes=args.classes, n_features=args.n_features,
-                           progress=_progress(args), **_columns(args))
+                           progress=_progress(args), batch_rows=args.batch_rows, **_columns(args))
     common = dict(batch_rows=args.batch_rows, **shape, **_columns(args))
     held = resolve_paths(args.validation) if args.validation else None
     with contextlib.ExitStack() as stack, \

@@ -875,3 +875,35 @@ def test_9_verify_on_evaluate_and_predict_and_always_on_refine(tmp_path, stats_d
     rc, _, err = cli(capsys, "refine", "--weights", tmp_path / "w.npy", *corpus, "--method", "gis",
                      "--passes", "1", "--out", tmp_path / "r.npy", "--quiet")
     one_line_error(rc, err, "w.npy", "checksum mismatch")
+
+
+# --- 7: calibration and grow within the budget -------------------------------------------------
+def test_7_calibration_reads_f_in_place(tmp_path, stats_dir, corpus, monkeypatch):
+    """The held-out sample is gathered against F's memory-mapped counts, not a float64 copy
+    of all of them (8 bytes per non-zero)."""
+    from streamfit.solve import calibrate
+
+    stats = streamfit.load_stats(stats_dir)
+    seen = []
+    real = calibrate.expand_support
+
+    def spy(*args):
+        seen.append(np.may_share_memory(args[6], stats.data))
+        return real(*args)
+    monkeypatch.setattr(calibrate, "expand_support", spy)
+    from streamfit.model.evaluate import iter_examples
+
+    model = streamfit.finalize(stats, form="calibrated", heldout=iter_examples(
+        corpus, task="lm", window=stats.window, n_classes=stats.n_classes,
+        n_features=stats.n_features))
+    assert seen == [True] and model.meta["form"] == "calibrated"
+
+
+def test_7_grow_checks_the_input_size_before_reading_the_corpus(tmp_path, capsys):
+    docs = [[1, 2, 5000]] + [[1, 2, 3]] * 30
+    docs[20] = [1, -2, 3]  # bad input far beyond the first batch: never reached
+    write_tokens(tmp_path / "t.parquet", docs, row_group_size=5)
+    rc, _, err = cli(capsys, "grow", tmp_path / "t.parquet", "--out", tmp_path / "g.npy",
+                     "--batch-rows", "5", "--quiet")
+    one_line_error(rc, err, "above the limit")
+    assert not list(tmp_path.glob("g.*"))
