@@ -425,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing statistics (and drop an interrupted run's work)")
     p.add_argument("--memory", default=f"{DEFAULT_MEMORY >> 30}G", metavar="SIZE",
-                   help="memory budget, e.g. 512M or 4G: statistics beyond it are spilled to "
+                   help="memory budget, e.g. 512M or 4G, or a share of this machine's memory "
+                        "(or container limit), e.g. 50%%: statistics beyond it are spilled to "
                         "disk as sorted runs and merged at the end (default: %(default)s)")
     p.add_argument("--temp", metavar="DIR",
                    help="where spilled runs and the resume journal go (default: STATS/.work): "
@@ -643,7 +644,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dirs", nargs="+", metavar="DIR", help="statistics directories")
     p.add_argument("--out", required=True, metavar="DIR", help="output statistics directory")
     p.add_argument("--memory", default=f"{DEFAULT_MEMORY >> 30}G", metavar="SIZE",
-                   help="memory budget of the streaming merge (default: %(default)s)")
+                   help="memory budget of the streaming merge, e.g. 512M, 4G or 50%% "
+                        "(default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _dask_options(p, f"More than {MERGE_FAN_IN} shards are merged in groups of {MERGE_FAN_IN} "
                   f"on the workers (into OUT/.shards), the last merge here.")

@@ -907,3 +907,25 @@ def test_7_grow_checks_the_input_size_before_reading_the_corpus(tmp_path, capsys
                      "--batch-rows", "5", "--quiet")
     one_line_error(rc, err, "above the limit")
     assert not list(tmp_path.glob("g.*"))
+
+
+# --- 16: --memory as a share of the machine's memory ---------------------------------------------
+def test_16_memory_as_a_share_of_physical_memory(tmp_path, corpus, capsys):
+    from streamfit.count.out_of_core import parse_size, physical_memory
+
+    total = physical_memory()
+    assert total and total > 1 << 26
+    assert parse_size("50%") == int(total * 0.5)
+    assert parse_size(" 12.5% ") == int(total * 0.125)
+    for bad in ("0%", "-5%", "150%", "abc%", "%", "nan%"):
+        with pytest.raises(streamfit.OptionError):
+            parse_size(bad)
+    rc, out, err = cli(capsys, "accumulate", *corpus, "--stats", tmp_path / "st", "--memory", "5%",
+                       "--quiet")
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "merge", tmp_path / "st", "--out", tmp_path / "m", "--memory", "5%",
+                     "--quiet")
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "accumulate", *corpus, "--stats", tmp_path / "st2", "--memory", "200%",
+                     "--quiet")
+    one_line_error(rc, err, "200%")

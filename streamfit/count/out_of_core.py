@@ -45,8 +45,41 @@ CHECKPOINT_SECONDS = 60.0
 MAX_MEMORY = 1 << 50  # a budget beyond any one machine is a typing error
 
 
+def physical_memory() -> int | None:
+    """This machine's memory in bytes — or its container's limit (cgroup v2 or v1), when
+    lower; None where the system does not say."""
+    sizes = []
+    try:
+        sizes.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        pass
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:  # "max" or a huge number: no limit
+            sizes.append(int(text))
+    sizes = [s for s in sizes if s > 0]
+    return min(sizes) if sizes else None
+
+
 def parse_size(text: str) -> int:
-    """'512M', '2G', '1.5GiB', '1000000' → bytes."""
+    """'512M', '2G', '1.5GiB', '1000000' → bytes; '50%' → that share of this machine's
+    memory (or its container's limit)."""
+    if text.strip().endswith("%"):
+        try:
+            share = float(text.strip()[:-1])
+        except ValueError:
+            share = math.nan
+        if not 0 < share <= 100:
+            raise OptionError(f"memory budget {text!r}: a share of memory is more than 0% and "
+                              f"at most 100%")
+        total = physical_memory()
+        if total is None:
+            raise OptionError(f"memory budget {text!r}: this system does not say how much "
+                              f"memory it has; give a size (e.g. 4G)")
+        text = str(int(total * share / 100))
     t = text.strip().upper().removesuffix("IB").removesuffix("B")
     scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
     number = t[:-1] if t[-1:] in "KMGT" else t
