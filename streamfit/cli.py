@@ -155,8 +155,14 @@ def cmd_finalize(args) -> int:
     return 0
 
 
+def _top_k(args) -> None:
+    if args.top_k < 1:
+        raise StreamfitError(f"--top-k must be at least 1, not {args.top_k}")
+
+
 def cmd_evaluate(args) -> int:
-    model = load_model(args.weights)
+    _top_k(args)
+    model = load_model(args.weights, check=args.verify)
     if _on_dask(args):
         with _cluster(args) as client:
             result = evaluate_distributed(client, args.weights, args.paths, top_k=args.top_k,
@@ -180,7 +186,8 @@ def _read_vocab(path: str | None) -> list[str] | None:
 
 
 def cmd_predict(args) -> int:
-    model = load_model(args.weights)
+    _top_k(args)
+    model = load_model(args.weights, check=args.verify)
     if args.context is not None:
         if model.task != "lm":
             raise StreamfitError("--context is for language models; pass Parquet paths instead")
@@ -218,7 +225,7 @@ def cmd_refine(args) -> int:
 
     from .train.refine import refine
 
-    model = load_model(args.weights)
+    model = load_model(args.weights, check=True)  # read whole: verified
     common = dict(task=model.task, window=model.window, n_classes=model.n_classes,
                   n_features=model.n_features, batch_rows=args.batch_rows, **_columns(args))
     files = resolve_paths(args.paths)
@@ -271,14 +278,14 @@ def cmd_grow(args) -> int:
     from .train.grow import data_shape, grow
 
     files = resolve_paths(args.paths)
-    start = load_model(args.weights) if args.weights else None
+    start = load_model(args.weights, check=True) if args.weights else None
     if start is not None:
         shape = {"task": start.task, "window": start.window, "n_features": start.n_features,
                  "n_classes": start.n_classes}
     else:
         shape = data_shape(files, task=args.task, window=args.window, vocab_size=args.vocab_size,
                            n_classes=args.classes, n_features=args.n_features,
-                           progress=_progress(args), **_columns(args))
+                           progress=_progress(args), batch_rows=args.batch_rows, **_columns(args))
     common = dict(batch_rows=args.batch_rows, **shape, **_columns(args))
     held = resolve_paths(args.validation) if args.validation else None
     with contextlib.ExitStack() as stack, \
@@ -320,14 +327,31 @@ def cmd_merge(args) -> int:
         with _cluster(args) as client:
             manifest = merge_distributed(client, args.out, args.dirs, memory=parse_size(args.memory))
     else:
-        manifest = merge_into(args.out, args.dirs, memory=parse_size(args.memory))
+        manifest = merge_into(args.out, args.dirs, memory=parse_size(args.memory),
+                              progress=_progress(args))
     print(f"{args.out}: merged {len(args.dirs)} shards, {manifest['n_examples']:,} examples, "
           f"{manifest['nnz']:,} non-zeros")
     return 0
 
 
+def _is_parquet(p: Path) -> bool:
+    if p.suffix.lower() == ".parquet":
+        return True
+    try:
+        with open(p, "rb") as fh:
+            return fh.read(4) == b"PAR1"
+    except OSError:
+        return False
+
+
 def cmd_info(args) -> int:
     p = Path(args.path)
+    if not p.exists() and not sidecar_path(p).exists():
+        raise StreamfitError(f"{p}: no such file or directory (info reads a statistics "
+                             f"directory or a weights file)")
+    if p.is_file() and _is_parquet(p):
+        raise StreamfitError(f"{p}: a Parquet data file; info reads a statistics directory "
+                             f"or a weights file (.npy / .json)")
     if p.is_dir():
         info = read_manifest(p)
         if args.check:
@@ -401,11 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing statistics (and drop an interrupted run's work)")
     p.add_argument("--memory", default=f"{DEFAULT_MEMORY >> 30}G", metavar="SIZE",
-                   help="memory budget, e.g. 512M or 4G: statistics beyond it are spilled to "
+                   help="memory budget, e.g. 512M or 4G, or a share of this machine's memory "
+                        "(or container limit), e.g. 50%%: statistics beyond it are spilled to "
                         "disk as sorted runs and merged at the end (default: %(default)s)")
     p.add_argument("--temp", metavar="DIR",
-                   help="where spilled runs and the resume journal go (default: STATS/.work); "
-                        "an interrupted run resumes when rerun with the same --temp")
+                   help="where spilled runs and the resume journal go (default: STATS/.work): "
+                        "in a subdirectory of DIR that streamfit creates and removes, leaving "
+                        "everything else in DIR alone; an interrupted run resumes when rerun "
+                        "with the same --temp")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="worker processes, each on its own row groups (default: 1)")
     p.add_argument("--checkpoint", type=float, default=CHECKPOINT_SECONDS, metavar="SECONDS",
@@ -423,8 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     _unit_option(g)
     g.add_argument(
         "--shards", metavar="DIR",
-        help="with Dask: directory of the per-unit shards, shared by the workers "
-             "(default: STATS/.shards; removed once merged)")
+        help="with Dask: directory of the per-unit shards, shared by the workers: they go "
+             "in a subdirectory of DIR that streamfit creates and removes once merged "
+             "(default: STATS/.shards)")
     p.set_defaults(func=cmd_accumulate)
 
     p = sub.add_parser("finalize", help="explicit-solution weights from statistics",
@@ -462,6 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", required=True, metavar="FILE", help="weights (.npy or .model.json)")
     p.add_argument("paths", nargs="+", metavar="PATHS", help="Parquet files, globs or directories")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="k of top-k accuracy (default: 5)")
+    p.add_argument("--verify", action="store_true",
+                   help="check the sha256 of every weights file first (one more read of them)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: cross_entropy, perplexity, accuracy, topK_accuracy, n")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -484,6 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unknown", default="<unk>", help="vocabulary entry for unknown words (default: <unk>)")
     p.add_argument("--out", metavar="FILE", help="Parquet output for PATHS")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="how many classes (default: 5)")
+    p.add_argument("--verify", action="store_true",
+                   help="check the sha256 of every weights file first (one more read of them)")
     p.add_argument("--json", action="store_true", help="print JSON (with --context)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _column_options(p)
@@ -612,7 +644,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dirs", nargs="+", metavar="DIR", help="statistics directories")
     p.add_argument("--out", required=True, metavar="DIR", help="output statistics directory")
     p.add_argument("--memory", default=f"{DEFAULT_MEMORY >> 30}G", metavar="SIZE",
-                   help="memory budget of the streaming merge (default: %(default)s)")
+                   help="memory budget of the streaming merge, e.g. 512M, 4G or 50%% "
+                        "(default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     _dask_options(p, f"More than {MERGE_FAN_IN} shards are merged in groups of {MERGE_FAN_IN} "
                   f"on the workers (into OUT/.shards), the last merge here.")
     p.set_defaults(func=cmd_merge)
@@ -623,6 +657,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
     return parser
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an error the system gave: the file(s) and the reason."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    files = [str(f) for f in (exc.filename, exc.filename2) if f is not None]
+    return f"{' → '.join(files)}: {reason}" if files else reason
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -637,6 +678,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except StreamfitError as exc:
         print(f"streamfit {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the system refused: permissions, a full disk, a missing path
+        print(f"streamfit {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"streamfit {args.command}: interrupted; outputs were left as they were",

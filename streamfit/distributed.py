@@ -47,7 +47,8 @@ from .errors import OptionError, StreamfitError
 from .model.evaluate import Scores, metrics, score_examples, unit_examples
 from .io.files import DirectoryLock, fault_point, fsync_dir
 from .model.weights import load_model
-from .count.out_of_core import DEFAULT_MEMORY, count_units, first_dense_width, merge_into
+from .count.out_of_core import (DEFAULT_MEMORY, count_units, first_dense_width, merge_into,
+                                refuse_duplicates, work_directory)
 from .io.parquet import DEFAULT_BATCH_ROWS, open_parquet, resolve_paths
 from .train.core import PassFn, PassResult, full_pass
 from .count.stats import MANIFEST, load, summary
@@ -287,7 +288,10 @@ def accumulate_distributed(client, stats_dir: str | os.PathLike, paths, *,
     statistics until the final merge, so a rerun after an interruption reuses the finished
     ones; `temp` is where tasks spill on their worker (default: its temporary directory)."""
     stats_dir = _refuse_url(stats_dir, "statistics directory")
-    root = _refuse_url(shards, "shard directory") if shards is not None else stats_dir / SHARDS
+    # A user's --shards directory gets a subdirectory of streamfit's own: only that is
+    # emptied on --overwrite and removed once merged.
+    root = stats_dir / SHARDS if shards is None else \
+        work_directory(stats_dir, _refuse_url(shards, "shard directory"), "streamfit-shards")
     files = resolve_paths(paths)
     previous = None
     if (stats_dir / MANIFEST).exists() and not overwrite:
@@ -311,7 +315,9 @@ def accumulate_distributed(client, stats_dir: str | os.PathLike, paths, *,
         todo.append(g)
     units = plan_units(todo, unit_values)
     if not units and previous is not None:
-        shutil.rmtree(root, ignore_errors=True)
+        if root.exists():
+            with DirectoryLock(root):  # never another writer's shards
+                shutil.rmtree(root, ignore_errors=True)
         return {"unchanged": True, **summary(previous.header())}
     if not units:
         raise StreamfitError(f"no row groups in {', '.join(map(str, files))}: nothing to "
@@ -340,7 +346,7 @@ def accumulate_distributed(client, stats_dir: str | os.PathLike, paths, *,
             raise StreamfitError(f"no examples in {', '.join(map(str, files))}: nothing to "
                                  f"accumulate")
         manifest = merge_into(stats_dir, parts, memory=memory)
-    shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)  # still locked: no other writer's shards
     return {"unchanged": False, "resumed": resumed, **summary(manifest)}
 
 
@@ -350,6 +356,7 @@ def merge_distributed(client, out_dir: str | os.PathLike, dirs, *,
     last one here; returns the manifest."""
     out_dir = _refuse_url(out_dir, "output directory")
     dirs = [str(_refuse_url(d, "statistics directory")) for d in dirs]
+    refuse_duplicates(dirs)
     if len(dirs) <= MERGE_FAN_IN:
         return merge_into(out_dir, dirs, memory=memory)
     root = out_dir / SHARDS
@@ -358,7 +365,7 @@ def merge_distributed(client, out_dir: str | os.PathLike, dirs, *,
         top = client.gather(_reduce(client, dirs, _merge_shards, MERGE_FAN_IN, MERGE_FAN_IN,
                                     str(root), memory))
         manifest = merge_into(out_dir, top, memory=memory)
-    shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
     return manifest
 
 

@@ -40,5 +40,37 @@ class OptionError(StreamfitError, ValueError):
     """An option or argument outside its range (a bad --window, --l2, method name, size)."""
 
 
+class DiskFullError(StreamfitError, OSError):
+    """No space left where a file was being written: names the file, the space it needed
+    where known, and the space that is free there — measured when the message is first
+    shown, after the partial files were removed on the way out."""
+
+    def __init__(self, path, needed: int | None = None, free: int | None = None):
+        super().__init__(str(path))
+        self.path, self.needed, self.free = str(path), needed, free
+
+    def __str__(self) -> str:
+        import contextlib
+        import shutil
+        from pathlib import Path
+
+        if self.free is None:
+            for p in Path(self.path).parents:
+                with contextlib.suppress(OSError):
+                    self.free = shutil.disk_usage(p).free
+                    break
+        need = f"writing it needs {_human(self.needed)}, " if self.needed is not None else ""
+        have = f"{_human(self.free)} free there" if self.free is not None else "free space unknown"
+        return (f"{self.path}: no space left on device ({need}{have}); free some space or write "
+                f"elsewhere, and run again")
+
+
+def _human(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
 class FormatError(StreamfitError):
     """A statistics directory or weights file that is missing, corrupt or incompatible."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from . import kernels
 from ..errors import InputError, OptionError
-from ..data.featurize import FeatureRows, TokenArrays, feature_rows, token_arrays
+from ..data.featurize import (FeatureRows, TokenArrays, check_feature_rows, check_token_arrays,
+                              feature_rows, token_arrays)
 from ..io.parquet import (DEFAULT_BATCH_ROWS, FEATURES, INDICES, LABEL, TOKENS, VALUES,
                       detect_task, iter_batches, open_parquet, resolve_paths)
 from .stats import Statistics
@@ -32,6 +33,10 @@ class CountTable:
     def __init__(self, value_dtype: type, capacity_bits: int = 16, max_bits: int | None = None):
         self.value_dtype = np.dtype(value_dtype)
         self.max_bits = max_bits  # growth stops here unless a batch needs more
+        # Called with the sorted (keys, values) when the table is full at max_bits in the
+        # middle of a batch: it takes them (e.g. writes a run) and the table is emptied
+        # instead of grown, so a long document or batch stays within the budget.
+        self.spill: Callable[[np.ndarray, np.ndarray], None] | None = None
         self._allocate(capacity_bits)
 
     def _allocate(self, bits: int) -> None:
@@ -42,7 +47,8 @@ class CountTable:
         self.n_used = 0
 
     def clear(self, capacity_bits: int = 16) -> None:
-        self._allocate(capacity_bits)
+        """Empty the table, at `capacity_bits` (never above max_bits)."""
+        self._allocate(capacity_bits if self.max_bits is None else min(capacity_bits, self.max_bits))
 
     @property
     def full(self) -> bool:
@@ -62,7 +68,13 @@ class CountTable:
         return self.slots.nbytes
 
     def grow(self) -> None:
-        """Double the capacity (quadruple while small: rehashing is the cost of growth)."""
+        """Double the capacity (quadruple while small: rehashing is the cost of growth); at
+        max_bits with a `spill`, hand the table over and empty it instead."""
+        if self.spill is not None and self.max_bits is not None and self.bits >= self.max_bits:
+            keys, vals = self.items()
+            self.spill(keys, vals)
+            self.clear(self.bits)
+            return
         old, n_used = self.slots, self.n_used
         bits = self.bits + (2 if self.bits < 22 else 1)
         if self.max_bits is not None:
@@ -114,12 +126,15 @@ class Accumulator:
     sparse `indices` + `values` list columns (set features=None).
     `vocab_size` / `n_classes` / `n_features` fix the sizes up front (ids beyond them are
     errors); otherwise they are discovered as the largest id seen plus one.
+    `table_bits` caps the hash table at 2**table_bits slots (16 bytes each); past it the
+    table grows anyway unless `table.spill` is set (see CountTable).
     """
 
     def __init__(self, task: str, *, window: int = 1, column: str = TOKENS,
                  label: str = LABEL, features: str | None = FEATURES, indices: str = INDICES,
                  values: str = VALUES, vocab_size: int | None = None,
-                 n_classes: int | None = None, n_features: int | None = None):
+                 n_classes: int | None = None, n_features: int | None = None,
+                 table_bits: int | None = None):
         if task not in ("lm", "classify"):
             raise OptionError(f"task must be 'lm' or 'classify', not {task!r}")
         if task == "lm" and not 1 <= window <= kernels.MAX_WINDOW:
@@ -130,7 +145,8 @@ class Accumulator:
                             values=values)
         self.n_classes = vocab_size if task == "lm" else n_classes
         self.n_features_fixed = n_features
-        self.table = CountTable(np.int64 if task == "lm" else np.float64)
+        self.table = CountTable(np.int64 if task == "lm" else np.float64,
+                                16 if table_bits is None else min(16, table_bits), table_bits)
         self.n_examples = 0
         self.l1_sum = 0.0
         self.empty_rows = 0
@@ -150,13 +166,15 @@ class Accumulator:
         return [c["label"], c["indices"], c["values"]]
 
     def update(self, batch: pa.RecordBatch | pa.Table) -> None:
-        """Add one Arrow record batch (or table)."""
+        """Add one Arrow record batch or table (or a pandas DataFrame, converted to one)."""
+        if not isinstance(batch, (pa.RecordBatch, pa.Table)):
+            batch = _as_arrow(batch)
         if isinstance(batch, pa.Table):
             for rb in batch.to_batches():
                 self.update(rb)
             return
         if self.task == "lm":
-            self.add_tokens(token_arrays(batch, self.columns["column"], self.n_classes))
+            self._add_tokens(token_arrays(batch, self.columns["column"], self.n_classes))
         else:
             c = self.columns
             dense = c["features"] is not None
@@ -168,17 +186,28 @@ class Accumulator:
                                 n_features=width, n_classes=self.n_classes)
             if dense and self.dense_width is None and rows.n_rows:
                 self.dense_width = rows.n_features
-            self.add_rows(rows)
+            self._add_rows(rows)
 
     def add_tokens(self, arrays: TokenArrays) -> None:
-        """Add documents given as numpy arrays (already validated, e.g. by token_arrays)."""
+        """Add documents given as numpy arrays: integer token ids, documents concatenated,
+        and their offsets. Checked first (types, offsets, id range: min / max), since an id
+        outside the range would corrupt the hash table."""
+        self._add_tokens(check_token_arrays(arrays, self.n_classes))
+
+    def add_rows(self, rows: FeatureRows) -> None:
+        """Add feature rows given as numpy arrays (CSR indptr / indices / values, labels),
+        checked first as `add_tokens` checks tokens."""
+        self._add_rows(check_feature_rows(rows, self.n_features_fixed, self.n_classes))
+
+    def _add_tokens(self, arrays: TokenArrays) -> None:
+        """add_tokens of arrays already validated (by token_arrays)."""
         self.table.add_windows(arrays.tokens, arrays.doc_offsets, self.window)
         self.n_examples += arrays.n_tokens
         if arrays.n_tokens:
             self.max_id = max(self.max_id, int(arrays.tokens.max()))
 
-    def add_rows(self, rows: FeatureRows) -> None:
-        """Add feature rows given as numpy arrays (already validated, e.g. by feature_rows)."""
+    def _add_rows(self, rows: FeatureRows) -> None:
+        """add_rows of rows already validated (by feature_rows)."""
         self.table.add_rows(rows)
         row_of = np.repeat(np.arange(rows.n_rows), np.diff(rows.indptr))
         sums = np.bincount(row_of, weights=rows.values, minlength=rows.n_rows)
@@ -228,13 +257,25 @@ class Accumulator:
                           empty_rows=self.empty_rows, sources=list(self.sources))
 
 
+def _as_arrow(data) -> pa.Table:
+    """A pandas DataFrame (or anything speaking the Arrow stream protocol) as an Arrow table."""
+    if type(data).__module__.split(".")[0] == "pandas" and hasattr(data, "columns"):
+        return pa.Table.from_pandas(data, preserve_index=False)
+    if hasattr(data, "__arrow_c_stream__"):
+        return pa.table(data)
+    raise TypeError(f"update takes a pyarrow RecordBatch or Table (or a pandas DataFrame), not "
+                    f"{type(data).__name__}")
+
+
 def accumulator_for(paths: list[Path], task: str | None = None, **options) -> Accumulator:
     """An Accumulator for these files, with the task detected from the first file's columns
     when not given (dense vs sparse features too)."""
     schema = open_parquet(paths[0]).schema_arrow
     if task is None:
         try:
-            task = detect_task(schema)
+            task = detect_task(schema, **{k: options[k] for k in
+                                          ("column", "label", "features", "indices", "values")
+                                          if k in options})
         except InputError as exc:
             raise InputError(exc.message, path=str(paths[0])) from None
     features = options.get("features", FEATURES)

@@ -12,8 +12,8 @@ sort produce CSR directly.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from ..io.jit import njit
 from ..data.limits import (BOS_KEY, LABEL_BITS, LABEL_MASK, MAX_FEATURE, MAX_LABEL,  # noqa: F401
                            MAX_TOKEN_ID, MAX_WINDOW, TOKEN_BITS, TOKEN_MASK)
 

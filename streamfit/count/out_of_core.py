@@ -12,12 +12,15 @@ uninterrupted run. The statistics directory is locked for the whole run.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import multiprocessing
 import os
 import queue as queue_module
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -33,22 +36,62 @@ from ..io.files import DirectoryLock, fault_point, write_json
 from ..io.parquet import DEFAULT_BATCH_ROWS, iter_batches, open_parquet, resolve_paths
 from .spill import cells, merge_runs, remove_run, statistics_as_run, write_run
 from .stats import (MANIFEST, check_mergeable, combined_sources, commit, load, manifest_header,
-                    new_generation, save_arrays, summary)
+                    new_generation, remove_uncommitted, save_arrays, summary)
 
 JOURNAL = "journal.json"
+RUN_NAME = re.compile(r"run-[0-9a-f]{12}")  # spill.write_run's names
 DEFAULT_MEMORY = 2 << 30
 CHECKPOINT_SECONDS = 60.0
+MAX_MEMORY = 1 << 50  # a budget beyond any one machine is a typing error
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes — or its container's limit (cgroup v2 or v1), when
+    lower; None where the system does not say."""
+    sizes = []
+    try:
+        sizes.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        pass
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:  # "max" or a huge number: no limit
+            sizes.append(int(text))
+    sizes = [s for s in sizes if s > 0]
+    return min(sizes) if sizes else None
 
 
 def parse_size(text: str) -> int:
-    """'512M', '2G', '1.5GiB', '1000000' → bytes."""
+    """'512M', '2G', '1.5GiB', '1000000' → bytes; '50%' → that share of this machine's
+    memory (or its container's limit)."""
+    if text.strip().endswith("%"):
+        try:
+            share = float(text.strip()[:-1])
+        except ValueError:
+            share = math.nan
+        if not 0 < share <= 100:
+            raise OptionError(f"memory budget {text!r}: a share of memory is more than 0% and "
+                              f"at most 100%")
+        total = physical_memory()
+        if total is None:
+            raise OptionError(f"memory budget {text!r}: this system does not say how much "
+                              f"memory it has; give a size (e.g. 4G)")
+        text = str(int(total * share / 100))
     t = text.strip().upper().removesuffix("IB").removesuffix("B")
     scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
     number = t[:-1] if t[-1:] in "KMGT" else t
     try:
-        size = int(float(number) * scale)
+        value = float(number) * scale
     except ValueError:
-        raise OptionError(f"not a size: {text!r} (e.g. 512M, 2G)") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise OptionError(f"memory budget {text!r} is not a size (e.g. 512M, 2G)")
+    if value > MAX_MEMORY:
+        raise OptionError(f"memory budget {text!r} is too large: at most {MAX_MEMORY >> 40}T")
+    size = int(value)
     if size < 1 << 20:
         raise OptionError(f"memory budget {text!r} is too small: at least 1M")
     return size
@@ -81,15 +124,20 @@ class Journal:
     @classmethod
     def load(cls, path: Path) -> "Journal":
         raw = json.loads(path.read_text())
-        return cls(**raw)
+        journal = cls(**raw)
+        for run in journal.runs:  # run files are read and removed: only streamfit's own names
+            if not (isinstance(run.get("name"), str) and RUN_NAME.fullmatch(run["name"])):
+                raise StreamfitError(f"{path}: names the run {run.get('name')!r}, not one of "
+                                     f"streamfit's (run-<12 hex digits>): refused; remove "
+                                     f"{path.parent} or pass --overwrite")
+        return journal
 
     def save(self, path: Path) -> None:
         write_json(path, self.__dict__)
 
     def record(self, msg: dict) -> None:
         """Add one spill's report: its run, the units and rows it holds, its counts."""
-        if msg["run"] is not None:
-            self.runs.append(msg["run"])
+        self.runs.extend(msg["runs"])
         for path, rg, rows in msg["done"]:
             self.done.setdefault(path, {})[str(rg)] = rows
             self.partial.get(path, {}).pop(str(rg), None)
@@ -110,23 +158,34 @@ def _work(worker: int, units: list[tuple[str, int, int]], job: Job, report: Call
     reporting it whenever the table reaches the budget or a checkpoint is due. With
     `keep_last`, a table that never had to spill is reported in memory ("table": sorted
     keys and values) instead of as a run."""
-    acc = Accumulator(job.task, **job.options)
     # The table may take half the budget (16 bytes a slot); spilling it takes about as much.
-    acc.table.max_bits = max(10, int(np.log2(max(job.budget // 2 // 16, 1024))))
+    acc = Accumulator(job.task, table_bits=max(10, int(np.log2(max(job.budget // 2 // 16, 1024)))),
+                      **job.options)
     work = Path(job.work)
     done: list = []
     last = time.monotonic()
     current: tuple[str, int, int] | None = None
 
     spilled = False
+    inside: list[dict] = []  # runs spilled inside a batch, reported with the next spill
+
+    def spill_inside(keys: np.ndarray, vals: np.ndarray) -> None:
+        # The table is full in the middle of a batch: a run, not a bigger table. It is
+        # journalled only with the next spill (at a batch's end), so a run killed before
+        # that recounts the batch and the resume removes this run as unjournalled.
+        nonlocal spilled
+        inside.append(write_run(work, keys, vals))
+        spilled = True
+        fault_point("mid_batch_spill")
+    acc.table.spill = spill_inside
 
     def spill(final: bool = False) -> None:
-        nonlocal done, last, spilled
+        nonlocal done, last, spilled, inside
         keys, vals, counts = acc.take()
         in_memory = final and keep_last and not spilled
-        run = write_run(work, keys, vals) if keys.size and not in_memory else None
-        spilled = True
-        report({"kind": "spill", "worker": worker, "run": run, "done": done,
+        runs = inside + ([write_run(work, keys, vals)] if keys.size and not in_memory else [])
+        spilled, inside = True, []
+        report({"kind": "spill", "worker": worker, "runs": runs, "done": done,
                 "table": (keys, vals) if in_memory else None,
                 "partial": [current] if current else [], "counts": counts,
                 "extent": {"max_id": acc.max_id, "max_label": acc.max_label,
@@ -219,6 +278,19 @@ def _rebuild_error(message: str) -> StreamfitError:
     return InputError(message) if ": " in message else StreamfitError(message)
 
 
+def work_directory(stats_dir: str | os.PathLike, temp: str | os.PathLike | None,
+                   prefix: str = "streamfit-work") -> Path:
+    """Where an accumulate keeps its spilled runs and journal: STATS/.work, or with `temp`
+    a subdirectory of it that is streamfit's own, named after the statistics directory (a
+    rerun with the same `temp` finds an interrupted run's journal there, and several
+    statistics directories can share one `temp`). Only that subdirectory is ever created
+    or removed in `temp`: the user's own files there are left alone."""
+    if temp is None:
+        return Path(stats_dir) / ".work"
+    key = hashlib.sha256(str(Path(stats_dir).resolve()).encode()).hexdigest()[:16]
+    return Path(temp) / f"{prefix}-{key}"
+
+
 def accumulate_into(stats_dir: str | os.PathLike, paths, *, task: str | None = None,
                     window: int | None = None, overwrite: bool = False,
                     memory: int = DEFAULT_MEMORY, temp: str | os.PathLike | None = None,
@@ -238,19 +310,26 @@ def accumulate_into(stats_dir: str | os.PathLike, paths, *, task: str | None = N
     files = resolve_paths(paths)
     created = not stats_dir.exists()
     stats_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(temp) if temp is not None else stats_dir / ".work"
-    try:
-        with DirectoryLock(stats_dir):
+    work = work_directory(stats_dir, temp)
+    # The lock comes first: a writer refused because another one holds the directory has
+    # touched nothing (not the other's work directory, whose journal may not exist yet).
+    with DirectoryLock(stats_dir):
+        try:
             return _accumulate_locked(stats_dir, work, files, task, window, overwrite, memory,
                                       jobs, batch_rows, checkpoint_seconds, progress, units,
                                       allow_empty, options)
-    except BaseException:
-        # Leave no trace of a run that recorded nothing: an interrupted run's journal stays.
-        if not (work / JOURNAL).exists():
-            shutil.rmtree(work, ignore_errors=True)
-            if created and not any(stats_dir.iterdir()):
-                stats_dir.rmdir()
-        raise
+        except BaseException:
+            # Leave no trace of a run that recorded nothing: an interrupted run's journal
+            # stays, with the runs it names (to resume), but nothing else it did not record.
+            remove_uncommitted(stats_dir)
+            if not (work / JOURNAL).exists():
+                shutil.rmtree(work, ignore_errors=True)
+                if created and not any(stats_dir.iterdir()):
+                    stats_dir.rmdir()
+            else:
+                with contextlib.suppress(OSError, ValueError, TypeError, StreamfitError):
+                    _remove_unjournalled(work, Journal.load(work / JOURNAL))
+            raise
 
 
 def _accumulate_locked(stats_dir, work, files, task, window, overwrite, memory, jobs,
@@ -274,11 +353,14 @@ def _accumulate_locked(stats_dir, work, files, task, window, overwrite, memory, 
                for rg in s["row_groups"]} | journal.units_done()
     sizes = {**{s["path"]: s["size"] for s in (previous.sources if previous else [])},
              **journal.sizes}
+    # Files of which something was counted (a file that failed validation before any of
+    # its rows were journalled was not: fixing it must not block the rerun).
+    counted_files = {p for p, _ in counted} | {p for p, groups in journal.partial.items() if groups}
     units, total_rows = [], 0
     for p in files:
         key = str(p.resolve())
         size = os.path.getsize(p)
-        if key in sizes and sizes[key] != size:
+        if key in counted_files and key in sizes and sizes[key] != size:
             raise StreamfitError(f"{p} changed since it was counted (size {sizes[key]} → "
                                  f"{size}): use --overwrite")
         journal.sizes[key] = size
@@ -315,7 +397,7 @@ def _accumulate_locked(stats_dir, work, files, task, window, overwrite, memory, 
         shutil.rmtree(work, ignore_errors=True)
         raise StreamfitError(f"no examples in {', '.join(map(str, files))}: nothing to "
                              f"accumulate")
-    manifest = _merge_into(stats_dir, work, journal, previous, template, memory)
+    manifest = _merge_into(stats_dir, work, journal, previous, template, memory, progress=progress)
     shutil.rmtree(work, ignore_errors=True)
     return {"unchanged": False, "resumed": resumed, **summary(manifest)}
 
@@ -389,17 +471,24 @@ def _open_journal(work: Path, identity: dict, previous, overwrite: bool) -> Jour
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True, exist_ok=True)
         return Journal(options=identity)
-    known = {r["name"] for r in journal.runs}
-    for stale in work.glob("run-*.npy"):  # spilled after the last journal entry: lost work
-        if stale.name.split(".")[0] not in known:
-            stale.unlink()
-    for stale in work.glob(".*.tmp-*"):  # files a killed write left half-done
-        stale.unlink()
+    _remove_unjournalled(work, journal)
     return journal
 
 
+def _remove_unjournalled(work: Path, journal: Journal) -> None:
+    """Remove run files the journal does not name (spilled after its last entry, or the
+    merge's own) and half-written temporary files."""
+    known = {r["name"] for r in journal.runs}
+    for stale in work.glob("run-*.npy"):
+        if stale.name.split(".")[0] not in known:
+            stale.unlink(missing_ok=True)
+    for stale in work.glob(".*.tmp-*"):
+        stale.unlink(missing_ok=True)
+
+
 def _merge_into(stats_dir: Path, work: Path, journal: Journal, previous, template: Accumulator,
-                memory: int, table: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+                memory: int, table: tuple[np.ndarray, np.ndarray] | None = None,
+                progress: bool = False) -> dict:
     """Merge the journalled runs and the previous statistics into new statistics; `table`
     (sorted keys and values of a table that never spilled) is the only part when given."""
     runs = list(journal.runs)
@@ -432,7 +521,7 @@ def _merge_into(stats_dir: Path, work: Path, journal: Journal, previous, templat
     else:
         arrays = merge_runs(work, runs, task=template.task, vocab_size=n_classes,
                             n_features=n_features, value_dtype=dtype, out_dir=stats_dir,
-                            generation=generation, memory=memory)
+                            generation=generation, memory=memory, progress=progress)
     sources = list(previous.sources) if previous is not None else []
     for path, groups in journal.done.items():
         entry = {"path": path, "size": journal.sizes[path],
@@ -459,12 +548,24 @@ def _merge_into(stats_dir: Path, work: Path, journal: Journal, previous, templat
     return manifest
 
 
-def merge_into(out_dir: str | os.PathLike, dirs, *, memory: int = DEFAULT_MEMORY) -> dict:
+def refuse_duplicates(dirs) -> None:
+    """A statistics directory named twice would be counted twice: refused."""
+    seen: set[Path] = set()
+    for d in dirs:
+        if Path(d).resolve() in seen:
+            raise OptionError(f"{d} is given twice: merging would count it twice")
+        seen.add(Path(d).resolve())
+
+
+def merge_into(out_dir: str | os.PathLike, dirs, *, memory: int = DEFAULT_MEMORY,
+               progress: bool = False) -> dict:
     """Merge statistics directories into `out_dir` (which may be one of them) with the
     bounded-memory k-way merge; returns the manifest."""
     out_dir = Path(out_dir)
+    refuse_duplicates(dirs)
     parts = [load(d) for d in dirs]
     check_mergeable(parts)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     with DirectoryLock(out_dir):
         work = out_dir / ".work-merge"
@@ -478,12 +579,19 @@ def merge_into(out_dir: str | os.PathLike, dirs, *, memory: int = DEFAULT_MEMORY
             runs = [statistics_as_run(s, work) for s in parts]
             arrays = merge_runs(work, runs, task=first.task, vocab_size=n_classes,
                                 n_features=n_features, value_dtype=first.data.dtype,
-                                out_dir=out_dir, generation=new_generation(), memory=memory)
+                                out_dir=out_dir, generation=new_generation(), memory=memory,
+                                progress=progress)
             merged = dataclasses.replace(
                 first, n_classes=n_classes, n_features=n_features,
                 n_examples=sum(s.n_examples for s in parts), l1_sum=sum(s.l1_sum for s in parts),
                 empty_rows=sum(s.empty_rows for s in parts),
                 sources=combined_sources([src for s in parts for src in s.sources]))
             return commit(out_dir, {**merged.header(), "nnz": arrays["data"]["shape"][0]}, arrays)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            remove_uncommitted(out_dir)
+            if created and not any(out_dir.iterdir()):
+                out_dir.rmdir()  # a failed merge leaves no empty output directory
+            raise
         finally:
             shutil.rmtree(work, ignore_errors=True)

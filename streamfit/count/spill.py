@@ -8,26 +8,59 @@ so runs written before the vocabulary was known merge into its final layout.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from . import kernels
 from .stats import array_file
-from ..errors import FormatError
-from ..io.files import NpyWriter, atomic_path, fault_point, file_digest, save_npy
+from ..errors import FormatError, StreamfitError
+from ..io.files import NpyWriter, atomic_path, disk_full, fault_point, file_digest, no_space, save_npy
 
 RUN_ENTRY_BYTES = 16
+MERGE_FAN_IN = 64  # runs merged at once (two open files each); more are merged in levels
 
 
 def write_run(directory: Path, keys: np.ndarray, vals: np.ndarray) -> dict:
-    """Write one sorted run crash-safely; returns its journal entry."""
-    name = f"run-{uuid.uuid4().hex[:12]}"
-    save_npy(directory / f"{name}.keys.npy", keys)
-    fault_point("mid_spill")
-    save_npy(directory / f"{name}.vals.npy", vals)
-    return {"name": name, "n": int(keys.size)}
+    """Write one sorted run crash-safely; returns its journal entry. A run that cannot be
+    written whole (a full disk) leaves no file."""
+    entry = {"name": f"run-{uuid.uuid4().hex[:12]}", "n": int(keys.size)}
+    try:
+        save_npy(directory / f"{entry['name']}.keys.npy", keys)
+        fault_point("mid_spill")
+        save_npy(directory / f"{entry['name']}.vals.npy", vals)
+    except BaseException:
+        remove_run(directory, entry)
+        raise
+    return entry
+
+
+@contextlib.contextmanager
+def unjournalled_run(directory: Path, value_dtype,
+                     **fields) -> Iterator[tuple[NpyWriter, NpyWriter, dict]]:
+    """Writers of the keys and values of a run that lives only for one merge and is never
+    journalled (a merge killed midway starts over), so written without fsync; yields them
+    and the run's entry (its size filled in at the end). On failure its files are removed
+    and a full disk is reported naming them."""
+    entry = {"name": f"run-{uuid.uuid4().hex[:12]}", "n": 0, **fields}
+    writers = (NpyWriter(directory / f"{entry['name']}.keys.npy", np.int64),
+               NpyWriter(directory / f"{entry['name']}.vals.npy", value_dtype))
+    try:
+        yield writers[0], writers[1], entry
+        for w in writers:
+            w.close(sync=False)
+    except BaseException as exc:
+        for w in writers:
+            w.abort()
+        remove_run(directory, entry)
+        if disk_full(exc) and not isinstance(exc, StreamfitError):
+            raise no_space(writers[0].path) from None
+        raise
+    entry["n"] = writers[0].n
 
 
 def remove_run(directory: Path, entry: dict) -> None:
@@ -60,18 +93,24 @@ def statistics_as_run(stats, directory: Path, chunk_rows: int = 1 << 16) -> dict
     time, so they merge with new runs in bounded memory. Such a run lives only for one
     merge and is never journalled (a merge killed midway starts over from the statistics),
     so it is written without fsync."""
-    name = f"run-{uuid.uuid4().hex[:12]}"
-    wk = NpyWriter(directory / f"{name}.keys.npy", np.int64)
-    wv = NpyWriter(directory / f"{name}.vals.npy", stats.data.dtype)
-    for lo in range(0, stats.n_features, chunk_rows):
-        hi = min(stats.n_features, lo + chunk_rows)
-        p0, p1 = int(stats.indptr[lo]), int(stats.indptr[hi])
-        rows = lo + np.repeat(np.arange(hi - lo), np.diff(stats.indptr[lo:hi + 1]))
-        wk.append(packed(rows, np.asarray(stats.indices[p0:p1]), stats.task, stats.n_classes))
-        wv.append(np.asarray(stats.data[p0:p1]))
-    wk.close(sync=False)
-    wv.close(sync=False)
-    return {"name": name, "n": int(stats.nnz)}
+    digests = stats.digests()  # statistics read whole: their sha256 checked on the way
+    with unjournalled_run(directory, stats.data.dtype) as (wk, wv, entry):
+        for lo in range(0, stats.n_features, chunk_rows):
+            hi = min(stats.n_features, lo + chunk_rows)
+            p0, p1 = int(stats.indptr[lo]), int(stats.indptr[hi])
+            ptr = np.asarray(stats.indptr[lo:hi + 1])
+            rows = lo + np.repeat(np.arange(hi - lo), np.diff(ptr))
+            indices, data = np.asarray(stats.indices[p0:p1]), np.asarray(stats.data[p0:p1])
+            for name, part in (("indptr", ptr[:-1]), ("indices", indices), ("data", data)):
+                if name in digests:
+                    digests[name].update(part)
+            wk.append(packed(rows, indices, stats.task, stats.n_classes))
+            wv.append(data)
+        if "indptr" in digests:
+            digests["indptr"].update(np.asarray(stats.indptr[stats.n_features:]))
+        for d in digests.values():
+            d.check()
+    return entry
 
 
 class _RunReader:
@@ -110,22 +149,37 @@ class _RunReader:
             fh.close()
 
 
-def merge_runs(directory: Path, runs: list[dict], *, task: str, vocab_size: int,
-               n_features: int, value_dtype, out_dir: Path, generation: str,
-               memory: int) -> dict:
-    """Merge sorted runs into the CSR arrays F-<generation>.{indptr,indices,data}.npy of
-    `out_dir`, summing equal keys, holding at most about `memory` bytes of run slices.
-    Returns the arrays' manifest entries."""
+def fan_in() -> int:
+    """How many runs one merge reads at once: MERGE_FAN_IN, or fewer when the open-file
+    limit leaves no room for two files per run (with a margin for everything else)."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return MERGE_FAN_IN
+    if soft == resource.RLIM_INFINITY:
+        return MERGE_FAN_IN
+    try:
+        open_now = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        open_now = 64
+    return max(2, min(MERGE_FAN_IN, (soft - open_now - 32) // 2))
+
+
+def _merged(directory: Path, runs: list[dict], memory: int, bar) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The runs' (key, summed value) pairs in key order, a bounded chunk at a time: a
+    slice of each run, at most about `memory` bytes in all. The runs' files are open until
+    the generator is exhausted or closed."""
     step = max(1024, memory // (8 * RUN_ENTRY_BYTES * max(len(runs), 1)))
-    readers = [_RunReader(directory, r, step) for r in runs]
-    row_counts = np.zeros(n_features, dtype=np.int64)
-    paths = {name: out_dir / array_file(generation, name) for name in ("indices", "data")}
-    with atomic_path(paths["indices"]) as ti, atomic_path(paths["data"]) as td:
-        wi, wd = NpyWriter(ti, np.int32), NpyWriter(td, value_dtype)
+    readers = []
+    try:
+        for r in runs:
+            readers.append(_RunReader(directory, r, step))
         while True:
             live = [r for r in readers if r.pos < r.n]
             if not live:
-                break
+                return
             windows = [r.window() for r in live]
             # Every key <= bound of every run lies in its window: bounded slices of each.
             bound = min(int(keys[-1]) for keys, _ in windows)
@@ -137,22 +191,92 @@ def merge_runs(directory: Path, runs: list[dict], *, task: str, vocab_size: int,
                 r.pos += end
             keys = np.concatenate(key_parts)
             vals = np.concatenate(val_parts)
+            bar.update(keys.size)
             order = np.argsort(keys, kind="stable")
             keys, vals = keys[order], vals[order]
             first = np.empty(keys.size, dtype=bool)
             first[0] = True
             np.not_equal(keys[1:], keys[:-1], out=first[1:])
             starts = np.flatnonzero(first)
-            sums = np.add.reduceat(vals, starts)
-            rows, cols = cells(keys[starts], task, vocab_size)
-            row_counts += np.bincount(rows, minlength=n_features)
-            wi.append(cols.astype(np.int32))
-            wd.append(sums)
-            fault_point("mid_merge")
-        wi.close()
-        wd.close()
-    for r in readers:
-        r.close()
+            yield keys[starts], np.add.reduceat(vals, starts)
+    finally:
+        for r in readers:
+            r.close()
+
+
+def _merge_level(directory: Path, runs: list[dict], width: int, value_dtype, memory: int,
+                 progress: bool, level: int) -> list[dict]:
+    """Merge each group of `width` runs into one run (a single run passes as it is).
+    Merged runs live only until the next level has read them and are never journalled (a
+    merge killed midway starts over from the journalled runs), so they are written
+    without fsync, under run names that a resume removes as unjournalled."""
+    from tqdm.auto import tqdm
+
+    out: list[dict] = []
+    made: list[dict] = []  # this level's runs, removed again if it fails
+    try:
+        with tqdm(total=sum(r["n"] for r in runs), unit="entries", unit_scale=True,
+                  desc=f"merge (level {level})", disable=None if progress else True) as bar:
+            for lo in range(0, len(runs), width):
+                group = runs[lo:lo + width]
+                if len(group) == 1:
+                    out.append(group[0])
+                    continue
+                with unjournalled_run(directory, value_dtype, level=level) as (wk, wv, entry):
+                    for keys, sums in _merged(directory, group, memory, bar):
+                        wk.append(keys)
+                        wv.append(sums)
+                        fault_point("mid_merge")
+                made.append(entry)
+                out.append(entry)
+                for r in group:
+                    if r.get("level"):  # an earlier level's merged run: done with
+                        remove_run(directory, r)
+    except BaseException:
+        for entry in made:
+            remove_run(directory, entry)
+        raise
+    return out
+
+
+def merge_runs(directory: Path, runs: list[dict], *, task: str, vocab_size: int,
+               n_features: int, value_dtype, out_dir: Path, generation: str,
+               memory: int, progress: bool = False) -> dict:
+    """Merge sorted runs into the CSR arrays F-<generation>.{indptr,indices,data}.npy of
+    `out_dir`, summing equal keys, holding at most about `memory` bytes of run slices.
+    At most `fan_in()` runs are open at once: more are first merged in levels, groups of
+    that many into one run each. Returns the arrays' manifest entries. `progress`: a bar
+    of the run entries merged (one per level)."""
+    from tqdm.auto import tqdm
+
+    width, level = fan_in(), 0
+    try:
+        while len(runs) > width:
+            level += 1
+            runs = _merge_level(directory, runs, width, value_dtype, memory, progress, level)
+        row_counts = np.zeros(n_features, dtype=np.int64)
+        paths = {name: out_dir / array_file(generation, name) for name in ("indices", "data")}
+        with atomic_path(paths["indices"]) as ti, atomic_path(paths["data"]) as td, \
+                tqdm(total=sum(r["n"] for r in runs), unit="entries", unit_scale=True,
+                     desc="merge", disable=None if progress else True) as bar:
+            wi, wd = NpyWriter(ti, np.int32), NpyWriter(td, value_dtype)
+            try:
+                for keys, sums in _merged(directory, runs, memory, bar):
+                    rows, cols = cells(keys, task, vocab_size)
+                    row_counts += np.bincount(rows, minlength=n_features)
+                    wi.append(cols.astype(np.int32))
+                    wd.append(sums)
+                    fault_point("mid_merge")
+            except BaseException:
+                wi.abort()
+                wd.abort()
+                raise
+            wi.close()
+            wd.close()
+    finally:
+        for r in runs:
+            if r.get("level"):
+                remove_run(directory, r)
     indptr = np.zeros(n_features + 1, dtype=np.int64)
     np.cumsum(row_counts, out=indptr[1:])
     entries = {"indptr": (indptr, save_npy(out_dir / array_file(generation, "indptr"), indptr))}

@@ -24,12 +24,17 @@ import scipy.sparse as sp
 
 from .. import __version__
 from ..errors import FormatError, OptionError
-from ..io.files import header_checksum, load_npy, read_document, save_npy, verify, write_json
+from ..io.files import (StreamingDigest, check_array_entries, check_csr, check_fields,
+                        header_checksum, load_npy, named_file, read_document, save_npy, verify,
+                        write_json)
 
 FORMAT = "streamfit-statistics"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 ARRAYS = ("indptr", "indices", "data")
+MANIFEST_FIELDS = {"task": str, "window": int, "n_classes": int, "n_features": int, "nnz": int,
+                   "n_examples": int, "l1_sum": (int, float), "empty_rows": int, "sources": list,
+                   "checksum": str}
 
 
 @dataclass
@@ -48,6 +53,10 @@ class Statistics:
     window: int = 0            # lm only
     empty_rows: int = 0        # classify rows whose features are all zero (add nothing)
     sources: list[dict] = field(default_factory=list)  # {"path", "size", "row_groups", "rows"}
+    # Loaded from a directory: each array's file and manifest entry, so that a pass that
+    # reads an array whole can check its sha256 on the way (see `digests`).
+    files: dict = field(default_factory=dict, repr=False, compare=False)
+    _totals: tuple | None = field(default=None, repr=False, compare=False)
 
     @property
     def nnz(self) -> int:
@@ -66,24 +75,50 @@ class Statistics:
         return sp.csr_matrix((self.data, self.indices, self.indptr),
                              shape=(self.n_features, self.n_classes))
 
-    def feature_totals(self, block_rows: int = 1 << 16) -> np.ndarray:
-        """f_i = sum_j F_ij (float64), a block of rows at a time (memory-mapped data stays
-        out of memory)."""
-        out = np.zeros(self.n_features)
-        for lo in range(0, self.n_features, block_rows):
-            hi = min(self.n_features, lo + block_rows)
-            p0, p1 = int(self.indptr[lo]), int(self.indptr[hi])
-            rows = np.repeat(np.arange(hi - lo), np.diff(self.indptr[lo:hi + 1]))
-            out[lo:hi] = np.bincount(rows, weights=self.data[p0:p1], minlength=hi - lo)
-        return out
+    def digests(self) -> dict:
+        """A StreamingDigest per array loaded from a file (none for statistics in memory)."""
+        return {name: StreamingDigest(path, array, entry)
+                for name, (path, entry, array) in self.files.items()
+                if getattr(self, name) is array}  # not an array replaced since loading
 
-    def class_totals(self, block: int = 1 << 22) -> np.ndarray:
-        """c_j = sum_i F_ij (float64), a block of entries at a time."""
-        out = np.zeros(self.n_classes)
+    def totals(self, *, verify: bool = True, block: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
+        """(f, c): f_i = sum_j F_ij and c_j = sum_i F_ij (float64), in one pass over F a
+        block of entries at a time (memory-mapped arrays stay out of memory), kept for
+        later calls. With `verify`, arrays loaded from files have their sha256 checked on
+        the way: a damaged statistics directory is refused, not solved."""
+        if self._totals is not None:
+            return self._totals
+        digests = self.digests() if verify else {}
+        f, c = np.zeros(self.n_features), np.zeros(self.n_classes)
+        indptr = self.indptr
+        if "indptr" in digests:
+            for lo in range(0, indptr.size, block):
+                digests["indptr"].update(indptr[lo:lo + block])
         for lo in range(0, self.nnz, block):
-            out += np.bincount(self.indices[lo:lo + block], weights=self.data[lo:lo + block],
-                               minlength=self.n_classes)
-        return out
+            hi = min(self.nnz, lo + block)
+            r0 = int(np.searchsorted(indptr, lo, side="right")) - 1
+            r1 = int(np.searchsorted(indptr, hi, side="left"))
+            counts = np.diff(np.clip(np.asarray(indptr[r0:r1 + 1]), lo, hi))
+            rows = np.repeat(np.arange(r1 - r0), counts)
+            indices, data = np.asarray(self.indices[lo:hi]), np.asarray(self.data[lo:hi])
+            for name, part in (("indices", indices), ("data", data)):
+                if name in digests:
+                    digests[name].update(part)
+            values = data.astype(np.float64, copy=False)
+            f[r0:r1] += np.bincount(rows, weights=values, minlength=r1 - r0)
+            c += np.bincount(indices, weights=values, minlength=self.n_classes)
+        for d in digests.values():
+            d.check()
+        self._totals = (f, c)
+        return self._totals
+
+    def feature_totals(self) -> np.ndarray:
+        """f_i = sum_j F_ij (float64); see `totals`."""
+        return self.totals()[0]
+
+    def class_totals(self) -> np.ndarray:
+        """c_j = sum_i F_ij (float64); see `totals`."""
+        return self.totals()[1]
 
     def relayout(self, n_classes: int, n_features: int | None = None) -> "Statistics":
         """The same statistics in a layout for more classes (and features): for lm, rows move
@@ -107,7 +142,8 @@ class Statistics:
         indptr = np.zeros(n_features + 1, dtype=np.int64)
         np.cumsum(counts, out=indptr[1:])
         return replace(self, n_classes=n_classes, n_features=n_features, indptr=indptr,
-                       indices=np.asarray(self.indices), data=np.asarray(self.data))
+                       indices=np.asarray(self.indices), data=np.asarray(self.data),
+                       files={}, _totals=None)
 
     def header(self) -> dict:
         """The manifest's description of these statistics (no file entries)."""
@@ -166,6 +202,24 @@ def commit(directory: Path, header: dict, arrays: dict) -> dict:
     return manifest
 
 
+def remove_uncommitted(directory: Path) -> None:
+    """Remove arrays that no manifest names and temporary files: what a failed save left
+    in a statistics directory (its writer holds the directory's lock)."""
+    import json
+
+    keep: set[str] = set()
+    try:
+        keep = {a["file"] for a in json.loads((directory / MANIFEST).read_text())["arrays"].values()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        if (directory / MANIFEST).exists():
+            return  # a manifest that cannot be read: leave its directory alone
+    for p in directory.glob("F-*.npy"):
+        if p.name not in keep:
+            p.unlink(missing_ok=True)
+    for p in directory.glob(".*.tmp-*"):
+        p.unlink(missing_ok=True)
+
+
 def save_arrays(directory: Path, generation: str, arrays: dict[str, np.ndarray]) -> dict:
     """Write the CSR arrays of one generation; returns their manifest entries (`commit`
     makes them the statistics)."""
@@ -193,7 +247,13 @@ def read_manifest(directory: str | os.PathLike) -> dict:
         raise FormatError(f"{directory}: no statistics directory here (run `streamfit accumulate` first)")
     if not path.exists():
         raise FormatError(f"{directory}: not a statistics directory (no {MANIFEST})")
-    return read_document(path, FORMAT, SCHEMA_VERSION, "statistics manifest")
+    what = "statistics manifest"
+    manifest = read_document(path, FORMAT, SCHEMA_VERSION, what)
+    check_fields(manifest, MANIFEST_FIELDS, path, what)
+    if manifest["task"] not in ("lm", "classify"):
+        raise FormatError(f"{path}: {what} has task {manifest['task']!r}, not lm or classify")
+    check_array_entries(manifest, ARRAYS, path, what)
+    return manifest
 
 
 def load(directory: str | os.PathLike, *, mmap: bool = True, check: bool = False) -> Statistics:
@@ -204,7 +264,7 @@ def load(directory: str | os.PathLike, *, mmap: bool = True, check: bool = False
     arrays = {}
     for name in ARRAYS:
         entry = manifest["arrays"][name]
-        path = directory / entry["file"]
+        path = named_file(directory, entry["file"], directory / MANIFEST)
         if check:
             verify(path, entry)
         arr = load_npy(path, entry, mmap=mmap)
@@ -212,12 +272,18 @@ def load(directory: str | os.PathLike, *, mmap: bool = True, check: bool = False
             raise FormatError(f"{path}: shape/dtype {arr.shape}/{arr.dtype} does not match "
                               f"the manifest ({entry['shape']}/{entry['dtype']})")
         arrays[name] = arr
-    if arrays["indptr"].size != manifest["n_features"] + 1 or arrays["data"].size != manifest["nnz"]:
+    if arrays["indptr"].size != manifest["n_features"] + 1 or arrays["data"].size != manifest["nnz"] \
+            or arrays["indices"].size != manifest["nnz"]:
         raise FormatError(f"{directory}: arrays do not match the manifest's sizes")
+    check_csr(arrays["indptr"], arrays["indices"], manifest["n_features"], manifest["n_classes"],
+              tuple(directory / manifest["arrays"][n]["file"] for n in ("indptr", "indices")))
+    files = {name: (directory / manifest["arrays"][name]["file"], manifest["arrays"][name],
+                    arrays[name]) for name in ARRAYS}
     return Statistics(task=manifest["task"], n_classes=manifest["n_classes"],
                       n_features=manifest["n_features"], window=manifest["window"],
                       n_examples=manifest["n_examples"], l1_sum=manifest["l1_sum"],
-                      empty_rows=manifest["empty_rows"], sources=manifest["sources"], **arrays)
+                      empty_rows=manifest["empty_rows"], sources=manifest["sources"],
+                      files=files, **arrays)
 
 
 def checksum_of(directory: str | os.PathLike) -> str:
@@ -233,6 +299,11 @@ def check_mergeable(parts) -> None:
     group of the same file (merging would count it twice)."""
     if not parts:
         raise OptionError("merge needs at least one statistics shard")
+    for i, s in enumerate(parts):
+        for t in parts[:i]:
+            if s is t or (s.nnz and np.may_share_memory(s.data, t.data)):
+                raise OptionError("the same statistics are given twice: merging would count "
+                                  "them twice")
     first = parts[0]
     for s in parts[1:]:
         if (s.task, s.window) != (first.task, first.window):

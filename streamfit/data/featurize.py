@@ -102,8 +102,6 @@ def token_arrays(batch: pa.RecordBatch, column: str = "tokens",
         bad = np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))
         raise InputError("null token id", row=_first_row(offsets, bad), column=column)
     tokens = values.to_numpy()
-    if tokens.dtype not in (np.int32, np.int64):
-        tokens = tokens.astype(np.int64)
     limit = MAX_TOKEN_ID if vocab_size is None else vocab_size - 1
     if tokens.size and (tokens.min() < 0 or tokens.max() > limit):  # cheap test first
         bad = np.flatnonzero((tokens < 0) | (tokens > limit))
@@ -113,6 +111,8 @@ def token_arrays(batch: pa.RecordBatch, column: str = "tokens",
                 if vocab_size is not None else f"token id {value} above {MAX_TOKEN_ID}")
         raise InputError(f"{what} ({value})" if value < 0 else what,
                          row=_first_row(offsets, bad), column=column)
+    if tokens.dtype not in (np.int32, np.int64):  # after the range check: uint64 would wrap
+        tokens = tokens.astype(np.int64)
     return TokenArrays(np.ascontiguousarray(tokens), offsets)
 
 
@@ -123,13 +123,13 @@ def _labels(batch: pa.RecordBatch, column: str, n_classes: int | None) -> np.nda
     if arr.null_count:
         row = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
         raise InputError("null label", row=row, column=column)
-    labels = arr.to_numpy().astype(np.int64)
+    labels = arr.to_numpy()
     limit = MAX_LABEL if n_classes is None else n_classes - 1
-    bad = np.flatnonzero((labels < 0) | (labels > limit))
+    bad = np.flatnonzero((labels < 0) | (labels > limit))  # in the labels' own type
     if bad.size:
         value = int(labels[bad[0]])
         raise InputError(f"label {value} out of range 0..{limit}", row=int(bad[0]), column=column)
-    return labels
+    return labels.astype(np.int64)
 
 
 def _check_values(values: np.ndarray, offsets: np.ndarray, column: str) -> None:
@@ -188,17 +188,79 @@ def feature_rows(batch: pa.RecordBatch, *, label: str = "label", features: str |
     if iflat.null_count:
         bad = np.flatnonzero(iflat.is_null().to_numpy(zero_copy_only=False))
         raise InputError("null feature index", row=_first_row(ioff, bad), column=indices)
-    idx = iflat.to_numpy().astype(np.int64)
+    idx = iflat.to_numpy()
     limit = MAX_FEATURE if n_features is None else n_features - 1
-    bad = np.flatnonzero((idx < 0) | (idx > limit))
+    bad = np.flatnonzero((idx < 0) | (idx > limit))  # in the indices' own type
     if bad.size:
         raise InputError(f"feature index {int(idx[bad[0]])} out of range 0..{limit}",
                          row=_first_row(ioff, bad), column=indices)
+    idx = idx.astype(np.int64)
     vals = _float_values(vflat, voff, values)
     width = int(idx.max()) + 1 if idx.size else 0
     if n_features is not None:
         width = n_features
     return FeatureRows(ioff, idx, vals, labels, width)
+
+
+def _check_offsets(offsets: np.ndarray, n: int, what: str) -> np.ndarray:
+    offsets = np.asarray(offsets)
+    if offsets.ndim != 1 or offsets.dtype.kind not in "iu" or offsets.size < 1 or \
+            int(offsets[0]) != 0 or int(offsets[-1]) != n or np.any(offsets[1:] < offsets[:-1]):
+        raise InputError(f"{what} must be integers running from 0 to {n} without decreasing")
+    return offsets.astype(np.int64, copy=False)
+
+
+def _check_ids(ids: np.ndarray, limit: int, offsets: np.ndarray, what: str, column: str) -> np.ndarray:
+    """Integer ids in 0..limit (min / max first: cheap), as int64."""
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or ids.dtype.kind not in "iu":
+        raise InputError(f"{what}s must be a 1-d array of integers, not {ids.dtype} {ids.shape}",
+                         column=column)
+    if ids.size and (ids.min() < 0 or ids.max() > limit):
+        bad = np.flatnonzero((ids < 0) | (ids > limit))
+        value = int(ids[bad[0]])
+        raise InputError(f"negative {what} ({value})" if value < 0 else
+                         f"{what} {value} out of range 0..{limit}",
+                         row=_first_row(offsets, bad), column=column)
+    return ids.astype(np.int64, copy=False)
+
+
+def check_token_arrays(arrays: TokenArrays, vocab_size: int | None = None) -> TokenArrays:
+    """TokenArrays from a caller (not from token_arrays, which validates as it reads),
+    checked as cheaply as possible: integer ids of one dimension within range (min / max),
+    document offsets from 0 to the number of tokens, never decreasing."""
+    tokens = np.asarray(arrays.tokens)
+    offsets = _check_offsets(arrays.doc_offsets, tokens.size if tokens.ndim == 1 else -1,
+                             "document offsets")
+    limit = MAX_TOKEN_ID if vocab_size is None else vocab_size - 1
+    checked = _check_ids(tokens, limit, offsets, "token id", "tokens")
+    if tokens.dtype in (np.int32, np.int64):
+        checked = tokens
+    return TokenArrays(np.ascontiguousarray(checked), offsets)
+
+
+def check_feature_rows(rows: FeatureRows, n_features: int | None = None,
+                       n_classes: int | None = None) -> FeatureRows:
+    """FeatureRows from a caller, checked as token arrays are: CSR indptr from 0 to the
+    number of entries, integer feature indices and labels within range, values finite and
+    non-negative."""
+    indices = np.asarray(rows.indices)
+    indptr = _check_offsets(rows.indptr, indices.size if indices.ndim == 1 else -1, "indptr")
+    values = np.asarray(rows.values)
+    labels = np.asarray(rows.labels)
+    if values.shape != indices.shape or labels.shape != (indptr.size - 1,):
+        raise InputError(f"{indices.size} indices, {values.size} values and {labels.size} labels "
+                         f"for {indptr.size - 1} rows: one value per index, one label per row")
+    idx = _check_ids(indices, MAX_FEATURE if n_features is None else n_features - 1, indptr,
+                     "feature index", "indices")
+    labels = _check_ids(labels, MAX_LABEL if n_classes is None else n_classes - 1,
+                        np.arange(labels.size + 1), "label", "label")
+    if values.dtype.kind not in "iuf":
+        raise InputError(f"feature values must be numbers, not {values.dtype}", column="values")
+    values = values.astype(np.float64, copy=False)
+    _check_values(values, indptr, "values")
+    width = max(int(rows.n_features), int(idx.max()) + 1 if idx.size else 0)
+    return FeatureRows(indptr, idx, values, labels, width)
 
 
 def window_examples(arrays: TokenArrays, window: int, vocab_size: int) -> Examples:

@@ -44,6 +44,81 @@ def read_document(path: Path, fmt: str, version: int, what: str) -> dict:
     return doc
 
 
+def named_file(directory: Path, name, document: Path) -> Path:
+    """The file `name` that the manifest or sidecar `document` names: only a plain file
+    name, which stays inside `directory` (the document's own), is followed; `../`, an
+    absolute path or anything else is refused, so that a document cannot make streamfit
+    read (or remove) files elsewhere."""
+    from ..errors import FormatError
+
+    if not (isinstance(name, str) and name not in ("", ".", "..") and "\0" not in name
+            and os.path.basename(name) == name and os.sep not in name and "/" not in name):
+        raise FormatError(f"{document}: names the file {name!r}, which is not a plain file "
+                          f"name in {directory}: refused (only files beside it are read)")
+    return directory / name
+
+
+def check_csr(indptr: np.ndarray, indices: np.ndarray, n_rows: int, n_cols: int,
+              names: tuple[Path, Path], block: int = 1 << 22) -> None:
+    """Refuse a CSR structure that would send a kernel outside its arrays: indptr of
+    n_rows + 1 integers from 0, never decreasing, ending at the number of indices, and
+    every index in 0..n_cols-1. One vectorised pass over both arrays, a block at a time
+    (memory-mapped arrays stay out of memory); `names` are their files, for the message."""
+    from ..errors import FormatError
+
+    ptr_name, idx_name = names
+    if indptr.dtype.kind not in "iu" or indices.dtype.kind not in "iu":
+        raise FormatError(f"{ptr_name}, {idx_name}: CSR arrays must hold integers, not "
+                          f"{indptr.dtype} / {indices.dtype}")
+    if indptr.shape != (n_rows + 1,):
+        raise FormatError(f"{ptr_name}: {indptr.shape[0]} entries, {n_rows + 1} expected")
+    if int(indptr[0]) != 0:
+        raise FormatError(f"{ptr_name}: damaged (starts at {int(indptr[0])}, not 0)")
+    for lo in range(0, n_rows, block):
+        part = np.asarray(indptr[lo:lo + block + 1])
+        bad = np.flatnonzero(part[1:] < part[:-1])
+        if bad.size:
+            row = lo + int(bad[0])
+            raise FormatError(f"{ptr_name}: damaged (not increasing at row {row}: "
+                              f"{int(part[bad[0]])} then {int(part[bad[0] + 1])})")
+    if int(indptr[-1]) != indices.size:
+        raise FormatError(f"{ptr_name}: damaged (its end, {int(indptr[-1])}, is not the "
+                          f"{indices.size} entries of {idx_name.name})")
+    for lo in range(0, indices.size, block):
+        part = np.asarray(indices[lo:lo + block])
+        low, high = int(part.min()), int(part.max())
+        if low < 0 or high >= n_cols:
+            at = lo + int(np.flatnonzero((part < 0) | (part >= n_cols))[0])
+            raise FormatError(f"{idx_name}: damaged (entry {at} is {int(indices[at])}, out of "
+                              f"range 0..{n_cols - 1})")
+
+
+ARRAY_ENTRY = {"file": str, "dtype": str, "shape": list, "size": int, "sha256": str}
+
+
+def check_fields(doc: dict, fields: dict, path: Path, what: str, prefix: str = "") -> None:
+    """Refuse a document (manifest, sidecar) that lacks one of `fields` ({key: type}) or
+    holds a value of another type: a clear error instead of a KeyError deep inside."""
+    from ..errors import FormatError
+
+    where = f" in {prefix}" if prefix else ""
+    for key, kind in fields.items():
+        if key not in doc:
+            raise FormatError(f"{path}: {what} has no {key!r} entry{where} (edited or damaged)")
+        value = doc[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise FormatError(f"{path}: {what} entry {key!r}{where} is {value!r}, not a "
+                              f"{getattr(kind, '__name__', 'number')}")
+
+
+def check_array_entries(doc: dict, names, path: Path, what: str) -> None:
+    """Every array of `names` has an entry with its file, dtype, shape, size and sha256."""
+    check_fields(doc, {"arrays": dict}, path, what)
+    for name in names:
+        check_fields(doc["arrays"], {name: dict}, path, what, "arrays")
+        check_fields(doc["arrays"][name], ARRAY_ENTRY, path, what, f"arrays/{name}")
+
+
 def fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -57,10 +132,58 @@ def fsync_dir(path: Path) -> None:
         fsync_path(path)
 
 
+def disk_full(exc: BaseException) -> bool:
+    import errno
+
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def no_space(path: Path, needed: int | None = None, free: int | None = None):
+    """The DiskFullError of writing `path` (`needed` bytes, when known)."""
+    from ..errors import DiskFullError
+
+    return DiskFullError(path, needed, free)
+
+
+def create_memmap(path: Path, dtype, shape: tuple[int, ...], name: Path | None = None) -> np.memmap:
+    """open_memmap(path, "w+"), with the file's blocks reserved first: a memory map over
+    blocks a full disk cannot supply kills the process with SIGBUS when written, so a disk
+    without room is reported here, as a DiskFullError naming the size needed (and `name`,
+    the file that `path` is a temporary name of)."""
+    import shutil
+
+    from numpy.lib.format import open_memmap
+
+    size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    free = None
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(Path(path).parent).free
+    if free is not None and free < size:
+        raise no_space(name or path, size, free)
+    out = open_memmap(path, mode="w+", dtype=np.dtype(dtype), shape=shape)
+    reserve = getattr(os, "posix_fallocate", None)
+    if reserve is not None:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            reserve(fd, 0, os.path.getsize(path))
+        except OSError as exc:
+            if disk_full(exc):
+                del out
+                Path(path).unlink(missing_ok=True)
+                raise no_space(name or path, size) from None
+            import errno
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+        finally:
+            os.close(fd)
+    return out
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, needed: int | None = None) -> Iterator[Path]:
     """Yield a temporary path to write; on success it is fsynced and renamed to `path`.
-    On failure the temporary file is removed and `path` is untouched."""
+    On failure the temporary file is removed and `path` is untouched; a full disk is
+    reported as a DiskFullError naming `path` (and the `needed` bytes, when given)."""
     path = Path(path)
     tmp = temp_name(path)
     try:
@@ -68,6 +191,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         fsync_path(tmp)
         os.replace(tmp, path)
         fsync_dir(path.parent)
+    except OSError as exc:
+        if disk_full(exc) and not isinstance(exc, StreamfitError):
+            raise no_space(path, needed) from None
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -80,9 +207,12 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> dict:
     """Write `array` atomically as .npy; returns {"size", "sha256"} for a manifest."""
-    with atomic_path(path) as tmp:
+    array = np.ascontiguousarray(array)
+    with atomic_path(path, needed=array.nbytes) as tmp:
         with open(tmp, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+            np.lib.format.write_array_header_1_0(fh, np.lib.format.header_data_from_array_1_0(array))
+            # plain writes, not numpy's tofile: a full disk is then an OSError with ENOSPC
+            fh.write(array.data if array.ndim else array.tobytes())
     return file_digest(path)
 
 
@@ -109,6 +239,32 @@ def load_npy(path: Path, expected: dict | None, mmap: bool = True) -> np.ndarray
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except ValueError as exc:
         raise FormatError(f"{path}: not a readable .npy file ({exc})") from None
+
+
+class StreamingDigest:
+    """The sha256 of a .npy file computed from its array as a reader streams through it
+    anyway — blocks fed in order, no second read — checked against a manifest entry at
+    the end. Only the header is read from the file itself."""
+
+    def __init__(self, path: Path, array: np.ndarray, expected: dict):
+        self.path, self.expected = Path(path), expected
+        header = os.path.getsize(path) - array.nbytes
+        with open(path, "rb") as fh:
+            head = fh.read(max(header, 0))
+        self.hash = hashlib.sha256(head)
+        self.size = len(head)
+
+    def update(self, part: np.ndarray) -> None:
+        part = np.ascontiguousarray(part)
+        self.hash.update(part.data if part.ndim else part.tobytes())
+        self.size += part.nbytes
+
+    def check(self) -> None:
+        from ..errors import FormatError
+
+        if self.size != self.expected["size"] or self.hash.hexdigest() != self.expected["sha256"]:
+            raise FormatError(f"{self.path}: checksum mismatch (corrupted or replaced): its "
+                              f"bytes are not those its manifest or sidecar recorded")
 
 
 def verify(path: Path, expected: dict) -> None:
@@ -144,6 +300,12 @@ class NpyWriter:
         self._fh.write(values.tobytes())
         self.n += values.size
 
+    def abort(self) -> None:
+        """Close without finishing (the caller removes the file); buffered bytes that cannot
+        be written (a full disk) are dropped."""
+        with contextlib.suppress(OSError):
+            self._fh.close()
+
     def close(self, sync: bool = True) -> None:
         self._fh.seek(0)
         self._fh.write(self._header(self.n))
@@ -177,6 +339,58 @@ class DirectoryLock:
 
     def __exit__(self, *exc) -> None:
         os.close(self._fd)  # closing the descriptor releases the lock
+
+
+_HELD_OUTPUTS: dict[str, list] = {}  # lock file -> [descriptor, depth] held by this process
+
+
+class OutputLock:
+    """An exclusive lock on one output (a model's files, named by their stem) for as long as
+    a command writes it: flock on a lock file `.NAME.lock` beside it, removed on release.
+    A second process writing the same output is refused with a clear message instead of
+    deleting the first one's temporary files as stale. Reentrant within a process; the
+    kernel releases it if the process dies (a lock file left then is taken over)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.file = self.path.parent / f".{self.path.name}.lock"
+
+    def __enter__(self) -> "OutputLock":
+        import fcntl
+
+        from ..errors import StreamfitError
+
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        self._key = str(self.file.resolve())
+        if self._key in _HELD_OUTPUTS:
+            _HELD_OUTPUTS[self._key][1] += 1
+            return self
+        while True:
+            fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise StreamfitError(f"{self.path} is being written by another streamfit "
+                                     f"process: one writer at a time; wait for it to finish "
+                                     f"(or write another output)") from None
+            try:  # its last holder may have removed the file between our open and flock
+                if os.stat(self.file).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        _HELD_OUTPUTS[self._key] = [fd, 1]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        held = _HELD_OUTPUTS[self._key]
+        held[1] -= 1
+        if held[1] == 0:
+            del _HELD_OUTPUTS[self._key]
+            with contextlib.suppress(OSError):
+                self.file.unlink()  # while still locked: a waiting opener retries
+            os.close(held[0])
 
 
 _FAULTS: dict[str, int] | None = None

@@ -95,13 +95,16 @@ def iter_batches(path: Path, columns: Sequence[str], *, row_groups: Iterable[int
             raise InputError(f"cannot read ({exc})", path=str(path), row_group=rg) from None
 
 
-def detect_task(schema: pa.Schema) -> str:
-    """'lm' for a token corpus, 'classify' for a feature corpus, from the column names."""
+def detect_task(schema: pa.Schema, *, column: str = TOKENS, label: str = LABEL,
+                features: str | None = FEATURES, indices: str = INDICES,
+                values: str = VALUES) -> str:
+    """'lm' for a token corpus, 'classify' for a feature corpus, from the column names
+    (those given, e.g. by --column, or the defaults)."""
     names = set(schema.names)
-    if TOKENS in names:
+    if column in names:
         return "lm"
-    if LABEL in names and (FEATURES in names or {INDICES, VALUES} <= names):
+    if label in names and ((features is not None and features in names) or {indices, values} <= names):
         return "classify"
     raise InputError(f"cannot tell the task from the columns {sorted(names)}: a token corpus "
-                     f"has a {TOKENS!r} column, a feature corpus {LABEL!r} with {FEATURES!r} "
-                     f"or {INDICES!r} + {VALUES!r}; pass --task and the column names")
+                     f"has a {column!r} column, a feature corpus {label!r} with {features!r} "
+                     f"or {indices!r} + {values!r}; pass --task and the column names")

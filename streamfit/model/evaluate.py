@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from ..errors import InputError
+from ..errors import InputError, OptionError
 from ..data.featurize import Examples, batch_examples
 from ..io.files import atomic_path
 from .weights import Model
@@ -47,8 +47,8 @@ def iter_examples(paths: Iterable[str | os.PathLike], *, task: str, window: int,
         for p in files:
             for ex, rows in _file_examples(p, None, task, window, n_classes, n_features,
                                            need_label, batch_rows, columns):
-                bar.update(rows)
                 yield ex
+                bar.update(rows)  # once the caller is done with the batch (scored it)
 
 
 def unit_examples(path: str | os.PathLike, row_groups: Sequence[int], *, task: str,
@@ -115,9 +115,15 @@ def metrics(scores: Scores, top_k: int) -> dict:
             f"top{top_k}_accuracy": scores.in_top / n, "top_k": top_k, "n": n}
 
 
+def _check_top_k(top_k: int) -> None:
+    if not (isinstance(top_k, (int, np.integer)) and top_k >= 1):
+        raise OptionError(f"top_k must be an integer of at least 1, not {top_k!r}")
+
+
 def evaluate(model: Model, paths: Iterable[str | os.PathLike], *, top_k: int = 5,
              progress: bool = False, batch_rows: int = DEFAULT_BATCH_ROWS, **columns) -> dict:
     """Cross-entropy (nats per example), perplexity, accuracy and top-k accuracy."""
+    _check_top_k(top_k)
     batches = model_examples(model, paths, progress=progress, batch_rows=batch_rows,
                              desc="evaluate", **columns)
     return metrics(score_examples(model, batches, top_k), top_k)
@@ -128,6 +134,7 @@ def predict(model: Model, paths: Iterable[str | os.PathLike], out: str | os.Path
             **columns) -> int:
     """Write the top-k classes and their probabilities for every example (every token of
     a token corpus) to a Parquet file, crash-safely. Returns the number of examples."""
+    _check_top_k(top_k)
     schema = pa.schema([("top_classes", pa.list_(pa.int32())),
                         ("top_probabilities", pa.list_(pa.float32()))])
     n = 0

@@ -6,7 +6,8 @@ them with are in `streamfit.model.reference`.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from ..io.jit import njit
 
 
 @njit(cache=True, nogil=True)

@@ -26,19 +26,42 @@ from typing import Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
-from numpy.lib.format import open_memmap
 
 from .. import __version__
 from . import kernels
-from ..errors import FormatError, OptionError
+from ..errors import FormatError, OptionError, StreamfitError
 from ..data.featurize import (Examples, batch_examples, distinct_inputs, slice_examples,
                         take_examples)
-from ..io.files import (NpyWriter, fault_point, file_digest, fsync_dir, fsync_path,
-                     header_checksum, load_npy, read_document, temp_name, verify, write_json)
+from ..io.files import (NpyWriter, OutputLock, check_array_entries, check_csr, check_fields,
+                        create_memmap, disk_full, fault_point, file_digest, fsync_dir, fsync_path,
+                        header_checksum, load_npy, named_file, no_space, read_document, temp_name,
+                        verify, write_json)
 
 FORMAT = "streamfit-weights"
 SCHEMA_VERSION = 1
 SCORE_BLOCK_BYTES = 8 << 20
+SIDECAR_FIELDS = {"layout": str, "task": str, "n_classes": int, "n_features": int,
+                  "tau": (int, float), "window": int}
+MODEL_FILES = (".npy", ".A.npy", ".a0.npy", ".S.indptr.npy", ".S.indices.npy", ".S.data.npy",
+               ".bias.npy", ".model.json", ".json")  # what write_model writes beside STEM
+
+
+def locks_output(fn):
+    """Decorate a function whose argument `out` names a model it writes: it runs holding
+    that model's OutputLock (no lock when `out` is None)."""
+    import functools
+    import inspect
+
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def locked(*args, **kwargs):
+        out = signature.bind_partial(*args, **kwargs).arguments.get("out")
+        if out is None:
+            return fn(*args, **kwargs)
+        with OutputLock(stem_of(out)):
+            return fn(*args, **kwargs)
+    return locked
 
 
 SIDECAR_SUFFIX = ".model.json"  # distinct, so that `evaluate … --json > m.json` cannot clobber it
@@ -246,10 +269,11 @@ def _array_entry(path: Path, arr: np.ndarray, digest: dict) -> dict:
 
 
 def _write_dense(tmp: Path, n_rows: int, n_cols: int, dtype: str,
-                 blocks: Iterator[tuple[int, np.ndarray]]) -> None:
-    """A dense matrix written block by block through open_memmap: memory stays bounded by
-    one block. `blocks` yields (first row, rows × n_cols array)."""
-    out = open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(n_rows, n_cols))
+                 blocks: Iterator[tuple[int, np.ndarray]], final: Path | None = None) -> None:
+    """A dense matrix written block by block through a memory map (its blocks reserved on
+    disk first): memory stays bounded by one block. `blocks` yields (first row, rows ×
+    n_cols array); `tmp` is a temporary name of `final`."""
+    out = create_memmap(tmp, dtype, (n_rows, n_cols), name=final)
     for lo, block in blocks:
         out[lo:lo + block.shape[0]] = block
         fault_point("mid_finalize")
@@ -265,6 +289,7 @@ def _write_blocks(tmp: Path, dtype: str, blocks: Iterable[np.ndarray]) -> None:
     writer.close()
 
 
+@locks_output
 def write_model(out: str | os.PathLike, header: dict, *, dense: dict | None = None,
                 sparse: tuple[np.ndarray, np.ndarray, Iterable[np.ndarray]] | None = None,
                 bias: np.ndarray | None = None,
@@ -277,22 +302,28 @@ def write_model(out: str | os.PathLike, header: dict, *, dense: dict | None = No
     then has one row per hidden unit."""
     stem = stem_of(out)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    for stale in stem.parent.glob(f".{stem.name}*.tmp-*"):  # left by a killed run
-        stale.unlink(missing_ok=True)
+    # Temporary files of this model that a killed run left (no live writer's: the output's
+    # lock is held); only this model's own names, not another model's sharing the prefix.
+    for suffix in MODEL_FILES:
+        for stale in stem.parent.glob(f".{stem.name}{suffix}.tmp-*"):
+            stale.unlink(missing_ok=True)
     staged: dict[str, tuple[Path, Path]] = {}
     try:
         if hidden is not None:
             a, a0 = hidden
-            for name in ("A", "a0"):
-                final = Path(f"{stem}.{name}.npy")
-                staged[name] = (temp_name(final), final)
-            _write_dense(staged["A"][0], a.shape[0], a.shape[1], dense["dtype"], iter([(0, a)]))
+            final = Path(f"{stem}.A.npy")
+            staged["A"] = (temp_name(final), final)
+            _write_dense(staged["A"][0], a.shape[0], a.shape[1], dense["dtype"], iter([(0, a)]),
+                         final)
+            final = Path(f"{stem}.a0.npy")
+            staged["a0"] = (temp_name(final), final)
             _write_blocks(staged["a0"][0], np.float64, [a0])
         if dense is not None:
             final = Path(f"{stem}.npy")
             staged["W"] = (temp_name(final), final)
             rows = header["n_features"] if hidden is None else hidden[0].shape[1]
-            _write_dense(staged["W"][0], rows, header["n_classes"], dense["dtype"], dense["blocks"])
+            _write_dense(staged["W"][0], rows, header["n_classes"], dense["dtype"], dense["blocks"],
+                         final)
         else:
             indptr, indices, data_blocks = sparse
             for name, arr in (("indptr", indptr), ("indices", indices)):
@@ -321,6 +352,10 @@ def write_model(out: str | os.PathLike, header: dict, *, dense: dict | None = No
             os.replace(tmp, final)
             fault_point("mid_finalize")
         fsync_dir(stem.parent)
+    except OSError as exc:
+        if not disk_full(exc) or isinstance(exc, StreamfitError):
+            raise
+        raise no_space(list(staged.values())[-1][1] if staged else stem) from None
     finally:
         for tmp, _ in staged.values():
             tmp.unlink(missing_ok=True)
@@ -337,7 +372,18 @@ def read_sidecar(path: str | os.PathLike) -> dict:
     if not p.exists():
         raise FormatError(f"{p}: no weights sidecar here (run `streamfit finalize --out "
                           f"{stem_of(path)}.npy` first)")
-    return read_document(p, FORMAT, SCHEMA_VERSION, "weights sidecar")
+    what = "weights sidecar"
+    meta = read_document(p, FORMAT, SCHEMA_VERSION, what)
+    check_fields(meta, SIDECAR_FIELDS, p, what)
+    if meta["layout"] not in ("dense", "sparse") or meta["task"] not in ("lm", "classify"):
+        raise FormatError(f"{p}: {what} has layout {meta['layout']!r} and task {meta['task']!r}: "
+                          f"not dense or sparse, lm or classify")
+    check_fields(meta, {"arrays": dict}, p, what)
+    names = {"dense": ("W",), "sparse": ("S.indptr", "S.indices", "S.data")}[meta["layout"]]
+    if "A" in meta["arrays"] or "a0" in meta["arrays"]:
+        names += ("A", "a0")
+    check_array_entries(meta, sorted(set(names) | set(meta["arrays"])), p, what)
+    return meta
 
 
 def load_model(path: str | os.PathLike, *, check: bool = False) -> Model:
@@ -347,7 +393,7 @@ def load_model(path: str | os.PathLike, *, check: bool = False) -> Model:
     folder = existing_sidecar(path).parent
     arrays = {}
     for name, entry in meta["arrays"].items():
-        p = folder / entry["file"]
+        p = named_file(folder, entry["file"], existing_sidecar(path))
         if check:
             verify(p, entry)
         arr = load_npy(p, entry)
@@ -357,6 +403,10 @@ def load_model(path: str | os.PathLike, *, check: bool = False) -> Model:
         arrays[name] = arr
     common = dict(task=meta["task"], n_classes=meta["n_classes"], n_features=meta["n_features"],
                   tau=meta["tau"], window=meta.get("window", 0), bias=arrays.get("bias"), meta=meta)
+    file_of = lambda name: folder / meta["arrays"][name]["file"]
+    if "bias" in arrays and arrays["bias"].shape != (meta["n_classes"],):
+        raise FormatError(f"{file_of('bias')}: {arrays['bias'].shape} entries, not one per class "
+                          f"({meta['n_classes']})")
     if "A" in arrays:
         a, a0, w = arrays["A"], arrays["a0"], arrays["W"]
         units = a.shape[1]
@@ -371,4 +421,11 @@ def load_model(path: str | os.PathLike, *, check: bool = False) -> Model:
             raise FormatError(f"{folder / meta['arrays']['W']['file']}: shape does not match "
                               f"n_features × n_classes")
         return Model(dense=arrays["W"], **common)
+    # The scoring kernels index by these without bounds checks: a damaged structure is
+    # refused here, once, instead of read out of bounds (a crash, or silent garbage).
+    if arrays["S.data"].shape != arrays["S.indices"].shape:
+        raise FormatError(f"{file_of('S.data')}: {arrays['S.data'].size} entries, "
+                          f"{file_of('S.indices').name} has {arrays['S.indices'].size}")
+    check_csr(arrays["S.indptr"], arrays["S.indices"], meta["n_features"], meta["n_classes"],
+              (file_of("S.indptr"), file_of("S.indices")))
     return Model(sparse=(arrays["S.indptr"], arrays["S.indices"], arrays["S.data"]), **common)

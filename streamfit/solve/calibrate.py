@@ -53,11 +53,13 @@ class CalibrationSample:
         self.stats = stats
         self.stride = stride
         self.n = examples.n
+        # F in place (memory-mapped, its own dtype): only the sampled examples' rows are
+        # read, never a float64 copy of all of it.
         (self.entry_slot, self.entry_x, self.entry_f, self.slot_class, self.slot_ptr,
          self.target_slot) = expand_support(examples.indptr, examples.indices, examples.values,
-                                     examples.targets, np.asarray(stats.indptr),
-                                     np.asarray(stats.indices), np.asarray(stats.data, np.float64),
-                                     stats.n_classes)
+                                            examples.targets, np.asarray(stats.indptr),
+                                            np.asarray(stats.indices), np.asarray(stats.data),
+                                            stats.n_classes)
         self.targets = examples.targets
 
     @classmethod

@@ -11,7 +11,7 @@ import numpy as np
 from ..count.stats import Statistics
 from ..data.featurize import Examples
 from ..errors import OptionError, StreamfitError
-from ..model.weights import Model, load_model, write_model
+from ..model.weights import Model, load_model, locks_output, write_model
 from .calibrate import choose
 from .forms import DEFAULT_SMOOTHING, FORMS, class_log_totals
 
@@ -39,6 +39,7 @@ def sparse_data_blocks(stats: Statistics, smoothing: float, dtype: str = "float3
         yield np.log1p(np.asarray(stats.data[lo:lo + block], np.float64) / smoothing).astype(dtype)
 
 
+@locks_output
 def finalize(stats: Statistics, out: str | os.PathLike | None = None, *,
              form: str = "conditional", smoothing: float | str = DEFAULT_SMOOTHING,
              heldout: Iterable[Examples] | None = None, layout: str = "dense",
@@ -56,6 +57,7 @@ def finalize(stats: Statistics, out: str | os.PathLike | None = None, *,
         raise OptionError("dtype float16 is for the dense layout; use float32 for sparse")
     if stats.n_examples - stats.empty_rows <= 0 or stats.nnz == 0:
         raise StreamfitError("the statistics are empty: nothing to solve")
+    stats.totals()  # one pass over F: its totals, and each array's sha256 checked on the way
     solution = choose(stats, form, smoothing, heldout)
     a = solution.smoothing
     bias = None if solution.beta == 0 else -solution.beta * class_log_totals(stats, a)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 
+from ..io.jit import njit
 from ..model.kernels import log_expm1
 
 

@@ -47,7 +47,8 @@ from scipy.special import log_softmax
 
 from ..errors import OptionError, StreamfitError
 from ..data.featurize import Examples
-from ..model.weights import Model, load_model, sidecar_path, write_model
+from ..io.parquet import DEFAULT_BATCH_ROWS
+from ..model.weights import Model, load_model, locks_output, sidecar_path, write_model
 from .core import PassMeans, example_matrix
 
 MAX_INPUT_FEATURES = 4096
@@ -341,6 +342,7 @@ def write_layers(out: str | os.PathLike, layers: Layers, header: dict) -> Path:
                        hidden=(layers.A.astype(np.float32), layers.a0.astype(np.float64)))
 
 
+@locks_output
 def grow(train: Callable[[], Iterator[Examples]], out: str | os.PathLike, *, task: str,
          window: int, n_features: int, n_classes: int,
          heldout: Callable[[], Iterator[Examples]] | None = None, start: Model | None = None,
@@ -454,13 +456,62 @@ def grow(train: Callable[[], Iterator[Examples]], out: str | os.PathLike, *, tas
 
 def data_shape(paths, *, task: str | None = None, window: int | None = None,
                vocab_size: int | None = None, n_classes: int | None = None,
-               n_features: int | None = None, progress: bool = False, **columns) -> dict:
-    """task, window, n_features and n_classes of a corpus, detected by one validating pass
-    (streamfit.accumulate) where not given: what a model grown from nothing needs."""
-    from ..count.accumulate import accumulate
+               n_features: int | None = None, progress: bool = False,
+               batch_rows: int = DEFAULT_BATCH_ROWS, **columns) -> dict:
+    """task, window, n_features and n_classes of a corpus, detected where not given by one
+    validating pass that counts nothing (memory: one batch) and stops at the first batch
+    whose inputs are more than growth takes (check_input_size): what a model grown from
+    nothing needs, the same sizes as its statistics would have."""
+    from tqdm.auto import tqdm
 
-    stats = accumulate(paths, task=task, progress=progress, vocab_size=vocab_size,
-                       n_classes=n_classes, n_features=n_features,
-                       **({"window": window} if window else {}), **columns)
-    return {"task": stats.task, "window": stats.window, "n_features": stats.n_features,
-            "n_classes": stats.n_classes}
+    from ..count.accumulate import accumulator_for
+    from ..data.featurize import feature_rows, token_arrays
+    from ..errors import InputError
+    from ..io.parquet import iter_batches, open_parquet, resolve_paths
+
+    files = resolve_paths(paths)
+    acc = accumulator_for(files, task, vocab_size=vocab_size, n_classes=n_classes,
+                          n_features=n_features, table_bits=10,
+                          **({"window": window} if window else {}), **columns)
+    c = acc.columns
+    top_id, top_label, width, dense_width = -1, -1, 0, None
+
+    def shape() -> dict:
+        if acc.task == "lm":
+            v = acc.n_classes if acc.n_classes is not None else top_id + 1
+            return {"n_features": acc.window * (v + 1), "n_classes": v}
+        return {"n_features": acc.n_features_fixed if acc.n_features_fixed is not None else
+                max(width, top_id + 1),
+                "n_classes": acc.n_classes if acc.n_classes is not None else top_label + 1}
+    check_input_size(shape()["n_features"])
+    total = sum(open_parquet(p).metadata.num_rows for p in files)
+    with tqdm(total=total, unit="docs" if acc.task == "lm" else "rows", unit_scale=True,
+              desc="sizes", disable=None if progress else True) as bar:
+        for p in files:
+            for b in iter_batches(p, acc.input_columns, batch_rows=batch_rows):
+                try:
+                    if acc.task == "lm":
+                        arrays = token_arrays(b.data, c["column"], acc.n_classes)
+                        if arrays.n_tokens:
+                            top_id = max(top_id, int(arrays.tokens.max()))
+                    else:
+                        dense = c["features"] is not None
+                        fixed = acc.n_features_fixed if acc.n_features_fixed is not None or \
+                            not dense else dense_width
+                        rows = feature_rows(b.data, label=c["label"], features=c["features"],
+                                            indices=c["indices"], values=c["values"],
+                                            n_features=fixed, n_classes=acc.n_classes)
+                        if dense and dense_width is None and rows.n_rows:
+                            dense_width = rows.n_features
+                        if rows.n_rows:
+                            top_label = max(top_label, int(rows.labels.max()))
+                        used = rows.indices[rows.values != 0]  # as the statistics' rows
+                        if used.size:
+                            top_id = max(top_id, int(used.max()))
+                        width = max(width, rows.n_features)
+                except InputError as exc:
+                    raise exc.located(path=str(p), row_group=b.row_group,
+                                      row_offset=b.row_offset) from None
+                check_input_size(shape()["n_features"])
+                bar.update(b.data.num_rows)
+    return {"task": acc.task, "window": acc.window, **shape()}

@@ -38,7 +38,7 @@ import numpy as np
 
 from ..data.featurize import Examples
 from ..errors import OptionError, StreamfitError
-from ..model.weights import Model, load_model, sidecar_path, stem_of, write_model
+from ..model.weights import Model, load_model, locks_output, sidecar_path, stem_of, write_model
 from .core import (BLOCK_BYTES, DEFAULT_LR, Optimizer, PassFn, PassResult, checkpoint_paths,
                    dense_parameters, full_pass, gis_pass, heldout_loss, load_checkpoint,
                    minibatches, save_checkpoint, sgd_pass)
@@ -50,6 +50,7 @@ from .subspace import SUBSPACE_METHODS, SubspaceOptions, refine_subspace, work_f
 METHODS = ("gis", "lbfgs", "newton", "sgd", "adam", *SUBSPACE_METHODS)
 
 
+@locks_output
 def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.PathLike, *,
            method: str, passes: int = 5, heldout: Callable[[], Iterator[Examples]] | None = None,
            init: str = "weights", lr: float | None = None, l2: float = 0.0,

@@ -35,12 +35,11 @@ from typing import Iterator
 
 import numpy as np
 import scipy.sparse as sp
-from numpy.lib.format import open_memmap
 from scipy.special import log_softmax
 
 from ..errors import StreamfitError
 from ..data.featurize import Examples, distinct_inputs
-from ..io.files import atomic_path, fsync_path, temp_name
+from ..io.files import atomic_path, create_memmap, fsync_path, temp_name
 from ..model.weights import stem_of
 from .core import Optimizer, PassResult, gis_pass, minibatches, sgd_pass
 
@@ -354,7 +353,7 @@ def trajectory_basis(snapshots: list[Path], dims: int, out: Path) -> np.memmap:
     proj = vec[:, :keep] / np.sqrt(lam[:keep])
     tmp = temp_name(out)
     try:
-        basis = open_memmap(tmp, mode="w+", dtype=np.float64, shape=(keep, size))
+        basis = create_memmap(tmp, np.float64, (keep, size), name=out)
         for lo in range(0, size, step):
             block = np.stack([m[lo:lo + step] for m in maps])
             block -= block.mean(axis=0)
