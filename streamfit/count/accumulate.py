@@ -19,6 +19,7 @@ from . import kernels
 from ..errors import InputError, OptionError
 from ..data.featurize import (FeatureRows, TokenArrays, check_feature_rows, check_token_arrays,
                               feature_rows, token_arrays)
+from ..data.limits import MAX_ORDER, max_ngram_token, ngram_bits
 from ..io.parquet import (DEFAULT_BATCH_ROWS, FEATURES, INDICES, LABEL, TOKENS, VALUES,
                       detect_task, iter_batches, open_parquet, resolve_paths)
 from .stats import Statistics
@@ -30,8 +31,10 @@ class CountTable:
     """Open-addressing hash table of packed (feature, class) keys to sums; keys and values
     interleaved in one int64 array (float sums through a float64 view of it)."""
 
-    def __init__(self, value_dtype: type, capacity_bits: int = 16, max_bits: int | None = None):
+    def __init__(self, value_dtype: type, capacity_bits: int = 16, max_bits: int | None = None,
+                 ngram: bool = False):
         self.value_dtype = np.dtype(value_dtype)
+        self.ngram = ngram  # keys are packed n-grams, kept as they are (no row layout)
         self.max_bits = max_bits  # growth stops here unless a batch needs more
         # Called with the sorted (keys, values) when the table is full at max_bits in the
         # middle of a batch: it takes them (e.g. writes a run) and the table is emptied
@@ -93,6 +96,18 @@ class CountTable:
                 return
             self.grow()
 
+    def add_ngrams(self, tokens: np.ndarray, doc_offsets: np.ndarray, order: int,
+                   eos: bool) -> None:
+        doc, pos, n_docs = 0, 0, doc_offsets.size - 1
+        bits = ngram_bits(order)
+        while True:
+            doc, pos, self.n_used = kernels.count_ngrams(
+                tokens, doc_offsets, order, bits, eos, doc, pos, self.slots, self.vals,
+                self.n_used, self.max_used, self.shift)
+            if doc == n_docs:
+                return
+            self.grow()
+
     def add_rows(self, rows: FeatureRows) -> None:
         row = 0
         while True:
@@ -108,7 +123,7 @@ class CountTable:
         keys = np.empty(self.n_used, dtype=np.int64)
         vals = np.empty(self.n_used, dtype=self.value_dtype)
         lm = self.value_dtype == np.int64
-        if kernels.sorted_items(self.slots, self.vals, self.n_used,
+        if not self.ngram and kernels.sorted_items(self.slots, self.vals, self.n_used,
                                 kernels.TOKEN_BITS if lm else kernels.LABEL_BITS, lm, keys, vals):
             return keys, vals
         occupied = self.slots[0::2] != kernels.EMPTY
@@ -128,16 +143,26 @@ class Accumulator:
     errors); otherwise they are discovered as the largest id seen plus one.
     `table_bits` caps the hash table at 2**table_bits slots (16 bytes each); past it the
     table grows anyway unless `table.spill` is set (see CountTable).
+    `order` N > 0 counts n-grams instead of the window (task "lm"): every token with its N-1
+    previous tokens as one key, with `eos` an end-of-document token predicted too.
     """
 
     def __init__(self, task: str, *, window: int = 1, column: str = TOKENS,
                  label: str = LABEL, features: str | None = FEATURES, indices: str = INDICES,
                  values: str = VALUES, vocab_size: int | None = None,
                  n_classes: int | None = None, n_features: int | None = None,
-                 table_bits: int | None = None):
+                 table_bits: int | None = None, order: int = 0, eos: bool = False):
         if task not in ("lm", "classify"):
             raise OptionError(f"task must be 'lm' or 'classify', not {task!r}")
-        if task == "lm" and not 1 <= window <= kernels.MAX_WINDOW:
+        if order and (task != "lm" or not 1 <= order <= MAX_ORDER):
+            raise OptionError(f"order is for token corpora, between 1 and {MAX_ORDER}, not {order}")
+        if eos and not order:
+            raise OptionError("eos is an option of n-gram statistics (order N)")
+        self.order = order
+        self.eos = bool(eos)
+        if order:
+            window = 0
+        elif task == "lm" and not 1 <= window <= kernels.MAX_WINDOW:
             raise OptionError(f"window must be between 1 and {kernels.MAX_WINDOW}, not {window}")
         self.task = task
         self.window = window if task == "lm" else 0
@@ -146,7 +171,8 @@ class Accumulator:
         self.n_classes = vocab_size if task == "lm" else n_classes
         self.n_features_fixed = n_features
         self.table = CountTable(np.int64 if task == "lm" else np.float64,
-                                16 if table_bits is None else min(16, table_bits), table_bits)
+                                16 if table_bits is None else min(16, table_bits), table_bits,
+                                ngram=bool(order))
         self.n_examples = 0
         self.l1_sum = 0.0
         self.empty_rows = 0
@@ -201,8 +227,17 @@ class Accumulator:
 
     def _add_tokens(self, arrays: TokenArrays) -> None:
         """add_tokens of arrays already validated (by token_arrays)."""
-        self.table.add_windows(arrays.tokens, arrays.doc_offsets, self.window)
-        self.n_examples += arrays.n_tokens
+        if self.order:
+            limit = max_ngram_token(self.order)
+            if arrays.n_tokens and int(arrays.tokens.max()) > limit:
+                raise InputError(f"token id {int(arrays.tokens.max())} does not fit an order-"
+                                 f"{self.order} n-gram key (ids up to {limit}); use a lower order "
+                                 f"or a smaller vocabulary")
+            self.table.add_ngrams(arrays.tokens, arrays.doc_offsets, self.order, self.eos)
+            self.n_examples += arrays.n_tokens + (arrays.doc_offsets.size - 1 if self.eos else 0)
+        else:
+            self.table.add_windows(arrays.tokens, arrays.doc_offsets, self.window)
+            self.n_examples += arrays.n_tokens
         if arrays.n_tokens:
             self.max_id = max(self.max_id, int(arrays.tokens.max()))
 
@@ -233,6 +268,10 @@ class Accumulator:
     def stats(self) -> Statistics:
         """The statistics of everything added so far (the accumulator stays usable)."""
         keys, vals = self.table.items()
+        if self.order:
+            v = self.n_classes if self.n_classes is not None else self.max_id + 1
+            return Statistics.of_ngrams(keys, vals, order=self.order, eos=self.eos, vocab_size=v,
+                                        n_examples=self.n_examples, sources=list(self.sources))
         if self.task == "lm":
             k = keys >> 56
             ctx = (keys >> kernels.TOKEN_BITS) & kernels.TOKEN_MASK

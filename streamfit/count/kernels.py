@@ -189,3 +189,31 @@ def _dense_row(key, row_bits, lm_rows, width):
         ctx = r & TOKEN_MASK
         return (r >> TOKEN_BITS) * width + (width - 1 if ctx == BOS_KEY else ctx)
     return r
+
+
+@njit(cache=True, nogil=True)
+def count_ngrams(tokens, doc_offsets, order, bits, eos, start_doc, start_pos,
+                 slots, vals, n_used, max_used, shift):
+    """Count every order-`order` n-gram: each token with its order-1 previous tokens (BOS
+    before the document start), and with `eos` an end-of-document token after each
+    document's last. Keys as in `data.limits` (id + 1, BOS 0, EOS all ones). Resumes at
+    (start_doc, start_pos) and returns (doc, pos, n_used); doc == n_docs when done."""
+    mask = slots.size // 2 - 1
+    n_docs = doc_offsets.size - 1
+    eos_value = (np.int64(1) << bits) - 1
+    for d in range(start_doc, n_docs):
+        lo = doc_offsets[d]
+        hi = doc_offsets[d + 1]
+        first = lo + start_pos if d == start_doc else lo
+        end = hi + 1 if eos else hi
+        for t in range(first, end):
+            if n_used + 1 > max_used:
+                return d, t - lo, n_used
+            key = np.int64(0)
+            for j in range(t - order + 1, t):
+                v = np.int64(tokens[j]) + 1 if j >= lo else np.int64(0)
+                key = (key << bits) | v
+            target = np.int64(tokens[t]) + 1 if t < hi else eos_value
+            key = (key << bits) | target
+            n_used += _add(slots, vals, key, np.int64(1), shift, mask)
+    return n_docs, 0, n_used

@@ -35,8 +35,8 @@ from ..errors import InputError, OptionError, StreamfitError
 from ..io.files import DirectoryLock, fault_point, write_json
 from ..io.parquet import DEFAULT_BATCH_ROWS, iter_batches, open_parquet, resolve_paths
 from .spill import cells, merge_runs, remove_run, statistics_as_run, write_run
-from .stats import (MANIFEST, check_mergeable, combined_sources, commit, load, manifest_header,
-                    new_generation, remove_uncommitted, save_arrays, summary)
+from .stats import (MANIFEST, check_mergeable, combined_sources, commit, describe, load,
+                    manifest_header, new_generation, remove_uncommitted, save_arrays, summary)
 
 JOURNAL = "journal.json"
 RUN_NAME = re.compile(r"run-[0-9a-f]{12}")  # spill.write_run's names
@@ -338,14 +338,17 @@ def _accumulate_locked(stats_dir, work, files, task, window, overwrite, memory, 
     previous = None
     if (stats_dir / MANIFEST).exists() and not overwrite:
         previous = load(stats_dir)
+    if previous is not None and "order" not in options and window is None:
+        options = {**options, "order": previous.order, "eos": previous.eos}
     template = accumulator_for(files, task or (previous.task if previous else None),
                                window=window if window is not None else
-                               (previous.window if previous else 1), **options)
-    if previous is not None and (previous.task, previous.window) != (template.task, template.window):
+                               (previous.window if previous and previous.window else 1),
+                               **options)
+    if previous is not None and (previous.task, previous.window, previous.order, previous.eos) != \
+            (template.task, template.window, template.order, template.eos):
         raise StreamfitError(
-            f"{stats_dir} holds {previous.task} statistics with window {previous.window}, "
-            f"not {template.task} window {template.window}: use another --stats directory "
-            f"or --overwrite")
+            f"{stats_dir} holds {describe(previous)} statistics, not {describe(template)}: "
+            f"use another --stats directory or --overwrite")
     job_options = _job_options(template)
     identity = {"task": template.task, **job_options}
     journal = _open_journal(work, identity, previous, overwrite)
@@ -418,7 +421,8 @@ def first_dense_width(units: list[tuple[str, int]], task: str, options: dict) ->
 
 
 def _job_options(template: Accumulator) -> dict:
-    return {"window": template.window, **template.columns,
+    return {"window": template.window, "order": template.order, "eos": template.eos,
+            **template.columns,
             "vocab_size": template.n_classes if template.task == "lm" else None,
             "n_classes": template.n_classes if template.task == "classify" else None,
             "n_features": template.n_features_fixed}
@@ -493,7 +497,11 @@ def _merge_into(stats_dir: Path, work: Path, journal: Journal, previous, templat
     (sorted keys and values of a table that never spilled) is the only part when given."""
     runs = list(journal.runs)
     ext = journal.extent
-    if template.task == "lm":
+    if template.order:
+        v = template.n_classes if template.n_classes is not None else ext["max_id"] + 1
+        n_classes = max(v, previous.n_classes) if previous is not None else v
+        n_features, l1, dtype = 0, float(journal.counts["n_examples"]), np.int64
+    elif template.task == "lm":
         v = template.n_classes if template.n_classes is not None else ext["max_id"] + 1
         if previous is not None:
             v = max(v, previous.n_classes)
@@ -511,7 +519,9 @@ def _merge_into(stats_dir: Path, work: Path, journal: Journal, previous, templat
     if previous is not None:
         runs.append(statistics_as_run(previous, work))
     generation = new_generation()
-    if table is not None:
+    if table is not None and template.order:
+        arrays = save_arrays(stats_dir, generation, {"keys": table[0], "data": table[1]})
+    elif table is not None:
         rows, cols = cells(table[0], template.task, n_classes)
         indptr = np.zeros(n_features + 1, dtype=np.int64)
         np.cumsum(np.bincount(rows, minlength=n_features), out=indptr[1:])
@@ -521,7 +531,8 @@ def _merge_into(stats_dir: Path, work: Path, journal: Journal, previous, templat
     else:
         arrays = merge_runs(work, runs, task=template.task, vocab_size=n_classes,
                             n_features=n_features, value_dtype=dtype, out_dir=stats_dir,
-                            generation=generation, memory=memory, progress=progress)
+                            generation=generation, memory=memory, progress=progress,
+                            ngram=bool(template.order))
     sources = list(previous.sources) if previous is not None else []
     for path, groups in journal.done.items():
         entry = {"path": path, "size": journal.sizes[path],
@@ -539,7 +550,7 @@ def _merge_into(stats_dir: Path, work: Path, journal: Journal, previous, templat
         n_examples=journal.counts["n_examples"] + (previous.n_examples if previous else 0),
         l1_sum=l1 + (previous.l1_sum if previous else 0.0),
         empty_rows=journal.counts["empty_rows"] + (previous.empty_rows if previous else 0),
-        sources=sources)
+        sources=sources, order=template.order, eos=template.eos)
     fault_point("before_commit")
     manifest = commit(stats_dir, header, arrays)
     fault_point("after_commit")
@@ -574,13 +585,13 @@ def merge_into(out_dir: str | os.PathLike, dirs, *, memory: int = DEFAULT_MEMORY
         try:
             first = parts[0]
             n_classes = max(s.n_classes for s in parts)
-            n_features = first.window * (n_classes + 1) if first.task == "lm" else \
-                max(s.n_features for s in parts)
+            n_features = 0 if first.order else first.window * (n_classes + 1) \
+                if first.task == "lm" else max(s.n_features for s in parts)
             runs = [statistics_as_run(s, work) for s in parts]
             arrays = merge_runs(work, runs, task=first.task, vocab_size=n_classes,
                                 n_features=n_features, value_dtype=first.data.dtype,
                                 out_dir=out_dir, generation=new_generation(), memory=memory,
-                                progress=progress)
+                                progress=progress, ngram=bool(first.order))
             merged = dataclasses.replace(
                 first, n_classes=n_classes, n_features=n_features,
                 n_examples=sum(s.n_examples for s in parts), l1_sum=sum(s.l1_sum for s in parts),

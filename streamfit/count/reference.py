@@ -41,3 +41,31 @@ def add_feature_rows(indptr, indices, values, labels):
     keys = (indices[keep].astype(np.int64) << LABEL_BITS) | labels[row_of[keep]].astype(np.int64)
     uniq, inverse = np.unique(keys, return_inverse=True)
     return uniq, np.bincount(inverse, weights=values[keep] / sums[row_of[keep]], minlength=uniq.size)
+
+
+def ngram_keys(tokens: np.ndarray, doc_offsets: np.ndarray, order: int, eos: bool) -> np.ndarray:
+    """Every packed order-`order` n-gram key, one per prediction (`data.limits` layout)."""
+    bits = 63 // order
+    lengths = np.diff(doc_offsets)
+    preds = lengths + (1 if eos else 0)
+    # Each document padded with order-1 BOS (0) in front and, with eos, the EOS value after.
+    padded_len = preds + order - 1
+    starts = np.concatenate([[0], np.cumsum(padded_len)[:-1]]).astype(np.int64)
+    padded = np.zeros(int(padded_len.sum()), dtype=np.int64)
+    doc_of = np.repeat(np.arange(lengths.size), lengths)
+    within = np.arange(tokens.size) - doc_offsets[:-1][doc_of]
+    padded[starts[doc_of] + order - 1 + within] = tokens.astype(np.int64) + 1
+    if eos:
+        padded[starts + padded_len - 1] = (1 << bits) - 1
+    doc_of_pred = np.repeat(np.arange(lengths.size), preds)
+    pred_starts = np.concatenate([[0], np.cumsum(preds)[:-1]]).astype(np.int64)
+    target_at = starts[doc_of_pred] + order - 1 + (np.arange(int(preds.sum())) - pred_starts[doc_of_pred])
+    keys = np.zeros(target_at.size, dtype=np.int64)
+    for j in range(order - 1, -1, -1):
+        keys = (keys << bits) | padded[target_at - j]
+    return keys
+
+
+def count_ngrams(tokens: np.ndarray, doc_offsets: np.ndarray, order: int, eos: bool):
+    """Sorted unique n-gram keys and their counts (what the kernel's table holds)."""
+    return np.unique(ngram_keys(tokens, doc_offsets, order, eos), return_counts=True)

@@ -4,7 +4,8 @@ When the in-memory table reaches its budget it is written out as a run — keys 
 increasing order, with their values — and emptied. At the end the runs are merged in one
 streaming pass, a slice of each at a time (an external k-way merge), straight into the
 CSR arrays of a statistics directory. Packed keys do not depend on the vocabulary size,
-so runs written before the vocabulary was known merge into its final layout.
+so runs written before the vocabulary was known merge into its final layout. n-gram
+statistics are their sorted keys: the merge writes the keys themselves.
 """
 from __future__ import annotations
 
@@ -95,7 +96,11 @@ def statistics_as_run(stats, directory: Path, chunk_rows: int = 1 << 16) -> dict
     so it is written without fsync."""
     digests = stats.digests()  # statistics read whole: their sha256 checked on the way
     with unjournalled_run(directory, stats.data.dtype) as (wk, wv, entry):
-        for lo in range(0, stats.n_features, chunk_rows):
+        if stats.order:  # n-gram statistics: the sorted keys are the run
+            for lo in range(0, stats.nnz, chunk_rows * 16):
+                wk.append(np.asarray(stats.keys[lo:lo + chunk_rows * 16]))
+                wv.append(np.asarray(stats.data[lo:lo + chunk_rows * 16]))
+        for lo in range(0, 0 if stats.order else stats.n_features, chunk_rows):
             hi = min(stats.n_features, lo + chunk_rows)
             p0, p1 = int(stats.indptr[lo]), int(stats.indptr[hi])
             ptr = np.asarray(stats.indptr[lo:hi + 1])
@@ -241,9 +246,9 @@ def _merge_level(directory: Path, runs: list[dict], width: int, value_dtype, mem
 
 def merge_runs(directory: Path, runs: list[dict], *, task: str, vocab_size: int,
                n_features: int, value_dtype, out_dir: Path, generation: str,
-               memory: int, progress: bool = False) -> dict:
+               memory: int, progress: bool = False, ngram: bool = False) -> dict:
     """Merge sorted runs into the CSR arrays F-<generation>.{indptr,indices,data}.npy of
-    `out_dir`, summing equal keys, holding at most about `memory` bytes of run slices.
+    `out_dir` (n-gram statistics: F-<generation>.{keys,data}.npy), summing equal keys, holding at most about `memory` bytes of run slices.
     At most `fan_in()` runs are open at once: more are first merged in levels, groups of
     that many into one run each. Returns the arrays' manifest entries. `progress`: a bar
     of the run entries merged (one per level)."""
@@ -255,16 +260,21 @@ def merge_runs(directory: Path, runs: list[dict], *, task: str, vocab_size: int,
             level += 1
             runs = _merge_level(directory, runs, width, value_dtype, memory, progress, level)
         row_counts = np.zeros(n_features, dtype=np.int64)
-        paths = {name: out_dir / array_file(generation, name) for name in ("indices", "data")}
-        with atomic_path(paths["indices"]) as ti, atomic_path(paths["data"]) as td, \
+        first = "keys" if ngram else "indices"
+        paths = {name: out_dir / array_file(generation, name) for name in (first, "data")}
+        with atomic_path(paths[first]) as ti, atomic_path(paths["data"]) as td, \
                 tqdm(total=sum(r["n"] for r in runs), unit="entries", unit_scale=True,
                      desc="merge", disable=None if progress else True) as bar:
-            wi, wd = NpyWriter(ti, np.int32), NpyWriter(td, value_dtype)
+            wi = NpyWriter(ti, np.int64 if ngram else np.int32)
+            wd = NpyWriter(td, value_dtype)
             try:
                 for keys, sums in _merged(directory, runs, memory, bar):
-                    rows, cols = cells(keys, task, vocab_size)
-                    row_counts += np.bincount(rows, minlength=n_features)
-                    wi.append(cols.astype(np.int32))
+                    if ngram:
+                        wi.append(keys)
+                    else:
+                        rows, cols = cells(keys, task, vocab_size)
+                        row_counts += np.bincount(rows, minlength=n_features)
+                        wi.append(cols.astype(np.int32))
                     wd.append(sums)
                     fault_point("mid_merge")
             except BaseException:
@@ -277,6 +287,14 @@ def merge_runs(directory: Path, runs: list[dict], *, task: str, vocab_size: int,
         for r in runs:
             if r.get("level"):
                 remove_run(directory, r)
+    if ngram:
+        out = {}
+        for name in ("keys", "data"):
+            path = out_dir / array_file(generation, name)
+            arr = np.load(path, mmap_mode="r")
+            out[name] = {"file": path.name, "dtype": str(arr.dtype), "shape": list(arr.shape),
+                         **file_digest(path)}
+        return out
     indptr = np.zeros(n_features + 1, dtype=np.int64)
     np.cumsum(row_counts, out=indptr[1:])
     entries = {"indptr": (indptr, save_npy(out_dir / array_file(generation, "indptr"), indptr))}

@@ -6,6 +6,11 @@ row k*(V+1) + V for "before the document start"; each example's normalised input
 1/window on each of its rows, so the explicit solution only needs the counts. For feature
 corpora (task `classify`) it holds float64 sums of x / sum(x) per (feature, label).
 
+n-gram statistics (`order` N > 0, task `lm`) hold instead the raw counts of every top-order
+n-gram, BOS-padded, as sorted packed keys (`data.limits`) and int64 counts: sums too, and
+every lower order, continuation count and count-of-counts derives from them at finalize
+(those are not additive over shards, the raw counts are).
+
 On disk a statistics directory holds `manifest.json` and three CSR arrays as `.npy` files
 whose names carry a generation id: a new save writes new arrays, then atomically replaces
 the manifest, then deletes the old arrays, so a killed save leaves the previous statistics.
@@ -36,6 +41,13 @@ MANIFEST_FIELDS = {"task": str, "window": int, "n_classes": int, "n_features": i
                    "n_examples": int, "l1_sum": (int, float), "empty_rows": int, "sources": list,
                    "checksum": str}
 
+NGRAM_ARRAYS = ("keys", "data")
+
+
+def array_names(order: int) -> tuple[str, ...]:
+    """The arrays of a statistics directory: CSR, or packed n-gram keys and counts."""
+    return NGRAM_ARRAYS if order else ARRAYS
+
 
 @dataclass
 class Statistics:
@@ -57,6 +69,19 @@ class Statistics:
     # reads an array whole can check its sha256 on the way (see `digests`).
     files: dict = field(default_factory=dict, repr=False, compare=False)
     _totals: tuple | None = field(default=None, repr=False, compare=False)
+    order: int = 0             # n-gram statistics: N (then indptr/indices are empty)
+    eos: bool = False          # n-gram statistics: an end-of-document token was counted
+    keys: np.ndarray | None = None  # n-gram statistics: sorted packed n-gram keys
+
+    @classmethod
+    def of_ngrams(cls, keys: np.ndarray, counts: np.ndarray, *, order: int, eos: bool,
+                  vocab_size: int, n_examples: int, sources: list[dict]) -> "Statistics":
+        """n-gram statistics from sorted unique keys and their counts."""
+        return cls(task="lm", n_classes=vocab_size, n_features=0,
+                   indptr=np.zeros(1, np.int64), indices=np.zeros(0, np.int32),
+                   data=np.asarray(counts, np.int64), n_examples=n_examples,
+                   l1_sum=float(n_examples), window=0, sources=sources, order=order, eos=eos,
+                   keys=np.asarray(keys, np.int64))
 
     @property
     def nnz(self) -> int:
@@ -123,6 +148,8 @@ class Statistics:
     def relayout(self, n_classes: int, n_features: int | None = None) -> "Statistics":
         """The same statistics in a layout for more classes (and features): for lm, rows move
         from k*(V+1)+t to k*(V'+1)+t, BOS to the end of each block."""
+        if self.order:  # packed keys do not depend on the vocabulary size
+            return replace(self, n_classes=max(n_classes, self.n_classes))
         if n_classes < self.n_classes:
             raise ValueError("relayout can only grow the vocabulary / class count")
         if self.task == "lm":
@@ -150,16 +177,21 @@ class Statistics:
         return manifest_header(task=self.task, window=self.window, n_classes=self.n_classes,
                                n_features=self.n_features, nnz=self.nnz,
                                n_examples=self.n_examples, l1_sum=self.l1_sum,
-                               empty_rows=self.empty_rows, sources=self.sources)
+                               empty_rows=self.empty_rows, sources=self.sources,
+                               order=self.order, eos=self.eos)
 
 
 def manifest_header(*, task: str, window: int, n_classes: int, n_features: int, nnz: int,
-                    n_examples: int, l1_sum: float, empty_rows: int, sources: list[dict]) -> dict:
+                    n_examples: int, l1_sum: float, empty_rows: int, sources: list[dict],
+                    order: int = 0, eos: bool = False) -> dict:
     """A statistics manifest's description of its statistics (no file entries)."""
     h = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "streamfit_version": __version__,
          "task": task, "window": window, "n_classes": n_classes, "n_features": n_features,
          "value": "count" if task == "lm" else "mass", "nnz": nnz, "n_examples": n_examples,
          "l1_sum": l1_sum, "empty_rows": empty_rows, "sources": sources}
+    if order:
+        h["order"] = order
+        h["eos"] = bool(eos)
     if task == "lm":
         h["vocab_size"] = n_classes
     return h
@@ -167,13 +199,14 @@ def manifest_header(*, task: str, window: int, n_classes: int, n_features: int, 
 
 def summary(header: dict) -> dict:
     """The few numbers of a manifest a command reports."""
-    return {k: header[k] for k in ("task", "window", "n_classes", "n_features", "nnz",
-                                   "n_examples", "empty_rows")}
+    return {**{k: header[k] for k in ("task", "window", "n_classes", "n_features", "nnz",
+                                      "n_examples", "empty_rows")},
+            "order": header.get("order", 0)}
 
 
 def _checksum(arrays: dict) -> str:
     h = hashlib.sha256()
-    for name in ARRAYS:
+    for name in (NGRAM_ARRAYS if "keys" in arrays else ARRAYS):
         h.update(arrays[name]["sha256"].encode())
     return h.hexdigest()
 
@@ -224,7 +257,7 @@ def save_arrays(directory: Path, generation: str, arrays: dict[str, np.ndarray])
     """Write the CSR arrays of one generation; returns their manifest entries (`commit`
     makes them the statistics)."""
     entries = {}
-    for name in ARRAYS:
+    for name in (NGRAM_ARRAYS if "keys" in arrays else ARRAYS):
         fname = array_file(generation, name)
         arr = arrays[name]
         entries[name] = {"file": fname, "dtype": str(arr.dtype), "shape": list(arr.shape),
@@ -236,7 +269,8 @@ def save(stats: Statistics, directory: str | os.PathLike) -> dict:
     """Write statistics to `directory` crash-safely; returns the manifest."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    arrays = save_arrays(directory, new_generation(), {n: getattr(stats, n) for n in ARRAYS})
+    arrays = save_arrays(directory, new_generation(),
+                         {n: getattr(stats, n) for n in array_names(stats.order)})
     return commit(directory, stats.header(), arrays)
 
 
@@ -252,7 +286,7 @@ def read_manifest(directory: str | os.PathLike) -> dict:
     check_fields(manifest, MANIFEST_FIELDS, path, what)
     if manifest["task"] not in ("lm", "classify"):
         raise FormatError(f"{path}: {what} has task {manifest['task']!r}, not lm or classify")
-    check_array_entries(manifest, ARRAYS, path, what)
+    check_array_entries(manifest, array_names(manifest.get("order", 0)), path, what)
     return manifest
 
 
@@ -262,7 +296,8 @@ def load(directory: str | os.PathLike, *, mmap: bool = True, check: bool = False
     directory = Path(directory)
     manifest = read_manifest(directory)
     arrays = {}
-    for name in ARRAYS:
+    order = manifest.get("order", 0)
+    for name in array_names(order):
         entry = manifest["arrays"][name]
         path = named_file(directory, entry["file"], directory / MANIFEST)
         if check:
@@ -272,6 +307,12 @@ def load(directory: str | os.PathLike, *, mmap: bool = True, check: bool = False
             raise FormatError(f"{path}: shape/dtype {arr.shape}/{arr.dtype} does not match "
                               f"the manifest ({entry['shape']}/{entry['dtype']})")
         arrays[name] = arr
+    if order:
+        if arrays["keys"].size != manifest["nnz"] or arrays["data"].size != manifest["nnz"]:
+            raise FormatError(f"{directory}: arrays do not match the manifest's sizes")
+        return Statistics.of_ngrams(arrays["keys"], arrays["data"], order=order,
+                                    eos=manifest["eos"], vocab_size=manifest["n_classes"],
+                                    n_examples=manifest["n_examples"], sources=manifest["sources"])
     if arrays["indptr"].size != manifest["n_features"] + 1 or arrays["data"].size != manifest["nnz"] \
             or arrays["indices"].size != manifest["nnz"]:
         raise FormatError(f"{directory}: arrays do not match the manifest's sizes")
@@ -306,9 +347,8 @@ def check_mergeable(parts) -> None:
                                   "them twice")
     first = parts[0]
     for s in parts[1:]:
-        if (s.task, s.window) != (first.task, first.window):
-            raise FormatError(f"cannot merge {s.task} window {s.window} statistics into "
-                              f"{first.task} window {first.window}")
+        if (s.task, s.window, s.order, s.eos) != (first.task, first.window, first.order, first.eos):
+            raise FormatError(f"cannot merge {describe(s)} statistics into {describe(first)}")
     seen: set[tuple[str, int]] = set()
     for s in parts:
         overlap = seen & _source_keys(s)
@@ -317,6 +357,13 @@ def check_mergeable(parts) -> None:
             raise FormatError(f"shards overlap: {path} row group {rg} was counted in more "
                               f"than one; merging would count it twice")
         seen |= _source_keys(s)
+
+
+def describe(stats: Statistics) -> str:
+    """What kind of statistics these are, in words."""
+    if stats.order:
+        return f"order-{stats.order} n-gram" + (" (with eos)" if stats.eos else "")
+    return f"{stats.task} window {stats.window}" if stats.task == "lm" else stats.task
 
 
 def combined_sources(sources: list[dict]) -> list[dict]:
@@ -335,6 +382,14 @@ def merge(*parts: Statistics) -> Statistics:
     bounded-memory merge of statistics directories)."""
     check_mergeable(parts)
     first = parts[0]
+    sources = combined_sources([src for s in parts for src in s.sources])
+    if first.order:
+        keys = np.concatenate([np.asarray(s.keys) for s in parts])
+        counts = np.concatenate([np.asarray(s.data) for s in parts])
+        keys, counts = sum_sorted(keys, counts)
+        return Statistics.of_ngrams(keys, counts, order=first.order, eos=first.eos,
+                                    vocab_size=max(s.n_classes for s in parts),
+                                    n_examples=sum(s.n_examples for s in parts), sources=sources)
     n_classes = max(s.n_classes for s in parts)
     n_features = max(s.n_features for s in parts)
     laid = [s.relayout(n_classes, n_features) for s in parts]
@@ -351,3 +406,16 @@ def merge(*parts: Statistics) -> Statistics:
         n_examples=sum(s.n_examples for s in parts), l1_sum=sum(s.l1_sum for s in parts),
         empty_rows=sum(s.empty_rows for s in parts),
         sources=combined_sources([src for s in parts for src in s.sources]))
+
+
+def sum_sorted(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique keys in increasing order and the sum of the values at each."""
+    order = np.argsort(keys, kind="stable")
+    keys, values = keys[order], values[order]
+    if not keys.size:
+        return keys, values
+    first = np.empty(keys.size, dtype=bool)
+    first[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    return keys[starts], np.add.reduceat(values, starts)

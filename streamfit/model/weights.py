@@ -388,7 +388,11 @@ def read_sidecar(path: str | os.PathLike) -> dict:
 
 def load_model(path: str | os.PathLike, *, check: bool = False) -> Model:
     """Open a model memory-mapped. Sizes, shapes and dtypes are checked against the sidecar;
-    `check=True` verifies every byte's checksum too."""
+    `check=True` verifies every byte's checksum too. An n-gram model's sidecar opens as an
+    `NgramModel`."""
+    from .ngram import is_ngram_sidecar, load_ngram_model
+    if is_ngram_sidecar(existing_sidecar(path)):
+        return load_ngram_model(existing_sidecar(path), check=check)
     meta = read_sidecar(path)
     folder = existing_sidecar(path).parent
     arrays = {}

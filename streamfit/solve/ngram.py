@@ -1,0 +1,569 @@
+"""n-gram language models from n-gram statistics: interpolated modified Kneser-Ney, and the
+log-linear block model of METHODS.md §6 fitted on held-out data.
+
+Everything here derives from the raw top-order counts of `count.stats` (BOS-padded, so every
+lower order is a marginal of them):
+
+- levels L = 0..N-1 (context length L). A level-L context gets an id; its key packs its oldest
+  token and the id of its suffix context (one level down), so contexts form a tree.
+  KenLM's convention for document starts: a context with two or more leading BOS does not
+  exist (it is the context with one BOS), so BOS is discounted once, not at every level.
+- adjusted counts: raw counts at the top order, continuation counts (distinct left
+  neighbours) below, raw counts for n-grams that start with BOS; count-of-counts n1..n4 of
+  each level give its discounts D1, D2, D3+ (`discounts`).
+- P_L(y | h) = (a(h, y) − D[a])⁺ / a(h •) + γ(h) P_{L−1}(y | h′), P_0 interpolated with the
+  uniform distribution over the C classes (the vocabulary, plus the end token with eos).
+
+The block model: logit(y) = Σ_L τ_L[bucket(c(h_L))] log P_L(y | h_L), buckets 0 for an unseen
+context and 1 + ⌊log2 c⌋ (capped) by the context's raw training count; the τ minimise the
+cross-entropy of the whole held-out split (L-BFGS, exact normaliser and gradient). τ = (0,
+…, 0, 1) is Kneser-Ney itself, which is where the fit starts. `log Z` of every training
+context is computed once here, so scoring (`model.ngram`) is a few lookups per token.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from ..data.limits import ngram_bits
+from ..errors import OptionError, StreamfitError
+from ..model.ngram import NgramModel, context_rows, find_slot, save_ngram_model, slot_table
+
+CID_BITS = 36          # context ids of one level
+TOK_BITS = 20          # class / token ids inside lookup keys (vocabulary + end + BOS)
+LEVEL_SHIFT = 56
+N_BUCKETS = 16         # per block: 0 unseen, 1 + floor(log2 count) capped at 15
+FALLBACK_DISCOUNTS = np.array([0.0, 0.5, 1.0, 1.5])
+
+
+def discounts(adjusted: np.ndarray) -> tuple[np.ndarray, list[int], bool]:
+    """Modified Kneser-Ney discounts D[0..3] (D[0] = 0) from the count-of-counts n1..n4 of
+    adjusted counts (Chen & Goodman); the fallback 0.5 / 1 / 1.5 when one of them is 0."""
+    n = [int(np.count_nonzero(adjusted == k)) for k in (1, 2, 3, 4)]
+    if min(n) == 0:
+        return FALLBACK_DISCOUNTS.copy(), n, True
+    y = n[0] / (n[0] + 2 * n[1])
+    return np.array([0.0, 1 - 2 * y * n[1] / n[0], 2 - 3 * y * n[2] / n[1],
+                     3 - 4 * y * n[3] / n[2]]), n, False
+
+
+def decode_ngrams(keys: np.ndarray, order: int, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Context tokens (n × order−1, oldest first; BOS = V + 1) and targets (end token = V) of
+    packed n-gram keys."""
+    bits = ngram_bits(order)
+    mask = (1 << bits) - 1
+    keys = np.asarray(keys, np.int64)
+    context = np.empty((keys.size, order - 1), np.int64)
+    for i in range(order - 1):
+        v = (keys >> (bits * (order - 1 - i))) & mask
+        context[:, i] = np.where(v == 0, vocab_size + 1, v - 1)
+    v = keys & mask
+    target = np.where(v == mask, vocab_size, v - 1)
+    return context, target
+
+
+@dataclass
+class Levels:
+    """Interpolated modified Kneser-Ney, one level per context length (see the module doc).
+
+    ctx_key[L]: sorted unique (oldest token << CID_BITS | suffix context id), level 0 one
+    empty context; ng_key[L]: sorted (context id << TOK_BITS | y); lps[L]: rows × (L+1),
+    log P_j(y | suffix j of the row's context) for j = 0..L."""
+
+    order: int
+    vocab_size: int
+    n_classes: int
+    ctx_key: list
+    ctx_parent: list
+    ctx_raw: list
+    ctx_start: list
+    ctx_end: list
+    ng_key: list
+    lps: list
+    log_gamma: list
+    discounts: list
+    count_of_counts: list
+    fallback: list
+
+    @property
+    def bos(self) -> int:
+        return self.vocab_size + 1
+
+    def sizes(self) -> dict:
+        return {"contexts_per_level": [int(k.size) for k in self.ctx_key],
+                "ngrams_per_level": [int(k.size) for k in self.ng_key],
+                "discounts": [[float(d) for d in D[1:]] for D in self.discounts],
+                "count_of_counts_n1_n4": self.count_of_counts,
+                "discount_fallback": self.fallback}
+
+
+def kneser_ney(stats) -> Levels:
+    """Interpolated modified Kneser-Ney from n-gram statistics (any number of merged shards:
+    only their raw counts are used)."""
+    if not stats.order:
+        raise StreamfitError("Kneser-Ney and the block model need n-gram statistics: "
+                             "accumulate with --order N")
+    order, V = stats.order, stats.n_classes
+    if V + 2 >= 1 << TOK_BITS:
+        raise OptionError(f"vocabulary {V:,} too large for the n-gram model (at most "
+                          f"{(1 << TOK_BITS) - 3:,})")
+    C = V + 1 if stats.eos else V
+    bos = V + 1
+    context, y = decode_ngrams(stats.keys, order, V)
+    count = np.asarray(stats.data, np.int64)
+    M = y.size
+    valid = [np.ones(M, bool)]
+    cid = [np.zeros(M, np.int64)]
+    ctx_key, ctx_parent, ctx_tok = [np.zeros(1, np.int64)], [np.full(1, -1)], [np.full(1, -1)]
+    for L in range(1, order):
+        tok = context[:, order - 1 - L]
+        ok = valid[L - 1].copy()
+        if L >= 2:  # two leading BOS: not a context of its own (KenLM's convention)
+            ok &= ~((tok == bos) & (context[:, order - L] == bos))
+        key = np.where(ok, (tok << CID_BITS) | cid[L - 1], -1)
+        uniq, inverse = np.unique(key, return_inverse=True)
+        if uniq.size and uniq[0] == -1:
+            uniq, inverse = uniq[1:], inverse - 1
+        valid.append(ok)
+        cid.append(np.where(ok, inverse, -1))
+        ctx_key.append(uniq)
+        ctx_parent.append(uniq & ((1 << CID_BITS) - 1))
+        ctx_tok.append(uniq >> CID_BITS)
+    ng_key, raw, rep, ng_inverse = [], [], [], []
+    for L in range(order):
+        key = np.where(valid[L], (cid[L] << TOK_BITS) | y, -1)
+        uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        if uniq.size and uniq[0] == -1:
+            uniq, first, inverse = uniq[1:], first[1:], inverse - 1
+        ng_inverse.append(inverse)
+        ng_key.append(uniq)
+        rep.append(first)  # one top-order row holding this n-gram
+        keep = inverse >= 0
+        raw.append(np.bincount(inverse[keep], count[keep], minlength=uniq.size).astype(np.int64))
+    adjusted = []
+    for L in range(order):
+        if L == order - 1:
+            a = raw[L].copy()
+        else:  # continuation counts: distinct level-(L+1) n-grams above each level-L one
+            a = np.bincount(ng_inverse[L][rep[L + 1]], minlength=ng_key[L].size).astype(np.int64)
+            if L >= 1:
+                starts_bos = ctx_tok[L][ng_key[L] >> TOK_BITS] == bos
+                a[starts_bos] = raw[L][starts_bos]
+        adjusted.append(a)
+    D, coc, fallback = zip(*(discounts(a) for a in adjusted))
+    log_gamma, ctx_raw, ctx_start, ctx_end, totals = [], [], [], [], []
+    for L in range(order):
+        c = ng_key[L] >> TOK_BITS
+        nc = ctx_key[L].size
+        a = adjusted[L]
+        total = np.bincount(c, a, minlength=nc)
+        gamma = np.bincount(c, D[L][np.minimum(a, 3)], minlength=nc) / np.maximum(total, 1)
+        log_gamma.append(np.log(np.where(total > 0, gamma, 1.0)))
+        ctx_raw.append(np.bincount(c, raw[L], minlength=nc).astype(np.int64))
+        ctx_start.append(np.searchsorted(c, np.arange(nc)))
+        ctx_end.append(np.searchsorted(c, np.arange(nc), side="right"))
+        totals.append(total)
+    # level 0 made dense over the C classes
+    n0 = np.zeros(C, np.int64)
+    n0[ng_key[0] & ((1 << TOK_BITS) - 1)] = adjusted[0]
+    p0 = np.maximum(n0 - D[0][np.minimum(n0, 3)], 0) / max(n0.sum(), 1) \
+        + math.exp(log_gamma[0][0]) / C
+    ng_key[0] = np.arange(C, dtype=np.int64)
+    ctx_start[0], ctx_end[0] = np.array([0]), np.array([C])
+    lps = [np.log(p0)[:, None]]
+    for L in range(1, order):
+        keys = ng_key[L]
+        c = keys >> TOK_BITS
+        yy = keys & ((1 << TOK_BITS) - 1)
+        if L == 1:
+            parent_row = yy
+        else:
+            parent_row = np.searchsorted(ng_key[L - 1], (ctx_parent[L][c] << TOK_BITS) | yy)
+        a = adjusted[L]
+        lower = lps[L - 1][parent_row]
+        p = (a - D[L][np.minimum(a, 3)]) / totals[L][c] + np.exp(log_gamma[L][c] + lower[:, L - 1])
+        lps.append(np.concatenate([lower, np.log(p)[:, None]], axis=1))
+    return Levels(order=order, vocab_size=V, n_classes=C, ctx_key=ctx_key,
+                  ctx_parent=ctx_parent, ctx_raw=ctx_raw, ctx_start=ctx_start, ctx_end=ctx_end,
+                  ng_key=ng_key, lps=lps, log_gamma=log_gamma, discounts=list(D),
+                  count_of_counts=list(coc), fallback=list(fallback))
+
+
+# --- positions: the deepest seen context of each prediction ----------------------------------
+def lookup_tables(levels: Levels):
+    """Hash tables of (level, token, suffix id) → context id and (level, context id, y) → row."""
+    ck = np.concatenate([np.zeros(0, np.int64)] +
+                        [(np.int64(L) << LEVEL_SHIFT) | levels.ctx_key[L] for L in range(1, levels.order)])
+    nk = np.concatenate([np.zeros(0, np.int64)] +
+                        [(np.int64(L) << LEVEL_SHIFT) | levels.ng_key[L] for L in range(1, levels.order)])
+    ctable, cbits, cslot = slot_table(ck, 2)
+    ctable[cslot, 1] = np.concatenate([np.zeros(0, np.int64)] +
+                                      [np.arange(levels.ctx_key[L].size) for L in range(1, levels.order)])
+    ntable, nbits, nslot = slot_table(nk, 2)
+    ntable[nslot, 1] = np.concatenate([np.zeros(0, np.int64)] +
+                                      [np.arange(levels.ng_key[L].size) for L in range(1, levels.order)])
+    return ctable, cbits, ntable, nbits
+
+
+def positions(levels: Levels, context: np.ndarray, target: np.ndarray, tables=None):
+    """Deepest seen context level m, the chain of context ids (−1 above m) and
+    lp[:, j] = log P_j(y | h_j) for j = 0..N−1 (levels above m repeat level m)."""
+    tables = tables or lookup_tables(levels)
+    lp_off = np.zeros(levels.order + 1, np.int64)
+    for L in range(levels.order):
+        lp_off[L + 1] = lp_off[L] + levels.lps[L].size
+    lp_flat = np.concatenate([x.ravel() for x in levels.lps])
+    ctx_off = np.zeros(levels.order + 1, np.int64)
+    for L in range(levels.order):
+        ctx_off[L + 1] = ctx_off[L] + levels.ctx_key[L].size
+    return _positions(np.ascontiguousarray(context, np.int64), np.asarray(target, np.int64),
+                      levels.order, *tables, ctx_off, lp_off, lp_flat,
+                      np.concatenate(levels.log_gamma))
+
+
+@njit(cache=True, nogil=True)
+def _positions(context, target, order, ctable, cbits, ntable, nbits, ctx_off, lp_off, lp_flat,
+               log_gamma):
+    n = target.size
+    deepest = np.zeros(n, np.int64)
+    chain = np.full((n, order), -1, np.int64)
+    lp = np.zeros((n, order))
+    for i in range(n):
+        c = np.int64(0)
+        chain[i, 0] = 0
+        m = 0
+        for L in range(1, order):
+            s = find_slot(ctable, cbits, (np.int64(L) << 56) | (context[i, order - 1 - L] << 36) | c)
+            if s < 0:
+                break
+            c = ctable[s, 1]
+            chain[i, L] = c
+            m = L
+        deepest[i] = m
+        lp[i, 0] = lp_flat[target[i]]
+        for L in range(1, m + 1):
+            s = find_slot(ntable, nbits, (np.int64(L) << 56) | (chain[i, L] << 20) | target[i])
+            if s >= 0:
+                lp[i, L] = lp_flat[lp_off[L] + ntable[s, 1] * (L + 1) + L]
+            else:
+                lp[i, L] = log_gamma[ctx_off[L] + chain[i, L]] + lp[i, L - 1]
+        for L in range(m + 1, order):
+            lp[i, L] = lp[i, m]
+    return deepest, chain, lp
+
+
+# --- the block model ------------------------------------------------------------------------
+def bucket_of(raw_counts: np.ndarray) -> np.ndarray:
+    """0 for an unseen context, 1 + ⌊log2 count⌋ capped at N_BUCKETS − 1."""
+    b = np.zeros(raw_counts.size, np.int64)
+    seen = raw_counts > 0
+    b[seen] = np.minimum(1 + np.floor(np.log2(raw_counts[seen])).astype(np.int64), N_BUCKETS - 1)
+    return b
+
+
+def n_params(order: int) -> int:
+    """τ_0, then N_BUCKETS per context level."""
+    return 1 + (order - 1) * N_BUCKETS
+
+
+def kneser_ney_theta(order: int) -> np.ndarray:
+    """The τ that make the block model Kneser-Ney itself: 1 on the top level, 0 elsewhere."""
+    theta = np.zeros(n_params(order))
+    if order == 1:
+        theta[0] = 1.0
+    else:
+        theta[1 + (order - 2) * N_BUCKETS:] = 1.0
+    return theta
+
+
+class Blocks:
+    """The block model over Kneser-Ney levels, with its exact normaliser.
+
+    log Z of a query — a deepest seen context (level m, id c); levels above m unseen — by
+    shells of the nested supports S_0 = all ⊃ S_1(h_1) ⊃ … ⊃ S_m(h_m): outside S_{t+1} every
+    level above t backs off to level t, so the classes of shell S_t \\ S_{t+1} share a
+    closed form. Sums over a context's support are shared by every query with the same
+    (context, buckets of the levels above it): one sweep of each group's support gives the
+    sums of its own shell and of the shell of its parent."""
+
+    def __init__(self, levels: Levels):
+        self.levels = levels
+        self.order = levels.order
+        self.bucket = [np.zeros(1, np.int64)] + [bucket_of(levels.ctx_raw[L])
+                                                 for L in range(1, self.order)]
+        self.lp_off = np.zeros(self.order + 1, np.int64)
+        for L in range(self.order):
+            self.lp_off[L + 1] = self.lp_off[L] + levels.lps[L].size
+        self.lp_flat = np.concatenate([x.ravel() for x in levels.lps])
+
+    def param_index(self, chain: np.ndarray) -> np.ndarray:
+        """Per query (rows of context ids per level, −1 unseen): the τ index of each level."""
+        P = np.zeros(chain.shape, np.int64)
+        for j in range(1, self.order):
+            seen = chain[:, j] >= 0
+            b = np.zeros(chain.shape[0], np.int64)
+            b[seen] = self.bucket[j][chain[seen, j]]
+            P[:, j] = 1 + (j - 1) * N_BUCKETS + b
+        return P
+
+    def chains(self, deepest: np.ndarray, context_id: np.ndarray) -> np.ndarray:
+        """The chain of context ids (−1 above the deepest) of queries (level, id)."""
+        chain = np.full((deepest.size, self.order), -1, np.int64)
+        chain[:, 0] = 0
+        for L in range(self.order - 1, 0, -1):
+            rows = np.flatnonzero(deepest == L)
+            c = context_id[rows]
+            for j in range(L, 0, -1):
+                chain[rows, j] = c
+                c = self.levels.ctx_parent[j][c]
+        return chain
+
+    def queries(self, deepest: np.ndarray, context_id: np.ndarray) -> dict:
+        """The group structure of queries, built once and reused by every evaluation."""
+        levels, N = self.levels, self.order
+        chain = self.chains(deepest, context_id)
+        P = self.param_index(chain)
+        log_gamma = np.zeros(chain.shape)
+        for j in range(1, N):
+            seen = chain[:, j] >= 0
+            log_gamma[seen, j] = levels.log_gamma[j][chain[seen, j]]
+        buckets = np.zeros(chain.shape, np.int64)
+        for j in range(1, N):
+            buckets[:, j] = P[:, j] - 1 - (j - 1) * N_BUCKETS
+        group = np.full(chain.shape, -1, np.int64)
+        g_level, g_start, g_end, g_param = [], [], [], []
+        n_groups = 0
+        for t in range(N):
+            sel = np.flatnonzero(deepest >= t)
+            code = np.zeros(sel.size, np.int64)
+            for j in range(N - 1, t, -1):
+                code = code * N_BUCKETS + buckets[sel, j]
+            key = chain[sel, t] * (N_BUCKETS ** (N - 1 - t)) + code
+            uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+            group[sel, t] = n_groups + inverse
+            rep = sel[first]
+            g_level.append(np.full(uniq.size, t))
+            g_start.append(levels.ctx_start[t][chain[rep, t]])
+            g_end.append(levels.ctx_end[t][chain[rep, t]])
+            g_param.append(P[rep])
+            n_groups += uniq.size
+        return dict(deepest=deepest.astype(np.int64), group=group, log_gamma=log_gamma, param=P,
+                    g_level=np.concatenate(g_level), g_start=np.concatenate(g_start),
+                    g_end=np.concatenate(g_end), g_param=np.concatenate(g_param))
+
+    def log_z(self, theta: np.ndarray, q: dict, grad: bool = False):
+        """log Z of each query, and with grad E_p[log P_j] per query and level."""
+        W, WL = _group_sums(theta, q["g_level"], q["g_start"], q["g_end"], q["g_param"],
+                            self.lp_off, self.lp_flat, self.order, grad)
+        return _assemble(theta, q["deepest"], q["group"], q["log_gamma"], q["param"], W, WL,
+                         self.order, grad)
+
+
+@njit(cache=True, nogil=True)
+def _group_sums(theta, g_level, g_start, g_end, g_param, lp_off, lp_flat, order, grad):
+    G = g_level.size
+    W = np.zeros((G, 2))  # [:, 0] the group's own shell term, [:, 1] its parent's
+    WL = np.zeros((G, 2, order)) if grad else np.zeros((1, 2, order))
+    tau = np.zeros(order)
+    for g in range(G):
+        t = g_level[g]
+        for j in range(order):
+            tau[j] = theta[g_param[g, j]]
+        Tt = 0.0
+        for j in range(t, order):
+            Tt += tau[j]
+        Ttm1 = Tt + (tau[t - 1] if t >= 1 else 0.0)
+        base = lp_off[t]
+        stride = t + 1
+        w0 = 0.0
+        w1 = 0.0
+        for r in range(g_start[g], g_end[g]):
+            p = base + r * stride
+            low = 0.0
+            for j in range(t - 1):
+                low += tau[j] * lp_flat[p + j]
+            if t >= 1:
+                ws = math.exp(low + tau[t - 1] * lp_flat[p + t - 1] + Tt * lp_flat[p + t])
+                wc = math.exp(low + Ttm1 * lp_flat[p + t - 1])
+                w1 += wc
+            else:
+                ws = math.exp(Tt * lp_flat[p])
+                wc = 0.0
+            w0 += ws
+            if grad:
+                for j in range(t + 1):
+                    WL[g, 0, j] += ws * lp_flat[p + j]
+                for j in range(t):
+                    WL[g, 1, j] += wc * lp_flat[p + j]
+        W[g, 0] = w0
+        W[g, 1] = w1
+    return W, WL
+
+
+@njit(cache=True, nogil=True)
+def _assemble(theta, deepest, group, log_gamma, param, W, WL, order, grad):
+    nq = deepest.size
+    logz = np.zeros(nq)
+    E = np.zeros((nq, order)) if grad else np.zeros((1, order))
+    tau = np.zeros(order)
+    M = np.zeros(order)
+    Gam = np.zeros(order)
+    for q in range(nq):
+        m = deepest[q]
+        for j in range(order):
+            tau[j] = theta[param[q, j]]
+            M[j] = 0.0
+        Z = 0.0
+        for mp in range(m + 1):
+            K = 0.0
+            acc = 0.0
+            for j in range(mp + 1, order):
+                acc += log_gamma[q, j]
+                Gam[j] = acc
+                K += tau[j] * acc
+            g = group[q, mp]
+            dW = W[g, 0]
+            gc = -1
+            if mp < m:
+                gc = group[q, mp + 1]
+                dW -= W[gc, 1]
+            eK = math.exp(K)
+            Z += eK * dW
+            if grad:
+                for j in range(mp + 1):
+                    M[j] += eK * (WL[g, 0, j] - (WL[gc, 1, j] if gc >= 0 else 0.0))
+                dlast = WL[g, 0, mp] - (WL[gc, 1, mp] if gc >= 0 else 0.0)
+                for j in range(mp + 1, order):
+                    M[j] += eK * (dlast + Gam[j] * dW)
+        logz[q] = math.log(Z)
+        if grad:
+            for j in range(order):
+                E[q, j] = M[j] / Z
+    return logz, E
+
+
+def heldout_positions(levels: Levels, batches, eos: bool):
+    """(deepest, chain, lp) of every prediction of held-out token batches (TokenArrays)."""
+    tables = lookup_tables(levels)
+    parts = []
+    for arrays in batches:
+        context, target = context_rows(arrays.tokens.astype(np.int64), arrays.doc_offsets,
+                                         levels.order, levels.vocab_size, eos)
+        parts.append(positions(levels, context, target, tables))
+    if not parts:
+        raise StreamfitError("the held-out data holds no tokens")
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
+
+
+def fit_blocks(blocks: Blocks, deepest: np.ndarray, chain: np.ndarray, lp: np.ndarray,
+               *, max_iter: int = 60) -> tuple[np.ndarray, dict]:
+    """τ minimising the mean cross-entropy of held-out predictions (L-BFGS-B from
+    Kneser-Ney's τ, exact normaliser and gradient E_p[log P_b] − log P_b(y))."""
+    from scipy.optimize import minimize
+    N, n = blocks.order, deepest.size
+    P = blocks.param_index(chain)
+    phi = np.zeros(n_params(N))
+    for j in range(N):
+        phi += np.bincount(P[:, j], weights=lp[:, j], minlength=phi.size)
+    key = deepest * (np.int64(1) << 40) + chain[np.arange(n), deepest]
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    weight = np.bincount(inverse).astype(np.float64)
+    q = blocks.queries(deepest[first], chain[first, deepest[first]])
+    history = []
+
+    def objective(theta):
+        logz, E = blocks.log_z(theta, q, grad=True)
+        value = (weight @ logz - phi @ theta) / n
+        g = -phi.copy()
+        for j in range(N):
+            g += np.bincount(q["param"][:, j], weights=weight * E[:, j], minlength=g.size)
+        history.append(value)
+        return value, g / n
+
+    t0 = time.perf_counter()
+    result = minimize(objective, kneser_ney_theta(N), jac=True, method="L-BFGS-B",
+                      options=dict(maxiter=max_iter, maxcor=20))
+    return result.x, {"evaluations": len(history), "cross_entropy_kneser_ney": float(history[0]),
+                      "cross_entropy": float(result.fun), "positions": int(n),
+                      "distinct_contexts": int(first.size), "seconds": time.perf_counter() - t0,
+                      "converged": bool(result.success), "message": str(result.message)}
+
+
+def scoring_model(blocks: Blocks, theta: np.ndarray, meta: dict, eos: bool) -> NgramModel:
+    """The lookup tables of `model.ngram` for these τ: log Z of every training context
+    (all levels, as the deepest seen one), partial logits per n-gram row."""
+    levels, N = blocks.levels, blocks.order
+    deepest = np.concatenate([np.full(levels.ctx_key[L].size, L) for L in range(N)])
+    ids = np.concatenate([np.arange(levels.ctx_key[L].size) for L in range(N)])
+    logz, _ = blocks.log_z(theta, blocks.queries(deepest, ids))
+    ctx_off = np.concatenate([[0], np.cumsum([k.size for k in levels.ctx_key])])
+    partial = []
+    for L in range(N):
+        lps = levels.lps[L]
+        tau = np.empty(lps.shape)
+        tau[:, 0] = theta[0]
+        if L:
+            c = levels.ng_key[L] >> TOK_BITS
+            for j in range(L, 0, -1):
+                tau[:, j] = theta[1 + (j - 1) * N_BUCKETS + blocks.bucket[j][c]]
+                c = levels.ctx_parent[j][c]
+        partial.append((tau * lps).sum(1))
+    # contexts: key, id, log γ, τ, log Z
+    ck = np.concatenate([np.zeros(0, np.int64)] +
+                        [(np.int64(L) << LEVEL_SHIFT) | levels.ctx_key[L] for L in range(1, N)])
+    contexts, _, slot = slot_table(ck, 5)
+    cv = contexts.view(np.float64)
+    for L in range(1, N):
+        s = slot[ctx_off[L] - 1:ctx_off[L + 1] - 1]
+        contexts[s, 1] = np.arange(levels.ctx_key[L].size)
+        cv[s, 2] = levels.log_gamma[L]
+        cv[s, 3] = theta[1 + (L - 1) * N_BUCKETS + blocks.bucket[L]]
+        cv[s, 4] = logz[ctx_off[L]:ctx_off[L + 1]]
+    nk = np.concatenate([np.zeros(0, np.int64)] +
+                        [(np.int64(L) << LEVEL_SHIFT) | levels.ng_key[L] for L in range(1, N)])
+    ngrams, _, slot = slot_table(nk, 3)
+    nv = ngrams.view(np.float64)
+    lo = 0
+    for L in range(1, N):
+        s = slot[lo:lo + levels.ng_key[L].size]
+        nv[s, 1] = partial[L]
+        nv[s, 2] = levels.lps[L][:, L]
+        lo += levels.ng_key[L].size
+    unigram = np.stack([partial[0], levels.lps[0][:, 0]], axis=1)
+    r0 = np.zeros(N + 1)
+    for m in range(N):
+        r0[m] = sum(theta[1 + (j - 1) * N_BUCKETS] for j in range(m + 1, N))
+    r0[N] = logz[0]
+    return NgramModel(order=N, vocab_size=levels.vocab_size, n_classes=levels.n_classes,
+                      eos=eos, contexts=contexts, ngrams=ngrams, unigram=unigram, r0=r0, meta=meta)
+
+
+def finalize_ngram(stats, out, *, form: str = "blocks", heldout=None, source: dict | None = None,
+                   max_iter: int = 60) -> NgramModel:
+    """Write an n-gram model: `kneser-ney` (no held-out data needed) or `blocks` (τ fitted on
+    the held-out token batches `heldout`, every prediction of them)."""
+    from .. import __version__
+    from ..model.weights import sidecar_path, stem_of
+    if form not in ("kneser-ney", "blocks"):
+        raise OptionError(f"n-gram statistics finalize as --form kneser-ney or blocks, not {form!r}")
+    if form == "blocks" and heldout is None:
+        raise OptionError("--form blocks fits its τ on held-out data: pass --heldout PATHS "
+                          "(or choose --form kneser-ney)")
+    t0 = time.perf_counter()
+    levels = kneser_ney(stats)
+    blocks = Blocks(levels)
+    theta = kneser_ney_theta(levels.order)
+    meta = {"form": form, "streamfit_version": __version__, "buckets": N_BUCKETS,
+            "kneser_ney": levels.sizes(), "source": source or {}}
+    if form == "blocks":
+        deepest, chain, lp = heldout_positions(levels, heldout, stats.eos)
+        theta, meta["fit"] = fit_blocks(blocks, deepest, chain, lp, max_iter=max_iter)
+    meta["theta"] = [float(t) for t in theta]
+    model = scoring_model(blocks, theta, meta, stats.eos)
+    meta["seconds"] = time.perf_counter() - t0
+    save_ngram_model(stem_of(out), sidecar_path(out), model, meta)
+    return model
