@@ -20,10 +20,12 @@ from pathlib import Path
 from . import __version__
 from .errors import StreamfitError
 from .model.evaluate import evaluate, iter_examples, predict
-from .model.weights import load_model, read_sidecar, sidecar_path
+from .model.ngram import NgramModel, is_ngram_sidecar
+from .model.weights import existing_sidecar, load_model, read_sidecar, sidecar_path
 from .io.parquet import DEFAULT_BATCH_ROWS, resolve_paths
 from .solve.explicit import finalize
 from .solve.forms import DEFAULT_SMOOTHING, FORMS
+from .solve.ngram import NGRAM_FORMS, finalize_ngram, token_batches
 from .count.out_of_core import CHECKPOINT_SECONDS, DEFAULT_MEMORY, accumulate_into, merge_into, parse_size
 from .count.stats import load, read_manifest
 from .distributed import (INSTALL_HINT, MERGE_FAN_IN, MIN_UNITS, UNIT_VALUES, accumulate_distributed, cluster,
@@ -87,7 +89,17 @@ def _cluster(args):
 
 def cmd_accumulate(args) -> int:
     sizes = dict(vocab_size=args.vocab_size, n_classes=args.classes, n_features=args.n_features)
+    if args.eos and args.order is None:
+        raise StreamfitError("--eos goes with n-gram statistics: pass --order N too")
+    if args.order is not None:
+        if args.window is not None:
+            raise StreamfitError("--order N counts n-grams, --window M the window model: "
+                                 "pass one of them")
+        sizes.update(order=args.order, eos=args.eos)
     if _on_dask(args):
+        if args.order is not None:
+            raise StreamfitError("n-gram statistics (--order) are counted on this machine "
+                                 "(--jobs N); not yet with Dask")
         if args.jobs != 1:
             raise StreamfitError("--jobs is for processes on this machine; with Dask the "
                                  "workers are the processes (use --dask-workers N)")
@@ -110,6 +122,12 @@ def cmd_accumulate(args) -> int:
         print(f"{args.stats}: every row group of these files is already counted; nothing to add")
         return 0
     what = "tokens" if summary["task"] == "lm" else "rows"
+    if summary.get("order"):
+        print(f"{args.stats}: order-{summary['order']} n-gram statistics, "
+              f"{summary['n_examples']:,} predictions, {summary['nnz']:,} distinct n-grams, "
+              f"vocabulary {summary['n_classes']:,}"
+              + (" (resumed an interrupted run)" if summary["resumed"] else ""))
+        return 0
     print(f"{args.stats}: {summary['task']} statistics, {summary['n_examples']:,} {what}, "
           f"{summary['n_features']:,} features × {summary['n_classes']:,} classes, "
           f"{summary['nnz']:,} non-zeros"
@@ -131,9 +149,37 @@ def _smoothing(text: str) -> float | str:
     return a
 
 
+def cmd_finalize_ngram(args, stats) -> int:
+    form = args.form or ("blocks" if args.heldout else "kneser-ney")
+    if form not in NGRAM_FORMS:
+        raise StreamfitError(f"{args.stats} holds n-gram statistics: --form kneser-ney or "
+                             f"blocks, not {form}")
+    heldout = token_batches(args.heldout, vocab_size=stats.n_classes, column=args.column,
+                            batch_rows=args.batch_rows, progress=_progress(args)) \
+        if args.heldout else None
+    source = {"path": str(Path(args.stats).resolve()),
+              "checksum": read_manifest(args.stats)["checksum"]}
+    model = finalize_ngram(stats, args.out, form=form, heldout=heldout, source=source)
+    m = model.meta
+    fit = m.get("fit")
+    print(f"{sidecar_path(args.out)}: order-{model.order} {form} model, "
+          f"{model.nbytes / 2**20:.1f} MiB"
+          + (f"; held-out perplexity {math.exp(fit['cross_entropy_kneser_ney']):.2f} "
+             f"(Kneser-Ney) → {math.exp(fit['cross_entropy']):.2f} over {fit['positions']:,} "
+             f"predictions" if fit else ""))
+    return 0
+
+
 def cmd_finalize(args) -> int:
-    smoothing = _smoothing(args.smoothing)
     stats = load(args.stats)
+    if stats.order:
+        return cmd_finalize_ngram(args, stats)
+    if args.form in NGRAM_FORMS:
+        raise StreamfitError(f"--form {args.form} needs n-gram statistics: accumulate with "
+                             f"--order N")
+    if args.form is None:
+        args.form = DEFAULT_FORM if args.heldout else "conditional"
+    smoothing = _smoothing(args.smoothing)
     heldout = None
     if args.heldout:
         heldout = iter_examples(args.heldout, task=stats.task, window=stats.window,
@@ -163,6 +209,20 @@ def _top_k(args) -> None:
 def cmd_evaluate(args) -> int:
     _top_k(args)
     model = load_model(args.weights, check=args.verify)
+    if isinstance(model, NgramModel):
+        if _on_dask(args):
+            raise StreamfitError("n-gram models evaluate on this machine (at lookup speed), "
+                                 "not on Dask")
+        result = evaluate(model, args.paths, progress=_progress(args),
+                          batch_rows=args.batch_rows, **_columns(args))
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print(f"{result['n']:,} tokens: cross-entropy {result['cross_entropy']:.4f} nats, "
+                  f"perplexity {result['perplexity']:.2f}"
+                  + (f" ({result['perplexity_with_eos']:.2f} with the end token's "
+                     f"{result['n_with_eos'] - result['n']:,} predictions)" if model.eos else ""))
+        return 0
     if _on_dask(args):
         with _cluster(args) as client:
             result = evaluate_distributed(client, args.weights, args.paths, top_k=args.top_k,
@@ -202,7 +262,8 @@ def cmd_predict(args) -> int:
             else:
                 raise StreamfitError(f"context word {word!r} is not a token id: pass --vocab FILE "
                                      f"to map words to ids")
-        top, probs = model.top_k(model.context_examples([context]), args.top_k)
+        examples = [context] if isinstance(model, NgramModel) else model.context_examples([context])
+        top, probs = model.top_k(examples, args.top_k)
         rows = [{"id": int(c), "probability": float(p),
                  **({"token": vocab[c]} if vocab and c < len(vocab) else {})}
                 for c, p in zip(top[0], probs[0]) if c >= 0]  # -1: fewer classes than --top-k
@@ -214,6 +275,9 @@ def cmd_predict(args) -> int:
         return 0
     if not args.paths or args.out is None:
         raise StreamfitError("predict needs --context TEXT, or Parquet PATHS and --out FILE")
+    if isinstance(model, NgramModel):
+        raise StreamfitError("n-gram models predict for a --context; per-token predictions "
+                             "of Parquet data are not written for them yet")
     n = predict(model, args.paths, args.out, top_k=args.top_k, progress=_progress(args),
                 batch_rows=args.batch_rows, **_columns(args))
     print(f"{args.out}: top-{args.top_k} predictions for {n:,} examples")
@@ -358,6 +422,10 @@ def cmd_info(args) -> int:
             load(p, check=True)
         info = {k: v for k, v in info.items() if k not in ("arrays",)} | \
             {"bytes": sum(a["size"] for a in info["arrays"].values())}
+    elif is_ngram_sidecar(existing_sidecar(p)):
+        model = load_model(p, check=args.check)
+        info = {k: v for k, v in model.meta.items() if k not in ("arrays", "theta")} | \
+            {"bytes": sum(a["size"] for a in model.meta["arrays"].values())}
     else:
         info = read_sidecar(p)
         if args.check:
@@ -416,6 +484,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: detected from the columns)")
     p.add_argument("--window", type=int, metavar="M",
                    help="lm: how many previous tokens are the context (default: 1, a bigram)")
+    p.add_argument("--order", type=int, metavar="N",
+                   help="lm: count n-grams of order N instead (each token with its N−1 "
+                        "previous tokens as one context), for finalize --form kneser-ney / "
+                        "blocks")
+    p.add_argument("--eos", action="store_true",
+                   help="with --order: an end-of-document token is predicted after each "
+                        "document (as KenLM's </s>)")
     p.add_argument("--vocab-size", type=int, metavar="V",
                    help="lm: fix the vocabulary size (default: largest token id + 1)")
     p.add_argument("--classes", type=int, metavar="C",
@@ -466,9 +541,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", default=DEFAULT_STATS, metavar="DIR",
                    help=f"statistics directory (default: ./{DEFAULT_STATS})")
     p.add_argument("--out", required=True, metavar="FILE", help="weights file, e.g. weights.npy")
-    p.add_argument("--form", choices=FORMS, default=None,
+    p.add_argument("--form", choices=FORMS + NGRAM_FORMS, default=None,
                    help=f"which explicit solution (default: {DEFAULT_FORM} with --heldout, "
-                        f"else conditional)")
+                        f"else conditional; n-gram statistics: blocks with --heldout, else "
+                        f"kneser-ney — interpolated modified Kneser-Ney, and the log-linear "
+                        f"model over its levels with τ per level and context-count bucket "
+                        f"fitted on every --heldout prediction)")
     p.add_argument("--format", choices=("dense", "sparse"), default="dense",
                    help="dense: one features × classes .npy; sparse: CSR of log1p(F/a), "
                         "nnz-sized, same predictions — for large vocabularies (default: dense)")
@@ -670,8 +748,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "finalize":
-        if args.form is None:
-            args.form = DEFAULT_FORM if args.heldout else "conditional"
         if args.smoothing is None:
             args.smoothing = "auto" if args.heldout else str(DEFAULT_SMOOTHING)
     try:

@@ -38,6 +38,7 @@ TOK_BITS = 20          # class / token ids inside lookup keys (vocabulary + end 
 LEVEL_SHIFT = 56
 N_BUCKETS = 16         # per block: 0 unseen, 1 + floor(log2 count) capped at 15
 FALLBACK_DISCOUNTS = np.array([0.0, 0.5, 1.0, 1.5])
+NGRAM_FORMS = ("kneser-ney", "blocks")
 
 
 def discounts(adjusted: np.ndarray) -> tuple[np.ndarray, list[int], bool]:
@@ -548,7 +549,7 @@ def finalize_ngram(stats, out, *, form: str = "blocks", heldout=None, source: di
     the held-out token batches `heldout`, every prediction of them)."""
     from .. import __version__
     from ..model.weights import sidecar_path, stem_of
-    if form not in ("kneser-ney", "blocks"):
+    if form not in NGRAM_FORMS:
         raise OptionError(f"n-gram statistics finalize as --form kneser-ney or blocks, not {form!r}")
     if form == "blocks" and heldout is None:
         raise OptionError("--form blocks fits its τ on held-out data: pass --heldout PATHS "
@@ -567,3 +568,24 @@ def finalize_ngram(stats, out, *, form: str = "blocks", heldout=None, source: di
     meta["seconds"] = time.perf_counter() - t0
     save_ngram_model(stem_of(out), sidecar_path(out), model, meta)
     return model
+
+
+def token_batches(paths, *, vocab_size: int, column: str = "tokens",
+                  batch_rows: int | None = None, progress: bool = False, desc: str = "calibrate"):
+    """TokenArrays of every record batch of Parquet token files, validated (ids beyond the
+    vocabulary are errors that name the file, row group, row and column)."""
+    from tqdm.auto import tqdm
+    from ..data.featurize import token_arrays
+    from ..errors import InputError
+    from ..io.parquet import DEFAULT_BATCH_ROWS, iter_batches, open_parquet, resolve_paths
+    files = resolve_paths(paths)
+    with tqdm(total=sum(open_parquet(p).metadata.num_rows for p in files), unit="docs",
+              unit_scale=True, disable=None if progress else True, desc=desc) as bar:
+        for p in files:
+            for b in iter_batches(p, [column], batch_rows=batch_rows or DEFAULT_BATCH_ROWS):
+                try:
+                    yield token_arrays(b.data, column, vocab_size)
+                except InputError as exc:
+                    raise exc.located(path=str(p), row_group=b.row_group,
+                                      row_offset=b.row_offset) from None
+                bar.update(b.data.num_rows)
