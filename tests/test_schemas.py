@@ -78,6 +78,7 @@ def saved_stats(tmp_path, markov_corpus):
         "classify-dense": streamfit.accumulate([dense]),
         "classify-sparse": streamfit.accumulate([sparse]),
         "lm-merged": streamfit.merge(streamfit.accumulate([c.train]), streamfit.accumulate([c.heldout])),
+        "lm-order3-eos": streamfit.accumulate([c.train], order=3, eos=True),
     }.items():
         streamfit.save_stats(stats, tmp_path / name)
         out[name] = (tmp_path / name, stats)
@@ -98,12 +99,20 @@ def test_manifests_validate(saved_stats, manifest_validator):
             assert entry["size"] == path.stat().st_size and entry["sha256"] == sha256(path)
             arr = np.load(path)
             assert (str(arr.dtype), list(arr.shape)) == (entry["dtype"], entry["shape"])
-        want = hashlib.sha256("".join(m["arrays"][a]["sha256"] for a in ("indptr", "indices", "data"))
+        names = ("keys", "data") if "order" in m else ("indptr", "indices", "data")
+        assert set(m["arrays"]) == set(names)
+        want = hashlib.sha256("".join(m["arrays"][a]["sha256"] for a in names)
                               .encode()).hexdigest()
         assert m["checksum"] == want
         assert m["arrays"]["data"]["dtype"] == ("int64" if m["task"] == "lm" else "float64")
         assert m["value"] == ("count" if m["task"] == "lm" else "mass")
-        if m["task"] == "lm":
+        if "order" in m:
+            assert m["window"] == 0 and m["n_features"] == 0 and m["eos"] is True
+            keys = np.load(directory / m["arrays"]["keys"]["file"])
+            assert np.all(np.diff(keys) > 0)  # sorted, unique
+            counts = np.load(directory / m["arrays"]["data"]["file"])
+            assert counts.sum() == m["n_examples"] == m["l1_sum"]
+        elif m["task"] == "lm":
             assert m["n_features"] == m["window"] * (m["vocab_size"] + 1)
             assert m["vocab_size"] == m["n_classes"]
             assert m["l1_sum"] == m["n_examples"] * m["window"]

@@ -43,13 +43,16 @@ NGRAM_FORMS = ("kneser-ney", "blocks")
 
 def discounts(adjusted: np.ndarray) -> tuple[np.ndarray, list[int], bool]:
     """Modified Kneser-Ney discounts D[0..3] (D[0] = 0) from the count-of-counts n1..n4 of
-    adjusted counts (Chen & Goodman); the fallback 0.5 / 1 / 1.5 when one of them is 0."""
+    adjusted counts (Chen & Goodman); KenLM's fallback 0.5 / 1 / 1.5 when one of them is 0
+    or a discount falls outside (0, k] (tiny corpora)."""
     n = [int(np.count_nonzero(adjusted == k)) for k in (1, 2, 3, 4)]
     if min(n) == 0:
         return FALLBACK_DISCOUNTS.copy(), n, True
     y = n[0] / (n[0] + 2 * n[1])
-    return np.array([0.0, 1 - 2 * y * n[1] / n[0], 2 - 3 * y * n[2] / n[1],
-                     3 - 4 * y * n[3] / n[2]]), n, False
+    D = np.array([0.0, 1 - 2 * y * n[1] / n[0], 2 - 3 * y * n[2] / n[1], 3 - 4 * y * n[3] / n[2]])
+    if not all(0 < D[k] <= k for k in (1, 2, 3)):
+        return FALLBACK_DISCOUNTS.copy(), n, True
+    return D, n, False
 
 
 def decode_ngrams(keys: np.ndarray, order: int, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -460,11 +463,9 @@ def heldout_positions(levels: Levels, batches, eos: bool):
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
 
 
-def fit_blocks(blocks: Blocks, deepest: np.ndarray, chain: np.ndarray, lp: np.ndarray,
-               *, max_iter: int = 60) -> tuple[np.ndarray, dict]:
-    """τ minimising the mean cross-entropy of held-out predictions (L-BFGS-B from
-    Kneser-Ney's τ, exact normaliser and gradient E_p[log P_b] − log P_b(y))."""
-    from scipy.optimize import minimize
+def heldout_objective(blocks: Blocks, deepest: np.ndarray, chain: np.ndarray, lp: np.ndarray):
+    """θ → (mean held-out cross-entropy, its gradient E_p[log P_b] − log P_b(y) per τ), with
+    the exact normaliser; predictions sharing a deepest context are one weighted query."""
     N, n = blocks.order, deepest.size
     P = blocks.param_index(chain)
     phi = np.zeros(n_params(N))
@@ -474,7 +475,6 @@ def fit_blocks(blocks: Blocks, deepest: np.ndarray, chain: np.ndarray, lp: np.nd
     _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     weight = np.bincount(inverse).astype(np.float64)
     q = blocks.queries(deepest[first], chain[first, deepest[first]])
-    history = []
 
     def objective(theta):
         logz, E = blocks.log_z(theta, q, grad=True)
@@ -482,16 +482,33 @@ def fit_blocks(blocks: Blocks, deepest: np.ndarray, chain: np.ndarray, lp: np.nd
         g = -phi.copy()
         for j in range(N):
             g += np.bincount(q["param"][:, j], weights=weight * E[:, j], minlength=g.size)
-        history.append(value)
         return value, g / n
+    objective.distinct_contexts = int(first.size)
+    return objective
+
+
+def fit_blocks(blocks: Blocks, deepest: np.ndarray, chain: np.ndarray, lp: np.ndarray,
+               *, max_iter: int = 60) -> tuple[np.ndarray, dict]:
+    """τ minimising the mean cross-entropy of held-out predictions (L-BFGS-B from
+    Kneser-Ney's τ, exact normaliser and gradient)."""
+    from scipy.optimize import minimize
+    objective = heldout_objective(blocks, deepest, chain, lp)
+    history = []
+
+    def logged(theta):
+        value, g = objective(theta)
+        history.append(value)
+        return value, g
 
     t0 = time.perf_counter()
-    result = minimize(objective, kneser_ney_theta(N), jac=True, method="L-BFGS-B",
+    result = minimize(logged, kneser_ney_theta(blocks.order), jac=True, method="L-BFGS-B",
                       options=dict(maxiter=max_iter, maxcor=20))
-    return result.x, {"evaluations": len(history), "cross_entropy_kneser_ney": float(history[0]),
-                      "cross_entropy": float(result.fun), "positions": int(n),
-                      "distinct_contexts": int(first.size), "seconds": time.perf_counter() - t0,
-                      "converged": bool(result.success), "message": str(result.message)}
+    return result.x, {"evaluations": len(history),
+                      "cross_entropy_kneser_ney": float(history[0]),
+                      "cross_entropy": float(result.fun), "positions": int(deepest.size),
+                      "distinct_contexts": objective.distinct_contexts,
+                      "seconds": time.perf_counter() - t0, "converged": bool(result.success),
+                      "message": str(result.message)}
 
 
 def scoring_model(blocks: Blocks, theta: np.ndarray, meta: dict, eos: bool) -> NgramModel:
