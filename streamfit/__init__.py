@@ -26,6 +26,8 @@ _API = {
     "merge": "count.stats",                  # Statistics objects → their exact sum, in memory
     "merge_into": "count.out_of_core",       # statistics directories → one, bounded memory
     "finalize": "solve.explicit",
+    "finalize_ngram": "solve.ngram",         # n-gram statistics → Kneser-Ney or the block model
+    "NgramModel": "model.ngram",
     "Model": "model.weights",
     "load_model": "model.weights",
     "evaluate": "model.evaluate",

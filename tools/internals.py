@@ -21,6 +21,8 @@ NAMES = {
     "streamfit.count.out_of_core": "parse_size",
     "streamfit.solve.forms": "DEFAULT_SMOOTHING",
     "streamfit.model.evaluate": "iter_examples",
+    "streamfit.model.ngram": "context_rows",
+    "streamfit.solve.ngram": "token_batches",
     "streamfit.train.core": "full_pass dense_parameters",
     "streamfit.train.subspace": "SubspaceOptions",
 }

@@ -1,0 +1,421 @@
+#!/usr/bin/env python
+"""n-gram language models measured: Kneser-Ney and the block model against KenLM.
+
+One command, per corpus and order N, runs ``streamfit accumulate --order N`` (one pass over
+train), ``finalize --form kneser-ney`` (interpolated modified Kneser-Ney from the
+statistics) and ``finalize --form blocks`` (τ per level and context-count bucket fitted on
+every valid prediction), scores the test split, and writes ``docs/lm.md`` with a plot of test
+perplexity against order beside it. Per model: test perplexity over the same predictions,
+wall time of accumulate and finalize, scoring speed (tokens per second on one core, the
+lookup scorer alone and the whole ``evaluate`` call), model size. With ``--eos`` statistics
+(an end-of-document token predicted, as KenLM's ``</s>``) the same models are scored with
+the end token's predictions left out of the average, which is how KenLM is scored here.
+
+KenLM, when its binaries are given (``--kenlm DIR`` holding lmplz, build_binary, query; it
+is never part of streamfit): the same tokens written as text (id i as the word ``w<i>``, one
+document a line), ``lmplz -o N -S 1G``, ``build_binary``, ``query -v word``; its ``</s>``
+predictions are left out of its average, so both score the same positions. The window
+model (``--window M``, calibrated, sparse) is measured too, as the baseline the n-gram
+forms replace.
+
+Corpora: ``gcide`` (tools/make_gcide_corpus.py defaults: vocabulary 16,384) and ``stdlib``
+(the quickstart's corpus). Order 5 needs 5 × 15 bits of key at a 16,384-token vocabulary,
+more than the 63 of a packed n-gram key: it is measured for KenLM only.
+
+    python tools/bench_lm.py --kenlm /path/to/kenlm/build/bin   # ~15 min on 2 cores
+    python tools/bench_lm.py --quick                             # orders 2-3, no window models
+    python tools/bench_lm.py --render docs/lm.json               # the page again, running nothing
+"""
+from __future__ import annotations
+
+import math
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpora import corpus_meta, gcide_corpus, stdlib_corpus  # noqa: E402
+from harness import log, page_main, write_page  # noqa: E402
+from internals import context_rows, token_batches  # noqa: E402
+import streamfit  # noqa: E402
+from streamfit import accumulate_into, evaluate, finalize_ngram, load_model, load_stats  # noqa: E402
+
+DATASETS = ("gcide", "stdlib")
+MAX_KEY_ORDER = {"gcide": 4, "stdlib": 4}   # 63 // N bits a token: 15 at order 4, 12 at 5
+ORDERS = (2, 3, 4, 5)
+QUICK_ORDERS = (2, 3)
+WINDOWS = (1, 2)
+SCALE = 10
+
+
+def corpus(name: str, data: Path) -> Path:
+    return gcide_corpus(data, 16384) if name == "gcide" else stdlib_corpus(data)
+
+
+def timed(fn, *args, **kw):
+    t0 = time.perf_counter()
+    out = fn(*args, **kw)
+    return out, time.perf_counter() - t0
+
+
+def scoring_speed(model, folder: Path) -> dict:
+    """Tokens per second of the lookup scorer alone over the test split (best of 3, one
+    core), and of the whole evaluate call (reading Parquet, contexts, scoring)."""
+    parts = [context_rows(a.tokens.astype(np.int64), a.doc_offsets, model.order,
+                          model.vocab_size, model.eos)
+             for a in token_batches([folder / "test.parquet"], vocab_size=model.vocab_size)]
+    context = np.concatenate([c for c, _ in parts])
+    target = np.concatenate([t for _, t in parts])
+    model.log_prob(context[:10], target[:10])
+    best = min(timed(model.log_prob, context, target)[1] for _ in range(3))
+    whole = min(timed(evaluate, model, [folder / "test.parquet"])[1] for _ in range(2))
+    return {"scorer_tokens_per_s": target.size / best, "scorer_s": best,
+            "evaluate_s": whole, "evaluate_tokens_per_s": target.size / whole}
+
+
+def ngram_models(folder: Path, tmp: Path, order: int, eos: bool) -> dict:
+    stats_dir = tmp / f"stats-{order}-{eos}"
+    _, t_acc = timed(accumulate_into, stats_dir, [folder / "train.parquet"], order=order,
+                     eos=eos, overwrite=True)
+    stats = load_stats(stats_dir)
+    out = {"accumulate_s": t_acc, "ngrams": stats.nnz,
+           "stats_bytes": int(stats.keys.nbytes + stats.data.nbytes)}
+    for form in ("kneser-ney", "blocks"):
+        path = tmp / f"{form}-{order}-{eos}.npy"
+        heldout = token_batches([folder / "valid.parquet"], vocab_size=stats.n_classes) \
+            if form == "blocks" else None
+        _, t_fin = timed(finalize_ngram, stats, path, form=form, heldout=heldout)
+        model = load_model(path)
+        res = evaluate(model, [folder / "test.parquet"])
+        entry = {"finalize_s": t_fin, "perplexity": res["perplexity"], "n": res["n"],
+                 "model_bytes": model.nbytes, "fit": model.meta.get("fit"),
+                 "kneser_ney": model.meta["kneser_ney"]}
+        if eos:
+            entry.update(perplexity_with_eos=res["perplexity_with_eos"], n_with_eos=res["n_with_eos"])
+        if not eos and order in (2, 3):
+            entry.update(scoring_speed(model, folder))
+        out[form] = entry
+        log(f"  order {order}{' eos' if eos else ''} {form}: test ppl {res['perplexity']:.3f}, "
+            f"accumulate {t_acc:.1f} s, finalize {t_fin:.1f} s")
+    shutil.rmtree(stats_dir, ignore_errors=True)
+    return out
+
+
+def window_model(folder: Path, tmp: Path, window: int) -> dict:
+    from internals import iter_examples
+    stats_dir = tmp / f"window-{window}"
+    _, t_acc = timed(accumulate_into, stats_dir, [folder / "train.parquet"], window=window,
+                     overwrite=True)
+    stats = load_stats(stats_dir)
+    heldout = iter_examples([folder / "valid.parquet"], task="lm", window=window,
+                            n_classes=stats.n_classes, n_features=stats.n_features)
+    path = tmp / f"window-{window}.npy"
+    _, t_fin = timed(streamfit.finalize, stats, path, form="calibrated", smoothing="auto",
+                     heldout=heldout, layout="sparse")
+    res, t_eval = timed(evaluate, load_model(path), [folder / "test.parquet"])
+    shutil.rmtree(stats_dir, ignore_errors=True)
+    log(f"  window {window}: test ppl {res['perplexity']:.3f}")
+    return {"accumulate_s": t_acc, "finalize_s": t_fin, "perplexity": res["perplexity"],
+            "n": res["n"], "evaluate_s": t_eval}
+
+
+# --------------------------------------------------------------------------- KenLM
+def write_text(parquet: Path, out: Path, copies: int = 1) -> None:
+    """Token documents as text for KenLM: id i as the word w<i>, one document a line."""
+    import pyarrow.parquet as pq
+    with open(out, "w") as fh:
+        for _ in range(copies):
+            for batch in pq.ParquetFile(parquet).iter_batches(columns=["tokens"]):
+                for doc in batch.column(0).to_pylist():
+                    fh.write(" ".join(f"w{t}" for t in doc) + "\n")
+
+
+def run_timed(cmd, stdin=None, stdout=None) -> tuple[float, float]:
+    """Wall seconds and the children's CPU seconds of a command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, stdin=stdin, stdout=stdout, stderr=subprocess.DEVNULL, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.perf_counter() - t0, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def kenlm_score(bin_dir: Path, binary: Path, text: Path) -> dict:
+    """Test perplexity from `query -v word`: over the real tokens (</s> left out) and with </s>."""
+    t0 = time.perf_counter()
+    with open(text, "rb") as fi:
+        out = subprocess.run([str(bin_dir / "query"), "-v", "word", str(binary)], stdin=fi,
+                             capture_output=True, check=True).stdout.decode()
+    wall = time.perf_counter() - t0
+    lp_tok = lp_end = 0.0
+    n_tok = n_end = 0
+    for line in out.splitlines():
+        if line.startswith(("Perplexity", "OOVs", "Tokens", "Name:")) or not line.strip():
+            continue
+        for item in line.split("\t"):
+            if not item or item.startswith(("Total:", "OOV:")):
+                continue
+            word_id, _, lp = item.rsplit(" ", 2)
+            if word_id.rsplit("=", 1)[0] == "</s>":
+                lp_end += float(lp)
+                n_end += 1
+            else:
+                lp_tok += float(lp)
+                n_tok += 1
+    ln10 = math.log(10)
+    return {"perplexity": math.exp(-lp_tok * ln10 / n_tok), "n": n_tok,
+            "perplexity_with_eos": math.exp(-(lp_tok + lp_end) * ln10 / (n_tok + n_end)),
+            "query_s": wall}
+
+
+def kenlm(bin_dir: Path, folder: Path, tmp: Path, orders, scale_order: int | None) -> dict:
+    texts = tmp / "kenlm"
+    texts.mkdir(exist_ok=True)
+    for split in ("train", "test"):
+        write_text(folder / f"{split}.parquet", texts / f"{split}.txt")
+    out = {}
+    for order in orders:
+        arpa, binary = texts / f"kn{order}.arpa", texts / f"kn{order}.binary"
+        with open(texts / "train.txt", "rb") as fi, open(arpa, "wb") as fo:
+            t_lmplz, cpu_lmplz = run_timed([str(bin_dir / "lmplz"), "-o", str(order), "-S", "1G",
+                                            "-T", str(texts)], stdin=fi, stdout=fo)
+        t_bb, cpu_bb = run_timed([str(bin_dir / "build_binary"), str(arpa), str(binary)])
+        res = kenlm_score(bin_dir, binary, texts / "test.txt")
+        res.update(lmplz_s=t_lmplz, lmplz_cpu_s=cpu_lmplz, build_binary_s=t_bb,
+                   build_binary_cpu_s=cpu_bb, binary_bytes=binary.stat().st_size)
+        out[str(order)] = res
+        arpa.unlink()
+        binary.unlink()
+        log(f"  KenLM order {order}: test ppl {res['perplexity']:.3f} (</s> left out), lmplz "
+            f"{t_lmplz:.1f} s")
+    if scale_order:
+        write_text(folder / "train.parquet", texts / "train10.txt", copies=SCALE)
+        with open(texts / "train10.txt", "rb") as fi, open(texts / "big.arpa", "wb") as fo:
+            t, cpu = run_timed([str(bin_dir / "lmplz"), "-o", str(scale_order), "-S", "1G",
+                                "-T", str(texts)], stdin=fi, stdout=fo)
+        out["scaled"] = {"order": scale_order, "copies": SCALE, "lmplz_s": t, "lmplz_cpu_s": cpu}
+    shutil.rmtree(texts, ignore_errors=True)
+    return out
+
+
+def scaled(folder: Path, tmp: Path, order: int) -> dict:
+    """accumulate + finalize (Kneser-Ney) on SCALE copies of train (files hard-linked or
+    copied under other names, so each is counted)."""
+    parts = []
+    for i in range(SCALE):
+        p = tmp / f"train-copy{i}.parquet"
+        shutil.copyfile(folder / "train.parquet", p)
+        parts.append(p)
+    _, t_acc = timed(accumulate_into, tmp / "big", parts, order=order, overwrite=True)
+    stats = load_stats(tmp / "big")
+    _, t_fin = timed(finalize_ngram, stats, tmp / "big.npy", form="kneser-ney")
+    for p in parts:
+        p.unlink()
+    shutil.rmtree(tmp / "big", ignore_errors=True)
+    return {"order": order, "copies": SCALE, "accumulate_s": t_acc, "finalize_s": t_fin}
+
+
+def bench(name: str, args, tmp: Path) -> dict:
+    folder = corpus(name, Path(args.data))
+    meta = corpus_meta(folder)
+    orders = QUICK_ORDERS if args.quick else ORDERS
+    key_orders = [o for o in orders if o <= MAX_KEY_ORDER[name]]
+    res = {"name": name, "vocab_size": meta["vocab_size"], "tokens": meta["tokens"],
+           "orders": list(orders), "key_orders": key_orders, "ngram": {}, "ngram_eos": {},
+           "window": {}}
+    for order in key_orders:
+        res["ngram"][str(order)] = ngram_models(folder, tmp, order, eos=False)
+        res["ngram_eos"][str(order)] = ngram_models(folder, tmp, order, eos=True)
+    if not args.quick:
+        for w in WINDOWS:
+            res["window"][str(w)] = window_model(folder, tmp, w)
+    scale_order = 3 if not args.quick and name == "gcide" else None
+    if scale_order:
+        res["scaled"] = scaled(folder, tmp, scale_order)
+    if args.kenlm:
+        res["kenlm"] = kenlm(Path(args.kenlm), folder, tmp, orders, scale_order)
+    return res
+
+
+# --------------------------------------------------------------------------- the page
+def fmt_s(x) -> str:
+    return f"{x:.1f}"
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for key, label, style in (("ngram", "Kneser-Ney (streamfit)", "o--"),
+                              ("ngram", "blocks (streamfit)", "o-"),
+                              ("ngram_eos", "Kneser-Ney, eos", "s--"),
+                              ("ngram_eos", "blocks, eos", "s-")):
+        form = "blocks" if "blocks" in label else "kneser-ney"
+        xs = [int(o) for o in res[key]]
+        ax.plot(xs, [res[key][o][form]["perplexity"] for o in res[key]], style, label=label)
+    if res.get("kenlm"):
+        xs = [int(o) for o in res["kenlm"] if o != "scaled"]
+        ax.plot(xs, [res["kenlm"][str(o)]["perplexity"] for o in xs], "^:", label="KenLM lmplz (eos)")
+    if res["window"]:
+        xs = [int(w) + 1 for w in res["window"]]
+        ax.plot(xs, [res["window"][w]["perplexity"] for w in res["window"]], "x-.",
+                label="window model, calibrated")
+    ax.set_xlabel("order (context tokens + 1)")
+    ax.set_ylabel("test perplexity")
+    ax.set_xticks(sorted({int(o) for o in res["orders"]}))
+    ax.set_title(f"{res['name']}: test perplexity against order")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def targets(res: dict) -> list[str]:
+    lines = [f"### {res['name']}", "", "| target | measured | met |", "|---|---|---|"]
+    yes = lambda ok: "yes" if ok else "**no**"
+    for o in ("2", "3"):
+        if o not in res["ngram"]:
+            continue
+        kn, bl = res["ngram"][o]["kneser-ney"]["perplexity"], res["ngram"][o]["blocks"]["perplexity"]
+        lines.append(f"| order {o}: blocks below our Kneser-Ney | {bl:.2f} vs {kn:.2f} | {yes(bl < kn)} |")
+        kn_e = res["ngram_eos"][o]["kneser-ney"]["perplexity"]
+        bl_e = res["ngram_eos"][o]["blocks"]["perplexity"]
+        lines.append(f"| order {o}, eos: blocks below our Kneser-Ney | {bl_e:.2f} vs {kn_e:.2f} | {yes(bl_e < kn_e)} |")
+        if res.get("kenlm"):
+            k = res["kenlm"][o]["perplexity"]
+            lines.append(f"| order {o}, eos: blocks below KenLM (same predictions) | {bl_e:.2f} vs {k:.2f} | {yes(bl_e < k)} |")
+            ours = res["ngram"][o]["accumulate_s"] + res["ngram"][o]["blocks"]["finalize_s"]
+            theirs = res["kenlm"][o]["lmplz_s"] + res["kenlm"][o]["build_binary_s"]
+            lines.append(f"| order {o}: accumulate + finalize (blocks) ≤ lmplz + build_binary, wall | "
+                         f"{ours:.1f} s vs {theirs:.1f} s | {yes(ours <= theirs)} |")
+            ours_kn = res["ngram"][o]["accumulate_s"] + res["ngram"][o]["kneser-ney"]["finalize_s"]
+            lines.append(f"| order {o}: accumulate + finalize (Kneser-Ney) ≤ lmplz + build_binary, wall | "
+                         f"{ours_kn:.1f} s vs {theirs:.1f} s | {yes(ours_kn <= theirs)} |")
+    if "3" in res["ngram"]:
+        sp = res["ngram"]["3"]["blocks"]
+        lines.append(f"| order 3: scoring ≥ 1M tokens/s on one core (lookup scorer / whole evaluate call) | "
+                     f"{sp['scorer_tokens_per_s'] / 1e6:.2f}M / {sp['evaluate_tokens_per_s'] / 1e6:.2f}M | "
+                     f"{yes(sp['scorer_tokens_per_s'] >= 1e6)} |")
+    if res.get("scaled") and res.get("kenlm", {}).get("scaled"):
+        s, k = res["scaled"], res["kenlm"]["scaled"]
+        ours = s["accumulate_s"] + s["finalize_s"]
+        lines.append(f"| order {s['order']}, train ×{s['copies']}: accumulate + finalize (Kneser-Ney) ≤ lmplz, wall | "
+                     f"{ours:.1f} s vs {k['lmplz_s']:.1f} s | {yes(ours <= k['lmplz_s'])} |")
+    lines.append("| after refinement ≥ 5% below Kneser-Ney | not done (no max-ent refinement on the "
+                 "sparse support yet) | **no** |")
+    return lines + [""]
+
+
+def table(res: dict) -> list[str]:
+    lines = ["| model | order | test ppl | test ppl, eos (</s> left out) | with </s> | accumulate s | "
+             "finalize s | model MB |", "|---|---|---|---|---|---|---|---|"]
+    for o in res["key_orders"]:
+        o = str(o)
+        for form, label in (("kneser-ney", "Kneser-Ney"), ("blocks", "blocks")):
+            a, e = res["ngram"][o][form], res["ngram_eos"][o][form]
+            lines.append(f"| streamfit {label} | {o} | {a['perplexity']:.2f} | {e['perplexity']:.2f} | "
+                         f"{e['perplexity_with_eos']:.2f} | {fmt_s(res['ngram'][o]['accumulate_s'])} | "
+                         f"{fmt_s(a['finalize_s'])} | {a['model_bytes'] / 1e6:.1f} |")
+    for o, k in (res.get("kenlm") or {}).items():
+        if o == "scaled":
+            continue
+        lines.append(f"| KenLM lmplz + build_binary | {o} | | {k['perplexity']:.2f} | "
+                     f"{k['perplexity_with_eos']:.2f} | {fmt_s(k['lmplz_s'])} (lmplz; CPU "
+                     f"{fmt_s(k['lmplz_cpu_s'])}) | {fmt_s(k['build_binary_s'])} | "
+                     f"{k['binary_bytes'] / 1e6:.1f} |")
+    for w, r in res["window"].items():
+        lines.append(f"| streamfit window {w}, calibrated, sparse | {int(w) + 1} | {r['perplexity']:.2f} | | | "
+                     f"{fmt_s(r['accumulate_s'])} | {fmt_s(r['finalize_s'])} | |")
+    return lines
+
+
+def details(res: dict) -> list[str]:
+    lines = []
+    for o in res["key_orders"]:
+        b = res["ngram"][str(o)]["blocks"]
+        f = b["fit"]
+        kn = b["kneser_ney"]
+        lines.append(f"- order {o}: {res['ngram'][str(o)]['ngrams']:,} distinct {o}-grams "
+                     f"({res['ngram'][str(o)]['stats_bytes'] / 1e6:.1f} MB of statistics); "
+                     f"contexts per level {', '.join(f'{c:,}' for c in kn['contexts_per_level'])}; "
+                     f"block fit: {f['evaluations']} evaluations over {f['positions']:,} valid "
+                     f"predictions ({f['distinct_contexts']:,} distinct deepest contexts), valid "
+                     f"perplexity {math.exp(f['cross_entropy_kneser_ney']):.2f} → "
+                     f"{math.exp(f['cross_entropy']):.2f}, {f['seconds']:.1f} s.")
+    for o in ("2", "3"):
+        if o in res["ngram"] and "scorer_tokens_per_s" in res["ngram"][o]["blocks"]:
+            b = res["ngram"][o]["blocks"]
+            lines.append(f"- scoring, order {o} blocks: lookup scorer {b['scorer_tokens_per_s'] / 1e6:.2f}M "
+                         f"tokens/s ({b['scorer_s']:.3f} s for the test split); the whole "
+                         f"`evaluate` call (Parquet, contexts, scoring) {b['evaluate_s']:.2f} s = "
+                         f"{b['evaluate_tokens_per_s'] / 1e6:.2f}M tokens/s."
+                         + (f" KenLM `query -v word` {res['kenlm'][o]['query_s']:.2f} s (with "
+                            f"loading and printing every word)." if res.get("kenlm") else ""))
+    if res.get("scaled"):
+        s = res["scaled"]
+        lines.append(f"- train ×{s['copies']} (order {s['order']}): accumulate {s['accumulate_s']:.1f} s, "
+                     f"finalize Kneser-Ney {s['finalize_s']:.1f} s"
+                     + (f"; lmplz {res['kenlm']['scaled']['lmplz_s']:.1f} s (CPU "
+                        f"{res['kenlm']['scaled']['lmplz_cpu_s']:.1f} s)." if res.get("kenlm", {}).get("scaled") else "."))
+    missing = [o for o in res["orders"] if o not in res["key_orders"]]
+    if missing:
+        lines.append(f"- order {', '.join(map(str, missing))}: not measured for streamfit — an "
+                     f"order-N n-gram key packs N tokens of 63 // N bits, 12 at order 5, and this "
+                     f"vocabulary ({res['vocab_size']:,}) needs 15; KenLM's figure is shown.")
+    return lines
+
+
+def page_lines(results: dict, meta: dict) -> list[str]:
+    m = meta["machine"]
+    lines = ["# n-gram language models: Kneser-Ney and the block model, against KenLM", "",
+             f"Generated by `{meta['command']}` on {meta['date']} ({m['cpu']}, {m['cpu_count']} "
+             f"cores shared with other work, load average {meta['load_start']:.1f} at the start; "
+             f"numpy {m['numpy']}, numba {m['numba']}). Every figure below comes from that run; "
+             "rerun it to reproduce them. Seconds are wall time on a shared machine: compare "
+             "them within a factor of two.", "",
+             "Models: `streamfit accumulate --order N` counts every BOS-padded N-gram of train "
+             "in one pass (exact sums: shards merge exactly); `finalize --form kneser-ney` "
+             "derives interpolated modified Kneser-Ney from those counts (continuation counts, "
+             "count-of-counts and discounts at finalize, KenLM's convention at document starts); "
+             "`finalize --form blocks --heldout valid` fits the log-linear model over the "
+             "Kneser-Ney levels, one τ per level and context-count bucket, on every valid "
+             "prediction with the exact normaliser (METHODS.md §6). Test perplexity is over "
+             "every token of test; the `eos` columns use statistics with an end-of-document "
+             "token predicted, and leave its predictions out of the average as KenLM's `</s>` "
+             "is left out here, so those columns and KenLM's score the same positions.", "",
+             "## Targets", ""]
+    for res in results.values():
+        lines += targets(res)
+    for res in results.values():
+        lines += [f"## {res['name']}", "",
+                  f"Vocabulary {res['vocab_size']:,}; tokens train / valid / test "
+                  f"{res['tokens']['train']:,} / {res['tokens']['valid']:,} / {res['tokens']['test']:,}.", ""]
+        lines += table(res)
+        lines += ["", *details(res), "", f"![{res['name']}](lm-{res['name']}.png)", ""]
+    return lines
+
+
+def render(saved: dict, out_dir: Path, *, plots: bool = True) -> Path:
+    figures = [(plot, res, f"lm-{n}.png") for n, res in saved["results"].items()] if plots else []
+    return write_page(out_dir, "lm.md", page_lines(saved["results"], saved["meta"]), figures)
+
+
+def options(ap) -> None:
+    ap.add_argument("--kenlm", metavar="DIR",
+                    help="folder of KenLM's lmplz, build_binary and query (skipped when absent)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return page_main(argv, __doc__.split("\n\n")[0], "bench_lm.py", "lm", datasets=DATASETS,
+                     quick="orders 2 and 3 only, no window models, no ×10 corpus",
+                     render=render, run=bench, options=options)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
