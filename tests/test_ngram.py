@@ -336,3 +336,12 @@ def test_finalize_refuses_forms_of_the_other_statistics(corpus, tmp_path):
     assert r.returncode != 0 and "--order N" in r.stderr
     with pytest.raises(OptionError, match="held-out"):
         sn.finalize_ngram(streamfit.accumulate([train], order=2), tmp_path / "y.npy", form="blocks")
+
+
+def test_finalize_refuses_up_front_what_memory_cannot_hold(corpus, tmp_path, monkeypatch):
+    train, *_ = corpus
+    stats = streamfit.accumulate([train], order=3)
+    monkeypatch.setattr(sn, "available_memory", lambda: 1000)
+    with pytest.raises(StreamfitError, match=r"needs about .* GiB .* lower --order"):
+        sn.finalize_ngram(stats, tmp_path / "x.npy", form="kneser-ney")
+    assert not (tmp_path / "x.model.json").exists()

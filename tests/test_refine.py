@@ -645,6 +645,24 @@ def test_refine_bad_numbers_are_refused_and_write_nothing(cli_data, tmp_path, ca
     assert files_named(tmp_path, "refined") == []
 
 
+@pytest.mark.parametrize("method", ["lbfgs", "gis", "adam"])
+def test_refine_refuses_up_front_what_memory_cannot_hold(cli_data, tmp_path, capsys,
+                                                        monkeypatch, method):
+    """The need is checked before any weights are allocated: the figure, and what to do."""
+    per = 14 * 6 * 8  # window 2 over 6 tokens: 2·(6 + 1) features × 6 classes, float64
+    monkeypatch.setattr(R, "available_memory", lambda: 5 * per)
+    data = cli_data["tokens"]
+    rc, stdout, err = cli(capsys, "refine", "--weights", data["weights"], data["train"],
+                          "--method", method, "--passes", 2, "--out", tmp_path / "refined.npy",
+                          "--quiet")
+    if R.DENSE_MATRICES[method] <= 5:
+        assert rc == 0, err
+        return
+    assert rc == 1 and "GiB" in err and "--order N" in err
+    assert "--method sgd" in err  # the cheaper method that fits
+    assert files_named(tmp_path, "refined") == []
+
+
 @pytest.mark.parametrize("method", R.METHODS)
 def test_refine_on_files_without_rows_is_refused_and_writes_nothing(cli_data, tmp_path, capsys,
                                                                    method):

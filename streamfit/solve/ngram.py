@@ -31,6 +31,7 @@ from numba import njit
 
 from ..data.limits import ngram_bits
 from ..errors import OptionError, StreamfitError
+from ..io.files import available_memory
 from ..model.ngram import NgramModel, context_rows, find_slot, save_ngram_model, slot_table
 
 CID_BITS = 36          # context ids of one level
@@ -39,6 +40,7 @@ LEVEL_SHIFT = 56
 N_BUCKETS = 16         # per block: 0 unseen, 1 + floor(log2 count) capped at 15
 FALLBACK_DISCOUNTS = np.array([0.0, 0.5, 1.0, 1.5])
 NGRAM_FORMS = ("kneser-ney", "blocks")
+BYTES_PER_NGRAM_PER_ORDER = 160  # finalize's peak, measured: ~480 B an n-gram at order 3
 
 
 def discounts(adjusted: np.ndarray) -> tuple[np.ndarray, list[int], bool]:
@@ -515,9 +517,13 @@ def scoring_model(blocks: Blocks, theta: np.ndarray, meta: dict, eos: bool) -> N
     """The lookup tables of `model.ngram` for these τ: log Z of every training context
     (all levels, as the deepest seen one), partial logits per n-gram row."""
     levels, N = blocks.levels, blocks.order
-    deepest = np.concatenate([np.full(levels.ctx_key[L].size, L) for L in range(N)])
-    ids = np.concatenate([np.arange(levels.ctx_key[L].size) for L in range(N)])
-    logz, _ = blocks.log_z(theta, blocks.queries(deepest, ids))
+    if np.array_equal(theta, kneser_ney_theta(N)):
+        # Kneser-Ney is normalised by construction (every discount D[a] ≤ a): log Z = 0
+        logz = np.zeros(sum(k.size for k in levels.ctx_key))
+    else:
+        deepest = np.concatenate([np.full(levels.ctx_key[L].size, L) for L in range(N)])
+        ids = np.concatenate([np.arange(levels.ctx_key[L].size) for L in range(N)])
+        logz, _ = blocks.log_z(theta, blocks.queries(deepest, ids))
     ctx_off = np.concatenate([[0], np.cumsum([k.size for k in levels.ctx_key])])
     partial = []
     for L in range(N):
@@ -560,6 +566,21 @@ def scoring_model(blocks: Blocks, theta: np.ndarray, meta: dict, eos: bool) -> N
                       eos=eos, contexts=contexts, ngrams=ngrams, unigram=unigram, r0=r0, meta=meta)
 
 
+def memory_need(stats) -> int:
+    """About the peak bytes of finalizing these n-gram statistics."""
+    return int(stats.nnz) * BYTES_PER_NGRAM_PER_ORDER * stats.order
+
+
+def check_memory(stats) -> None:
+    """Refuse up front, with the figure, what would not fit in the memory available now."""
+    need, free = memory_need(stats), available_memory()
+    if free is not None and need > free:
+        raise StreamfitError(f"finalizing {stats.nnz:,} distinct {stats.order}-grams needs about "
+                             f"{need / 2**30:.1f} GiB and {free / 2**30:.1f} GiB is available: "
+                             f"accumulate a lower --order, or finalize on a machine with more "
+                             f"memory")
+
+
 def finalize_ngram(stats, out, *, form: str = "blocks", heldout=None, source: dict | None = None,
                    max_iter: int = 60) -> NgramModel:
     """Write an n-gram model: `kneser-ney` (no held-out data needed) or `blocks` (τ fitted on
@@ -571,6 +592,7 @@ def finalize_ngram(stats, out, *, form: str = "blocks", heldout=None, source: di
     if form == "blocks" and heldout is None:
         raise OptionError("--form blocks fits its τ on held-out data: pass --heldout PATHS "
                           "(or choose --form kneser-ney)")
+    check_memory(stats)
     t0 = time.perf_counter()
     levels = kneser_ney(stats)
     blocks = Blocks(levels)

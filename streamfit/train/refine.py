@@ -38,6 +38,7 @@ import numpy as np
 
 from ..data.featurize import Examples
 from ..errors import OptionError, StreamfitError
+from ..io.files import available_memory
 from ..model.weights import Model, load_model, locks_output, sidecar_path, stem_of, write_model
 from .core import (BLOCK_BYTES, DEFAULT_LR, Optimizer, PassFn, PassResult, checkpoint_paths,
                    dense_parameters, full_pass, gis_pass, heldout_loss, load_checkpoint,
@@ -48,6 +49,30 @@ from .newton import check_size, newton
 from .subspace import SUBSPACE_METHODS, SubspaceOptions, refine_subspace, work_files
 
 METHODS = ("gis", "lbfgs", "newton", "sgd", "adam", *SUBSPACE_METHODS)
+# Dense features × classes float64 matrices a method holds at once: the weights, a pass's
+# expected and observed sums, the best point; L-BFGS-B's workspace ((2m + 5) of them, m = 10)
+# and its own copies of x and g; Adam's two moments.
+DENSE_MATRICES = {"gis": 5, "lbfgs": 31, "newton": 5, "sgd": 4, "adam": 6}
+
+
+def check_memory(method: str, n_features: int, n_classes: int) -> None:
+    """Refuse up front, with the figure and an alternative, a refinement whose dense
+    matrices would not fit in the memory available now (instead of failing minutes later)."""
+    copies = DENSE_MATRICES.get(method, 6)
+    need = copies * n_features * n_classes * 8
+    free = available_memory()
+    if free is None or need <= free:
+        return
+    cheaper = min((m for m in DENSE_MATRICES if DENSE_MATRICES[m] < copies and m != "newton"),
+                  key=DENSE_MATRICES.get, default=None)
+    per = n_features * n_classes * 8
+    raise StreamfitError(
+        f"refine --method {method} holds about {copies} dense {n_features:,} × {n_classes:,} "
+        f"float64 matrices ({need / 2**30:.1f} GiB) and {free / 2**30:.1f} GiB is available: "
+        + (f"use --method {cheaper} ({DENSE_MATRICES[cheaper] * per / 2**30:.1f} GiB) if that fits, "
+           if cheaper and DENSE_MATRICES[cheaper] * per <= free else "")
+        + "use a smaller vocabulary or window, or for a language model n-gram statistics "
+          "(accumulate --order N, finalize --form blocks), which need no dense weights")
 
 
 @locks_output
@@ -80,6 +105,8 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
     if method == "newton":
         check_size(model.n_features if model.hidden is None else model.hidden[0].shape[1] + 1,
                    model.n_classes)  # before any weights are allocated
+    check_memory(method, model.n_features if model.hidden is None else
+                 model.hidden[0].shape[1] + 1, model.n_classes)
     if next((ex for ex in train() if ex.n), None) is None:  # reads up to one batch
         raise StreamfitError("no training examples: the files hold no rows (or no tokens)")
     if model.hidden is not None:  # 2-layer: the output layer, on the frozen hidden features
