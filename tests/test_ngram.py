@@ -301,11 +301,13 @@ def test_cli_order_kneser_ney_and_blocks(corpus, tmp_path):
     r = _cli(["accumulate", train, "--order", 3, "--stats", s, "--quiet"])
     assert r.returncode == 0, r.stderr
     assert "order-3 n-gram statistics" in r.stdout
-    assert _cli(["finalize", "--stats", s, "--out", tmp_path / "kn.npy"]).returncode == 0
+    r = _cli(["finalize", "--stats", s, "--out", tmp_path / "models" / "kn.npy"])  # folder made
+    assert r.returncode == 0, r.stderr
     r = _cli(["finalize", "--stats", s, "--out", tmp_path / "b.npy", "--heldout", held])
     assert r.returncode == 0, r.stderr
     import json
-    kn = json.loads(_cli(["evaluate", "--weights", tmp_path / "kn.npy", held, "--json"]).stdout)
+    kn = json.loads(_cli(["evaluate", "--weights", tmp_path / "models" / "kn.npy", held,
+                          "--json"]).stdout)
     bl = json.loads(_cli(["evaluate", "--weights", tmp_path / "b.npy", held, "--json"]).stdout)
     assert kn["form"] == "kneser-ney" and bl["form"] == "blocks" and kn["n"] == bl["n"]
     assert bl["cross_entropy"] <= kn["cross_entropy"] + 1e-12  # fitted on these predictions

@@ -31,8 +31,9 @@ PAGES = [
     ("bench_accumulate.py", "docs/accumulate.json", "README.md", "accumulate"),
     ("bench_scale.py", "docs/scale.json", "README.md", "scale"),
     ("bench_dask.py", "docs/distributed.json", "docs/distributed.md", "distributed"),
+    ("bench_lm.py", "docs/lm.json", "docs/lm.md", None),
 ]
-COMMITTED = {"docs/results.json", "docs/forms.json"}
+COMMITTED = {"docs/results.json", "docs/forms.json", "docs/lm.json"}
 
 
 def harness():

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from numba import njit
@@ -593,6 +594,7 @@ def finalize_ngram(stats, out, *, form: str = "blocks", heldout=None, source: di
         raise OptionError("--form blocks fits its τ on held-out data: pass --heldout PATHS "
                           "(or choose --form kneser-ney)")
     check_memory(stats)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     levels = kneser_ney(stats)
     blocks = Blocks(levels)
