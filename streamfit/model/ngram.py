@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from numba import njit
+from ..io.jit import njit
 
 from ..errors import FormatError
 from ..io.files import header_checksum, load_npy, read_document, save_npy, verify, write_json

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from numba import njit
+from ..io.jit import njit
 
 from ..data.limits import ngram_bits
 from ..errors import OptionError, StreamfitError
