@@ -33,7 +33,8 @@ from .train.subspace import PHASE_METHODS, SUBSPACE_METHODS, SubspaceOptions
 
 DEFAULT_STATS = "streamfit-stats"
 DEFAULT_FORM = "calibrated"
-DASK_METHODS = ("gis", "lbfgs", "newton")  # refine methods whose full passes run on Dask
+# refine methods whose full passes run on Dask (auto's one moments pass runs in this process)
+DASK_METHODS = ("auto", "gis", "lbfgs", "newton")
 
 
 def _column_options(p: argparse.ArgumentParser) -> None:

@@ -31,8 +31,9 @@ PAGES = [
     ("bench_accumulate.py", "docs/accumulate.json", "README.md", "accumulate"),
     ("bench_scale.py", "docs/scale.json", "README.md", "scale"),
     ("bench_dask.py", "docs/distributed.json", "docs/distributed.md", "distributed"),
+    ("bench_classify.py", "docs/classify.json", "docs/classify.md", None),
 ]
-COMMITTED = {"docs/results.json", "docs/forms.json"}
+COMMITTED = {"docs/results.json", "docs/forms.json", "docs/classify.json"}
 
 
 def harness():

@@ -21,7 +21,7 @@ NAMES = {
     "streamfit.count.out_of_core": "parse_size",
     "streamfit.solve.forms": "DEFAULT_SMOOTHING",
     "streamfit.model.evaluate": "iter_examples",
-    "streamfit.train.core": "full_pass dense_parameters",
+    "streamfit.train.core": "full_pass dense_parameters heldout_loss",
     "streamfit.train.subspace": "SubspaceOptions",
 }
 # name -> a module the tools use whole
