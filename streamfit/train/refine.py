@@ -79,7 +79,9 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
     (resume=True). `pass_fn` computes the full passes of gis (also dldr's gis phase) and
     lbfgs (default: full_pass over train() in this process; a distributed run supplies one
     that sums shards), `hessian_fn` those of newton (newton.HessianFn, the same way).
-    `subspace` holds the settings of random-bases and dldr (default: SubspaceOptions())."""
+    `subspace` holds the settings of random-bases and dldr (default: SubspaceOptions()).
+    `l2` is an absolute L2 strength; `l2_relative` (κ, or "auto" for 1/n) replaces it by
+    κ·Var(x̃_i) per feature, from one moments pass (see the module docstring)."""
     if method not in METHODS:
         raise OptionError(f"method must be one of {METHODS}, not {method!r}")
     if init not in ("weights", "zeros", "random"):
@@ -108,7 +110,8 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
         def pass_fn(w, expected, observed):
             return full_pass(w, train(), expected=expected, observed=observed)
     settings = {"method": method, "passes": passes, "init": init, "lr": lr, "l2": l2,
-                "l2_relative": l2_relative, "batch_size": batch_size, "seed": seed, "shape": [model.n_features, model.n_classes]}
+                "l2_relative": l2_relative, "batch_size": batch_size, "seed": seed,
+                "shape": [model.n_features, model.n_classes]}
     if method in SUBSPACE_METHODS:
         subspace = (subspace or SubspaceOptions()).resolved(method, passes)
         settings["subspace"] = subspace.settings(method)
@@ -131,6 +134,8 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
         state = {"arrays": arrays, **state}
     t0 = time.perf_counter() - (log[-1]["seconds"] if log else 0.0)
     moments = None
+    if l2_relative == 0:
+        l2_relative = None   # no penalty: no moments pass for it
     if method == "auto" or l2_relative is not None:
         moments = feature_moments(train(), w.shape[0],
                                   full=method == "auto" and w.shape[0] <= FULL_COVARIANCE_LIMIT)
