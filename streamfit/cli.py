@@ -35,7 +35,8 @@ from .train.subspace import PHASE_METHODS, SUBSPACE_METHODS, SubspaceOptions
 
 DEFAULT_STATS = "streamfit-stats"
 DEFAULT_FORM = "calibrated"
-DASK_METHODS = ("gis", "lbfgs", "newton")  # refine methods whose full passes run on Dask
+# refine methods whose full passes run on Dask (auto's one moments pass runs in this process)
+DASK_METHODS = ("auto", "gis", "lbfgs", "newton")
 
 
 def _column_options(p: argparse.ArgumentParser) -> None:
@@ -315,7 +316,8 @@ def cmd_refine(args) -> int:
         refined = refine(model, lambda: iter_examples(files, **common), args.out,
                          method=args.method, passes=args.passes,
                          heldout=(lambda: iter_examples(held, **common)) if held else None,
-                         init=args.init, lr=args.lr, l2=args.l2, batch_size=args.batch_size,
+                         init=args.init, lr=args.lr, batch_size=args.batch_size,
+                         l2_relative=args.l2 if args.l2 is not None else "auto",
                          seed=args.seed, resume=not args.restart, on_pass=on_pass,
                          pass_fn=pass_fn, hessian_fn=hessian_fn,
                          subspace=SubspaceOptions(
@@ -325,14 +327,22 @@ def cmd_refine(args) -> int:
                              snapshot_every=args.snapshot_every, pbfgs_batch=args.pbfgs_batch))
     log = refined.meta["refinement"]["log"]
     if args.json:
-        print(json.dumps({"out": str(sidecar_path(args.out)), "method": args.method, "log": log}))
+        info = refined.meta["refinement"]
+        print(json.dumps({"out": str(sidecar_path(args.out)), "method": args.method,
+                          **{k: info[k] for k in ("chosen", "kept_pass", "start") if k in info},
+                          "log": log}))
         return 0
     for e in log:
         held_text = (f", held-out loss {e['heldout_loss']:.4f}, accuracy {e['heldout_accuracy']:.4f}"
                      if "heldout_loss" in e else "")
         print(f"pass {e['pass']:>3}: train loss {e['train_loss']:.4f}, accuracy "
               f"{e['train_accuracy']:.4f}{held_text} ({e['seconds']:.1f} s)")
-    print(f"{sidecar_path(args.out)}: refined by {args.method}")
+    info = refined.meta["refinement"]
+    if "kept_pass" in info:
+        print(f"kept pass {info['kept_pass']} (lowest held-out loss"
+              f"{', the start' if info['kept_pass'] == 0 else ''})")
+    picked = f" ({info['chosen']})" if info.get("chosen") else ""
+    print(f"{sidecar_path(args.out)}: refined by {args.method}{picked}")
     return 0
 
 
@@ -616,7 +626,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "killed run resume when run again.")
     p.add_argument("--weights", required=True, metavar="FILE", help="weights to start from (.npy or .model.json)")
     p.add_argument("paths", nargs="+", metavar="PATHS", help="training Parquet files, globs or directories")
-    p.add_argument("--method", required=True, choices=("gis", "lbfgs", "newton", "sgd", "adam", *SUBSPACE_METHODS))
+    p.add_argument("--method", default="auto",
+                   choices=("auto", "gis", "lbfgs", "newton", "sgd", "adam", *SUBSPACE_METHODS),
+                   help="auto (default): L-BFGS in coordinates whitened by the feature "
+                        "covariance (one extra moments pass; it says what it picked)")
     p.add_argument("--passes", type=int, default=5, metavar="N",
                    help="passes over the data (lbfgs: function evaluations) (default: 5)")
     p.add_argument("--out", required=True, metavar="FILE", help="refined weights, e.g. refined.npy")
@@ -628,7 +641,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sgd / adam / random-bases step size, dldr: of its phase (default: sgd "
                         "300, adam 0.3, random-bases 100); random-bases steps are scaled so "
                         "that their mean is SGD's step at the same --lr")
-    p.add_argument("--l2", type=float, default=0.0, help="L2 strength (all but gis; default: 0)")
+    p.add_argument("--l2", type=float, default=None, metavar="K",
+                   help="L2 strength relative to each feature's variance: ½·K·Σ_i Var(x̃_i)·‖W_i‖², "
+                        "K = 1/(C·n) is scikit-learn's C on standardised inputs (all but gis; "
+                        "default: 1/n, i.e. C = 1; 0 for none)")
     p.add_argument("--batch-size", type=int, default=256, metavar="B",
                    help="sgd / adam / random-bases mini-batch, dldr: of its phase (default: 256)")
     p.add_argument("--seed", type=int, default=0,

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import streamfit
-from streamfit.count import kernels, reference
+from streamfit.count import reference
 from streamfit.count.accumulate import Accumulator
 from streamfit.count.out_of_core import accumulate_into, merge_into
 from streamfit.errors import FormatError, InputError, OptionError, StreamfitError

@@ -497,6 +497,7 @@ def cli_data(tmp_path_factory):
 
 
 LR = {"sgd": ["--lr", "20"], "adam": ["--lr", "0.05"], "gis": [], "lbfgs": ["--l2", "1e-4"],
+      "auto": [],
       "newton": ["--l2", "1e-4"],
       "random-bases": ["--lr", "2", "--dims", "16"],
       "dldr": ["--lr", "20", "--phase-passes", "2", "--snapshot-every", "2", "--dims", "4"]}
@@ -540,11 +541,15 @@ def test_cli_refine_then_evaluate_and_predict(cli_data, capsys, tmp_path, corpus
     assert rc == 0, err
     result = json.loads(stdout)
     assert result["n"] == data["n_heldout"]
-    # lbfgs keeps its best point evaluated (a line-search trial may come last); the others
-    # the last one
-    final = min(log, key=lambda e: e["objective"]) if method == "lbfgs" else log[-1]
+    # with held-out data the written model is the point of lowest held-out loss, the start
+    # included: never worse on it than the start
+    start = printed["start"]
+    final = min([start, *log], key=lambda e: e["heldout_loss"])
+    assert printed["kept_pass"] == (0 if final is start else final["pass"])
     assert result["cross_entropy"] == pytest.approx(final["heldout_loss"], abs=1e-5)
+    assert result["cross_entropy"] <= start["heldout_loss"] + 1e-6
     assert abs(result["accuracy"] - final["heldout_accuracy"]) <= 2 / result["n"]
+    assert ("chosen" in printed) == (method == "auto")
     # the refined model improved on the weights it started from (on its training data)
     rc, stdout, err = cli(capsys, "evaluate", "--weights", data["weights"], data["train"],
                           "--json", "--quiet")

@@ -32,6 +32,7 @@ PAGES = [
     ("bench_scale.py", "docs/scale.json", "README.md", "scale"),
     ("bench_dask.py", "docs/distributed.json", "docs/distributed.md", "distributed"),
     ("bench_lm.py", "docs/lm.json", "docs/lm.md", None),
+    ("bench_classify.py", "docs/classify.json", "docs/classify.md", None),
 ]
 COMMITTED = {"docs/results.json", "docs/forms.json", "docs/lm.json"}
 

@@ -297,7 +297,8 @@ def targets(res: dict) -> list[str]:
         lines.append(f"| order {o}, eos: blocks below our Kneser-Ney | {bl_e:.2f} vs {kn_e:.2f} | {yes(bl_e < kn_e)} |")
         if res.get("kenlm"):
             k = res["kenlm"][o]["perplexity"]
-            lines.append(f"| order {o}, eos: blocks below KenLM (same predictions) | {bl_e:.2f} vs {k:.2f} | {yes(bl_e < k)} |")
+            lines.append(f"| order {o}, eos: blocks below KenLM (same predictions) | {bl_e:.2f} vs {k:.2f} "
+                         f"| {yes(bl_e < k)} |")
             ours = res["ngram"][o]["accumulate_s"] + res["ngram"][o]["blocks"]["finalize_s"]
             theirs = res["kenlm"][o]["lmplz_s"] + res["kenlm"][o]["build_binary_s"]
             lines.append(f"| order {o}: accumulate + finalize (blocks) ≤ lmplz + build_binary, wall | "
@@ -370,7 +371,8 @@ def details(res: dict) -> list[str]:
         lines.append(f"- train ×{s['copies']} (order {s['order']}): accumulate {s['accumulate_s']:.1f} s, "
                      f"finalize Kneser-Ney {s['finalize_s']:.1f} s"
                      + (f"; lmplz {res['kenlm']['scaled']['lmplz_s']:.1f} s (CPU "
-                        f"{res['kenlm']['scaled']['lmplz_cpu_s']:.1f} s)." if res.get("kenlm", {}).get("scaled") else "."))
+                        f"{res['kenlm']['scaled']['lmplz_cpu_s']:.1f} s)."
+                        if res.get("kenlm", {}).get("scaled") else "."))
     missing = [o for o in res["orders"] if o not in res["key_orders"]]
     if missing:
         lines.append(f"- order {', '.join(map(str, missing))}: not measured for streamfit — an "

@@ -5,7 +5,7 @@ interned to ids and their vocabulary of the most frequent train tokens (``<unk>`
 token splits as Parquet tables, and the atomic publish of a corpus folder (the splits,
 ``vocab.txt``, ``corpus.json``).
 
-Using (tools/bench_*.py): ``digits_corpus``, ``gcide_corpus`` and ``stdlib_corpus`` return
+Using (tools/bench_*.py): ``digits_corpus``, ``fashion_corpus``, ``gcide_corpus`` and ``stdlib_corpus`` return
 a corpus folder under ``data/``, built by its tool when missing or built with other
 settings; ``corpus_shape`` and ``read_examples`` read a split back as streamfit examples.
 """
@@ -160,6 +160,11 @@ def ensure_corpus(folder: Path, tool: str, *options: str, expect: dict | None = 
 def digits_corpus(data: Path, name: str) -> Path:
     """``data/digits`` or ``data/mnist5k`` (tools/make_digits_corpus.py)."""
     return ensure_corpus(data / name, "make_digits_corpus.py", "--dataset", name)
+
+
+def fashion_corpus(data: Path) -> Path:
+    """``data/fashion``: Fashion-MNIST from the Debian package (tools/make_fashion_corpus.py)."""
+    return ensure_corpus(data / "fashion", "make_fashion_corpus.py")
 
 
 def gcide_corpus(data: Path, vocab_size: int, max_entries: int | None = None) -> Path:

@@ -23,7 +23,7 @@ NAMES = {
     "streamfit.model.evaluate": "iter_examples",
     "streamfit.model.ngram": "context_rows",
     "streamfit.solve.ngram": "token_batches",
-    "streamfit.train.core": "full_pass dense_parameters",
+    "streamfit.train.core": "full_pass dense_parameters heldout_loss",
     "streamfit.train.subspace": "SubspaceOptions",
 }
 # name -> a module the tools use whole

@@ -248,7 +248,8 @@ def merge_runs(directory: Path, runs: list[dict], *, task: str, vocab_size: int,
                n_features: int, value_dtype, out_dir: Path, generation: str,
                memory: int, progress: bool = False, ngram: bool = False) -> dict:
     """Merge sorted runs into the CSR arrays F-<generation>.{indptr,indices,data}.npy of
-    `out_dir` (n-gram statistics: F-<generation>.{keys,data}.npy), summing equal keys, holding at most about `memory` bytes of run slices.
+    `out_dir` (n-gram statistics: F-<generation>.{keys,data}.npy), summing equal keys,
+    holding at most about `memory` bytes of run slices.
     At most `fan_in()` runs are open at once: more are first merged in levels, groups of
     that many into one run each. Returns the arrays' manifest entries. `progress`: a bar
     of the run entries merged (one per level)."""

@@ -17,7 +17,6 @@ work per token, so evaluate runs at lookup speed.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -12,7 +12,7 @@ import numpy as np
 from ..count.stats import Statistics
 from ..data.featurize import Examples, concat_examples, take_examples
 from ..errors import OptionError, StreamfitError
-from .forms import SMOOTHING_GRID, Solution, class_log_totals, form_parameters
+from .forms import SMOOTHING_BOUNDS, SMOOTHING_GRID, Solution, class_log_totals, form_parameters
 from .kernels import expand_support, loss_grad
 
 CALIBRATION_ENTRIES = 4_000_000
@@ -31,9 +31,10 @@ def choose(stats: Statistics, form: str, smoothing: float | str,
         raise StreamfitError(f"form {form!r} with smoothing {smoothing!r} fits on held-out "
                              f"data: pass held-out paths (--heldout)")
     sample = CalibrationSample.collect(stats, heldout)
-    grid = SMOOTHING_GRID if smoothing == "auto" else (float(smoothing),)
+    grid = list(SMOOTHING_GRID if smoothing == "auto" else (float(smoothing),))
     results = []
-    for a in grid:
+
+    def fit(a: float) -> None:
         s = sample.at_smoothing(a)
         if form == "calibrated":
             tau, beta, nll = s.fit()
@@ -41,7 +42,22 @@ def choose(stats: Statistics, form: str, smoothing: float | str,
             tau, beta = form_parameters(stats, form)
             nll = s.loss(tau, beta)[0]
         results.append({"smoothing": a, "tau": tau, "beta": beta, "cross_entropy": nll})
+
+    for a in grid:
+        fit(a)
     best = min(results, key=lambda r: r["cross_entropy"])
+    if smoothing == "auto":
+        # An optimum at an edge of the grid says the grid was too narrow: extend it by the
+        # grid's outer ratio, step by step, until the best value is inside (or a bound).
+        while True:
+            values = sorted(r["smoothing"] for r in results)
+            if best["smoothing"] == values[-1] and values[-1] < SMOOTHING_BOUNDS[1]:
+                fit(values[-1] * SMOOTHING_GRID[-1] / SMOOTHING_GRID[-2])
+            elif best["smoothing"] == values[0] and values[0] > SMOOTHING_BOUNDS[0]:
+                fit(values[0] * SMOOTHING_GRID[0] / SMOOTHING_GRID[1])
+            else:
+                break
+            best = min(results, key=lambda r: r["cross_entropy"])
     return Solution(form, best["smoothing"], best["tau"], best["beta"],
                     {"examples": sample.n, "stride": sample.stride, "grid": results})
 

@@ -23,7 +23,7 @@ import scipy.linalg
 
 from ..errors import StreamfitError
 from ..data.featurize import Examples, distinct_inputs, slice_examples
-from .core import PassResult
+from .core import PassResult, l2_penalty
 
 HESSIAN_LIMIT_BYTES = 2 << 30
 ROWS_PER_BLOCK = 512
@@ -114,7 +114,7 @@ def _add_hessian(hess: np.ndarray, x: np.ndarray, wt: np.ndarray, p: np.ndarray)
         hess[:, j, :, j:] += (xj.T @ z).reshape(d, c - j, d).transpose(0, 2, 1)
 
 
-def newton(w: np.ndarray, train: Callable[[], Iterable[Examples]], passes: int, l2: float,
+def newton(w: np.ndarray, train: Callable[[], Iterable[Examples]], passes: int, l2,
            record: Callable, checkpoint: Callable, start_pass: int = 0,
            arrays: dict | None = None, hessian_fn: HessianFn | None = None) -> np.ndarray:
     """Newton with a one-pass line search from W until pass `passes`.
@@ -139,7 +139,8 @@ def newton(w: np.ndarray, train: Callable[[], Iterable[Examples]], passes: int, 
             steps, candidates = (0.0,), [w]
         else:
             _, g, h = here
-            a = h + (l2 + damping * max(float(np.trace(h)) / (d * c), 1e-300)) * np.eye(d * c)
+            a = h + damping * max(float(np.trace(h)) / (d * c), 1e-300) * np.eye(d * c)
+            a[np.diag_indices_from(a)] += np.broadcast_to(l2, (d, c)).ravel()
             try:
                 delta = scipy.linalg.solve(a, -g.ravel(), assume_a="pos", check_finite=False)
             except np.linalg.LinAlgError:
@@ -150,16 +151,16 @@ def newton(w: np.ndarray, train: Callable[[], Iterable[Examples]], passes: int, 
         n, loss, correct, grad, hess = r.n, r.loss, r.correct, r.grad, r.hess
         if n == 0:
             raise StreamfitError("no training examples")
-        objectives = [loss[i] / n + 0.5 * l2 * float((v * v).sum()) for i, v in enumerate(candidates)]
+        objectives = [loss[i] / n + l2_penalty(l2, v)[0] for i, v in enumerate(candidates)]
         best = int(np.argmin(objectives))
         step = steps[best]
         if here is None or (best == 0 and objectives[0] < here[0]):
             if here is not None:
                 damping = max(DAMPING_MIN, damping / 3)
-            here = (objectives[0], grad[0] / n + l2 * candidates[0], hess / n)
+            here = (objectives[0], grad[0] / n + l2_penalty(l2, candidates[0])[1], hess / n)
         elif objectives[best] < here[0]:   # a shorter step: keep the last Hessian
             damping *= 3
-            here = (objectives[best], grad[best] / n + l2 * candidates[best], here[2])
+            here = (objectives[best], grad[best] / n + l2_penalty(l2, candidates[best])[1], here[2])
         else:                               # no step helped: stay, damp more
             damping *= 10
             best, step = -1, 0.0

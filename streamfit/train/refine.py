@@ -8,6 +8,9 @@ the bias unfolded again, so that examples with no features keep the class term.
 
 - gis: Generalised Iterative Scaling, W ← W + log((F + a) / (E + a)) with F = X̃ᵀY and
   E = X̃ᵀŶ(W) from one forward pass; no backpropagation, sums that shard and merge.
+- auto (the default): L-BFGS in whitened coordinates (train/lbfgs.py), the feature
+  covariance from one moments pass — the same model and objective, scaled so that curvature
+  is even across features; no step size to tune. The log's first entry says what it picked.
 - lbfgs: full-batch L-BFGS (scipy, train/lbfgs.py) on the mean cross-entropy + l2/2·‖W‖², one streaming
   pass per function evaluation: the reference optimum of the same model.
 - newton: damped Newton steps with the whole Hessian summed in each pass (train/newton.py):
@@ -21,6 +24,15 @@ the bias unfolded again, so that examples with no features keep the class term.
 This module is the one dispatcher: it checks the options, restores checkpoints, runs the
 method's passes and writes the result; a 2-layer model has its output layer refined on the
 frozen hidden features. The methods' shared machinery is in train/core.py.
+
+L2. `l2` is absolute (½·l2·‖W‖²) from Python; `l2_relative=κ` (the CLI's --l2) sets a strength
+per feature, λ_i = κ·Var(x̃_i) from a moments pass, which in standardised coordinates is
+½κ‖V‖²: scikit-learn's 1/(C·n) on standardised inputs, so κ transfers between data sets.
+The CLI's default is κ = 1/n (C = 1). Subspace methods take the mean of the λ_i.
+
+Held-out data. With `heldout`, the start and every pass are scored on it and the written
+model is the pass (or the start) with the lowest held-out loss: refining never makes the
+model worse on held-out data than it was.
 
 Memory: W and, per method, one or two more matrices of its size (E and F; or Adam's two
 moments); the data streams batch by batch. A checkpoint after every pass makes a killed
@@ -40,19 +52,20 @@ from ..data.featurize import Examples
 from ..errors import OptionError, StreamfitError
 from ..io.files import available_memory
 from ..model.weights import Model, load_model, locks_output, sidecar_path, stem_of, write_model
-from .core import (BLOCK_BYTES, DEFAULT_LR, Optimizer, PassFn, PassResult, checkpoint_paths,
-                   dense_parameters, full_pass, gis_pass, heldout_loss, load_checkpoint,
-                   minibatches, save_checkpoint, sgd_pass)
+from .core import (BLOCK_BYTES, DEFAULT_LR, FULL_COVARIANCE_LIMIT, Optimizer, PassFn,
+                   PassResult, checkpoint_paths, dense_parameters, feature_moments, full_pass,
+                   gis_pass, heldout_loss, load_checkpoint, minibatches, save_checkpoint,
+                   sgd_pass)
 from .grow import Layers, model_header, write_layers
-from .lbfgs import lbfgs
+from .lbfgs import Whitening, lbfgs
 from .newton import check_size, newton
 from .subspace import SUBSPACE_METHODS, SubspaceOptions, refine_subspace, work_files
 
-METHODS = ("gis", "lbfgs", "newton", "sgd", "adam", *SUBSPACE_METHODS)
+METHODS = ("auto", "gis", "lbfgs", "newton", "sgd", "adam", *SUBSPACE_METHODS)
 # Dense features × classes float64 matrices a method holds at once: the weights, a pass's
 # expected and observed sums, the best point; L-BFGS-B's workspace ((2m + 5) of them, m = 10)
-# and its own copies of x and g; Adam's two moments.
-DENSE_MATRICES = {"gis": 5, "lbfgs": 31, "newton": 5, "sgd": 4, "adam": 6}
+# and its own copies of x and g (auto: the same, whitened); Adam's two moments.
+DENSE_MATRICES = {"auto": 31, "gis": 5, "lbfgs": 31, "newton": 5, "sgd": 4, "adam": 6}
 
 
 def check_memory(method: str, n_features: int, n_classes: int) -> None:
@@ -79,7 +92,7 @@ def check_memory(method: str, n_features: int, n_classes: int) -> None:
 def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.PathLike, *,
            method: str, passes: int = 5, heldout: Callable[[], Iterator[Examples]] | None = None,
            init: str = "weights", lr: float | None = None, l2: float = 0.0,
-           batch_size: int = 256, seed: int = 0, resume: bool = True,
+           l2_relative: float | str | None = None, batch_size: int = 256, seed: int = 0, resume: bool = True,
            on_pass: Callable[[dict], None] | None = None,
            watch: Callable[[dict, np.ndarray], None] | None = None,
            pass_fn: PassFn | None = None, subspace: SubspaceOptions | None = None,
@@ -91,7 +104,9 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
     (resume=True). `pass_fn` computes the full passes of gis (also dldr's gis phase) and
     lbfgs (default: full_pass over train() in this process; a distributed run supplies one
     that sums shards), `hessian_fn` those of newton (newton.HessianFn, the same way).
-    `subspace` holds the settings of random-bases and dldr (default: SubspaceOptions())."""
+    `subspace` holds the settings of random-bases and dldr (default: SubspaceOptions()).
+    `l2` is an absolute L2 strength; `l2_relative` (κ, or "auto" for 1/n) replaces it by
+    κ·Var(x̃_i) per feature, from one moments pass (see the module docstring)."""
     if method not in METHODS:
         raise OptionError(f"method must be one of {METHODS}, not {method!r}")
     if init not in ("weights", "zeros", "random"):
@@ -100,6 +115,8 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
         raise OptionError(f"passes must be at least 1, not {passes}")
     if not (math.isfinite(l2) and l2 >= 0):
         raise OptionError(f"l2 must be a finite number ≥ 0, not {l2}")
+    if l2_relative not in (None, "auto") and not (math.isfinite(l2_relative) and l2_relative >= 0):
+        raise OptionError(f"l2 must be a finite number ≥ 0, not {l2_relative}")
     if lr is not None and not (math.isfinite(lr) and lr > 0):
         raise OptionError(f"the learning rate must be a finite number > 0, not {lr}")
     if method == "newton":
@@ -112,6 +129,7 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
     if model.hidden is not None:  # 2-layer: the output layer, on the frozen hidden features
         return refine_output_layer(model, train, out, heldout=heldout, pass_fn=pass_fn,
                                    method=method, passes=passes, init=init, lr=lr, l2=l2,
+                                   l2_relative=l2_relative,
                                    batch_size=batch_size, seed=seed, resume=resume,
                                    on_pass=on_pass, watch=watch, subspace=subspace)
     out = Path(out)
@@ -119,7 +137,8 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
         def pass_fn(w, expected, observed):
             return full_pass(w, train(), expected=expected, observed=observed)
     settings = {"method": method, "passes": passes, "init": init, "lr": lr, "l2": l2,
-                "batch_size": batch_size, "seed": seed, "shape": [model.n_features, model.n_classes]}
+                "l2_relative": l2_relative, "batch_size": batch_size, "seed": seed,
+                "shape": [model.n_features, model.n_classes]}
     if method in SUBSPACE_METHODS:
         subspace = (subspace or SubspaceOptions()).resolved(method, passes)
         settings["subspace"] = subspace.settings(method)
@@ -132,12 +151,40 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
     log: list[dict] = []
     state: dict = {}
     start_pass = 0
+    kept: list = [None, None]   # (held-out loss, W) of the best point scored on held-out data
     restored = load_checkpoint(out, settings) if resume else None
     if restored is not None:
         state, arrays = restored
         w, log, start_pass = arrays.pop("w"), state["log"], state["pass"]
+        if "kept" in arrays:
+            kept[:] = [state["kept_loss"], arrays.pop("kept")]
         state = {"arrays": arrays, **state}
     t0 = time.perf_counter() - (log[-1]["seconds"] if log else 0.0)
+    moments = None
+    if l2_relative == 0:
+        l2_relative = None   # no penalty: no moments pass for it
+    if method == "auto" or l2_relative is not None:
+        moments = feature_moments(train(), w.shape[0],
+                                  full=method == "auto" and w.shape[0] <= FULL_COVARIANCE_LIMIT)
+        if l2_relative is not None:
+            # "auto": κ = 1/n, scikit-learn's default C = 1 on standardised inputs
+            kappa = 1.0 / moments.n if l2_relative == "auto" else float(l2_relative)
+            l2 = moments.l2_weights(kappa)
+            if method in SUBSPACE_METHODS:
+                l2 = float(l2.mean())
+    chosen = None
+    if method == "auto":
+        whitening = Whitening.of(moments)
+        chosen = f"lbfgs, whitened by the {whitening.kind} of the {w.shape[0]:,} features"
+
+    def keep(current: np.ndarray, entry: dict) -> None:
+        if "heldout_loss" in entry and (kept[0] is None or entry["heldout_loss"] < kept[0]):
+            kept[:] = [entry["heldout_loss"], current.copy()]
+
+    if heldout is not None and kept[1] is None:   # the start: no pass may end worse
+        start_loss, start_accuracy = heldout_loss(w, heldout())
+        kept[:] = [start_loss, w.copy()]
+        state["start"] = {"heldout_loss": start_loss, "heldout_accuracy": start_accuracy}
 
     def record(pass_index: int, current: np.ndarray, result: PassResult, extra=None) -> None:
         entry = {"pass": pass_index, "train_loss": result.mean_loss,
@@ -145,6 +192,7 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
                  **(extra or {})}
         if heldout is not None:
             entry["heldout_loss"], entry["heldout_accuracy"] = heldout_loss(current, heldout())
+            keep(current, entry)
         log.append(entry)
         if on_pass:
             on_pass(entry)
@@ -152,12 +200,15 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
             watch(entry, current)
 
     def checkpoint(pass_index: int, current: np.ndarray, arrays: dict, t: int = 0) -> None:
-        save_checkpoint(out, {"settings": settings, "pass": pass_index, "log": log, "t": t},
-                         {"w": current, **arrays})
+        extra = {"kept": kept[1]} if kept[1] is not None else {}
+        save_checkpoint(out, {"settings": settings, "pass": pass_index, "log": log, "t": t,
+                              "kept_loss": kept[0], "start": state.get("start")},
+                        {"w": current, **extra, **arrays})
 
-    if method == "lbfgs":
+    if method in ("lbfgs", "auto"):
         # A resumed L-BFGS restarts from the checkpointed iterate with fresh curvature pairs.
-        w = lbfgs(w, pass_fn, passes - start_pass, l2, record, checkpoint, start_pass)
+        w = lbfgs(w, pass_fn, passes - start_pass, l2, record, checkpoint, start_pass,
+                  whitening if method == "auto" else None)
     elif method == "newton":
         w = newton(w, train, passes, l2, record, checkpoint, start_pass, state.get("arrays"),
                    hessian_fn)
@@ -178,12 +229,21 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
                 result = sgd_pass(w, minibatches(train, batch_size), opt)
             record(p + 1, w, result)
             checkpoint(p + 1, w, opt.arrays(), opt.t)
+    summary = {}
+    if chosen:
+        summary["chosen"] = chosen
+    if kept[1] is not None:   # the lowest held-out loss seen, the start included
+        w = kept[1]
+        scored = [e for e in log if "heldout_loss" in e]
+        best = min(scored, key=lambda e: e["heldout_loss"]) if scored else None
+        summary["start"] = state.get("start")
+        summary["kept_pass"] = best["pass"] if best and best["heldout_loss"] <= kept[0] else 0
     header = {**{k: model.meta.get(k) for k in ("task", "window", "n_classes", "n_features",
                                                    "vocab_size", "statistics") if k in model.meta},
               "task": model.task, "window": model.window, "n_classes": model.n_classes,
               "n_features": model.n_features, "form": "refined", "smoothing": None,
               "tau": 1.0, "beta": 0.0, "dtype": "float32", "calibration": {},
-              "refinement": {**settings, "log": log, "from": model.meta.get("form")}}
+              "refinement": {**settings, **summary, "log": log, "from": model.meta.get("form")}}
     header.setdefault("statistics", {"n_examples": 0, "nnz": 0})
     # W alone gives an example with no features (x̃ = 0) uniform probabilities; the starting
     # model gave it its class term. W − 1·bᵀ with bias b is the same model wherever x̃ sums
