@@ -274,6 +274,21 @@ def test_10_a_sidecar_naming_files_elsewhere_is_refused(tmp_path, stats_dir, cor
     one_line_error(rc, err, "w.model.json", "not a plain file name")
 
 
+def test_10_an_ngram_sidecar_naming_files_elsewhere_is_refused(tmp_path, corpus, capsys):
+    assert main(["accumulate", *map(str, corpus), "--stats", str(tmp_path / "ng"), "--order", "2",
+                 "--quiet"]) == 0
+    assert main(["finalize", "--stats", str(tmp_path / "ng"), "--out", str(tmp_path / "m" / "lm.npy"),
+                 "--quiet"]) == 0
+    capsys.readouterr()
+
+    def point_elsewhere(doc):
+        name = sorted(doc["arrays"])[0]
+        doc["arrays"][name]["file"] = "../" + doc["arrays"][name]["file"]
+    rewrite_document(tmp_path / "m" / "lm.model.json", point_elsewhere)
+    rc, _, err = cli(capsys, "evaluate", "--weights", tmp_path / "m" / "lm.npy", *corpus, "--quiet")
+    one_line_error(rc, err, "lm.model.json", "not a plain file name")
+
+
 def test_10_a_manifest_naming_files_elsewhere_is_refused(tmp_path, stats_dir, capsys):
     other = tmp_path / "other"
     shutil.copytree(stats_dir, other)

@@ -119,6 +119,24 @@ def check_array_entries(doc: dict, names, path: Path, what: str) -> None:
         check_fields(doc["arrays"][name], ARRAY_ENTRY, path, what, f"arrays/{name}")
 
 
+def load_listed_arrays(document: Path, entries: dict[str, dict], *,
+                       check: bool = False) -> dict[str, np.ndarray]:
+    """Open, memory-mapped, the arrays a manifest or sidecar lists (`entries`: name → its
+    entry): each must be a plain file beside `document`, of the recorded size, shape and
+    dtype (and with `check`, of the recorded sha256, which reads every byte)."""
+    arrays = {}
+    for name, entry in entries.items():
+        p = named_file(document.parent, entry["file"], document)
+        if check:
+            verify(p, entry)
+        arr = load_npy(p, entry)
+        if list(arr.shape) != entry["shape"] or str(arr.dtype) != entry["dtype"]:
+            raise FormatError(f"{p}: shape/dtype {arr.shape}/{arr.dtype} does not match "
+                              f"{document.name} ({entry['shape']}/{entry['dtype']})")
+        arrays[name] = arr
+    return arrays
+
+
 def fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

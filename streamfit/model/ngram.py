@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from ..io.jit import njit
 
-from ..errors import FormatError
-from ..io.files import header_checksum, load_npy, read_document, save_npy, verify, write_json
+from ..io.files import (check_array_entries, header_checksum, load_listed_arrays, read_document,
+                        save_npy, write_json)
 
 HASH_MULT = np.uint64(0x9E3779B97F4A7C15)
 FORMAT = "streamfit-ngram-model"
@@ -195,18 +195,9 @@ def is_ngram_sidecar(path: Path) -> bool:
 def load_ngram_model(sidecar: Path, *, check: bool = False) -> NgramModel:
     """Open the model a sidecar describes (arrays memory-mapped)."""
     meta = read_document(sidecar, FORMAT, SCHEMA_VERSION, "n-gram model sidecar")
-    folder = sidecar.parent
-    arrays = {}
-    for name in ARRAYS:
-        entry = meta["arrays"][name]
-        p = folder / entry["file"]
-        if check:
-            verify(p, entry)
-        arr = load_npy(p, entry)
-        if list(arr.shape) != entry["shape"] or str(arr.dtype) != entry["dtype"]:
-            raise FormatError(f"{p}: shape/dtype {arr.shape}/{arr.dtype} does not match the "
-                              f"sidecar ({entry['shape']}/{entry['dtype']})")
-        arrays[name] = arr
+    check_array_entries(meta, ARRAYS, sidecar, "n-gram model sidecar")
+    arrays = load_listed_arrays(sidecar, {name: meta["arrays"][name] for name in ARRAYS},
+                                check=check)
     return NgramModel(order=meta["order"], vocab_size=meta["vocab_size"],
                       n_classes=meta["n_classes"], eos=meta["eos"], meta=meta, **arrays)
 

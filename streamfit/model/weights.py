@@ -33,9 +33,10 @@ from ..errors import FormatError, OptionError, StreamfitError
 from ..data.featurize import (Examples, batch_examples, distinct_inputs, slice_examples,
                         take_examples)
 from ..io.files import (NpyWriter, OutputLock, check_array_entries, check_csr, check_fields,
+                        load_listed_arrays,
                         create_memmap, disk_full, fault_point, file_digest, fsync_dir, fsync_path,
-                        header_checksum, load_npy, named_file, no_space, read_document, temp_name,
-                        verify, write_json)
+                        header_checksum, no_space, read_document, temp_name,
+                        write_json)
 
 FORMAT = "streamfit-weights"
 SCHEMA_VERSION = 1
@@ -395,16 +396,7 @@ def load_model(path: str | os.PathLike, *, check: bool = False) -> Model:
         return load_ngram_model(existing_sidecar(path), check=check)
     meta = read_sidecar(path)
     folder = existing_sidecar(path).parent
-    arrays = {}
-    for name, entry in meta["arrays"].items():
-        p = named_file(folder, entry["file"], existing_sidecar(path))
-        if check:
-            verify(p, entry)
-        arr = load_npy(p, entry)
-        if list(arr.shape) != entry["shape"] or str(arr.dtype) != entry["dtype"]:
-            raise FormatError(f"{p}: shape/dtype {arr.shape}/{arr.dtype} does not match the "
-                              f"sidecar ({entry['shape']}/{entry['dtype']})")
-        arrays[name] = arr
+    arrays = load_listed_arrays(existing_sidecar(path), meta["arrays"], check=check)
     common = dict(task=meta["task"], n_classes=meta["n_classes"], n_features=meta["n_features"],
                   tau=meta["tau"], window=meta.get("window", 0), bias=arrays.get("bias"), meta=meta)
     file_of = lambda name: folder / meta["arrays"][name]["file"]
