@@ -93,6 +93,8 @@ def cmd_accumulate(args) -> int:
     if args.eos and args.order is None:
         raise StreamfitError("--eos goes with n-gram statistics: pass --order N too")
     if args.order is not None:
+        if args.order < 1:  # 0 would mean "no n-grams" inside: the window model, silently
+            raise StreamfitError(f"--order must be at least 1, not {args.order}")
         if args.window is not None:
             raise StreamfitError("--order N counts n-grams, --window M the window model: "
                                  "pass one of them")

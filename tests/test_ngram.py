@@ -315,17 +315,21 @@ def test_cli_order_kneser_ney_and_blocks(corpus, tmp_path):
     top = json.loads(r.stdout)["top"]
     assert len(top) == 3 and top[0]["probability"] >= top[1]["probability"]
     assert _cli(["info", tmp_path / "b.npy"]).returncode == 0
+    r = _cli(["predict", "--weights", tmp_path / "b.npy", "--context", "3 99999"])
+    assert r.returncode == 1 and "out of range" in r.stderr  # as the window model says
 
 
 @pytest.mark.parametrize("args,message", [
     (["--order", 3, "--window", 2], "one of them"),
     (["--eos"], "--order N"),
     (["--order", 9], "between 1 and"),
+    (["--order", 0], "at least 1"),  # not silently the window model
 ])
 def test_cli_refuses_bad_option_combinations(corpus, tmp_path, args, message):
     train, *_ = corpus
     r = _cli(["accumulate", train, "--stats", tmp_path / "s", "--quiet", *args])
     assert r.returncode != 0 and message in r.stderr
+    assert not (tmp_path / "s").exists()
 
 
 def test_finalize_refuses_forms_of_the_other_statistics(corpus, tmp_path):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from ..errors import OptionError
 from ..io.jit import njit
 
 from ..io.files import (check_array_entries, header_checksum, load_listed_arrays, read_document,
@@ -113,6 +114,9 @@ class NgramModel:
 
     def distribution(self, context: list[int]) -> np.ndarray:
         """p(y | context) over every class (the last order−1 tokens count; BOS before)."""
+        bad = [int(t) for t in context if not 0 <= int(t) < self.vocab_size]
+        if bad:
+            raise OptionError(f"token id {bad[0]} out of range for vocabulary size {self.vocab_size}")
         ctx = [self.vocab_size + 1] * (self.order - 1) + [int(t) for t in context]
         row = np.array(ctx[len(ctx) - (self.order - 1):] if self.order > 1 else [], np.int64)
         targets = np.arange(self.n_classes, dtype=np.int64)
