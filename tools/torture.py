@@ -14,8 +14,10 @@ counted.
     python tools/torture.py --kills 20 --jobs 1,2                 # the long run (≥ 20 kills each)
     python tools/torture.py --kills 2 --commands accumulate,finalize --json   # a short one
 
-Prints a table (command, trials, kills, consistent after a kill, identical after resume) and
-exits 1 unless every trial was identical and every kill left a consistent output.
+Prints a table (command, trials, kills, kills that left work in progress — temporary files,
+a journal, a lock: the kill landed mid-work, not during start-up — consistent after a kill,
+identical after resume) and exits 1 unless every trial was identical and every kill left a
+consistent output.
 """
 from __future__ import annotations
 
@@ -128,12 +130,17 @@ def must(args: list) -> None:
         raise SystemExit(f"torture: setup failed: streamfit {' '.join(map(str, args))}\n{r.stderr}")
 
 
-def targets(root: Path, corpus: list[Path], jobs: list[int], commands: list[str]) -> list[Target]:
+def targets(root: Path, corpus: list[Path], wide: list[Path], jobs: list[int],
+            commands: list[str]) -> list[Target]:
+    """The commands to torture: accumulate and refine on `corpus`; merge and finalize on the
+    statistics of `wide` (ten times the vocabulary: more to merge, larger weights to write)."""
     out = []
-    half = len(corpus) // 2
+    half = len(wide) // 2
     base = root / "base"
-    if {"merge", "finalize", "refine"} & set(commands):
+    if "refine" in commands:
         must(["accumulate", *corpus, "--stats", base / "stats", "--window", WINDOW, "--quiet"])
+    if "finalize" in commands:
+        must(["accumulate", *wide, "--stats", base / "wide", "--window", WINDOW, "--quiet"])
     if "accumulate" in commands:
         for j in jobs:
             stats = root / f"accumulate-{j}" / "stats"
@@ -145,15 +152,15 @@ def targets(root: Path, corpus: list[Path], jobs: list[int], commands: list[str]
                 prepare=lambda s=stats: shutil.rmtree(s.parent, ignore_errors=True)))
     if "merge" in commands:
         a, b = base / "shard-a", base / "shard-b"
-        must(["accumulate", *corpus[:half], "--stats", a, "--window", WINDOW, "--quiet"])
-        must(["accumulate", *corpus[half:], "--stats", b, "--window", WINDOW, "--quiet"])
+        must(["accumulate", *wide[:half], "--stats", a, "--window", WINDOW, "--quiet"])
+        must(["accumulate", *wide[half:], "--stats", b, "--window", WINDOW, "--quiet"])
         merged = root / "merge" / "stats"
         out.append(Target("merge", ["merge", a, b, "--out", merged, "--memory", "1M", "--quiet"],
                           merged, lambda m=merged: stats_checksum(m),
                           prepare=lambda m=merged: shutil.rmtree(m.parent, ignore_errors=True)))
     if "finalize" in commands:
         weights = root / "finalize" / "w.npy"
-        out.append(Target("finalize", ["finalize", "--stats", base / "stats", "--out", weights,
+        out.append(Target("finalize", ["finalize", "--stats", base / "wide", "--out", weights,
                                        "--form", "paper", "--quiet"],
                           weights, lambda w=weights: model_checksum(w),
                           prepare=lambda w=weights: shutil.rmtree(w.parent, ignore_errors=True)))
@@ -176,20 +183,25 @@ class Row:
     command: str
     trials: int = 0
     kills: int = 0
+    in_progress: int = 0    # kills that left work in progress (temporary files, journal, lock)
     consistent: int = 0     # kills after which the output was absent or whole
     identical: int = 0      # trials that ended identical to the reference, nothing left over
     seconds: float = 0.0
     failures: list = field(default_factory=list)
 
 
-def kill_at(args: list, delay: float) -> bool:
-    """Run a command and SIGKILL its process group after `delay` seconds; True when the kill
-    landed (the command was still running)."""
+def kill_at(target: Target, fraction: float, work: float) -> bool:
+    """Run the command and SIGKILL its process group `fraction` × `work` seconds after its
+    work first shows on disk (start-up, the same in every run, is not worth killing); True
+    when the kill landed (the command was still running)."""
     env = {k: v for k, v in os.environ.items() if k != "STREAMFIT_FAULT"}
-    proc = subprocess.Popen(streamfit_cmd(args), env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(streamfit_cmd(target.args), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
+    folder = target.output.parent
+    while proc.poll() is None and not (folder.exists() and leftovers(folder)):
+        time.sleep(0.002)
     try:
-        proc.wait(timeout=delay)
+        proc.wait(timeout=fraction * work)
         return False
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -197,24 +209,45 @@ def kill_at(args: list, delay: float) -> bool:
         return proc.returncode == -signal.SIGKILL
 
 
+def timed_run(target: Target) -> tuple[float, float, float]:
+    """Run the command to the end, watching its output folder: (seconds until its work in
+    progress — temporary files, a journal, a lock — first showed on disk, seconds until it
+    was last seen, seconds in all). Start-up before and exit after are not worth killing."""
+    env = {k: v for k, v in os.environ.items() if k != "STREAMFIT_FAULT"}
+    t0 = time.monotonic()
+    proc = subprocess.Popen(streamfit_cmd(target.args), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    first = last = None
+    while proc.poll() is None:
+        if target.output.parent.exists() and leftovers(target.output.parent):
+            last = time.monotonic() - t0
+            first = last if first is None else first
+        time.sleep(0.002)
+    duration = time.monotonic() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"torture: the reference run of {target.name} failed:\n"
+                         f"{proc.stderr.read()}")
+    if first is None:
+        first, last = 0.0, duration
+    return first, last, duration
+
+
 def torture(target: Target, kills: int, per_trial: int, rng: random.Random, log) -> Row:
     row = Row(target.name)
     target.prepare()
-    t0 = time.monotonic()
-    r = run(target.args)
-    duration = time.monotonic() - t0
-    if r.returncode != 0:
-        raise SystemExit(f"torture: the reference run of {target.name} failed:\n{r.stderr}")
+    first, last, duration = timed_run(target)
     reference = target.checksum()
-    log(f"{target.name}: the uninterrupted run took {duration:.1f} s")
+    log(f"{target.name}: the uninterrupted run took {duration:.2f} s, work in progress seen "
+        f"from {first:.2f} s to {last:.2f} s")
     start = time.monotonic()
     while row.kills < kills and row.trials < 4 * kills + 4:
         row.trials += 1
         target.prepare()
         for _ in range(rng.randint(1, per_trial)):
-            if not kill_at(target.args, rng.uniform(0.05, 1.1) * duration):
+            if not kill_at(target, rng.uniform(0.0, 1.1), last - first + 0.01):
                 continue
             row.kills += 1
+            row.in_progress += bool(leftovers(target.output.parent))
             try:
                 target.checksum()  # whatever is there must be whole
                 row.consistent += 1
@@ -239,11 +272,12 @@ def torture(target: Target, kills: int, per_trial: int, rng: random.Random, log)
 
 
 def table(rows: list[Row]) -> str:
-    lines = ["| command | trials | kills | consistent after a kill | identical after resume | seconds |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| command | trials | kills | of them mid-work | consistent after a kill | "
+             "identical after resume | seconds |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r.command} | {r.trials} | {r.kills} | {r.consistent}/{r.kills} | "
-                     f"{r.identical}/{r.trials} | {r.seconds} |")
+        lines.append(f"| {r.command} | {r.trials} | {r.kills} | {r.in_progress} | "
+                     f"{r.consistent}/{r.kills} | {r.identical}/{r.trials} | {r.seconds} |")
     return "\n".join(lines)
 
 
@@ -258,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"which commands (default: {','.join(COMMANDS)})")
     ap.add_argument("--docs", type=int, default=400, help="documents per file (default: 400)")
     ap.add_argument("--files", type=int, default=4, help="corpus files (default: 4)")
-    ap.add_argument("--vocab", type=int, default=300, help="token ids (default: 300)")
+    ap.add_argument("--vocab", type=int, default=300,
+                    help="token ids (default: 300; merge and finalize take ten times as many)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", help="work folder (default: a temporary one, removed at the end)")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON")
@@ -274,8 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(args.work) if args.work else Path(tmp)
         corpus = make_corpus(root / "corpus", files=args.files, docs=args.docs, doc_len=60,
                              vocab=args.vocab, seed=args.seed)
+        wide = make_corpus(root / "wide", files=args.files, docs=args.docs, doc_len=60,
+                           vocab=10 * args.vocab, seed=args.seed + 1)
         rows = [torture(t, args.kills, args.kills_per_trial, rng, log)
-                for t in targets(root, corpus, jobs, commands)]
+                for t in targets(root, corpus, wide, jobs, commands)]
     if args.json:
         print(json.dumps([r.__dict__ for r in rows], indent=2))
     else:
