@@ -33,6 +33,7 @@ PAGES = [
     ("bench_dask.py", "docs/distributed.json", "docs/distributed.md", "distributed"),
     ("bench_lm.py", "docs/lm.json", "docs/lm.md", None),
     ("bench_classify.py", "docs/classify.json", "docs/classify.md", None),
+    ("torture.py", "docs/torture.json", "README.md", "torture"),
 ]
 COMMITTED = {"docs/results.json", "docs/forms.json", "docs/lm.json"}
 

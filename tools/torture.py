@@ -38,6 +38,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (block_options, command, load_average, load_results, log,  # noqa: E402
+                     machine_facts, save_and_render, utc_now, write_block)
+
 COMMANDS = ("accumulate", "merge", "finalize", "refine")
 WINDOW = 2
 
@@ -271,14 +275,29 @@ def torture(target: Target, kills: int, per_trial: int, rng: random.Random, log)
     return row
 
 
-def table(rows: list[Row]) -> str:
+def table(rows: list[dict]) -> list[str]:
     lines = ["| command | trials | kills | of them mid-work | consistent after a kill | "
              "identical after resume | seconds |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r.command} | {r.trials} | {r.kills} | {r.in_progress} | "
-                     f"{r.consistent}/{r.kills} | {r.identical}/{r.trials} | {r.seconds} |")
-    return "\n".join(lines)
+        lines.append(f"| {r['command']} | {r['trials']} | {r['kills']} | {r['in_progress']} | "
+                     f"{r['consistent']}/{r['kills']} | {r['identical']}/{r['trials']} | "
+                     f"{r['seconds']} |")
+    return lines
+
+
+def readme_block(saved: dict) -> list[str]:
+    """The README's torture block: how the run was made, then its table."""
+    meta = saved["meta"]
+    m = meta["machine"]
+    return [f"Its last long run, `{meta['command']}`, on {meta['date']} ({m['cpu_count']} CPUs, "
+            f"load average {meta['load_start']:.1f} at the start and "
+            f"{m['load_average_end'][0]:.1f} at the end: the machine was shared):", "",
+            *table(saved["rows"])]
+
+
+def render(saved: dict, readme: Path) -> None:
+    log(f"{write_block(readme, 'torture', readme_block(saved))}: torture table written")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,13 +316,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", help="work folder (default: a temporary one, removed at the end)")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON")
+    block_options(ap, "torture")
     args = ap.parse_args(argv)
+    if args.render:
+        render(load_results(args.render), Path(args.readme))
+        return 0
+    started, load_start = time.monotonic(), load_average()
     commands = [c for c in args.commands.split(",") if c]
     unknown = set(commands) - set(COMMANDS)
     if unknown or args.kills < 1:
         ap.error(f"unknown commands {sorted(unknown)}" if unknown else "--kills must be at least 1")
     jobs = [int(j) for j in args.jobs.split(",") if j]
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="streamfit-torture-") as tmp:
         root = Path(args.work) if args.work else Path(tmp)
@@ -313,10 +336,16 @@ def main(argv: list[str] | None = None) -> int:
                            vocab=10 * args.vocab, seed=args.seed + 1)
         rows = [torture(t, args.kills, args.kills_per_trial, rng, log)
                 for t in targets(root, corpus, wide, jobs, commands)]
+    found = [r.__dict__ for r in rows]
+    if args.save:
+        meta = {"command": command("torture.py", argv), "date": utc_now(),
+                "load_start": load_start, "wall_s": time.monotonic() - started,
+                "machine": machine_facts()}
+        save_and_render(args.save, {"meta": meta, "rows": found}, render, Path(args.readme))
     if args.json:
-        print(json.dumps([r.__dict__ for r in rows], indent=2))
+        print(json.dumps(found, indent=2))
     else:
-        print(table(rows))
+        print("\n".join(table(found)))
         for r in rows:
             for f in r.failures:
                 print(f"{r.command}: {f}")
