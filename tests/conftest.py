@@ -137,6 +137,21 @@ def classify_mass_oracle(labels, indices, values, n_features: int, n_classes: in
 
 
 # --- processes ----------------------------------------------------------------------------
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """Run `streamfit ARGS` in-process: (exit code, stdout, stderr)."""
+    from streamfit.cli import main
+    capsys.readouterr()
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def ok(*args) -> None:
+    """Run a command in-process that must succeed (in fixtures, where capsys is not available)."""
+    from streamfit.cli import main
+    assert main([str(a) for a in args]) == 0, args
+
+
 def run_cli(args, fault=None) -> subprocess.CompletedProcess:
     """`python -m streamfit ARGS` in a subprocess, with STREAMFIT_FAULT set to `fault` (a
     fault point that SIGKILLs the process, e.g. "after_checkpoint:2") or unset."""

@@ -29,7 +29,7 @@ from streamfit.model.weights import load_model
 from streamfit.count.stats import load as load_stats
 from streamfit import synthetic
 
-from conftest import lm_count_oracle, markov_docs, write_tokens
+from conftest import cli, ok, lm_count_oracle, markov_docs, write_tokens
 
 V = 8            # states of the chain = vocabulary size
 DOC_LEN = 50
@@ -39,19 +39,6 @@ A = 0.01         # the CLI's default smoothing
 
 
 # --- helpers ----------------------------------------------------------------------------------
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """Run `streamfit ARGS` in-process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def ok(*args) -> None:
-    """Run a command that must succeed (in fixtures, where capsys is not available)."""
-    assert main([str(a) for a in args]) == 0, args
-
-
 def snapshot(directory: Path) -> dict | None:
     """Every file under `directory` and its bytes (None when it does not exist)."""
     if not directory.exists():

@@ -25,7 +25,7 @@ from streamfit.data.featurize import Examples
 from streamfit.model.weights import load_model
 from streamfit.train.refine import refine
 
-from conftest import markov_docs, random_feature_rows, write_dense, write_sparse, write_tokens
+from conftest import cli, markov_docs, random_feature_rows, write_dense, write_sparse, write_tokens
 
 jsonschema = pytest.importorskip("jsonschema")
 from jsonschema import Draft202012Validator  # noqa: E402
@@ -437,13 +437,6 @@ def cli_data(tmp_path_factory):
             "x_valid": feature_matrix(x[140:]), "y_valid": y[140:],
             "x_train": feature_matrix(x[:140]), "y_train": y[:140],
             "validator": Draft202012Validator(schema)}
-
-
-def cli(capsys, *args):
-    capsys.readouterr()
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def stored_forward(path: Path, x: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ import streamfit
 from streamfit.cli import main
 from streamfit.synthetic import markov_chain, sample_documents
 
-from conftest import write_tokens
+from conftest import cli, write_tokens
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,14 +39,6 @@ def corpus(tmp_path) -> list[Path]:
     folder.mkdir()
     return [write_tokens(folder / f"part-{i}.parquet", docs_of(40, 30, seed=i), row_group_size=10)
             for i in range(2)]
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """`streamfit ARGS` in-process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def one_line_error(rc: int, err: str, *words: str) -> None:

@@ -9,8 +9,6 @@ recover; finite differences for the gradient of the held-out fit.
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from collections import defaultdict
 
 import numpy as np
@@ -26,7 +24,7 @@ from streamfit.model.weights import load_model
 from streamfit.solve import ngram as sn
 from streamfit.synthetic import markov_chain, sample_documents
 
-from conftest import write_tokens
+from conftest import run_cli, write_tokens
 
 
 def random_docs(seed: int, n_docs: int = 60, vocab: int = 9, max_len: int = 14) -> list[list[int]]:
@@ -129,24 +127,14 @@ def test_spilled_out_of_core_run_equals_in_memory(tmp_path):
         accumulate_into(tmp_path / "s", [path], window=2)
 
 
-def _cli(args, fault=None):
-    import os
-    env = dict(os.environ)
-    env.pop("STREAMFIT_FAULT", None)
-    if fault:
-        env["STREAMFIT_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "streamfit", *map(str, args)], env=env,
-                          capture_output=True, text=True)
-
-
 @pytest.mark.parametrize("fault,jobs", [("after_batch:5", 1), ("mid_spill:2", 2),
                                         ("mid_merge:1", 1), ("before_commit:1", 2)])
 def test_killed_ngram_runs_resume_to_identical_statistics(corpus, tmp_path, fault, jobs):
     train, held, *_ = corpus
     args = ["accumulate", train, held, "--stats", tmp_path / "s", "--order", 3, "--eos",
             "--quiet", "--checkpoint", 0, "--batch-rows", 8, "--jobs", jobs]
-    assert _cli(args, fault=fault).returncode != 0
-    resumed = _cli(args)
+    assert run_cli(args, fault=fault).returncode != 0
+    resumed = run_cli(args)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed an interrupted run" in resumed.stdout
     got = streamfit.load_stats(tmp_path / "s", check=True)
@@ -298,24 +286,24 @@ def test_gradient_of_the_heldout_fit_matches_finite_differences(corpus):
 def test_cli_order_kneser_ney_and_blocks(corpus, tmp_path):
     train, held, *_ = corpus
     s = tmp_path / "s"
-    r = _cli(["accumulate", train, "--order", 3, "--stats", s, "--quiet"])
+    r = run_cli(["accumulate", train, "--order", 3, "--stats", s, "--quiet"])
     assert r.returncode == 0, r.stderr
     assert "order-3 n-gram statistics" in r.stdout
-    r = _cli(["finalize", "--stats", s, "--out", tmp_path / "models" / "kn.npy"])  # folder made
+    r = run_cli(["finalize", "--stats", s, "--out", tmp_path / "models" / "kn.npy"])  # folder made
     assert r.returncode == 0, r.stderr
-    r = _cli(["finalize", "--stats", s, "--out", tmp_path / "b.npy", "--heldout", held])
+    r = run_cli(["finalize", "--stats", s, "--out", tmp_path / "b.npy", "--heldout", held])
     assert r.returncode == 0, r.stderr
     import json
-    kn = json.loads(_cli(["evaluate", "--weights", tmp_path / "models" / "kn.npy", held,
+    kn = json.loads(run_cli(["evaluate", "--weights", tmp_path / "models" / "kn.npy", held,
                           "--json"]).stdout)
-    bl = json.loads(_cli(["evaluate", "--weights", tmp_path / "b.npy", held, "--json"]).stdout)
+    bl = json.loads(run_cli(["evaluate", "--weights", tmp_path / "b.npy", held, "--json"]).stdout)
     assert kn["form"] == "kneser-ney" and bl["form"] == "blocks" and kn["n"] == bl["n"]
     assert bl["cross_entropy"] <= kn["cross_entropy"] + 1e-12  # fitted on these predictions
-    r = _cli(["predict", "--weights", tmp_path / "b.npy", "--context", "3 1", "--json", "--top-k", 3])
+    r = run_cli(["predict", "--weights", tmp_path / "b.npy", "--context", "3 1", "--json", "--top-k", 3])
     top = json.loads(r.stdout)["top"]
     assert len(top) == 3 and top[0]["probability"] >= top[1]["probability"]
-    assert _cli(["info", tmp_path / "b.npy"]).returncode == 0
-    r = _cli(["predict", "--weights", tmp_path / "b.npy", "--context", "3 99999"])
+    assert run_cli(["info", tmp_path / "b.npy"]).returncode == 0
+    r = run_cli(["predict", "--weights", tmp_path / "b.npy", "--context", "3 99999"])
     assert r.returncode == 1 and "out of range" in r.stderr  # as the window model says
 
 
@@ -327,7 +315,7 @@ def test_cli_order_kneser_ney_and_blocks(corpus, tmp_path):
 ])
 def test_cli_refuses_bad_option_combinations(corpus, tmp_path, args, message):
     train, *_ = corpus
-    r = _cli(["accumulate", train, "--stats", tmp_path / "s", "--quiet", *args])
+    r = run_cli(["accumulate", train, "--stats", tmp_path / "s", "--quiet", *args])
     assert r.returncode != 0 and message in r.stderr
     assert not (tmp_path / "s").exists()
 
@@ -336,9 +324,9 @@ def test_finalize_refuses_forms_of_the_other_statistics(corpus, tmp_path):
     train, held, *_ = corpus
     streamfit.save_stats(streamfit.accumulate([train], order=2), tmp_path / "ng")
     streamfit.save_stats(streamfit.accumulate([train], window=2), tmp_path / "win")
-    r = _cli(["finalize", "--stats", tmp_path / "ng", "--out", tmp_path / "x.npy", "--form", "paper"])
+    r = run_cli(["finalize", "--stats", tmp_path / "ng", "--out", tmp_path / "x.npy", "--form", "paper"])
     assert r.returncode != 0 and "kneser-ney or blocks" in r.stderr
-    r = _cli(["finalize", "--stats", tmp_path / "win", "--out", tmp_path / "x.npy", "--form", "blocks"])
+    r = run_cli(["finalize", "--stats", tmp_path / "win", "--out", tmp_path / "x.npy", "--form", "blocks"])
     assert r.returncode != 0 and "--order N" in r.stderr
     with pytest.raises(OptionError, match="held-out"):
         sn.finalize_ngram(streamfit.accumulate([train], order=2), tmp_path / "y.npy", form="blocks")

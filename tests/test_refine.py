@@ -21,13 +21,12 @@ import streamfit
 from streamfit.train import core, refine as R
 from streamfit import synthetic
 from streamfit.solve import explicit as solve
-from streamfit.cli import main
 from streamfit.errors import StreamfitError
 from streamfit.model.evaluate import iter_examples
 from streamfit.data.featurize import distinct_inputs
 from streamfit.model.weights import Model, load_model
 
-from conftest import (run_cli, markov_docs, random_feature_rows, write_dense, write_sparse,
+from conftest import (cli, ok, run_cli, markov_docs, random_feature_rows, write_dense, write_sparse,
                       write_tokens)
 
 jsonschema = pytest.importorskip("jsonschema")
@@ -459,17 +458,6 @@ def test_refined_model_keeps_the_class_term_for_rows_without_features(explicit_m
 
 
 # --- 6. the command --------------------------------------------------------------------------
-def cli(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def ok(*args) -> None:
-    assert main([str(a) for a in args]) == 0, args
-
-
 @pytest.fixture(scope="module")
 def cli_data(tmp_path_factory):
     """Through the CLI: a window-2 token corpus with paper weights (tau 2, a bias) and a

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import re
@@ -56,6 +57,13 @@ def weights_validator():
 
 def errors(validator, doc) -> list[str]:
     return [e.message for e in validator.iter_errors(doc)]
+
+
+def damaged_copy(good: dict, change) -> dict:
+    """A deep copy of `good` with `change` applied to it."""
+    m = copy.deepcopy(good)
+    change(m)
+    return m
 
 
 def sha256(path: Path) -> str:
@@ -131,11 +139,7 @@ def test_manifest_schema_rejects_damage(saved_stats, manifest_validator):
     good = json.loads((directory / "manifest.json").read_text())
     assert errors(manifest_validator, good) == []
 
-    def damaged(change) -> dict:
-        m = copy.deepcopy(good)
-        change(m)
-        return m
-
+    damaged = functools.partial(damaged_copy, good)
     bad = {
         "missing checksum": damaged(lambda m: m.pop("checksum")),
         "missing sources": damaged(lambda m: m.pop("sources")),
@@ -232,11 +236,7 @@ def test_weights_schema_rejects_damage(sidecars, weights_validator):
     good = json.loads(sidecars["dense-paper-bias"][0].read_text())
     assert errors(weights_validator, good) == []
 
-    def damaged(change) -> dict:
-        m = copy.deepcopy(good)
-        change(m)
-        return m
-
+    damaged = functools.partial(damaged_copy, good)
     bad = {
         "missing arrays": damaged(lambda m: m.pop("arrays")),
         "missing tau": damaged(lambda m: m.pop("tau")),

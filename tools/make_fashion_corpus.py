@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import json
 import sys
 import time
@@ -41,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from streamfit.io.files import atomic_directory
+from streamfit.io.files import atomic_directory, file_digest
 
 SEED = 0
 N_VALID = 6000
@@ -91,14 +90,6 @@ def read_idx(path: Path) -> np.ndarray:
     return arr.reshape(shape)
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load(source: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """The four arrays (images flattened to n×784 uint8) and each source file's sha256."""
     paths = {k: find_file(source, stem) for k, stem in FILES.items()}
@@ -108,7 +99,7 @@ def load(source: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0]:
             raise ValueError(f"{part}: unexpected shapes {x.shape}, {y.shape}")
         arrays[f"{part}_images"] = x.reshape(x.shape[0], -1)
-    checks = {p.name: sha256(p) for p in paths.values()}
+    checks = {p.name: file_digest(p)["sha256"] for p in paths.values()}
     return arrays, checks
 
 

@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import io
 import os
 import re
@@ -84,6 +83,8 @@ import uuid
 from pathlib import Path
 
 from tqdm import tqdm
+
+from streamfit.io.files import file_digest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpora import (SPLITS, TokenDocuments, built, per_split, publish,  # noqa: E402
@@ -184,14 +185,6 @@ def split_of(headword: str, offset: int) -> str:
 
 
 # --- obtaining the package --------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def deb_version(deb: Path) -> str:
     """The version in a Debian file name ``NAME_VERSION_ARCH.deb`` (``%3a`` = epoch colon)."""
     parts = deb.name.split("_")
@@ -293,7 +286,7 @@ def locate_source(dict_dir: str | Path | None = None, deb: str | Path | None = N
     deb = Path(deb) if deb is not None else download_deb(cache)
     cache.mkdir(parents=True, exist_ok=True)
     return {"dict_dir": _dict_files_from_deb(deb, cache), "origin": "deb",
-            "package_version": deb_version(deb), "deb": deb.name, "deb_sha256": _sha256(deb)}
+            "package_version": deb_version(deb), "deb": deb.name, "deb_sha256": file_digest(deb)["sha256"]}
 
 
 def default_cache() -> Path:
@@ -331,7 +324,7 @@ def build_corpus(out: str | Path, dict_dir: str | Path, vocab_size: int = 16384,
         "package": PACKAGE,
         "package_version": prov.pop("package_version", "unknown"),
         **prov,
-        "dict_sha256": _sha256(dict_dir / DICT_NAME),
+        "dict_sha256": file_digest(dict_dir / DICT_NAME)["sha256"],
         "articles_in_dictionary": n_articles,
         "max_entries": max_entries,
         "vocab_size": len(vocab),
