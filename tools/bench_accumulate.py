@@ -350,14 +350,16 @@ def readme_table(saved: dict) -> list[str]:
          + " (one process pinned to one core, best of "
          + "/".join(sorted({str(r["repeat"]) for r in runs.values()})) + ", the plain numpy "
          "counter — every packed key built, then `np.unique` — timed in the same run; a "
-         f"{env['cpu_count']}-core {env['cpu']}):", "",
+         f"{env['cpu_count']}-core {env['cpu']}, shared: a load average above 1 slows every "
+         "figure of its row, the ratios less):", "",
          "| corpus | window | kernel | end to end (Parquet → statistics) | numpy baseline "
-         "| kernel / baseline |", "|---|---|---|---|---|---|"]
+         "| kernel / baseline | load average at the end |", "|---|---|---|---|---|---|---|"]
     for name, run in runs.items():
         c = run["corpus"]
         label = (f"stdlib train × {c['copies']} ({c['tokens'] / 1e6:.0f}M tokens, real text)"
                  if name == "stdlib" else
                  f"Markov, {c['vocab']} states, spread rows ({c['tokens'] / 1e6:.0f}M tokens)")
+        load = f"{run['environment']['load_average_end'][0]:.1f}"
         for i, res in enumerate(run["results"]):
             tps, base = res["tokens_per_s"], res["best_baseline"]
             ratio = res["ratios"]["kernel_vs_best_baseline"]
@@ -366,7 +368,8 @@ def readme_table(saved: dict) -> list[str]:
                      f"tokens/s | {tps['end_to_end'] / 1e6:.3g} M tokens/s | {tps[base] / 1e6:.3g} M "
                      f"tokens/s{' (scipy)' if base == 'scipy' else ''} | "
                      + (f"**{cell}**" if ratio >= TARGET_RATIO else cell)
-                     + f" (end to end {times(res['ratios']['end_to_end_vs_best_baseline'])}) |")
+                     + f" (end to end {times(res['ratios']['end_to_end_vs_best_baseline'])}) | "
+                     + (f"{load} |" if i == 0 else "|"))
     return L
 
 
