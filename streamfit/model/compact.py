@@ -84,9 +84,11 @@ def write_compact(stem: Path, sidecar_path: Path, arrays: dict, meta: dict) -> d
 
 
 def is_compact_sidecar(path: Path) -> bool:
+    """The sidecar names a compact n-gram model (read whole: its keys are sorted, and the
+    array list comes before the format)."""
     try:
         with open(path, "rb") as fh:
-            return f'"format": "{NGRAM_FORMAT}"'.encode() in fh.read(4096)
+            return f'"format": "{NGRAM_FORMAT}"'.encode() in fh.read(1 << 20)
     except OSError:
         return False
 

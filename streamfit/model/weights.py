@@ -390,10 +390,13 @@ def read_sidecar(path: str | os.PathLike) -> dict:
 def load_model(path: str | os.PathLike, *, check: bool = False) -> Model:
     """Open a model memory-mapped. Sizes, shapes and dtypes are checked against the sidecar;
     `check=True` verifies every byte's checksum too. An n-gram model's sidecar opens as an
-    `NgramModel`."""
+    `NgramModel`, a compact one's as a `CompactNgramModel`."""
+    from .compact import CompactNgramModel, is_compact_sidecar
     from .ngram import is_ngram_sidecar, load_ngram_model
     if is_ngram_sidecar(existing_sidecar(path)):
         return load_ngram_model(existing_sidecar(path), check=check)
+    if is_compact_sidecar(existing_sidecar(path)):
+        return CompactNgramModel(existing_sidecar(path), check=check)
     meta = read_sidecar(path)
     folder = existing_sidecar(path).parent
     arrays = load_listed_arrays(existing_sidecar(path), meta["arrays"], check=check)
