@@ -441,6 +441,14 @@ def _is_parquet(p: Path) -> bool:
         return False
 
 
+def cmd_shrink(args) -> int:
+    from .solve.shrink import shrink_weights
+    model = shrink_weights(args.weights, args.out, quantize=args.quantize)
+    print(f"{sidecar_path(args.out)}: {args.quantize} weights, {model.n_features:,} × "
+          f"{model.n_classes:,}, {sum(a['size'] for a in model.meta['arrays'].values()) / 2**20:.2f} MiB")
+    return 0
+
+
 def cmd_info(args) -> int:
     p = Path(args.path)
     if not p.exists() and not sidecar_path(p).exists():
@@ -783,6 +791,19 @@ def build_parser() -> argparse.ArgumentParser:
     _dask_options(p, f"More than {MERGE_FAN_IN} shards are merged in groups of {MERGE_FAN_IN} "
                   f"on the workers (into OUT/.shards), the last merge here.")
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("shrink", help="a smaller weights file: float16 or 8-bit values",
+                       description="Write a copy of a one-layer dense weights file (window "
+                       "model or classifier) with its values as float16, or as 8-bit codes "
+                       "with one step per row (the row's offset cancels in the softmax); "
+                       "evaluate, predict and streamfit.lite decode them on the fly. n-gram "
+                       "models are made small at finalize (--prune-count, --prune-entropy, "
+                       "--quantize).")
+    p.add_argument("weights", metavar="WEIGHTS", help="the weights file (.npy or .model.json)")
+    p.add_argument("--out", required=True, metavar="FILE", help="the small weights file")
+    p.add_argument("--quantize", choices=("int8", "float16"), default="int8",
+                   help="stored values (default: int8)")
+    p.set_defaults(func=cmd_shrink)
 
     p = sub.add_parser("info", help="what a statistics directory or weights file holds")
     p.add_argument("path", metavar="PATH", help="statistics directory or weights file (.npy / .model.json)")

@@ -239,7 +239,7 @@ class WeightsLite:
         self.tau, self.window = float(meta["tau"]), int(meta.get("window", 0))
         a = _arrays(sidecar, meta)
         self.bias = np.asarray(a["bias"], np.float64) if "bias" in a else np.zeros(self.n_classes)
-        self.dense = a.get("weights")
+        self.dense = a.get("W")
         self.row_step = a.get("row_step")
         self.sparse = (a["S.indptr"], a["S.indices"], a["S.data"]) if "S.data" in a else None
         self.vocab_size = self.n_classes

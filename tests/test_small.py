@@ -271,3 +271,87 @@ def test_cli_finalize_small_then_evaluate_predict_info(corpus, tmp_path):
     assert main(["evaluate", "--weights", str(out), str(held), "--quiet"]) == 0
     assert main(["predict", "--weights", str(out), "--context", "1 2", "--top-k", "3"]) == 0
     assert main(["info", str(out)]) == 0
+
+
+# --- weights files (classifiers, window models) ------------------------------------------
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    from conftest import random_feature_rows, write_dense
+    folder = tmp_path_factory.mktemp("cls")
+    rng = np.random.default_rng(5)
+    labels, x = random_feature_rows(rng, 400, 12, 4, zero_rows=3)
+    data = write_dense(folder / "train.parquet", labels, x)
+    stats = streamfit.accumulate([data])
+    streamfit.finalize(stats, folder / "w.npy", form="paper")
+    return folder, data, labels, x
+
+
+def test_row_codes_are_within_half_a_step_up_to_a_row_constant():
+    rng = np.random.default_rng(3)
+    w = rng.normal(0, 2, (50, 30))
+    w[7] = 1.5                                           # a constant row: step 0
+    code, step = shrink.row_codes(w)
+    back = code * step[:, None].astype(np.float64)
+    shift = (w - back).mean(1, keepdims=True)            # the dropped per-row offset
+    assert np.abs(w - back - shift).max() <= step.max() / 2 * 1.0001 + 1e-9
+    assert code.dtype == np.uint8 and step[7] == 0
+
+
+@pytest.mark.parametrize("quantize", ["int8", "float16"])
+def test_shrunk_weights_score_alike_in_both_scorers(classifier, tmp_path, quantize):
+    folder, data, labels, x = classifier
+    full = streamfit.load_model(folder / "w.npy")
+    small = shrink.shrink_weights(folder / "w.npy", tmp_path / "s.npy", quantize=quantize)
+    light = lite.load(tmp_path / "s.npy")
+    assert streamfit.load_model(tmp_path / "s.npy", check=True).row_step is not None or quantize == "float16"
+    p_full = full.predict_proba(small.examples(_table(labels, x)))
+    p_small = small.predict_proba(small.examples(_table(labels, x)))
+    np.testing.assert_allclose(np.exp(light.log_proba(x)), p_small, rtol=0, atol=1e-9)
+    # the int8 codes' error is at most half a step per weight, so logits move by ≤ τ·step/2
+    gap = np.abs(np.log(p_small) - np.log(p_full)).max()
+    step = float(np.asarray(small.row_step).max()) if small.row_step is not None else 1e-3 * np.abs(full.dense).max()
+    assert gap <= 2 * full.tau * step / 2 * 1.01 + 1e-9
+    a_full = streamfit.evaluate(full, [data])
+    a_small = streamfit.evaluate(small, [data])
+    assert abs(a_full["accuracy"] - a_small["accuracy"]) < 0.05
+    extra = small.row_step.nbytes if small.row_step is not None else 0
+    assert small.dense.nbytes + extra < full.dense.nbytes
+
+
+def _table(labels, x):
+    import pyarrow as pa
+    return pa.table({"label": pa.array(np.asarray(labels, np.int64)),
+                     "features": pa.array([list(map(float, r)) for r in x], type=pa.list_(pa.float64()))})
+
+
+def test_shrink_refuses_what_it_cannot_shrink(classifier, corpus, tmp_path):
+    folder = classifier[0]
+    with pytest.raises(OptionError, match="input model"):
+        shrink.shrink_weights(folder / "w.npy", folder / "w.npy", quantize="int8")
+    small = tmp_path / "s.npy"
+    shrink.shrink_weights(folder / "w.npy", small, quantize="int8")
+    with pytest.raises(OptionError, match="one-layer dense float"):
+        shrink.shrink_weights(small, tmp_path / "t.npy", quantize="int8")
+    stats = streamfit.accumulate([corpus[0]], order=2)
+    sn.finalize_ngram(stats, tmp_path / "ng.npy", form="kneser-ney")
+    with pytest.raises(OptionError, match="at finalize"):
+        shrink.shrink_weights(tmp_path / "ng.npy", tmp_path / "u.npy", quantize="int8")
+
+
+def test_cli_shrink(classifier, tmp_path):
+    from streamfit.cli import main
+    folder, data, _, _ = classifier
+    assert main(["shrink", str(folder / "w.npy"), "--out", str(tmp_path / "s.npy")]) == 0
+    assert main(["evaluate", "--weights", str(tmp_path / "s.npy"), str(data), "--quiet"]) == 0
+
+
+@pytest.mark.parametrize("layout", ["dense", "sparse"])
+def test_lite_window_model_top_k_equals_the_full_scorer(corpus, tmp_path, layout):
+    stats = streamfit.accumulate([corpus[0]], window=2)
+    model = streamfit.finalize(stats, tmp_path / "w.npy", form="conditional", layout=layout)
+    light = lite.load(tmp_path / "w.npy")
+    for c in ([], [4], [1, 7], [3, 3, 8]):
+        ids, probs = light.top_k(c, 5)
+        fid, fprobs = model.top_k(model.context_examples([c]), 5)
+        np.testing.assert_allclose(probs, fprobs[0], rtol=0, atol=1e-9)
+        np.testing.assert_array_equal(ids, fid[0])

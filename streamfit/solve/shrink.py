@@ -221,3 +221,61 @@ def finalize_small(stats, out, *, form: str = "blocks", heldout=None, source: di
                 eos=bool(stats.eos), seconds=time.perf_counter() - t0)
     write_compact(stem_of(out), sidecar_path(out), arrays, meta)
     return CompactNgramModel(sidecar_path(out))
+
+
+# --- weights files (window models and classifiers) ----------------------------------------
+WEIGHT_QUANTIZE = ("float16", "int8")
+ROW_BLOCK = 4096
+
+
+def row_codes(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """8-bit codes of rows of weights and each row's step: w ≈ lo + step · code, nearest code.
+    The offset lo is dropped — a per-row constant cancels in the softmax, since the inputs x̃
+    sum to 1."""
+    w = np.asarray(w, np.float64)
+    lo, hi = w.min(1), w.max(1)
+    step = ((hi - lo) / 255).astype(np.float32)
+    safe = np.where(step > 0, step, 1).astype(np.float64)
+    code = np.clip(np.rint((w - lo[:, None]) / safe[:, None]), 0, 255).astype(np.uint8)
+    return code, step
+
+
+def shrink_weights(path, out, *, quantize: str):
+    """A one-layer dense weights file with its values as float16 or 8-bit codes with a step
+    per row (decoded on the fly by `model.weights` and `streamfit.lite`); returns the model."""
+    from ..model.weights import load_model, stem_of, write_model
+    from ..model.ngram import NgramModel
+    from ..model.compact import CompactNgramModel
+    if quantize not in WEIGHT_QUANTIZE:
+        raise OptionError(f"--quantize of a weights file is float16 or int8, not {quantize!r}")
+    model = load_model(path)
+    if isinstance(model, (NgramModel, CompactNgramModel)):
+        raise OptionError("n-gram models are made small at finalize: --prune-count, "
+                          "--prune-entropy, --quantize")
+    if model.dense is None or model.hidden is not None or model.row_step is not None:
+        raise OptionError(f"{path}: shrink reads one-layer dense float weights (finalize "
+                          f"--format dense), not {model.layout} {model.dense.dtype if model.dense is not None else ''}"
+                          f"{', 2 layers' if model.hidden is not None else ''}")
+    if stem_of(out) == stem_of(path):
+        raise OptionError("--out names the input model: write the small model beside it")
+    header = {k: v for k, v in model.meta.items()
+              if k not in ("arrays", "header_checksum", "written", "format", "schema_version",
+                           "streamfit_version", "layout")}
+    header.update(dtype="uint8" if quantize == "int8" else quantize,
+                  shrunk={"from": str(path), "quantize": quantize})
+    W = model.dense
+
+    def blocks():
+        for lo in range(0, W.shape[0], ROW_BLOCK):
+            rows = np.asarray(W[lo:lo + ROW_BLOCK], np.float64)
+            if quantize == "int8":
+                yield lo, row_codes(rows)[0]
+            else:
+                yield lo, rows.astype(np.float16)
+
+    if quantize == "int8":  # the steps are needed before the sidecar: one pass for them
+        steps_all = np.concatenate([row_codes(np.asarray(W[lo:lo + ROW_BLOCK]))[1]
+                                    for lo in range(0, W.shape[0], ROW_BLOCK)])
+    write_model(out, header, dense={"dtype": header["dtype"], "blocks": blocks()},
+                bias=model.bias, row_step=steps_all if quantize == "int8" else None)
+    return load_model(out)
