@@ -355,3 +355,14 @@ def test_lite_window_model_top_k_equals_the_full_scorer(corpus, tmp_path, layout
         fid, fprobs = model.top_k(model.context_examples([c]), 5)
         np.testing.assert_allclose(probs, fprobs[0], rtol=0, atol=1e-9)
         np.testing.assert_array_equal(ids, fid[0])
+
+
+def test_shrunk_sidecars_validate(classifier, tmp_path):
+    jsonschema = pytest.importorskip("jsonschema")
+    from pathlib import Path
+    schema = json.loads((Path(__file__).parent.parent / "data_schemas/weights.schema.json").read_text())
+    for q in ("int8", "float16"):
+        shrink.shrink_weights(classifier[0] / "w.npy", tmp_path / f"{q}.npy", quantize=q)
+        meta = json.loads((tmp_path / f"{q}.model.json").read_text())
+        jsonschema.Draft202012Validator(schema).validate(meta)
+        assert meta["shrunk"]["quantize"] == q and ("row_step" in meta["arrays"]) == (q == "int8")
