@@ -16,7 +16,8 @@ Two model kinds:
   float64/float32/float16 or 8-bit codes with a per-block offset and step, decoded on the fly.
   logit(y) = Σ_{j ≤ m} τ_j ℓ_j(y) + r0[m] ℓ_m(y) − log Z(h_m), where ℓ_j is level j's
   log-probability (backing off as ℓ_j = log γ_j + ℓ_{j−1} where y is not stored) and m the
-  deepest stored context: exactly the full scorer's model (`model.ngram`).
+  deepest stored context: exactly the full scorer's model (`model.ngram`). A level without
+  `logz` has log Z = 0 (Kneser-Ney), one without `bucket` one τ for all its contexts.
 - weights files of window models and classifiers (`streamfit-weights`, one layer, dense or
   sparse): logits = τ · (x̃ · W) + bias, x̃ the inputs normalised to sum 1; dense weights may be
   8-bit codes with a per-row step (`streamfit shrink`), whose per-row offset cancels.
@@ -111,9 +112,8 @@ class NgramLite:
         self.unigram = a["unigram"]
         self.levels = [None]
         for L in range(1, self.order):
-            lv = {k: a[f"{L}.{k}"] for k in ("ctx_offsets", "parent", "gamma", "bucket", "logz",
-                                              "ng_offsets", "y")}
-            for k in ("value", "code", "lo", "step"):
+            lv = {k: a[f"{L}.{k}"] for k in ("ctx_offsets", "parent", "gamma", "ng_offsets", "y")}
+            for k in ("bucket", "logz", "value", "code", "lo", "step"):  # optional
                 if f"{L}.{k}" in a:
                     lv[k] = a[f"{L}.{k}"]
             lv["block"] = int(meta.get("block", 1))
@@ -150,11 +150,16 @@ class NgramLite:
         out = np.full(deepest.size, self.r0[self.order])
         for L in range(1, self.order):
             rows = np.flatnonzero(deepest == L)
-            out[rows] = self.levels[L]["logz"][chain[rows, L]]
+            logz = self.levels[L].get("logz")
+            out[rows] = 0.0 if logz is None else logz[chain[rows, L]]
         return out
 
     def tau(self, L: int, ids: np.ndarray) -> np.ndarray:
-        return self.theta[1 + (L - 1) * N_BUCKETS + self.levels[L]["bucket"][ids].astype(np.int64)]
+        """τ of level-L contexts (by their count bucket, when the file stores one)."""
+        bucket = self.levels[L].get("bucket")
+        first = 1 + (L - 1) * N_BUCKETS
+        return self.theta[first + bucket[ids].astype(np.int64)] if bucket is not None else \
+            np.full(np.size(ids), self.theta[first])
 
     def log_prob(self, context: np.ndarray, target: np.ndarray) -> np.ndarray:
         """log p(target | context) for rows of order−1 context tokens (oldest first, BOS =

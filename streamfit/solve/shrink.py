@@ -15,7 +15,9 @@ fitted, so the fit and the exact log Z of every context are those of the reduced
   still sums to one.
 - rounding replaces each level's log-probabilities by what the file stores (float32, float16
   or 8-bit codes), then recomputes γ the same way; log Z of every context, computed exactly
-  for the model as stored, takes up what rounding leaves.
+  for the model as stored, takes up what rounding leaves (a level whose log Z are all within
+  LOGZ_TOLERANCE of 0 — Kneser-Ney's — stores none, nor context buckets where its τ do not
+  depend on them).
 """
 from __future__ import annotations
 
@@ -32,6 +34,9 @@ from .ngram import (CID_BITS, N_BUCKETS, NGRAM_FORMS, TOK_BITS, Blocks, Levels, 
                     fit_blocks, heldout_positions, kneser_ney, kneser_ney_theta)
 
 TMASK = (1 << TOK_BITS) - 1
+# A level's log Z is left out of the file (read as 0) when no context's exceeds this: Kneser-Ney
+# is normalised by construction, up to the rounding of its stored γ.
+LOGZ_TOLERANCE = 1e-7
 
 
 def parent_rows(levels: Levels, L: int) -> np.ndarray:
@@ -164,8 +169,11 @@ def compact_arrays(blocks: Blocks, theta: np.ndarray, kind: str) -> dict:
         arrays[f"{L}.ctx_offsets"] = np.searchsorted(tok, np.arange(n_tokens + 1)).astype(index_dtype(nc))
         arrays[f"{L}.parent"] = parent.astype(index_dtype(levels.ctx_key[L - 1].size))
         arrays[f"{L}.gamma"] = levels.log_gamma[L].astype(side)
-        arrays[f"{L}.bucket"] = blocks.bucket[L].astype(np.uint8)
-        arrays[f"{L}.logz"] = logz[ctx_off[L]:ctx_off[L + 1]].astype(side)
+        if np.ptp(theta[1 + (L - 1) * N_BUCKETS:1 + L * N_BUCKETS]) > 0:   # τ by bucket
+            arrays[f"{L}.bucket"] = blocks.bucket[L].astype(np.uint8)
+        level_logz = logz[ctx_off[L]:ctx_off[L + 1]]
+        if level_logz.size and np.abs(level_logz).max() > LOGZ_TOLERANCE:
+            arrays[f"{L}.logz"] = level_logz.astype(side)
         arrays[f"{L}.ng_offsets"] = np.append(levels.ctx_start[L], nrows).astype(index_dtype(nrows))
         arrays[f"{L}.y"] = (levels.ng_key[L] & TMASK).astype(index_dtype(levels.n_classes))
         for name, arr in encode(levels.lps[L][:, L], kind).items():
