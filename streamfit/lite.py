@@ -24,7 +24,6 @@ Two model kinds:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -296,6 +295,7 @@ def load(path: str | Path):
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse
     ap = argparse.ArgumentParser(prog="lite", description="Next-token top-k or per-token "
                                  "log-probabilities from a model file, with numpy alone.")
     ap.add_argument("model", help="the model's sidecar (STEM.model.json) or stem")

@@ -381,7 +381,7 @@ def table(res: dict, order: int) -> list[str]:
 
 def lite_table(res: dict) -> list[str]:
     lines = ["| model | size MB | import + open s (numpy's import) | whole process s | RssAnon MiB (numpy alone) | "
-             "mapped pages touched MiB | top-10 p50 ms | p99 ms | score a document, tokens/s |",
+             "RssFile MiB (model pages, python, numpy) | top-10 p50 ms | p99 ms | score a document, tokens/s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in res["lite"]:
         lines.append(f"| order {r['order']} {r['form']} {r['label']} | {r['bytes'] / 1e6:.2f} | "
