@@ -310,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def ids(text):
         items = text.split() if isinstance(text, str) else text
+        unknown = [t for t in items if (t not in index if words else not t.isdigit())]
+        if unknown:
+            ap.error(f"{unknown[0]!r} is not " + ("in the vocabulary" if words else "a token id "
+                                                  "(pass --vocab FILE to map words)"))
         return [index[t] if words else int(t) for t in items]
 
     if args.tokens:
