@@ -187,13 +187,19 @@ def test_int8_codes_are_within_half_a_step():
     rng = np.random.default_rng(1)
     x = -rng.gamma(2.0, 3.0, 1000)
     enc = compact.encode(x, "int8")
-    got = compact.decoded(x, "int8")
+    got = compact.decoded(enc)
     step = np.repeat(enc["step"].astype(np.float64), compact.BLOCK)[:x.size]
     assert np.all(np.abs(got - x) <= step / 2 + 1e-9)
     assert enc["code"].dtype == np.uint8 and enc["lo"].size == -(-x.size // compact.BLOCK)
-    np.testing.assert_array_equal(compact.decoded(x, "float16"), x.astype(np.float16).astype(float))
+    np.testing.assert_array_equal(compact.decoded(compact.encode(x, "float16")),
+                                  x.astype(np.float16).astype(float))
     const = np.full(70, -2.5)
-    np.testing.assert_array_equal(compact.decoded(const, "int8"), const)
+    np.testing.assert_array_equal(compact.decoded(compact.encode(const, "int8")), const)
+    down = rng.random(x.size) < 0.5          # rounded toward −∞ there, within a step
+    for kind in ("int8", "float16"):
+        got = compact.decoded(compact.encode(x, kind, down=down))
+        assert np.all(got[down] <= x[down])
+        assert np.abs(got - x).max() <= (step.max() if kind == "int8" else 0.01 * np.abs(x).max())
 
 
 def test_compiled_search_equals_its_numpy_twin():

@@ -13,7 +13,7 @@ import numpy as np
 from ..io.files import check_array_entries, read_document, save_npy, write_json, header_checksum
 from ..io.files import load_listed_arrays
 from ..io.jit import njit
-from ..lite import NGRAM_FORMAT, NgramLite
+from ..lite import NGRAM_FORMAT, NgramLite, decode
 from ..errors import OptionError
 
 SCHEMA_VERSION = 1
@@ -34,14 +34,19 @@ def side_dtype(kind: str) -> np.dtype:
     return np.dtype(np.float64 if kind == "float64" else np.float32)
 
 
-def encode(x: np.ndarray, kind: str) -> dict:
+def encode(x: np.ndarray, kind: str, down: np.ndarray | None = None) -> dict:
     """Log-probabilities as stored: {"value"} or 8-bit {"code", "lo", "step"} (per BLOCK
-    values: value ≈ lo + code · step, nearest code)."""
+    values: value ≈ lo + code · step), each value rounded to the nearest, or toward −∞ where
+    `down` is set (so that a context's stored probabilities cannot sum past 1)."""
     if kind not in QUANTIZE:
         raise OptionError(f"--quantize is one of {', '.join(QUANTIZE)}, not {kind!r}")
     x = np.asarray(x, np.float64)
     if kind != "int8":
-        return {"value": x.astype(kind)}
+        value = x.astype(kind)
+        if down is not None:
+            up = down & (value.astype(np.float64) > x)
+            value[up] = np.nextafter(value[up], np.array(-np.inf, kind))
+        return {"value": value}
     nb = -(-x.size // BLOCK)
     pad = np.empty(nb * BLOCK)
     pad[:x.size] = x
@@ -52,20 +57,15 @@ def encode(x: np.ndarray, kind: str) -> dict:
     lo = np.where(lo.astype(np.float64) > blocks.min(1), np.nextafter(lo, np.float32(-np.inf)), lo)
     step = ((hi - lo.astype(np.float64)) / 255).astype(np.float32)
     safe = np.where(step > 0, step, 1).astype(np.float64)
-    code = np.rint((blocks - lo.astype(np.float64)[:, None]) / safe[:, None])
-    code = np.clip(code, 0, 255).astype(np.uint8).ravel()[:x.size]
-    return {"code": code, "lo": lo, "step": step}
+    scaled = ((blocks - lo.astype(np.float64)[:, None]) / safe[:, None]).ravel()[:x.size]
+    code = np.rint(scaled) if down is None else np.where(down, np.floor(scaled), np.rint(scaled))
+    return {"code": np.clip(code, 0, 255).astype(np.uint8), "lo": lo, "step": step}
 
 
-def decoded(x: np.ndarray, kind: str) -> np.ndarray:
-    """What `encode` keeps of x, as float64 (the scorers' decoding)."""
-    enc = encode(x, kind)
-    return _decode(enc, np.arange(np.asarray(x).size))
-
-
-def _decode(enc: dict, rows: np.ndarray) -> np.ndarray:
-    from ..lite import decode
-    return decode({**enc, "block": BLOCK}, rows)
+def decoded(enc: dict) -> np.ndarray:
+    """Every value of an encoding, as float64 (the scorers' decoding)."""
+    n = (enc["code"] if "code" in enc else enc["value"]).size
+    return decode({**enc, "block": BLOCK}, np.arange(n))
 
 
 def write_compact(stem: Path, sidecar_path: Path, arrays: dict, meta: dict) -> dict:

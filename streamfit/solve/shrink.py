@@ -126,29 +126,43 @@ def prune(levels: Levels, *, count: int = 0, entropy: float = 0.0) -> tuple[Leve
     return out, report
 
 
-def round_values(levels: Levels, kind: str) -> Levels:
+def round_values(levels: Levels, kind: str) -> tuple[Levels, list]:
     """The levels with every log-probability replaced by what `kind` stores, γ recomputed
-    (and stored as the file stores it)."""
-    if kind == "float64":
-        return levels
+    (and stored as the file stores it); and each level's encoding. Values round to the
+    nearest, except in a context whose stored probabilities would then keep less than half
+    of the mass it leaves to back-off (or none): there they round down."""
     N = levels.order
     out = dataclasses.replace(levels, lps=list(levels.lps), log_gamma=list(levels.log_gamma))
     side = side_dtype(kind)
     out.lps[0] = levels.lps[0].astype(side).astype(np.float64)
+    encodings = [None]
     for L in range(1, N):
+        own = levels.lps[L][:, L]
+        c = levels.ng_key[L] >> TOK_BITS
+        nc = levels.ctx_key[L].size
+        enc = encode(own, kind)
+        if kind != "float64":
+            left = 1 - np.bincount(c, np.exp(own), nc)
+            kept = 1 - np.bincount(c, np.exp(decoded(enc)), nc)
+            tight = kept < 0.5 * left
+            if tight.any():
+                enc = encode(own, kind, down=tight[c])
+        encodings.append(enc)
+        if kind == "float64":
+            continue
         lps = np.empty_like(levels.lps[L])
         lps[:, :L] = out.lps[L - 1][parent_rows(levels, L)]
-        lps[:, L] = decoded(levels.lps[L][:, L], kind)
+        lps[:, L] = decoded(enc)
         out.lps[L] = lps
         out.log_gamma[L] = levels.log_gamma[L].copy()
-        renormalise(out, L, np.ones(levels.ctx_key[L].size, bool))
+        renormalise(out, L, np.ones(nc, bool))
         out.log_gamma[L] = out.log_gamma[L].astype(side).astype(np.float64)
-    return out
+    return out, encodings
 
 
-def compact_arrays(blocks: Blocks, theta: np.ndarray, kind: str) -> dict:
-    """The arrays of the compact file (see `streamfit.lite`) for these τ, with log Z of every
-    context computed exactly for the values as stored."""
+def compact_arrays(blocks: Blocks, theta: np.ndarray, kind: str, encodings: list) -> dict:
+    """The arrays of the compact file (see `streamfit.lite`) for these τ and level encodings
+    (`round_values`), with log Z of every context computed exactly for the values as stored."""
     levels, N = blocks.levels, blocks.order
     side = side_dtype(kind)
     deepest = np.concatenate([np.full(levels.ctx_key[L].size, L) for L in range(N)])
@@ -176,7 +190,7 @@ def compact_arrays(blocks: Blocks, theta: np.ndarray, kind: str) -> dict:
             arrays[f"{L}.logz"] = level_logz.astype(side)
         arrays[f"{L}.ng_offsets"] = np.append(levels.ctx_start[L], nrows).astype(index_dtype(nrows))
         arrays[f"{L}.y"] = (levels.ng_key[L] & TMASK).astype(index_dtype(levels.n_classes))
-        for name, arr in encode(levels.lps[L][:, L], kind).items():
+        for name, arr in encodings[L].items():
             arrays[f"{L}.{name}"] = arr
     return arrays
 
@@ -217,14 +231,14 @@ def finalize_small(stats, out, *, form: str = "blocks", heldout=None, source: di
     if prune_count > 1 or prune_entropy > 0:
         levels, meta["pruned"] = prune(levels, count=prune_count, entropy=prune_entropy)
         meta["pruned"].update(count=prune_count, entropy=prune_entropy)
-    levels = round_values(levels, meta["quantize"])
+    levels, encodings = round_values(levels, meta["quantize"])
     blocks = Blocks(levels)
     theta = kneser_ney_theta(levels.order)
     if form == "blocks":
         deepest, chain, lp = heldout_positions(levels, heldout, stats.eos)
         theta, meta["fit"] = fit_blocks(blocks, deepest, chain, lp, max_iter=max_iter)
     meta["theta"] = [float(t) for t in theta]
-    arrays = compact_arrays(blocks, theta, meta["quantize"])
+    arrays = compact_arrays(blocks, theta, meta["quantize"], encodings)
     meta.update(order=levels.order, vocab_size=levels.vocab_size, n_classes=levels.n_classes,
                 eos=bool(stats.eos), seconds=time.perf_counter() - t0)
     write_compact(stem_of(out), sidecar_path(out), arrays, meta)
