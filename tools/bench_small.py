@@ -283,6 +283,7 @@ def plot(res: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401 (matplotlib.ticker below)
     orders = res["orders"]
     fig, axes = plt.subplots(1, len(orders), figsize=(6.0 * len(orders), 4.6), squeeze=False)
     styles = {"streamfit KN, all n-grams": "o", "streamfit KN, pruned by count": "s",
@@ -298,6 +299,7 @@ def plot(res: dict, path: Path) -> None:
             ax.plot([r["bytes"] / 1e6 for r in k], [r["perplexity"] for r in k], "^", color="k",
                     label="KenLM (probing, trie, trie -q 8 -b 8; pruned)")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("model size on disk (MB, log scale)")
         ax.set_ylabel("test perplexity (</s> left out)")
         ax.set_title(f"{res['name']}, order {order}")
