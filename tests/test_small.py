@@ -372,3 +372,16 @@ def test_shrunk_sidecars_validate(classifier, tmp_path):
         meta = json.loads((tmp_path / f"{q}.model.json").read_text())
         jsonschema.Draft202012Validator(schema).validate(meta)
         assert meta["shrunk"]["quantize"] == q and ("row_step" in meta["arrays"]) == (q == "int8")
+
+
+def test_refine_starts_from_the_decoded_int8_weights(classifier, tmp_path):
+    from streamfit.train.core import dense_parameters
+    folder = classifier[0]
+    full = streamfit.load_model(folder / "w.npy")
+    small = shrink.shrink_weights(folder / "w.npy", tmp_path / "s.npy", quantize="int8")
+    w = dense_parameters(small)
+    want = small.tau * np.asarray(small.dense, np.float64) * small.row_step[:, None]
+    want = want + (small.bias if small.bias is not None else 0)
+    np.testing.assert_allclose(w, want - want.mean(1, keepdims=True), atol=1e-9)
+    gap = np.abs(w - dense_parameters(full))
+    assert gap.max() <= full.tau * float(np.max(small.row_step)) * 1.01 + 1e-9
