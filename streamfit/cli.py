@@ -20,6 +20,7 @@ from pathlib import Path
 from . import __version__
 from .errors import StreamfitError
 from .model.evaluate import evaluate, iter_examples, predict
+from .model.compact import CompactNgramModel, is_compact_sidecar
 from .model.ngram import NgramModel, is_ngram_sidecar
 from .model.weights import existing_sidecar, load_model, read_sidecar, sidecar_path
 from .io.parquet import DEFAULT_BATCH_ROWS, resolve_paths
@@ -32,6 +33,8 @@ from .distributed import (INSTALL_HINT, MERGE_FAN_IN, MIN_UNITS, UNIT_VALUES, ac
                           evaluate_distributed, growth_pass_function, hessian_function, merge_distributed,
                           pass_function)
 from .train.subspace import PHASE_METHODS, SUBSPACE_METHODS, SubspaceOptions
+
+NGRAM_MODELS = (NgramModel, CompactNgramModel)
 
 DEFAULT_STATS = "streamfit-stats"
 DEFAULT_FORM = "calibrated"
@@ -162,21 +165,39 @@ def cmd_finalize_ngram(args, stats) -> int:
         if args.heldout else None
     source = {"path": str(Path(args.stats).resolve()),
               "checksum": read_manifest(args.stats)["checksum"]}
-    model = finalize_ngram(stats, args.out, form=form, heldout=heldout, source=source)
+    if _small(args):
+        from .solve.shrink import finalize_small
+        model = finalize_small(stats, args.out, form=form, heldout=heldout, source=source,
+                               prune_count=args.prune_count or 0,
+                               prune_entropy=args.prune_entropy or 0.0, quantize=args.quantize)
+    else:
+        model = finalize_ngram(stats, args.out, form=form, heldout=heldout, source=source)
     m = model.meta
     fit = m.get("fit")
-    print(f"{sidecar_path(args.out)}: order-{model.order} {form} model, "
-          f"{model.nbytes / 2**20:.1f} MiB"
+    print(f"{sidecar_path(args.out)}: order-{model.order} {form} model"
+          + (f" (compact, {m['quantize']})" if _small(args) else "")
+          + f", {model.nbytes / 2**20:.1f} MiB"
+          + (f"; pruned to {sum(m['pruned']['ngrams']):,} of {sum(m['pruned']['ngrams_before']):,} "
+             f"n-grams" if "pruned" in m else "")
           + (f"; held-out perplexity {math.exp(fit['cross_entropy_kneser_ney']):.2f} "
              f"(Kneser-Ney) → {math.exp(fit['cross_entropy']):.2f} over {fit['positions']:,} "
              f"predictions" if fit else ""))
     return 0
 
 
+def _small(args) -> bool:
+    """A compact n-gram model asked for (finalize's size options)."""
+    return bool(args.compact or args.prune_count or args.prune_entropy or args.quantize)
+
+
 def cmd_finalize(args) -> int:
     stats = load(args.stats)
     if stats.order:
         return cmd_finalize_ngram(args, stats)
+    if _small(args):
+        raise StreamfitError("--compact, --prune-count, --prune-entropy and --quantize are for "
+                             "n-gram statistics (accumulate --order N); weights files shrink "
+                             "with `streamfit shrink`")
     if args.form in NGRAM_FORMS:
         raise StreamfitError(f"--form {args.form} needs n-gram statistics: accumulate with "
                              f"--order N")
@@ -212,7 +233,7 @@ def _top_k(args) -> None:
 def cmd_evaluate(args) -> int:
     _top_k(args)
     model = load_model(args.weights, check=args.verify)
-    if isinstance(model, NgramModel):
+    if isinstance(model, NGRAM_MODELS):
         if _on_dask(args):
             raise StreamfitError("n-gram models evaluate on this machine (at lookup speed), "
                                  "not on Dask")
@@ -265,7 +286,7 @@ def cmd_predict(args) -> int:
             else:
                 raise StreamfitError(f"context word {word!r} is not a token id: pass --vocab FILE "
                                      f"to map words to ids")
-        examples = [context] if isinstance(model, NgramModel) else model.context_examples([context])
+        examples = [context] if isinstance(model, NGRAM_MODELS) else model.context_examples([context])
         top, probs = model.top_k(examples, args.top_k)
         rows = [{"id": int(c), "probability": float(p),
                  **({"token": vocab[c]} if vocab and c < len(vocab) else {})}
@@ -278,7 +299,7 @@ def cmd_predict(args) -> int:
         return 0
     if not args.paths or args.out is None:
         raise StreamfitError("predict needs --context TEXT, or Parquet PATHS and --out FILE")
-    if isinstance(model, NgramModel):
+    if isinstance(model, NGRAM_MODELS):
         raise StreamfitError("n-gram models predict for a --context; per-token predictions "
                              "of Parquet data are not written for them yet")
     n = predict(model, args.paths, args.out, top_k=args.top_k, progress=_progress(args),
@@ -420,6 +441,14 @@ def _is_parquet(p: Path) -> bool:
         return False
 
 
+def cmd_shrink(args) -> int:
+    from .solve.shrink import shrink_weights
+    model = shrink_weights(args.weights, args.out, quantize=args.quantize)
+    print(f"{sidecar_path(args.out)}: {args.quantize} weights, {model.n_features:,} × "
+          f"{model.n_classes:,}, {sum(a['size'] for a in model.meta['arrays'].values()) / 2**20:.2f} MiB")
+    return 0
+
+
 def cmd_info(args) -> int:
     p = Path(args.path)
     if not p.exists() and not sidecar_path(p).exists():
@@ -434,7 +463,7 @@ def cmd_info(args) -> int:
             load(p, check=True)
         info = {k: v for k, v in info.items() if k not in ("arrays",)} | \
             {"bytes": sum(a["size"] for a in info["arrays"].values())}
-    elif is_ngram_sidecar(existing_sidecar(p)):
+    elif is_ngram_sidecar(existing_sidecar(p)) or is_compact_sidecar(existing_sidecar(p)):
         model = load_model(p, check=args.check)
         info = {k: v for k, v in model.meta.items() if k not in ("arrays", "theta")} | \
             {"bytes": sum(a["size"] for a in model.meta["arrays"].values())}
@@ -570,6 +599,22 @@ def build_parser() -> argparse.ArgumentParser:
                         f"else {DEFAULT_SMOOTHING})")
     p.add_argument("--heldout", nargs="+", metavar="PATHS",
                    help="held-out Parquet data for --form calibrated / --smoothing auto")
+    g = p.add_argument_group("small n-gram models (any of these writes the compact format, "
+                             "which `streamfit.lite` scores with numpy alone; every context "
+                             "stays exactly normalised)")
+    g.add_argument("--compact", action="store_true",
+                   help="sorted runs and the narrowest index types instead of hash tables "
+                        "(same probabilities)")
+    g.add_argument("--prune-count", type=int, metavar="K",
+                   help="drop n-grams (order ≥ 2) whose adjusted count — the count Kneser-Ney "
+                        "discounts — is below K (K = 2: singletons); their mass goes to the "
+                        "back-off")
+    g.add_argument("--prune-entropy", type=float, metavar="THETA",
+                   help="drop n-grams whose removal changes the model by less than THETA in "
+                        "relative entropy (Stolcke; e.g. 1e-8 — larger drops more)")
+    g.add_argument("--quantize", choices=("float32", "float16", "int8"),
+                   help="stored log-probabilities: float32, float16 or int8 (8-bit codes, an "
+                        "offset and step per 64 values); default float64")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _column_options(p)
     p.set_defaults(func=cmd_finalize)
@@ -746,6 +791,19 @@ def build_parser() -> argparse.ArgumentParser:
     _dask_options(p, f"More than {MERGE_FAN_IN} shards are merged in groups of {MERGE_FAN_IN} "
                   f"on the workers (into OUT/.shards), the last merge here.")
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("shrink", help="a smaller weights file: float16 or 8-bit values",
+                       description="Write a copy of a one-layer dense weights file (window "
+                       "model or classifier) with its values as float16, or as 8-bit codes "
+                       "with one step per row (the row's offset cancels in the softmax); "
+                       "evaluate, predict and streamfit.lite decode them on the fly. n-gram "
+                       "models are made small at finalize (--prune-count, --prune-entropy, "
+                       "--quantize).")
+    p.add_argument("weights", metavar="WEIGHTS", help="the weights file (.npy or .model.json)")
+    p.add_argument("--out", required=True, metavar="FILE", help="the small weights file")
+    p.add_argument("--quantize", choices=("int8", "float16"), default="int8",
+                   help="stored values (default: int8)")
+    p.set_defaults(func=cmd_shrink)
 
     p = sub.add_parser("info", help="what a statistics directory or weights file holds")
     p.add_argument("path", metavar="PATH", help="statistics directory or weights file (.npy / .model.json)")

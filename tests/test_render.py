@@ -34,9 +34,10 @@ PAGES = [
     ("bench_lm.py", "docs/lm.json", "docs/lm.md", None),
     ("bench_classify.py", "docs/classify.json", "docs/classify.md", None),
     ("torture.py", "docs/torture.json", "README.md", "torture"),
+    ("bench_small.py", "docs/small.json", "docs/small.md", None),
 ]
 COMMITTED = {"docs/results.json", "docs/forms.json", "docs/lm.json", "docs/accumulate.json",
-             "docs/torture.json"}
+             "docs/torture.json", "docs/small.json"}
 
 
 def harness():

@@ -226,9 +226,10 @@ def test_sidecars_validate(sidecars, weights_validator):
         else:
             assert meta["calibration"] == {}
     # `refinement` is written by `streamfit refine` only (tests/test_refine.py validates it);
-    # `layers`, `hidden`, `growth` by `streamfit grow` only (tests/test_grow.py validates them).
+    # `layers`, `hidden`, `growth` by `streamfit grow` only (tests/test_grow.py validates them),
+    # `shrunk` by `streamfit shrink` only (tests/test_small.py validates it).
     assert written_keys == set(weights_validator.schema["properties"]) - {
-        "refinement", "layers", "hidden", "growth"}
+        "refinement", "layers", "hidden", "growth", "shrunk"}
     assert always_written == set(weights_validator.schema["required"])
 
 

@@ -16,7 +16,8 @@ import streamfit
 PACKAGE = Path(streamfit.__file__).parent
 # The data flow: a module may import its own stage and earlier ones.
 STAGES = ["io", "data", "count", "model", "solve", "train", "distributed", "cli"]
-ANYWHERE = {"streamfit", "streamfit.errors"}            # __version__ and the exceptions
+ANYWHERE = {"streamfit", "streamfit.errors",           # __version__ and the exceptions
+            "streamfit.lite"}                        # numpy alone, imports no streamfit module
 TRAIN_SHARED = {"streamfit.train.core", "streamfit.train.lbfgs"}
 TRAIN_METHODS = {"streamfit.train.newton", "streamfit.train.subspace", "streamfit.train.grow"}
 

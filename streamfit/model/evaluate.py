@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from ..errors import InputError, OptionError
 from ..data.featurize import Examples, batch_examples
 from ..io.files import atomic_path
+from .compact import CompactNgramModel
 from .ngram import NgramModel, evaluate_ngram
 from .weights import Model
 from ..io.parquet import (DEFAULT_BATCH_ROWS, FEATURES, INDICES, LABEL, TOKENS, VALUES,
@@ -125,7 +126,7 @@ def evaluate(model: Model, paths: Iterable[str | os.PathLike], *, top_k: int = 5
              progress: bool = False, batch_rows: int = DEFAULT_BATCH_ROWS, **columns) -> dict:
     """Cross-entropy (nats per example), perplexity, accuracy and top-k accuracy (an n-gram
     model: cross-entropy and perplexity at lookup speed, see `model.ngram`)."""
-    if isinstance(model, NgramModel):
+    if isinstance(model, (NgramModel, CompactNgramModel)):
         return evaluate_ngram(model, paths, progress=progress, batch_rows=batch_rows, **columns)
     _check_top_k(top_k)
     batches = model_examples(model, paths, progress=progress, batch_rows=batch_rows,

@@ -44,7 +44,7 @@ SCORE_BLOCK_BYTES = 8 << 20
 SIDECAR_FIELDS = {"layout": str, "task": str, "n_classes": int, "n_features": int,
                   "tau": (int, float), "window": int}
 MODEL_FILES = (".npy", ".A.npy", ".a0.npy", ".S.indptr.npy", ".S.indices.npy", ".S.data.npy",
-               ".bias.npy", ".model.json", ".json")  # what write_model writes beside STEM
+               ".bias.npy", ".row_step.npy", ".model.json", ".json")  # what write_model writes beside STEM
 
 
 def locks_output(fn):
@@ -113,6 +113,7 @@ class Model:
     window: int = 0
     meta: dict = field(default_factory=dict)
     hidden: tuple[np.ndarray, np.ndarray] | None = None  # (A, a₀) of a 2-layer model
+    row_step: np.ndarray | None = None  # 8-bit dense codes: W = step ⊙ codes + a per-row constant
 
     def __post_init__(self):
         if (self.dense is None) == (self.sparse is None):
@@ -182,6 +183,8 @@ class Model:
             return self.tau * (self.hidden_features(ex) @ np.asarray(self.dense, np.float64)) + self._bias
         x = sp.csr_matrix((ex.values, ex.indices, ex.indptr), shape=(ex.n, self.n_features))
         if self.dense is not None:
+            if self.row_step is not None:  # decoded on the fly: the step scales the input
+                x = x @ sp.diags(np.asarray(self.row_step, np.float64))
             return self.tau * np.asarray(x @ self.dense, dtype=np.float64) + self._bias
         indptr, indices, data = self.sparse
         s = sp.csr_matrix((data, indices, indptr), shape=(self.n_features, self.n_classes))
@@ -237,6 +240,8 @@ class Model:
         else:
             rows = np.repeat(np.arange(ex.n), np.diff(ex.indptr))
             picked = np.asarray(self.dense[ex.indices, ex.targets[rows]], dtype=np.float64)
+            if self.row_step is not None:
+                picked *= self.row_step[ex.indices]
             s = np.bincount(rows, weights=ex.values * picked, minlength=ex.n)
         return self.tau * s + self._bias[ex.targets]
 
@@ -294,13 +299,14 @@ def _write_blocks(tmp: Path, dtype: str, blocks: Iterable[np.ndarray]) -> None:
 def write_model(out: str | os.PathLike, header: dict, *, dense: dict | None = None,
                 sparse: tuple[np.ndarray, np.ndarray, Iterable[np.ndarray]] | None = None,
                 bias: np.ndarray | None = None,
-                hidden: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
+                hidden: tuple[np.ndarray, np.ndarray] | None = None,
+                row_step: np.ndarray | None = None) -> Path:
     """Write a model crash-safely. Every array goes to a temporary name first; then the
     old sidecar is removed, the arrays renamed into place and the new sidecar written. A
     run killed at any point leaves the previous model, or no sidecar (no model) — never a
     sidecar beside arrays it does not describe. `dense` = {"dtype", "blocks"}; `sparse` =
     (indptr, indices, blocks of data); `hidden` = (A, a₀) of a 2-layer model, whose dense W
-    then has one row per hidden unit."""
+    then has one row per hidden unit; `row_step` the per-row step of 8-bit dense codes."""
     stem = stem_of(out)
     stem.parent.mkdir(parents=True, exist_ok=True)
     # Temporary files of this model that a killed run left (no live writer's: the output's
@@ -335,6 +341,10 @@ def write_model(out: str | os.PathLike, header: dict, *, dense: dict | None = No
             final = Path(f"{stem}.S.data.npy")
             staged["S.data"] = (temp_name(final), final)
             _write_blocks(staged["S.data"][0], header["dtype"], data_blocks)
+        if row_step is not None:
+            final = Path(f"{stem}.row_step.npy")
+            staged["row_step"] = (temp_name(final), final)
+            _write_blocks(staged["row_step"][0], np.float32, [row_step])
         if bias is not None:
             final = Path(f"{stem}.bias.npy")
             staged["bias"] = (temp_name(final), final)
@@ -390,10 +400,13 @@ def read_sidecar(path: str | os.PathLike) -> dict:
 def load_model(path: str | os.PathLike, *, check: bool = False) -> Model:
     """Open a model memory-mapped. Sizes, shapes and dtypes are checked against the sidecar;
     `check=True` verifies every byte's checksum too. An n-gram model's sidecar opens as an
-    `NgramModel`."""
+    `NgramModel`, a compact one's as a `CompactNgramModel`."""
+    from .compact import CompactNgramModel, is_compact_sidecar
     from .ngram import is_ngram_sidecar, load_ngram_model
     if is_ngram_sidecar(existing_sidecar(path)):
         return load_ngram_model(existing_sidecar(path), check=check)
+    if is_compact_sidecar(existing_sidecar(path)):
+        return CompactNgramModel(existing_sidecar(path), check=check)
     meta = read_sidecar(path)
     folder = existing_sidecar(path).parent
     arrays = load_listed_arrays(existing_sidecar(path), meta["arrays"], check=check)
@@ -416,7 +429,10 @@ def load_model(path: str | os.PathLike, *, check: bool = False) -> Model:
         if arrays["W"].shape != (meta["n_features"], meta["n_classes"]):
             raise FormatError(f"{folder / meta['arrays']['W']['file']}: shape does not match "
                               f"n_features × n_classes")
-        return Model(dense=arrays["W"], **common)
+        step = arrays.get("row_step")
+        if step is not None and step.shape != (meta["n_features"],):
+            raise FormatError(f"{file_of('row_step')}: {step.shape} entries, not one per row")
+        return Model(dense=arrays["W"], row_step=step, **common)
     # The scoring kernels index by these without bounds checks: a damaged structure is
     # refused here, once, instead of read out of bounds (a crash, or silent garbage).
     if arrays["S.data"].shape != arrays["S.indices"].shape:

@@ -95,6 +95,7 @@ class Levels:
     discounts: list
     count_of_counts: list
     fallback: list
+    adjusted: list | None = None   # per level and n-gram: its adjusted count (pruning by count)
 
     @property
     def bos(self) -> int:
@@ -197,7 +198,7 @@ def kneser_ney(stats) -> Levels:
     return Levels(order=order, vocab_size=V, n_classes=C, ctx_key=ctx_key,
                   ctx_parent=ctx_parent, ctx_raw=ctx_raw, ctx_start=ctx_start, ctx_end=ctx_end,
                   ng_key=ng_key, lps=lps, log_gamma=log_gamma, discounts=list(D),
-                  count_of_counts=list(coc), fallback=list(fallback))
+                  count_of_counts=list(coc), fallback=list(fallback), adjusted=adjusted)
 
 
 # --- positions: the deepest seen context of each prediction ----------------------------------

@@ -39,6 +39,8 @@ def dense_parameters(model: Model) -> np.ndarray:
                              f"too large; use a smaller vocabulary or window")
     if model.dense is not None:
         w = model.tau * np.asarray(model.dense, dtype=np.float64)
+        if model.row_step is not None:  # 8-bit codes (`streamfit shrink`): decoded
+            w *= np.asarray(model.row_step, np.float64)[:, None]
     else:
         indptr, indices, data = model.sparse
         w = model.tau * sp.csr_matrix((np.asarray(data, np.float64), indices, indptr),
