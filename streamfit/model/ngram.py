@@ -189,9 +189,11 @@ def save_ngram_model(stem: Path, sidecar_path: Path, model: NgramModel, meta: di
 
 
 def is_ngram_sidecar(path: Path) -> bool:
+    """The sidecar names an n-gram model (its first MiB read: keys are sorted, so the array
+    list comes before the format, and a model with many arrays pushes it past a few KiB)."""
     try:
         with open(path, "rb") as fh:
-            return f'"format": "{FORMAT}"'.encode() in fh.read(4096)
+            return f'"format": "{FORMAT}"'.encode() in fh.read(1 << 20)
     except OSError:
         return False
 
