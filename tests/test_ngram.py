@@ -339,3 +339,16 @@ def test_finalize_refuses_up_front_what_memory_cannot_hold(corpus, tmp_path, mon
     with pytest.raises(StreamfitError, match=r"needs about .* GiB .* lower --order"):
         sn.finalize_ngram(stats, tmp_path / "x.npy", form="kneser-ney")
     assert not (tmp_path / "x.model.json").exists()
+
+
+def test_sidecar_recognised_past_a_long_array_list(tmp_path):
+    """Sorted keys put "arrays" before "format": a long array list must not hide the format."""
+    import json
+
+    from streamfit.model.ngram import FORMAT, is_ngram_sidecar
+    arrays = {f"a{i}": {"file": f"m.a{i}.npy", "sha256": "0" * 64, "size": 1} for i in range(200)}
+    path = tmp_path / "m.model.json"
+    path.write_text(json.dumps({"arrays": arrays, "format": FORMAT}, sort_keys=True))
+    assert path.stat().st_size > 4096 and is_ngram_sidecar(path)
+    path.write_text(json.dumps({"arrays": arrays, "format": "something else"}, sort_keys=True))
+    assert not is_ngram_sidecar(path)
