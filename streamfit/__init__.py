@@ -34,6 +34,8 @@ _API = {
     "predict": "model.evaluate",
     "refine": "train.refine",
     "grow": "train.grow",
+    "tokenize": "data.tokenize",             # text files / a Parquet text column → token Parquet
+    "load_tokenizer": "data.text",
 }
 
 __all__ = [*_API, "StreamfitError", "InputError", "OptionError", "FormatError", "__version__"]

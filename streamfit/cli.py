@@ -449,6 +449,21 @@ def cmd_shrink(args) -> int:
     return 0
 
 
+def cmd_tokenize(args) -> int:
+    from .data.tokenize import tokenize
+
+    m = tokenize(args.paths, args.out, tokenizer=args.tokenizer, subword=args.subword,
+                 vocab_size=args.vocab_size, min_count=args.min_count, lowercase=args.lowercase,
+                 lines=args.lines, text_column=args.text_column, pattern=args.glob,
+                 max_words=args.max_words, row_group_rows=args.row_group_rows,
+                 batch_rows=args.batch_rows, overwrite=args.overwrite, progress=_progress(args))
+    print(f"{args.out}: {m['documents']:,} documents, {m['tokens']:,} tokens, vocabulary "
+          f"{m['vocab_size']:,} ({m['kind']}), unknown rate {m['unknown_rate']:.4f}"
+          + (f"; {m['empty_documents']:,} documents without tokens left out"
+             if m["empty_documents"] else ""))
+    return 0
+
+
 def cmd_info(args) -> int:
     p = Path(args.path)
     if not p.exists() and not sidecar_path(p).exists():
@@ -804,6 +819,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", choices=("int8", "float16"), default="int8",
                    help="stored values (default: int8)")
     p.set_defaults(func=cmd_shrink)
+
+    p = sub.add_parser("tokenize", help="text files or a Parquet text column to a token corpus",
+                       description="Tokenize text into a token corpus in OUT: tokens.parquet "
+                       "(tokens: list<int32>, path, row), tokenizer.json (the vocabulary or "
+                       "subword model; pass it as --tokenizer to tokenize more text the same "
+                       "way), vocab.txt (one token per line, line number = id) and "
+                       "tokenize.json. Words: runs of word characters and single other "
+                       "characters, <nl> at line ends; id 0 is <unk>, then the --vocab-size − 1 "
+                       "most frequent words. Two streaming passes (count, then encode); memory "
+                       "holds one document, one batch and the vocabulary. Documents without "
+                       "tokens are left out. OUT is written whole or not at all.")
+    p.add_argument("paths", nargs="+", metavar="PATHS",
+                   help="text files, globs or directories (searched for --glob); with "
+                        "--text-column, Parquet files, globs or directories")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
+    p.add_argument("--lines", action="store_true",
+                   help="one document per line (default: one per file)")
+    p.add_argument("--text-column", metavar="NAME",
+                   help="read PATHS as Parquet, one document per row of this string column")
+    p.add_argument("--glob", default="*.txt", metavar="PATTERN",
+                   help="files a directory in PATHS is searched for (default: %(default)s)")
+    p.add_argument("--vocab-size", type=int, default=32768, metavar="V",
+                   help="ids in the vocabulary, <unk> included (default: %(default)s)")
+    p.add_argument("--min-count", type=int, default=1, metavar="N",
+                   help="words seen fewer times are <unk> (subwords: BPE's minimum pair "
+                        "frequency) (default: %(default)s)")
+    p.add_argument("--lowercase", action="store_true", help="lowercase text before splitting")
+    p.add_argument("--subword", choices=("bpe", "unigram"),
+                   help="train a subword model with Hugging Face tokenizers instead of words "
+                        "(needs pip install 'streamfit[text]')")
+    p.add_argument("--tokenizer", metavar="FILE",
+                   help="use this tokenizer (a tokenize output's tokenizer.json, or a Hugging "
+                        "Face tokenizer.json) instead of building one: no counting pass")
+    p.add_argument("--max-words", type=int, default=4_000_000, metavar="N",
+                   help="distinct words held while counting; past it the rarest are dropped "
+                        "until half remain (counts exact until then) (default: %(default)s)")
+    p.add_argument("--row-group-rows", type=int, default=1024, metavar="N",
+                   help="documents per row group at most (also at most 2^20 tokens) "
+                        "(default: %(default)s)")
+    p.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS, metavar="N",
+                   help=f"documents read per batch (default: {DEFAULT_BATCH_ROWS})")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT when it holds an earlier tokenize output (any other "
+                        "non-empty folder is refused)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_tokenize)
 
     p = sub.add_parser("info", help="what a statistics directory or weights file holds")
     p.add_argument("path", metavar="PATH", help="statistics directory or weights file (.npy / .model.json)")
