@@ -34,6 +34,7 @@ _API = {
     "predict": "model.evaluate",
     "refine": "train.refine",
     "grow": "train.grow",
+    "score": "model.score",                  # per-document scores of Parquet files → a folder
     "tokenize": "data.tokenize",             # text files / a Parquet text column → token Parquet
     "load_tokenizer": "data.text",
 }

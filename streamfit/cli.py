@@ -449,6 +449,26 @@ def cmd_shrink(args) -> int:
     return 0
 
 
+def cmd_score(args) -> int:
+    from .model.score import score
+
+    m = score(args.weights, args.paths, args.out, jobs=args.jobs, id_column=args.id_column,
+              max_perplexity=args.max_perplexity, tokenizer=args.tokenizer,
+              text_column=args.text_column, batch_rows=args.batch_rows,
+              overwrite=args.overwrite, progress=_progress(args), **_columns(args))
+    if args.json:
+        print(json.dumps(m))
+        return 0
+    what = (f"{m['tokens']:,} tokens, {m['tokens_per_second']:,.0f} tokens/s"
+            if m["task"] == "lm" else f"{m['rows']:,} rows")
+    kept = (f"; {m['kept']:,} with perplexity ≤ {m['max_perplexity']:g} kept"
+            if m["max_perplexity"] is not None else "")
+    print(f"{args.out}: {m['documents']:,} documents scored ({what}, "
+          f"{m['documents_per_second']:,.0f} documents/s on {m['jobs']} process"
+          f"{'es' if m['jobs'] > 1 else ''}){kept}")
+    return 0
+
+
 def cmd_tokenize(args) -> int:
     from .data.tokenize import tokenize
 
@@ -819,6 +839,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", choices=("int8", "float16"), default="int8",
                    help="stored values (default: int8)")
     p.set_defaults(func=cmd_shrink)
+
+    p = sub.add_parser("score", help="per-document scores (perplexity; a classifier's label) of Parquet data",
+                       description="Score every document (row) of Parquet files, streaming, on "
+                       "--jobs processes: a language model's n_tokens, log_prob (total "
+                       "log-probability in nats, each token predicted from its context, BOS "
+                       "before the document start, no end token) and perplexity "
+                       "exp(−log_prob / n_tokens) (null without tokens); a classifier's "
+                       "predicted class and its probability. OUT gets one Parquet file per "
+                       "input (same relative name), row for row, with the input's columns but "
+                       "the token or feature lists (or only --id-column), and score.json "
+                       "(counts, documents/s, tokens/s). Written whole or not at all.")
+    p.add_argument("--weights", required=True, metavar="FILE",
+                   help="a model (.npy or .model.json: window, n-gram or classifier)")
+    p.add_argument("paths", nargs="+", metavar="PATHS", help="Parquet files, globs or directories")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="worker processes, row groups shared out in order (default: 1)")
+    p.add_argument("--id-column", metavar="NAME",
+                   help="keep only this input column beside the scores (default: all but the "
+                        "token or feature lists)")
+    p.add_argument("--max-perplexity", type=float, metavar="P",
+                   help="write only documents of perplexity ≤ P (the filtering use); "
+                        "documents without tokens are left out too")
+    p.add_argument("--text-column", metavar="NAME",
+                   help="score this string column, tokenized batch by batch with --tokenizer")
+    p.add_argument("--tokenizer", metavar="FILE",
+                   help="the tokenizer.json the model's training data was tokenized with")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT when it holds an earlier score output (any other "
+                        "non-empty folder is refused)")
+    p.add_argument("--json", action="store_true", help="print score.json's content")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _column_options(p)
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("tokenize", help="text files or a Parquet text column to a token corpus",
                        description="Tokenize text into a token corpus in OUT: tokens.parquet "

@@ -21,8 +21,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from ..errors import InputError, OptionError, StreamfitError
-from ..io.files import atomic_directory, header_checksum, read_document
+from ..errors import InputError, OptionError
+from ..io.files import atomic_directory, check_output_folder, header_checksum, read_document
 from ..io.parquet import DEFAULT_BATCH_ROWS, iter_batches, open_parquet, resolve_paths
 from .text import (DEFAULT_MAX_WORDS, SUBWORD_KINDS, WordCounter,
                    load_tokenizer, train_subword)
@@ -172,23 +172,6 @@ def is_tokenize_output(folder: Path) -> bool:
     return isinstance(doc, dict) and doc.get("format") == MANIFEST_FORMAT
 
 
-def check_output_folder(out: Path, overwrite: bool, is_ours, what: str) -> None:
-    """Refuse, before any work, to replace a folder this command did not write (or one it
-    did, without `overwrite`); an empty folder is filled."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise StreamfitError(f"{out}: exists and is not a folder; --out names a folder to create")
-    if not any(out.iterdir()):
-        return
-    if not is_ours(out):
-        raise StreamfitError(f"{out}: a folder that streamfit {what} did not write; refused "
-                             f"(choose another --out)")
-    if not overwrite:
-        raise StreamfitError(f"{out}: holds an earlier streamfit {what} output; pass "
-                             f"--overwrite to replace it")
-
-
 def tokenize(paths, out: str | os.PathLike, *, tokenizer: str | os.PathLike | None = None,
              subword: str | None = None, vocab_size: int = DEFAULT_VOCAB_SIZE,
              min_count: int = 1, lowercase: bool = False, lines: bool = False,
@@ -279,3 +262,12 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     """The manifest of a tokenize output folder."""
     return read_document(Path(folder) / MANIFEST, MANIFEST_FORMAT, 1, "tokenize manifest")
 
+
+
+def with_tokens(batch: pa.RecordBatch, tok, text_column: str, column: str = "tokens") -> pa.RecordBatch:
+    """The batch with its `text_column` tokenized into a list<int32> `column` (replacing a
+    column of that name), for commands that read text directly."""
+    ids = token_list_array(tok.encode_batch(text_column_batches(batch, text_column)))
+    names = [n for n in batch.schema.names if n != column]
+    return pa.RecordBatch.from_arrays([batch.column(batch.schema.get_field_index(n)) for n in names]
+                                      + [ids], names=names + [column])

@@ -466,3 +466,21 @@ def available_memory() -> int | None:
     except OSError:
         pass
     return None
+
+
+def check_output_folder(out: Path, overwrite: bool, is_ours, what: str) -> None:
+    """Refuse, before any work, to replace a folder the command `what` did not write
+    (`is_ours(folder)` says), or one it did without `overwrite`; an empty folder is filled."""
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise StreamfitError(f"{out}: exists and is not a folder; --out names a folder to create")
+    if not any(out.iterdir()):
+        return
+    if not is_ours(out):
+        raise StreamfitError(f"{out}: a folder that streamfit {what} did not write; refused "
+                             f"(choose another --out)")
+    if not overwrite:
+        raise StreamfitError(f"{out}: holds an earlier streamfit {what} output; pass "
+                             f"--overwrite to replace it")

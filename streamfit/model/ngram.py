@@ -122,6 +122,19 @@ class NgramModel:
         targets = np.arange(self.n_classes, dtype=np.int64)
         return np.exp(self.log_prob(np.tile(row, (targets.size, 1)), targets))
 
+    def token_log_probs(self, arrays) -> np.ndarray:
+        """log p(token | its order−1 previous tokens, BOS before the start) of every token of
+        the documents (TokenArrays); the end token, with eos, is not scored."""
+        context, target = context_rows(np.asarray(arrays.tokens, np.int64), arrays.doc_offsets,
+                                       self.order, self.vocab_size, False)
+        return self.log_prob(context, target)
+
+    def score_documents(self, data, **columns):
+        """Per document (row) of an Arrow batch: n_tokens, log_prob (nats) and perplexity."""
+        from .documents import score_documents
+
+        return score_documents(self, data, **columns)
+
     def top_k(self, contexts: list[list[int]], k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k most probable classes of each context and their probabilities."""
         ids = np.full((len(contexts), k), -1, np.int64)

@@ -30,8 +30,8 @@ import scipy.sparse as sp
 from .. import __version__
 from . import kernels
 from ..errors import FormatError, OptionError, StreamfitError
-from ..data.featurize import (Examples, batch_examples, distinct_inputs, slice_examples,
-                        take_examples)
+from ..data.featurize import (Examples, TokenArrays, batch_examples, distinct_inputs,
+                              slice_examples, take_examples, window_examples)
 from ..io.files import (NpyWriter, OutputLock, check_array_entries, check_csr, check_fields,
                         load_listed_arrays,
                         create_memmap, disk_full, fault_point, file_digest, fsync_dir, fsync_path,
@@ -249,6 +249,18 @@ class Model:
         """The k most probable classes per example and their probabilities."""
         _, top, top_logp = self.score(ex, top_k=k)
         return top, np.exp(top_logp)
+
+    def token_log_probs(self, arrays: TokenArrays) -> np.ndarray:
+        """lm: log p(token | its window) of every token of the documents."""
+        nll, _, _ = self.score(window_examples(arrays, self.window, self.n_classes), top_k=0)
+        return -nll
+
+    def score_documents(self, data: pa.RecordBatch | pa.Table, **columns) -> pa.Table:
+        """Per row of an Arrow batch: lm, the document's n_tokens, log_prob (nats) and
+        perplexity; classify, the predicted class and its probability (model.documents)."""
+        from .documents import score_documents
+
+        return score_documents(self, data, **columns)
 
 
 def _top_k_dense(z: np.ndarray, k: int) -> np.ndarray:
