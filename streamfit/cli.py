@@ -56,8 +56,22 @@ def _column_options(p: argparse.ArgumentParser) -> None:
 
 
 def _columns(args) -> dict:
+    text = {"text_column": args.text_column, "tokenizer": args.tokenizer} \
+        if getattr(args, "text_column", None) or getattr(args, "tokenizer", None) else {}
     return dict(column=args.column, label=args.label, features=args.features,
-                indices=args.indices, values=args.values)
+                indices=args.indices, values=args.values, **text)
+
+
+def _text_options(p: argparse.ArgumentParser, context: bool = False) -> None:
+    g = p.add_argument_group("text input (language models)")
+    g.add_argument("--text-column", metavar="NAME",
+                   help="read this string column of the Parquet data as text, tokenized batch "
+                        "by batch with --tokenizer (instead of a token column)")
+    g.add_argument("--tokenizer", metavar="FILE",
+                   help="the tokenizer.json of `streamfit tokenize` (or a Hugging Face "
+                        "tokenizer.json) the model's training data was tokenized with"
+                        + ("; with --context, the context is tokenized with it and the "
+                           "predictions printed as text" if context else ""))
 
 
 def _progress(args) -> bool:
@@ -278,7 +292,19 @@ def cmd_predict(args) -> int:
         vocab = _read_vocab(args.vocab)
         ids = {t: i for i, t in enumerate(vocab)} if vocab else None
         context = []
-        for word in args.context.split():
+        if args.tokenizer is not None:
+            from .data.tokenize import tokenizer_at
+
+            if args.vocab is not None:
+                raise StreamfitError("--tokenizer maps text to ids and back; --vocab is not needed")
+            tok = tokenizer_at(args.tokenizer)
+            if tok.vocab_size != model.vocab_size:
+                raise StreamfitError(f"the tokenizer has {tok.vocab_size:,} ids, the model a "
+                                     f"vocabulary of {model.vocab_size:,}: not the tokenizer it "
+                                     f"was trained with")
+            context = tok.encode(args.context).tolist()
+            vocab = tok.vocab
+        for word in ([] if args.tokenizer is not None else args.context.split()):
             if ids is not None:
                 context.append(ids.get(word, ids.get(args.unknown, 0)))
             elif word.lstrip("-").isdigit():
@@ -453,8 +479,7 @@ def cmd_score(args) -> int:
     from .model.score import score
 
     m = score(args.weights, args.paths, args.out, jobs=args.jobs, id_column=args.id_column,
-              max_perplexity=args.max_perplexity, tokenizer=args.tokenizer,
-              text_column=args.text_column, batch_rows=args.batch_rows,
+              max_perplexity=args.max_perplexity, batch_rows=args.batch_rows,
               overwrite=args.overwrite, progress=_progress(args), **_columns(args))
     if args.json:
         print(json.dumps(m))
@@ -592,6 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "is redone whole)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _column_options(p)
+    _text_options(p)
     g = _dask_options(p, "One task per unit of consecutive row groups (--unit-values), each "
                   "counted into its own shard in memory, within --memory (past it, spilling "
                   "to --temp on its worker, default: the worker's temporary directory); the "
@@ -666,6 +692,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print one JSON object: cross_entropy, perplexity, accuracy, topK_accuracy, n")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _column_options(p)
+    _text_options(p)
     _unit_option(_dask_options(
         p, "One task per unit of consecutive row groups (--unit-values); the sums of the tasks "
            "(loss, correct, top-k, n) are added up: the same figures as one process, up to "
@@ -689,6 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON (with --context)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _column_options(p)
+    _text_options(p, context=True)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("refine", help="improve weights with streaming passes (GIS, L-BFGS, Newton, SGD, Adam, "
@@ -862,10 +890,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-perplexity", type=float, metavar="P",
                    help="write only documents of perplexity ≤ P (the filtering use); "
                         "documents without tokens are left out too")
-    p.add_argument("--text-column", metavar="NAME",
-                   help="score this string column, tokenized batch by batch with --tokenizer")
-    p.add_argument("--tokenizer", metavar="FILE",
-                   help="the tokenizer.json the model's training data was tokenized with")
+    _text_options(p)
     p.add_argument("--overwrite", action="store_true",
                    help="replace OUT when it holds an earlier score output (any other "
                         "non-empty folder is refused)")

@@ -217,3 +217,78 @@ def test_token_ids_of_a_batch_are_int32_lists():
 
     arr = token_list_array([np.array([1, 2], np.int32), np.zeros(0, np.int32), np.array([3])])
     assert arr.type == pa.list_(pa.int32()) and arr.to_pylist() == [[1, 2], [], [3]]
+
+
+# --- commands that read text directly (--text-column with --tokenizer) ------------------------
+SENTENCES = ["the cat sat on the mat", "the dog sat on the log .", "a cat and a dog",
+             None, "the mat and the log", "a dog sat", "the cat , the dog and the mat ."]
+
+
+@pytest.fixture
+def text_corpus(tmp_path):
+    pq.write_table(pa.table({"text": SENTENCES, "id": list(range(len(SENTENCES)))}),
+                   tmp_path / "text.parquet", row_group_size=3)
+    streamfit.tokenize([tmp_path / "text.parquet"], tmp_path / "tok", text_column="text",
+                       vocab_size=9)   # some words stay <unk>
+    return tmp_path, tmp_path / "text.parquet", tmp_path / "tok"
+
+
+@pytest.mark.parametrize("model", [["--order", "3"], ["--window", "2"]])
+def test_text_column_gives_what_the_token_corpus_gives(text_corpus, model, capsys):
+    tmp, text, tok = text_corpus
+    tokenizer = str(tok / "tokenizer.json")
+    via_text = ["--text-column", "text", "--tokenizer", tokenizer]
+    assert main(["accumulate", str(text), "--stats", str(tmp / "s1"), "--quiet", *model, *via_text]) == 0
+    assert main(["accumulate", str(tok / "tokens.parquet"), "--stats", str(tmp / "s2"), "--quiet",
+                 "--vocab-size", "9", *model]) == 0
+    s1, s2 = streamfit.load_stats(tmp / "s1"), streamfit.load_stats(tmp / "s2")
+    assert (s1.n_classes, s1.n_examples) == (s2.n_classes, s2.n_examples) == (9, s2.n_examples)
+    assert json.loads((tmp / "s1" / "manifest.json").read_text())["checksum"] == \
+        json.loads((tmp / "s2" / "manifest.json").read_text())["checksum"]
+    assert main(["finalize", "--stats", str(tmp / "s1"), "--out", str(tmp / "m.npy"), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--weights", str(tmp / "m.npy"), str(text), "--json", "--quiet",
+                 *via_text]) == 0
+    a = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", "--weights", str(tmp / "m.npy"), str(tok), "--json", "--quiet"]) == 0
+    b = json.loads(capsys.readouterr().out)   # the same sums, in other batches
+    assert b == {k: pytest.approx(v, rel=1e-12) if isinstance(v, float) else v for k, v in a.items()}
+    assert main(["score", "--weights", str(tmp / "m.npy"), str(text), "--out", str(tmp / "sc"),
+                 "--quiet", *via_text]) == 0
+    scored = pq.read_table(tmp / "sc" / "text.parquet")
+    assert scored["text"].to_pylist() == SENTENCES and scored["id"].to_pylist() == list(range(7))
+    tokens = pq.read_table(tok / "tokens.parquet")
+    lp = {r: v for r, v in zip(tokens["row"].to_pylist(), load_model_scores(tmp / "m.npy", tokens))}
+    assert scored["log_prob"].to_pylist() == pytest.approx([lp.get(i, 0.0) for i in range(7)],
+                                                           rel=1e-12)
+    assert sum(scored["n_tokens"].to_pylist()) == a["n"]
+    # --context is tokenized, predictions printed as text
+    capsys.readouterr()
+    assert main(["predict", "--weights", str(tmp / "m.npy"), "--tokenizer", tokenizer,
+                 "--context", "the cat", "--top-k", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    vocab = load_tokenizer(tok / "tokenizer.json").vocab
+    assert out["context"] == [vocab.index("the"), vocab.index("cat")]
+    assert [r["token"] for r in out["top"]] == [vocab[r["id"]] for r in out["top"]]
+
+
+def load_model_scores(weights, tokens: pa.Table) -> list[float]:
+    from streamfit.model.weights import load_model
+
+    return load_model(weights).score_documents(tokens.select(["tokens"]))["log_prob"].to_pylist()
+
+
+def test_text_column_refusals(text_corpus, capsys):
+    tmp, text, tok = text_corpus
+    assert main(["accumulate", str(text), "--stats", str(tmp / "s"), "--quiet",
+                 "--text-column", "text"]) == 1
+    assert "go together" in capsys.readouterr().err
+    streamfit.tokenize([text], tmp / "tok2", text_column="text", vocab_size=5)
+    streamfit.finalize(streamfit.accumulate([tok / "tokens.parquet"], window=1, vocab_size=9),
+                       tmp / "m.npy")
+    assert main(["evaluate", "--weights", str(tmp / "m.npy"), str(text), "--quiet",
+                 "--text-column", "text", "--tokenizer", str(tmp / "tok2" / "tokenizer.json")]) == 1
+    assert "not the tokenizer it was trained with" in capsys.readouterr().err
+    assert main(["evaluate", "--weights", str(tmp / "m.npy"), str(text), "--quiet",
+                 "--text-column", "id", "--tokenizer", str(tok / "tokenizer.json")]) == 1
+    assert "expected a string column" in capsys.readouterr().err

@@ -20,6 +20,7 @@ from ..errors import InputError, OptionError
 from ..data.featurize import (FeatureRows, TokenArrays, check_feature_rows, check_token_arrays,
                               feature_rows, token_arrays)
 from ..data.limits import MAX_ORDER, max_ngram_token, ngram_bits
+from ..data.tokenize import text_input
 from ..io.parquet import (DEFAULT_BATCH_ROWS, FEATURES, INDICES, LABEL, TOKENS, VALUES,
                       detect_task, iter_batches, open_parquet, resolve_paths)
 from .stats import Statistics
@@ -151,7 +152,8 @@ class Accumulator:
                  label: str = LABEL, features: str | None = FEATURES, indices: str = INDICES,
                  values: str = VALUES, vocab_size: int | None = None,
                  n_classes: int | None = None, n_features: int | None = None,
-                 table_bits: int | None = None, order: int = 0, eos: bool = False):
+                 table_bits: int | None = None, order: int = 0, eos: bool = False,
+                 text_column: str | None = None, tokenizer: str | None = None):
         if task not in ("lm", "classify"):
             raise OptionError(f"task must be 'lm' or 'classify', not {task!r}")
         if order and (task != "lm" or not 1 <= order <= MAX_ORDER):
@@ -168,6 +170,17 @@ class Accumulator:
         self.window = window if task == "lm" else 0
         self.columns = dict(column=column, label=label, features=features, indices=indices,
                             values=values)
+        self.text = None
+        if text_column is not None or tokenizer is not None:
+            if task != "lm":
+                raise OptionError("text (a text column with a tokenizer) is read by language models")
+            self.text = text_input({"text_column": text_column, "tokenizer": tokenizer,
+                                    "column": column})
+            vocab_size = self.text.tokenizer.vocab_size if vocab_size is None else vocab_size
+            if vocab_size != self.text.tokenizer.vocab_size:
+                raise OptionError(f"the tokenizer has {self.text.tokenizer.vocab_size:,} ids, not "
+                                  f"--vocab-size {vocab_size:,}")
+            self.columns.update(text_column=text_column, tokenizer=tokenizer)
         self.n_classes = vocab_size if task == "lm" else n_classes
         self.n_features_fixed = n_features
         self.table = CountTable(np.int64 if task == "lm" else np.float64,
@@ -185,6 +198,8 @@ class Accumulator:
     @property
     def input_columns(self) -> list[str]:
         c = self.columns
+        if self.text is not None:
+            return [self.text.text_column]
         if self.task == "lm":
             return [c["column"]]
         if c["features"] is not None:
@@ -199,6 +214,8 @@ class Accumulator:
             for rb in batch.to_batches():
                 self.update(rb)
             return
+        if self.text is not None:
+            batch = self.text.tokens(batch)
         if self.task == "lm":
             self._add_tokens(token_arrays(batch, self.columns["column"], self.n_classes))
         else:
@@ -310,6 +327,8 @@ def accumulator_for(paths: list[Path], task: str | None = None, **options) -> Ac
     """An Accumulator for these files, with the task detected from the first file's columns
     when not given (dense vs sparse features too)."""
     schema = open_parquet(paths[0]).schema_arrow
+    if task is None and options.get("text_column") is not None:
+        task = "lm"
     if task is None:
         try:
             task = detect_task(schema, **{k: options[k] for k in

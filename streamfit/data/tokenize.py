@@ -12,6 +12,7 @@ is a tokenize output and ``overwrite`` is given.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -271,3 +272,47 @@ def with_tokens(batch: pa.RecordBatch, tok, text_column: str, column: str = "tok
     names = [n for n in batch.schema.names if n != column]
     return pa.RecordBatch.from_arrays([batch.column(batch.schema.get_field_index(n)) for n in names]
                                       + [ids], names=names + [column])
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer_cached(path: str, mtime_ns: int):
+    return load_tokenizer(path)
+
+
+def tokenizer_at(path: str | os.PathLike):
+    """The tokenizer of a file, opened once per process (while the file is unchanged)."""
+    p = Path(path)
+    try:
+        mtime = p.stat().st_mtime_ns
+    except FileNotFoundError:
+        raise OptionError(f"{p}: no such tokenizer file") from None
+    return _tokenizer_cached(str(p.resolve()), mtime)
+
+
+@dataclass
+class TextInput:
+    """Commands reading text directly: the string column to read and the tokenizer that
+    turns it, batch by batch, into the token column the model reads."""
+
+    text_column: str
+    tokenizer: object
+    column: str = "tokens"
+
+    def tokens(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        return with_tokens(batch, self.tokenizer, self.text_column, self.column)
+
+
+def text_input(columns: dict, vocab_size: int | None = None) -> TextInput | None:
+    """Take `text_column` and `tokenizer` out of a command's column options (None when
+    neither is there), checking that the tokenizer's ids fit a model of `vocab_size`."""
+    text, tok = columns.pop("text_column", None), columns.pop("tokenizer", None)
+    if text is None and tok is None:
+        return None
+    if text is None or tok is None:
+        raise OptionError("--text-column and --tokenizer go together: the text is tokenized "
+                          "with the tokenizer the model was trained with")
+    out = TextInput(text, tokenizer_at(tok), columns.get("column", "tokens"))
+    if vocab_size is not None and out.tokenizer.vocab_size != vocab_size:
+        raise OptionError(f"the tokenizer {tok} has {out.tokenizer.vocab_size:,} ids, the model a "
+                          f"vocabulary of {vocab_size:,}: not the tokenizer it was trained with")
+    return out

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError, OptionError
 from ..data.featurize import Examples, batch_examples
+from ..data.tokenize import text_input
 from ..io.files import atomic_path
 from .compact import CompactNgramModel
 from .ngram import NgramModel, evaluate_ngram
@@ -64,10 +65,16 @@ def unit_examples(path: str | os.PathLike, row_groups: Sequence[int], *, task: s
 
 def _file_examples(p: Path, row_groups, task, window, n_classes, n_features, need_label,
                    batch_rows, columns) -> Iterator[tuple[Examples, int]]:
-    cols = _input_columns(task, open_parquet(p).schema_arrow, columns, need_label)
+    columns = dict(columns)
+    text = text_input(columns, n_classes if task == "lm" else None)
+    if text is not None and task != "lm":
+        raise OptionError("--text-column is read by language models")
+    cols = [text.text_column] if text else \
+        _input_columns(task, open_parquet(p).schema_arrow, columns, need_label)
     for b in iter_batches(p, cols, row_groups=row_groups, batch_rows=batch_rows):
         try:
-            ex = batch_examples(b.data, task=task, window=window, n_classes=n_classes,
+            data = text.tokens(b.data) if text else b.data
+            ex = batch_examples(data, task=task, window=window, n_classes=n_classes,
                                 n_features=n_features, **columns)
         except InputError as exc:
             raise exc.located(path=str(p), row_group=b.row_group,

@@ -247,7 +247,9 @@ def context_rows(tokens: np.ndarray, doc_offsets: np.ndarray, order: int, vocab_
 
 
 def evaluate_ngram(model: NgramModel, paths, *, progress: bool = False,
-                   batch_rows: int | None = None, column: str = "tokens", **_ignored) -> dict:
+                   batch_rows: int | None = None, column: str = "tokens",
+                   text_column: str | None = None, tokenizer: str | None = None,
+                   **_ignored) -> dict:
     """Cross-entropy and perplexity of an n-gram model over every token of Parquet token
     files (the end token's predictions, with eos, reported apart: `perplexity` is over the
     same tokens a window model predicts)."""
@@ -255,15 +257,20 @@ def evaluate_ngram(model: NgramModel, paths, *, progress: bool = False,
     from ..data.featurize import token_arrays
     from ..errors import InputError
     from ..io.parquet import DEFAULT_BATCH_ROWS, iter_batches, open_parquet, resolve_paths
+    from ..data.tokenize import text_input
+    text = text_input({"text_column": text_column, "tokenizer": tokenizer, "column": column},
+                      model.vocab_size)
     files = resolve_paths(paths)
     n = n_end = 0
     nll = nll_end = 0.0
     with tqdm(total=sum(open_parquet(p).metadata.num_rows for p in files), unit="docs",
               unit_scale=True, disable=None if progress else True, desc="evaluate") as bar:
         for p in files:
-            for b in iter_batches(p, [column], batch_rows=batch_rows or DEFAULT_BATCH_ROWS):
+            for b in iter_batches(p, [text.text_column if text else column],
+                                  batch_rows=batch_rows or DEFAULT_BATCH_ROWS):
                 try:
-                    arrays = token_arrays(b.data, column, model.vocab_size)
+                    arrays = token_arrays(text.tokens(b.data) if text else b.data, column,
+                                          model.vocab_size)
                 except InputError as exc:
                     raise exc.located(path=str(p), row_group=b.row_group,
                                       row_offset=b.row_offset) from None
