@@ -35,6 +35,7 @@ PAGES = [
     ("bench_classify.py", "docs/classify.json", "docs/classify.md", None),
     ("torture.py", "docs/torture.json", "README.md", "torture"),
     ("bench_small.py", "docs/small.json", "docs/small.md", None),
+    ("bench_score.py", "docs/score.json", "README.md", "score"),
 ]
 COMMITTED = {"docs/results.json", "docs/forms.json", "docs/lm.json", "docs/accumulate.json",
              "docs/torture.json", "docs/small.json"}

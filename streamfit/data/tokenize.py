@@ -303,15 +303,17 @@ class TextInput:
 
 
 def text_input(columns: dict, vocab_size: int | None = None) -> TextInput | None:
-    """Take `text_column` and `tokenizer` out of a command's column options (None when
-    neither is there), checking that the tokenizer's ids fit a model of `vocab_size`."""
+    """Take `text_column` and `tokenizer` (a file, or a tokenizer from `load_tokenizer`) out
+    of a command's column options (None when neither is there), checking that the
+    tokenizer's ids fit a model of `vocab_size`."""
     text, tok = columns.pop("text_column", None), columns.pop("tokenizer", None)
     if text is None and tok is None:
         return None
     if text is None or tok is None:
         raise OptionError("--text-column and --tokenizer go together: the text is tokenized "
                           "with the tokenizer the model was trained with")
-    out = TextInput(text, tokenizer_at(tok), columns.get("column", "tokens"))
+    out = TextInput(text, tokenizer_at(tok) if isinstance(tok, (str, os.PathLike)) else tok,
+                    columns.get("column", "tokens"))
     if vocab_size is not None and out.tokenizer.vocab_size != vocab_size:
         raise OptionError(f"the tokenizer {tok} has {out.tokenizer.vocab_size:,} ids, the model a "
                           f"vocabulary of {vocab_size:,}: not the tokenizer it was trained with")

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..data.featurize import TokenArrays, token_arrays
+from ..data.tokenize import text_input
 
 LM_COLUMNS = ("n_tokens", "log_prob", "perplexity")
 CLASSIFY_COLUMNS = ("predicted", "probability")
@@ -42,11 +43,17 @@ def lm_scores(n_tokens: np.ndarray, log_prob: np.ndarray) -> pa.Table:
                      "perplexity": pa.array(ppl, pa.float64(), mask=~has)})
 
 
-def score_documents(model, data, *, column: str = "tokens", **columns) -> pa.Table:
+def score_documents(model, data, *, column: str = "tokens", text_column: str | None = None,
+                    tokenizer=None, **columns) -> pa.Table:
     """Scores of every row of an Arrow batch or table (a document of the `column` token
-    list, or a feature row), in row order: see the module docstring. The first token of a
-    document is predicted from the start of the document (BOS), as in training."""
+    list — or of the string `text_column`, tokenized with `tokenizer`, a file or a loaded
+    tokenizer — or a feature row), in row order: see the module docstring. The first token
+    of a document is predicted from the start of the document (BOS), as in training."""
     batch = _batch(data)
+    text = text_input({"text_column": text_column, "tokenizer": tokenizer, "column": column},
+                      model.vocab_size if model.task == "lm" else None)
+    if text is not None:
+        batch = text.tokens(batch)
     if model.task == "lm":
         arrays = token_arrays(batch, column, model.vocab_size)
         return lm_scores(*document_log_probs(arrays, model.token_log_probs(arrays)))

@@ -74,17 +74,13 @@ def _score_unit(path: str, row_group: int) -> tuple[pa.Table, int]:
     """Scores of one row group: (the table to write, tokens or rows scored)."""
     model, settings = _WORKER["model"], _WORKER["settings"]
     read, keep = _plan(model, open_parquet(Path(path)).schema_arrow, settings)
-    column = settings["columns"].get("column", TOKENS)
     parts, scored = [], 0
     for b in iter_batches(Path(path), read, row_groups=[row_group],
                           batch_rows=settings["batch_rows"]):
         data = b.data
         try:
-            if settings["text_column"]:
-                from ..data.tokenize import with_tokens
-
-                data = with_tokens(data, _WORKER["tokenizer"], settings["text_column"], column)
-            scores = model.score_documents(data, **settings["columns"])
+            scores = model.score_documents(data, text_column=settings["text_column"],
+                                           tokenizer=_WORKER["tokenizer"], **settings["columns"])
         except Exception as exc:
             from ..errors import InputError
 
@@ -120,24 +116,20 @@ def score(weights, paths: Iterable[str | os.PathLike], out: str | os.PathLike, *
     manifest (documents, tokens, seconds, documents/s, tokens/s)."""
     from tqdm.auto import tqdm
 
-    from ..data.text import load_tokenizer
+    from ..data.tokenize import text_input
 
     out = Path(out)
     if jobs < 1:
         raise OptionError(f"--jobs must be at least 1, not {jobs}")
-    if (tokenizer is None) != (text_column is None):
-        raise OptionError("--text-column and --tokenizer go together: the text is tokenized "
-                          "with the tokenizer the model was trained with")
     if max_perplexity is not None and not max_perplexity > 0:
         raise OptionError(f"--max-perplexity must be positive, not {max_perplexity}")
     check_output_folder(out, overwrite, is_score_output, "score")
     model = load_model(weights)
     if max_perplexity is not None and model.task != "lm":
         raise OptionError("--max-perplexity is for language models")
-    tok = load_tokenizer(tokenizer) if tokenizer else None
-    if tok is not None and tok.vocab_size != model.vocab_size:
-        raise OptionError(f"the tokenizer has {tok.vocab_size:,} ids, the model a vocabulary of "
-                          f"{model.vocab_size:,}: not the tokenizer the model was trained with")
+    text = text_input({"text_column": text_column, "tokenizer": tokenizer},
+                      model.vocab_size if model.task == "lm" else None)
+    tok = text.tokenizer if text else None
     files = resolve_paths(paths)
     settings = dict(text_column=text_column, id_column=id_column, max_perplexity=max_perplexity,
                     batch_rows=batch_rows, columns=columns)
