@@ -262,6 +262,13 @@ def test_text_column_gives_what_the_token_corpus_gives(text_corpus, model, capsy
     assert scored["log_prob"].to_pylist() == pytest.approx([lp.get(i, 0.0) for i in range(7)],
                                                            rel=1e-12)
     assert sum(scored["n_tokens"].to_pylist()) == a["n"]
+    from streamfit.model.weights import load_model   # the README's pipeline form, batch by batch
+    model, tk = load_model(tmp / "m.npy"), load_tokenizer(tok / "tokenizer.json")
+    for batch in pq.ParquetFile(text).iter_batches(batch_size=4, columns=["text"]):
+        got = model.score_documents(batch, text_column="text", tokenizer=tk)
+        assert got["log_prob"].to_pylist() == pytest.approx(
+            scored["log_prob"].to_pylist()[:4] if batch.num_rows == 4 else
+            scored["log_prob"].to_pylist()[4:], rel=1e-12)
     # --context is tokenized, predictions printed as text
     capsys.readouterr()
     assert main(["predict", "--weights", str(tmp / "m.npy"), "--tokenizer", tokenizer,
