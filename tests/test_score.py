@@ -190,3 +190,35 @@ def test_score_command_writes_beside_the_other_columns(corpus, tmp_path, capsys)
     with pytest.raises(StreamfitError, match="bad.parquet.*row 1"):
         streamfit.score(tmp_path / "n.npy", [tmp_path / "bad.parquet"], tmp_path / "z")
     assert not (tmp_path / "z").exists()
+
+
+def test_outputs_have_the_columns_corpus_schemas_lists(corpus, tmp_path):
+    """data_schemas/corpus_schemas.json: document_scores and tokenized_text, name and type."""
+    from pathlib import Path
+
+    schemas = json.loads((Path(__file__).resolve().parents[1] / "data_schemas" /
+                          "corpus_schemas.json").read_text())
+    types = {"int64": pa.int64(), "float64": pa.float64(), "string": pa.string(),
+             "list<int32>": pa.list_(pa.int32())}
+    finalize_ngram(streamfit.accumulate([corpus["train"]], order=2), tmp_path / "n.npy",
+                   form="kneser-ney")
+    streamfit.score(tmp_path / "n.npy", [corpus["test"]], tmp_path / "s", id_column="doc_id")
+    got = pq.read_table(tmp_path / "s" / "test.parquet").schema
+    listed = schemas["document_scores"]["columns_lm"]
+    assert got.names == ["doc_id", *listed]
+    assert all(got.field(n).type == types[c["type"]] for n, c in listed.items())
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "a.txt").write_text("one two\nthree\n")
+    streamfit.tokenize([tmp_path / "t"], tmp_path / "tok")
+    got = pq.read_table(tmp_path / "tok" / "tokens.parquet").schema
+    listed = schemas["tokenized_text"]["columns"]
+    assert got.names == list(listed)
+    assert all(got.field(n).type == types[c["type"]] for n, c in listed.items())
+    rng = np.random.default_rng(0)
+    path = write_dense(tmp_path / "c.parquet", rng.integers(0, 3, 20), rng.random((20, 4)))
+    streamfit.finalize(streamfit.accumulate([path]), tmp_path / "c.npy")
+    streamfit.score(tmp_path / "c.npy", [path], tmp_path / "cs")
+    got = pq.read_table(tmp_path / "cs" / "c.parquet").schema
+    listed = schemas["document_scores"]["columns_classify"]
+    assert got.names == ["label", *listed]
+    assert all(got.field(n).type == types[c["type"]] for n, c in listed.items())
