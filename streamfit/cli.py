@@ -175,7 +175,8 @@ def cmd_finalize_ngram(args, stats) -> int:
         raise StreamfitError(f"{args.stats} holds n-gram statistics: --form kneser-ney or "
                              f"blocks, not {form}")
     heldout = token_batches(args.heldout, vocab_size=stats.n_classes, column=args.column,
-                            batch_rows=args.batch_rows, progress=_progress(args)) \
+                            batch_rows=args.batch_rows, progress=_progress(args),
+                            text_column=args.text_column, tokenizer=args.tokenizer) \
         if args.heldout else None
     source = {"path": str(Path(args.stats).resolve()),
               "checksum": read_manifest(args.stats)["checksum"]}
@@ -678,6 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "offset and step per 64 values); default float64")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _column_options(p)
+    _text_options(p)
     p.set_defaults(func=cmd_finalize)
 
     p = sub.add_parser("evaluate", help="cross-entropy, perplexity and accuracy on Parquet data",

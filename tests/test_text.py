@@ -246,6 +246,17 @@ def test_text_column_gives_what_the_token_corpus_gives(text_corpus, model, capsy
     assert json.loads((tmp / "s1" / "manifest.json").read_text())["checksum"] == \
         json.loads((tmp / "s2" / "manifest.json").read_text())["checksum"]
     assert main(["finalize", "--stats", str(tmp / "s1"), "--out", str(tmp / "m.npy"), "--quiet"]) == 0
+    # held-out text for the block model / the calibrated form: the fit of the token corpus
+    assert main(["finalize", "--stats", str(tmp / "s1"), "--out", str(tmp / "h1.npy"), "--quiet",
+                 "--heldout", str(text), *via_text]) == 0
+    assert main(["finalize", "--stats", str(tmp / "s1"), "--out", str(tmp / "h2.npy"), "--quiet",
+                 "--heldout", str(tok / "tokens.parquet")]) == 0
+    h1, h2 = (json.loads((tmp / f"{h}.model.json").read_text()) for h in ("h1", "h2"))
+    got, want = ([v for v in (d.get("tau"), d.get("beta"), d.get("smoothing"),
+                              d.get("fit", {}).get("cross_entropy")) if v is not None]
+                 for d in (h1, h2))
+    assert got and got == pytest.approx(want, rel=1e-9)
+    assert h1.get("form") in ("blocks", "calibrated")
     capsys.readouterr()
     assert main(["evaluate", "--weights", str(tmp / "m.npy"), str(text), "--json", "--quiet",
                  *via_text]) == 0

@@ -613,20 +613,26 @@ def finalize_ngram(stats, out, *, form: str = "blocks", heldout=None, source: di
 
 
 def token_batches(paths, *, vocab_size: int, column: str = "tokens",
-                  batch_rows: int | None = None, progress: bool = False, desc: str = "calibrate"):
-    """TokenArrays of every record batch of Parquet token files, validated (ids beyond the
-    vocabulary are errors that name the file, row group, row and column)."""
+                  batch_rows: int | None = None, progress: bool = False, desc: str = "calibrate",
+                  text_column: str | None = None, tokenizer=None):
+    """TokenArrays of every record batch of Parquet token files (or of their `text_column`
+    tokenized with `tokenizer`), validated (ids beyond the vocabulary are errors that name
+    the file, row group, row and column)."""
     from tqdm.auto import tqdm
     from ..data.featurize import token_arrays
+    from ..data.tokenize import text_input
     from ..errors import InputError
     from ..io.parquet import DEFAULT_BATCH_ROWS, iter_batches, open_parquet, resolve_paths
+    text = text_input({"text_column": text_column, "tokenizer": tokenizer, "column": column},
+                      vocab_size)
     files = resolve_paths(paths)
     with tqdm(total=sum(open_parquet(p).metadata.num_rows for p in files), unit="docs",
               unit_scale=True, disable=None if progress else True, desc=desc) as bar:
         for p in files:
-            for b in iter_batches(p, [column], batch_rows=batch_rows or DEFAULT_BATCH_ROWS):
+            for b in iter_batches(p, [text.text_column if text else column],
+                                  batch_rows=batch_rows or DEFAULT_BATCH_ROWS):
                 try:
-                    yield token_arrays(b.data, column, vocab_size)
+                    yield token_arrays(text.tokens(b.data) if text else b.data, column, vocab_size)
                 except InputError as exc:
                     raise exc.located(path=str(p), row_group=b.row_group,
                                       row_offset=b.row_offset) from None
