@@ -129,6 +129,18 @@ class CompactNgramModel(NgramLite):
         load_listed_arrays(sidecar, meta["arrays"], check=check)
         super().__init__(sidecar)
 
+    def token_log_probs(self, arrays) -> np.ndarray:
+        """log p of every token of the documents (TokenArrays), as `NgramModel`'s."""
+        from .ngram import token_log_probs
+
+        return token_log_probs(self, arrays)
+
+    def score_documents(self, data, **columns):
+        """Per document (row) of an Arrow batch: n_tokens, log_prob (nats) and perplexity."""
+        from .documents import score_documents
+
+        return score_documents(self, data, **columns)
+
     def top_k(self, contexts, k):  # the full scorer's signature: a list of contexts
         ids = np.full((len(contexts), k), -1, np.int64)
         probs = np.zeros((len(contexts), k))

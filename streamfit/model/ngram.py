@@ -125,9 +125,7 @@ class NgramModel:
     def token_log_probs(self, arrays) -> np.ndarray:
         """log p(token | its order−1 previous tokens, BOS before the start) of every token of
         the documents (TokenArrays); the end token, with eos, is not scored."""
-        context, target = context_rows(np.asarray(arrays.tokens, np.int64), arrays.doc_offsets,
-                                       self.order, self.vocab_size, False)
-        return self.log_prob(context, target)
+        return token_log_probs(self, arrays)
 
     def score_documents(self, data, **columns):
         """Per document (row) of an Arrow batch: n_tokens, log_prob (nats) and perplexity."""
@@ -244,6 +242,15 @@ def context_rows(tokens: np.ndarray, doc_offsets: np.ndarray, order: int, vocab_
     for i in range(order - 1):
         context[:, i] = padded[at - (order - 1) + i]
     return context, padded[at]
+
+
+def token_log_probs(model, arrays) -> np.ndarray:
+    """log p(token | its order−1 previous tokens, BOS before the start) of every token of
+    the documents (TokenArrays), from any n-gram model's `log_prob` (full or compact); the
+    end token, with eos, is not scored."""
+    context, target = context_rows(np.asarray(arrays.tokens, np.int64), arrays.doc_offsets,
+                                   model.order, model.vocab_size, False)
+    return model.log_prob(context, target)
 
 
 def evaluate_ngram(model: NgramModel, paths, *, progress: bool = False,
