@@ -19,7 +19,8 @@ STAGES = ["io", "data", "count", "model", "solve", "train", "distributed", "cli"
 ANYWHERE = {"streamfit", "streamfit.errors",           # __version__ and the exceptions
             "streamfit.lite"}                        # numpy alone, imports no streamfit module
 TRAIN_SHARED = {"streamfit.train.core", "streamfit.train.lbfgs"}
-TRAIN_METHODS = {"streamfit.train.newton", "streamfit.train.subspace", "streamfit.train.grow"}
+TRAIN_METHODS = {"streamfit.train.newton", "streamfit.train.subspace", "streamfit.train.grow",
+                 "streamfit.train.ngram"}
 
 
 def module_name(path: Path) -> str:

@@ -144,21 +144,62 @@ class NgramModel:
         return ids, probs
 
 
+@njit(cache=True, nogil=True, inline="always")
+def context_chain(ctable, cbits, context, i, order, cslot):
+    """Walk the context tree for row i of `context` (order−1 tokens, oldest first): cslot[L]
+    = the table slot of its level-L suffix context for L = 1..m; returns m, the deepest
+    level seen in training (word 1 of a slot is the context's id, its suffix's key part)."""
+    c = np.int64(0)
+    m = 0
+    for L in range(1, order):
+        s = find_slot(ctable, cbits, (np.int64(L) << 56) | (context[i, order - 1 - L] << 36) | c)
+        if s < 0:
+            break
+        c = ctable[s, 1]
+        cslot[L] = s
+        m = L
+    return m
+
+
+@njit(cache=True, nogil=True)
+def context_chains(ctable, cbits, context, order):
+    """context_chain of every row: (deepest level m, slots (rows × order), −1 above m)."""
+    n = context.shape[0]
+    deepest = np.zeros(n, np.int64)
+    slots = np.full((n, order), -1, np.int64)
+    cslot = np.zeros(order, np.int64)
+    for i in range(n):
+        m = context_chain(ctable, cbits, context, i, order, cslot)
+        deepest[i] = m
+        for L in range(1, m + 1):
+            slots[i, L] = cslot[L]
+    return deepest, slots
+
+
+def context_chains_reference(ids: dict, context: np.ndarray, order: int):
+    """numpy twin of `context_chains` over a dict (level, token, suffix id) → context id
+    instead of the hash table: (deepest level, context ids (rows × order), −1 above)."""
+    n = context.shape[0]
+    deepest = np.zeros(n, np.int64)
+    chain = np.full((n, order), -1, np.int64)
+    for i in range(n):
+        c = 0
+        for L in range(1, order):
+            c = ids.get((L, int(context[i, order - 1 - L]), c))
+            if c is None:
+                break
+            chain[i, L] = c
+            deepest[i] = L
+    return deepest, chain
+
+
 @njit(cache=True, nogil=True)
 def _score(context, target, order, ctable, cvalues, cbits, ntable, nvalues, nbits, unigram, r0):
     n = target.size
     out = np.empty(n)
     cslot = np.zeros(order, np.int64)
     for i in range(n):
-        c = np.int64(0)
-        m = 0
-        for L in range(1, order):
-            s = find_slot(ctable, cbits, (np.int64(L) << 56) | (context[i, order - 1 - L] << 36) | c)
-            if s < 0:
-                break
-            c = ctable[s, 1]
-            cslot[L] = s
-            m = L
+        m = context_chain(ctable, cbits, context, i, order, cslot)
         y = target[i]
         L = m
         r = -1

@@ -33,7 +33,8 @@ from ..io.jit import njit
 from ..data.limits import ngram_bits
 from ..errors import OptionError, StreamfitError
 from ..io.files import available_memory
-from ..model.ngram import NgramModel, context_rows, find_slot, save_ngram_model, slot_table
+from ..model.ngram import (NgramModel, context_chain, context_rows, find_slot, save_ngram_model,
+                           slot_table)
 
 CID_BITS = 36          # context ids of one level
 TOK_BITS = 20          # class / token ids inside lookup keys (vocabulary + end + BOS)
@@ -240,17 +241,12 @@ def _positions(context, target, order, ctable, cbits, ntable, nbits, ctx_off, lp
     deepest = np.zeros(n, np.int64)
     chain = np.full((n, order), -1, np.int64)
     lp = np.zeros((n, order))
+    cslot = np.zeros(order, np.int64)
     for i in range(n):
-        c = np.int64(0)
         chain[i, 0] = 0
-        m = 0
-        for L in range(1, order):
-            s = find_slot(ctable, cbits, (np.int64(L) << 56) | (context[i, order - 1 - L] << 36) | c)
-            if s < 0:
-                break
-            c = ctable[s, 1]
-            chain[i, L] = c
-            m = L
+        m = context_chain(ctable, cbits, context, i, order, cslot)
+        for L in range(1, m + 1):
+            chain[i, L] = ctable[cslot[L], 1]
         deepest[i] = m
         lp[i, 0] = lp_flat[target[i]]
         for L in range(1, m + 1):
@@ -515,14 +511,16 @@ def fit_blocks(blocks: Blocks, deepest: np.ndarray, chain: np.ndarray, lp: np.nd
                       "message": str(result.message)}
 
 
-def scoring_model(blocks: Blocks, theta: np.ndarray, meta: dict, eos: bool) -> NgramModel:
+def scoring_model(blocks: Blocks, theta: np.ndarray, meta: dict, eos: bool, *, extra=None,
+                  logz=None) -> NgramModel:
     """The lookup tables of `model.ngram` for these τ: log Z of every training context
-    (all levels, as the deepest seen one), partial logits per n-gram row."""
+    (all levels, as the deepest seen one), partial logits per n-gram row. A refined model
+    (`train.ngram`) passes `extra`, per level its rows' added logits, and its own `logz`."""
     levels, N = blocks.levels, blocks.order
-    if np.array_equal(theta, kneser_ney_theta(N)):
+    if logz is None and np.array_equal(theta, kneser_ney_theta(N)):
         # Kneser-Ney is normalised by construction (every discount D[a] ≤ a): log Z = 0
         logz = np.zeros(sum(k.size for k in levels.ctx_key))
-    else:
+    elif logz is None:
         deepest = np.concatenate([np.full(levels.ctx_key[L].size, L) for L in range(N)])
         ids = np.concatenate([np.arange(levels.ctx_key[L].size) for L in range(N)])
         logz, _ = blocks.log_z(theta, blocks.queries(deepest, ids))
@@ -537,7 +535,7 @@ def scoring_model(blocks: Blocks, theta: np.ndarray, meta: dict, eos: bool) -> N
             for j in range(L, 0, -1):
                 tau[:, j] = theta[1 + (j - 1) * N_BUCKETS + blocks.bucket[j][c]]
                 c = levels.ctx_parent[j][c]
-        partial.append((tau * lps).sum(1))
+        partial.append((tau * lps).sum(1) + (extra[L] if extra is not None else 0.0))
     # contexts: key, id, log γ, τ, log Z
     ck = np.concatenate([np.zeros(0, np.int64)] +
                         [(np.int64(L) << LEVEL_SHIFT) | levels.ctx_key[L] for L in range(1, N)])
