@@ -27,6 +27,7 @@ _API = {
     "merge_into": "count.out_of_core",       # statistics directories → one, bounded memory
     "finalize": "solve.explicit",
     "finalize_ngram": "solve.ngram",         # n-gram statistics → Kneser-Ney or the block model
+    "refine_ngram": "train.ngram",           # an n-gram model → its maximum-entropy refinement
     "NgramModel": "model.ngram",
     "Model": "model.weights",
     "load_model": "model.weights",

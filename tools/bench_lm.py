@@ -7,7 +7,8 @@ statistics) and ``finalize --form blocks`` (τ per level and context-count bucke
 every valid prediction), scores the test split, and writes ``docs/lm.md`` with a plot of test
 perplexity against order beside it. Per model: test perplexity over the same predictions,
 wall time of accumulate and finalize, scoring speed (tokens per second on one core, the
-lookup scorer alone and the whole ``evaluate`` call), model size. With ``--eos`` statistics
+lookup scorer alone and the whole ``evaluate`` call), model size. Orders 2-4 (no eos):
+``refine`` on the block model too, the maximum-entropy n-gram model (``train.ngram``). With ``--eos`` statistics
 (an end-of-document token predicted, as KenLM's ``</s>``) the same models are scored with
 the end token's predictions left out of the average, which is how KenLM is scored here.
 
@@ -27,6 +28,7 @@ more than the 63 of a packed n-gram key: it is measured for KenLM only.
     python tools/bench_lm.py --kenlm /path/to/kenlm/build/bin   # ~30 min on 2 cores
     python tools/bench_lm.py --quick                             # orders 2-3, no window models
     python tools/bench_lm.py --render docs/lm.json               # the page again, running nothing
+    python tools/bench_lm.py --refine-into docs/lm.json          # add the refined rows to a run
 """
 from __future__ import annotations
 
@@ -45,12 +47,14 @@ from corpora import corpus_meta, gcide_corpus, stdlib_corpus  # noqa: E402
 from harness import log, page_main, write_page  # noqa: E402
 from internals import context_rows, token_batches  # noqa: E402
 import streamfit  # noqa: E402
-from streamfit import accumulate_into, evaluate, finalize_ngram, load_model, load_stats  # noqa: E402
+from streamfit import (accumulate_into, evaluate, finalize_ngram, load_model, load_stats,  # noqa: E402
+                       refine_ngram)
 
 DATASETS = ("gcide", "stdlib")
 MAX_KEY_ORDER = {"gcide": 4, "stdlib": 4}   # 63 // N bits a token: 15 at order 4, 12 at 5
 ORDERS = (2, 3, 4, 5)
 QUICK_ORDERS = (2, 3)
+REFINE_ORDERS = (2, 3, 4)   # the maximum-entropy refinement (no eos statistics)
 WINDOWS = (1, 2)
 SCALE = 10
 
@@ -104,8 +108,59 @@ def ngram_models(folder: Path, tmp: Path, order: int, eos: bool) -> dict:
         out[form] = entry
         log(f"  order {order}{' eos' if eos else ''} {form}: test ppl {res['perplexity']:.3f}, "
             f"accumulate {t_acc:.1f} s, finalize {t_fin:.1f} s")
+    if not eos and order in REFINE_ORDERS:
+        out["maxent"] = maxent_model(folder, tmp, stats, model)
     shutil.rmtree(stats_dir, ignore_errors=True)
     return out
+
+
+def maxent_model(folder: Path, tmp: Path, stats, blocks) -> dict:
+    """`refine` on the block model: the maximum-entropy n-gram model over its statistics,
+    L2 candidates and kept iteration chosen on valid, scored on test."""
+    path = tmp / f"maxent-{stats.order}.npy"
+    heldout = token_batches([folder / "valid.parquet"], vocab_size=stats.n_classes)
+    _, t_ref = timed(refine_ngram, stats, blocks.meta, path, heldout=heldout)
+    model = load_model(path)
+    res = evaluate(model, [folder / "test.parquet"])
+    info = model.meta["refinement"]
+    log(f"  order {stats.order} maxent: test ppl {res['perplexity']:.3f}, refine {t_ref:.1f} s")
+    return {"refine_s": t_ref, "perplexity": res["perplexity"], "n": res["n"],
+            "model_bytes": model.nbytes,
+            "refinement": {k: info[k] for k in ("l2", "kept_iteration", "heldout_start",
+                                                "heldout", "entries", "refine_tau")},
+            "runs": [{"l2": r["l2"], "iterations": len(r["log"]), "kept_iteration":
+                      r["kept_iteration"], "heldout": r["heldout"]} for r in info["runs"]]}
+
+
+def refine_into(saved_path: Path, args) -> int:
+    """Add the maximum-entropy rows to a saved run (accumulate and the block model again,
+    then refine), re-rendering the page: the rest of the run is left as it was saved."""
+    import tempfile
+    from harness import command, load_average, load_results, save_and_render, utc_now
+    saved = load_results(saved_path)
+    started, load_start = time.perf_counter(), load_average()
+    orders = [int(o) for o in args.refine_orders.split(",")]
+    with tempfile.TemporaryDirectory(prefix="bench_lm-") as tmp:
+        tmp = Path(tmp)
+        for name in args.names:
+            res = saved["results"][name]
+            folder = corpus(name, Path(args.data))
+            for order in orders:
+                stats_dir = tmp / f"stats-{order}"
+                accumulate_into(stats_dir, [folder / "train.parquet"], order=order, overwrite=True)
+                stats = load_stats(stats_dir)
+                path = tmp / f"blocks-{order}.npy"
+                finalize_ngram(stats, path, form="blocks", heldout=token_batches(
+                    [folder / "valid.parquet"], vocab_size=stats.n_classes))
+                res["ngram"][str(order)]["maxent"] = maxent_model(folder, tmp, stats,
+                                                                  load_model(path))
+                shutil.rmtree(stats_dir, ignore_errors=True)
+            res.setdefault("refined_by", []).append(
+                {"command": command("bench_lm.py", None), "date": utc_now(), "orders": orders,
+                 "load_start": load_start, "wall_s": time.perf_counter() - started})
+    save_and_render(saved_path, saved, render, Path(args.out), plots=not args.no_plots)
+    log(f"{saved_path}: maximum-entropy rows added ({(time.perf_counter() - started) / 60:.1f} min)")
+    return 0
 
 
 def window_model(folder: Path, tmp: Path, window: int) -> dict:
@@ -266,6 +321,10 @@ def plot(res: dict, path: Path) -> None:
         form = "blocks" if "blocks" in label else "kneser-ney"
         xs = [int(o) for o in res[key]]
         ax.plot(xs, [res[key][o][form]["perplexity"] for o in res[key]], style, label=label)
+    refined = [o for o in res["ngram"] if "maxent" in res["ngram"][o]]
+    if refined:
+        ax.plot([int(o) for o in refined], [res["ngram"][o]["maxent"]["perplexity"] for o in refined],
+                "D-", label="maximum entropy, refined (streamfit)")
     if res.get("kenlm"):
         xs = [int(o) for o in res["kenlm"] if o != "scaled"]
         ax.plot(xs, [res["kenlm"][str(o)]["perplexity"] for o in xs], "^:", label="KenLM lmplz (eos)")
@@ -316,8 +375,13 @@ def targets(res: dict) -> list[str]:
         ours = s["accumulate_s"] + s["finalize_s"]
         lines.append(f"| order {s['order']}, train ×{s['copies']}: accumulate + finalize (Kneser-Ney) ≤ lmplz, wall | "
                      f"{ours:.1f} s vs {k['lmplz_s']:.1f} s | {yes(ours <= k['lmplz_s'])} |")
-    lines.append("| after refinement ≥ 5% below Kneser-Ney | not done (no max-ent refinement on the "
-                 "sparse support yet) | **no** |")
+    refined = [o for o in res["ngram"] if "maxent" in res["ngram"][o]]
+    for o in refined:
+        kn, me = res["ngram"][o]["kneser-ney"]["perplexity"], res["ngram"][o]["maxent"]["perplexity"]
+        lines.append(f"| order {o}: after refinement ≥ 5% below our Kneser-Ney | {me:.2f} vs {kn:.2f} "
+                     f"({100 * (1 - me / kn):.1f}% below) | {yes(me <= 0.95 * kn)} |")
+    if not refined:
+        lines.append("| after refinement ≥ 5% below Kneser-Ney | not measured in this run | **no** |")
     return lines + [""]
 
 
@@ -331,6 +395,10 @@ def table(res: dict) -> list[str]:
             lines.append(f"| streamfit {label} | {o} | {a['perplexity']:.2f} | {e['perplexity']:.2f} | "
                          f"{e['perplexity_with_eos']:.2f} | {fmt_s(res['ngram'][o]['accumulate_s'])} | "
                          f"{fmt_s(a['finalize_s'])} | {a['model_bytes'] / 1e6:.1f} |")
+        if "maxent" in res["ngram"][o]:
+            m = res["ngram"][o]["maxent"]
+            lines.append(f"| streamfit maximum entropy (refine on blocks) | {o} | {m['perplexity']:.2f} "
+                         f"| | | | {fmt_s(m['refine_s'])} (refine) | {m['model_bytes'] / 1e6:.1f} |")
     for o, k in (res.get("kenlm") or {}).items():
         if o == "scaled":
             continue
@@ -357,6 +425,19 @@ def details(res: dict) -> list[str]:
                      f"predictions ({f['distinct_contexts']:,} distinct deepest contexts), valid "
                      f"perplexity {math.exp(f['cross_entropy_kneser_ney']):.2f} → "
                      f"{math.exp(f['cross_entropy']):.2f}, {f['seconds']:.1f} s.")
+    for o in res["key_orders"]:
+        m = res["ngram"][str(o)].get("maxent")
+        if m:
+            r = m["refinement"]
+            lines.append(f"- order {o}, maximum entropy: {r['entries']:,} weights (one per seen "
+                         f"n-gram at each level) over the block model's τ (kept: τ "
+                         f"{'refined too' if r['refine_tau'] else 'as fitted on valid'}); "
+                         f"L-BFGS on the training counts, valid perplexity "
+                         f"{math.exp(r['heldout_start']):.2f} → {math.exp(r['heldout']):.2f} at "
+                         f"l2 {r['l2']:g}, iteration {r['kept_iteration']} kept; per l2 "
+                         + ", ".join(f"{x['l2']:g}: {math.exp(x['heldout']):.2f} at iteration "
+                                     f"{x['kept_iteration']} of {x['iterations']}" for x in m["runs"])
+                         + f"; {m['refine_s']:.0f} s.")
     for o in ("2", "3"):
         if o in res["ngram"] and "scorer_tokens_per_s" in res["ngram"][o]["blocks"]:
             b = res["ngram"][o]["blocks"]
@@ -395,13 +476,23 @@ def page_lines(results: dict, meta: dict) -> list[str]:
              "count-of-counts and discounts at finalize, KenLM's convention at document starts); "
              "`finalize --form blocks --heldout valid` fits the log-linear model over the "
              "Kneser-Ney levels, one τ per level and context-count bucket, on every valid "
-             "prediction with the exact normaliser (METHODS.md §6). Test perplexity is over "
+             "prediction with the exact normaliser (METHODS.md §6); `refine` on a block model "
+             "(orders 2–4, no eos) is the maximum-entropy n-gram model: one weight per n-gram "
+             "seen in training at each level added to the block logits, L-BFGS on the training "
+             "counts, its L2 and best iteration chosen on valid. Test perplexity is over "
              "every token of test; the `eos` columns use statistics with an end-of-document "
              "token predicted, and leave its predictions out of the average as KenLM's `</s>` "
              "is left out here, so those columns and KenLM's score the same positions.", "",
              "## Targets", ""]
     for res in results.values():
         lines += targets(res)
+    for res in results.values():
+        for r in res.get("refined_by", []):
+            lines += [f"{res['name']}, order {', '.join(map(str, r['orders']))}: the maximum-entropy "
+                      f"rows were added by `{r['command']}` on {r['date']} (load average "
+                      f"{r['load_start']:.1f} at its start, {r['wall_s'] / 60:.0f} min), which "
+                      "counts and fits the block models again (the same figures) and refines "
+                      "them; the rest is the run above.", ""]
     for res in results.values():
         lines += [f"## {res['name']}", "",
                   f"Vocabulary {res['vocab_size']:,}; tokens train / valid / test "
@@ -419,9 +510,25 @@ def render(saved: dict, out_dir: Path, *, plots: bool = True) -> Path:
 def options(ap) -> None:
     ap.add_argument("--kenlm", metavar="DIR",
                     help="folder of KenLM's lmplz, build_binary and query (skipped when absent)")
+    ap.add_argument("--refine-into", metavar="JSON",
+                    help="add the maximum-entropy refinement to a saved run (lm.json) and render "
+                         "the page again, running nothing else")
+    ap.add_argument("--refine-orders", default=",".join(map(str, REFINE_ORDERS)),
+                    help="orders --refine-into refines (default: %(default)s)")
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--refine-into")
+    if pre.parse_known_args(argv)[0].refine_into:
+        from harness import dataset_names, page_options
+        ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+        page_options(ap, "lm", DATASETS, "unused")
+        options(ap)
+        args = ap.parse_args(argv)
+        args.names = dataset_names(args.datasets, DATASETS)
+        return refine_into(Path(args.refine_into), args)
     return page_main(argv, __doc__.split("\n\n")[0], "bench_lm.py", "lm", datasets=DATASETS,
                      quick="orders 2 and 3 only, no window models, no ×10 corpus",
                      render=render, run=bench, options=options)
