@@ -596,6 +596,10 @@ def cmd_info(args) -> int:
     for key, value in info.items():
         if key == "sources":
             value = f"{len(value)} files, {sum(len(s['row_groups']) for s in value)} row groups"
+        elif key == "refinement" and value and "runs" in value:  # an n-gram model's
+            value = (f"maximum entropy over {value['entries']:,} entries, l2 {value['l2']:g}, "
+                     f"iteration {value['kept_iteration']} kept, held-out cross-entropy "
+                     f"{value['heldout_start']:.4f} → {value['heldout']:.4f}")
         elif key == "refinement" and value:
             last = value["log"][-1] if value["log"] else {}
             value = (f"{value['method']} from {value.get('from')}, {len(value['log'])} passes, "

@@ -192,6 +192,8 @@ def test_cli_refines_an_ngram_model(corpus, tmp_path, capsys):
     after = streamfit.evaluate(refined, [held])["cross_entropy"]
     assert after <= before
     assert abs(after - refined.meta["refinement"]["heldout"]) < 1e-9
+    code, out, err = cli("info", tmp_path / "r.npy")
+    assert code == 0 and "maximum entropy over" in out, err
     for args, message in [
             ((tmp_path / "b.npy", s), "--heldout"),
             ((tmp_path / "b.npy", other, "--heldout", held), "not the statistics"),
