@@ -8,6 +8,8 @@ finalized model for the start; the numpy twin of the context-chain kernel.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -18,7 +20,7 @@ from streamfit.model.weights import load_model
 from streamfit.solve import ngram as sn
 from streamfit.train import ngram as tn
 
-from conftest import write_tokens
+from conftest import cli as in_process_cli, write_tokens
 from test_ngram import random_docs
 
 
@@ -168,15 +170,7 @@ def test_refusal_up_front_when_memory_cannot_hold_it(corpus, tmp_path, monkeypat
 
 
 def test_cli_refines_an_ngram_model(corpus, tmp_path, capsys):
-    """In process (`cli.main`): the commands' output and refusals, not a fresh interpreter's."""
-    from streamfit.cli import main
-
-    def cli(*args):
-        capsys.readouterr()
-        code = main([str(a) for a in args])
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
+    cli = functools.partial(in_process_cli, capsys)
     train, held = corpus
     s, other = tmp_path / "s", tmp_path / "s2"
     assert cli("accumulate", "--order", 3, "--stats", s, "--quiet", train)[0] == 0
