@@ -36,6 +36,7 @@ from ..io.files import available_memory
 from ..io.jit import njit
 from ..solve.ngram import (TOK_BITS, Blocks, Levels, decode_ngrams, lookup_tables, n_params,
                            positions, scoring_model)
+from ..solve.ngram import memory_need as finalize_memory_need
 from ..model.ngram import NgramModel, context_rows, find_slot
 
 L2_CANDIDATES = (4.0, 16.0, 64.0)  # λ·n: about the pseudo-counts an entry's weight is shrunk by
@@ -338,11 +339,12 @@ def heldout_data(model: MaxEnt, batches, eos: bool, tables) -> dict:
 
 def memory_need(stats, n_delta: int, heldout_tokens: int) -> int:
     """About the peak bytes of refining: the L-BFGS history and vectors over every entry,
-    the training n-grams' and held-out predictions' per-level arrays, the finalize tables."""
+    the training n-grams' and held-out predictions' per-level arrays (and their queries),
+    and what finalizing the same statistics holds (the levels, the model's tables)."""
     N = stats.order
     vectors = 8 * (n_delta + n_params(N)) * (2 * HISTORY + 16)
     predictions = 8 * (int(stats.nnz) + heldout_tokens) * (5 * N + 6)
-    return vectors + 2 * predictions + 320 * int(stats.nnz) * N
+    return vectors + 2 * predictions + finalize_memory_need(stats)
 
 
 def check_memory(stats, n_delta: int, heldout_tokens: int) -> None:
@@ -360,7 +362,7 @@ class _Stop(Exception):
 
 
 def fit(model: MaxEnt, theta0: np.ndarray, train: dict, held: dict, *, l2: float,
-        max_iter: int, refine_tau: bool = True, on_iteration=None) -> dict:
+        max_iter: int, refine_tau: bool = False, on_iteration=None) -> dict:
     """L-BFGS on train cross-entropy + ½ (l2 / n) ‖δ‖² from (θ0, δ = 0), scaled by the
     diagonal curvature; the iterate with the lowest held-out cross-entropy is returned."""
     from scipy.optimize import minimize
