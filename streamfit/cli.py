@@ -364,7 +364,7 @@ def cmd_refine_ngram(args, model: NgramModel) -> int:
                              f"finalized from ({source.get('path', 'unknown')})")
     heldout = token_batches(args.heldout, vocab_size=stats.n_classes, column=args.column,
                             batch_rows=args.batch_rows, progress=_progress(args), desc="held-out")
-    passes = args.passes or MAX_ITER
+    passes = MAX_ITER if args.passes is None else args.passes
     l2s = [args.l2] if args.l2 is not None else list(L2_CANDIDATES)
     with tqdm(total=passes * len(l2s), unit="pass", desc="refine n-gram",
               disable=None if _progress(args) else True) as bar:
@@ -395,7 +395,8 @@ def cmd_refine(args) -> int:
     model = load_model(args.weights, check=True)  # read whole: verified
     if isinstance(model, NgramModel):
         return cmd_refine_ngram(args, model)
-    args.passes = args.passes or 5
+    if args.passes is None:
+        args.passes = 5
     common = dict(task=model.task, window=model.window, n_classes=model.n_classes,
                   n_features=model.n_features, batch_rows=args.batch_rows, **_columns(args))
     files = resolve_paths(args.paths)

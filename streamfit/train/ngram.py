@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from ..errors import StreamfitError
+from ..errors import OptionError, StreamfitError
 from ..io.files import available_memory
 from ..io.jit import njit
 from ..solve.ngram import (TOK_BITS, Blocks, Levels, decode_ngrams, lookup_tables, n_params,
@@ -424,6 +424,10 @@ def refine_ngram(stats, blocks_meta: dict, out, *, heldout, l2s=L2_CANDIDATES,
     from ..model.ngram import save_ngram_model
     from ..model.weights import sidecar_path, stem_of
     from ..solve.ngram import kneser_ney
+    if max_iter < 1:
+        raise OptionError(f"passes must be at least 1, not {max_iter}")
+    if not l2s or min(l2s) < 0:
+        raise OptionError(f"l2 must be at least 0, not {min(l2s) if l2s else 'none'}")
     t0 = time.perf_counter()
     levels = kneser_ney(stats)
     blocks = Blocks(levels)
