@@ -88,6 +88,9 @@ def test_value_and_gradient_equal_the_dense_softmax(corpus, order, eos):
     assert abs(value - want_value) < 1e-12
     np.testing.assert_allclose(g_theta, want_theta, rtol=0, atol=1e-12)
     np.testing.assert_allclose(g_delta, want_delta, rtol=0, atol=1e-12)
+    _, no_theta, same_delta = model.value_and_grad(theta, delta, train, grad_theta=False)
+    assert not no_theta.any()
+    np.testing.assert_allclose(same_delta, g_delta, rtol=0, atol=1e-15)
 
 
 @pytest.mark.parametrize("order", [2, 4])

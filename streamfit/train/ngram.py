@@ -23,6 +23,8 @@ Objective: the mean cross-entropy of the training n-grams — their counts are s
 Σ count·log p — plus ½λ‖δ‖², L-BFGS in coordinates scaled by the diagonal curvature
 (≈ an entry's count), the held-out cross-entropy evaluated after every iteration and the
 best iterate kept; λ from a few candidates, the one with the best held-out point chosen.
+The τ stay as fitted on held-out data unless asked (`refine_tau`): refitted on the training
+counts they overfit at once (GCIDE order 3: the held-out loss rose from the first iteration).
 """
 from __future__ import annotations
 
@@ -146,14 +148,16 @@ def _sweep(theta, D, parent, row_off, g_level, g_start, g_end, g_param, lp_off, 
 
 
 @njit(cache=True, nogil=True)
-def _assemble(theta, weight, deepest, group, log_gamma, param, W, WL, n_groups, order, grad):
-    """log Z of each query; with grad, E_p[log P_j] per query and level, and per group the
-    coefficients α (own shell) and β (parent shell) of the δ gradient's second sweep."""
+def _assemble(theta, weight, deepest, group, log_gamma, param, W, WL, n_groups, order, grad,
+              grad_delta):
+    """log Z of each query; with grad, E_p[log P_j] per query and level (WL swept with
+    grad); with grad_delta, per group the coefficients α (own shell) and β (parent shell) of
+    the δ gradient's second sweep."""
     nq = deepest.size
     logz = np.zeros(nq)
     E = np.zeros((nq, order)) if grad else np.zeros((1, order))
-    alpha = np.zeros(n_groups if grad else 1)
-    beta = np.zeros(n_groups if grad else 1)
+    alpha = np.zeros(n_groups if grad_delta else 1)
+    beta = np.zeros(n_groups if grad_delta else 1)
     eKs = np.zeros(order)
     tau = np.zeros(order)
     M = np.zeros(order)
@@ -190,6 +194,7 @@ def _assemble(theta, weight, deepest, group, log_gamma, param, W, WL, n_groups, 
         if grad:
             for j in range(order):
                 E[q, j] = M[j] / Z
+        if grad_delta:
             for mp in range(m + 1):
                 a = weight[q] * eKs[mp] / Z
                 alpha[group[q, mp]] += a
@@ -278,7 +283,7 @@ class MaxEnt:
         W, WL = _sweep(theta, D, *self._sweep_args(q), False)
         logz, *_ = _assemble(theta, q["weight"] if "weight" in q else np.ones(q["deepest"].size),
                              q["deepest"], q["group"], q["log_gamma"], q["param"], W, WL,
-                             int(q["g_level"].size), self.order, False)
+                             int(q["g_level"].size), self.order, False, False)
         return logz
 
     def cross_entropy(self, theta, delta, q) -> float:
@@ -286,21 +291,24 @@ class MaxEnt:
         logz = self.log_z(theta, delta, q)
         return float((q["weight"] @ logz - q["phi"] @ theta - q["obs"] @ delta) / q["total"])
 
-    def value_and_grad(self, theta, delta, q):
-        """The mean cross-entropy of `q` and its gradient in (τ, δ), without the L2 term."""
+    def value_and_grad(self, theta, delta, q, *, grad_theta: bool = True):
+        """The mean cross-entropy of `q` and its gradient in (τ, δ), without the L2 term
+        (the τ part zero, and not computed, without grad_theta)."""
         N = self.order
         D = cumulative(delta, self.row_off, self.parent)
         args = self._sweep_args(q)
-        W, WL = _sweep(theta, D, *args, True)
+        W, WL = _sweep(theta, D, *args, grad_theta)
         logz, E, alpha, beta = _assemble(theta, q["weight"], q["deepest"], q["group"],
                                          q["log_gamma"], q["param"], W, WL, q["n_groups"], N,
-                                         True)
+                                         grad_theta, True)
         n = q["total"]
         value = (q["weight"] @ logz - q["phi"] @ theta - q["obs"] @ delta) / n
-        g_theta = -q["phi"].copy()
-        for j in range(N):
-            g_theta += np.bincount(q["param"][:, j], weights=q["weight"] * E[:, j],
-                                   minlength=g_theta.size)
+        g_theta = np.zeros(self.n_theta)
+        if grad_theta:
+            g_theta -= q["phi"]
+            for j in range(N):
+                g_theta += np.bincount(q["param"][:, j], weights=q["weight"] * E[:, j],
+                                       minlength=g_theta.size)
         acc = _sweep_back(alpha, beta, theta, D, *args[:-1], N)
         g_delta = to_ancestors(acc, self.row_off, self.parent) - q["obs"]
         return value, g_theta / n, g_delta / n
@@ -378,10 +386,10 @@ def fit(model: MaxEnt, theta0: np.ndarray, train: dict, held: dict, *, l2: float
 
     def objective(x):
         theta, delta = unpack(x)
-        value, g_theta, g_delta = model.value_and_grad(theta, delta, train)
+        value, g_theta, g_delta = model.value_and_grad(theta, delta, train, grad_theta=refine_tau)
         value += 0.5 * lam * float(delta @ delta)
         g_delta += lam * delta
-        return value, np.concatenate([g_theta if refine_tau else np.zeros(nt), g_delta * scale])
+        return value, np.concatenate([g_theta, g_delta * scale])
 
     start = model.cross_entropy(theta0, np.zeros(model.n_delta), held)
     best = {"heldout": start, "iteration": 0, "theta": theta0.copy(),
