@@ -361,18 +361,27 @@ class Blocks:
 
     def log_z(self, theta: np.ndarray, q: dict, grad: bool = False):
         """log Z of each query, and with grad E_p[log P_j] per query and level."""
-        W, WL = _group_sums(theta, q["g_level"], q["g_start"], q["g_end"], q["g_param"],
-                            self.lp_off, self.lp_flat, self.order, grad)
-        return _assemble(theta, q["deepest"], q["group"], q["log_gamma"], q["param"], W, WL,
-                         self.order, grad)
+        none = np.zeros(0, dtype=np.int64)
+        W, WL = group_sums(theta, np.zeros(0), none, none, q["g_level"], q["g_start"],
+                           q["g_end"], q["g_param"], self.lp_off, self.lp_flat, self.order, grad)
+        logz, E, _, _ = assemble_log_z(theta, np.zeros(0), q["deepest"], q["group"],
+                                       q["log_gamma"], q["param"], W, WL,
+                                       int(q["g_level"].size), self.order, grad, False)
+        return logz, E
 
 
 @njit(cache=True, nogil=True)
-def _group_sums(theta, g_level, g_start, g_end, g_param, lp_off, lp_flat, order, grad):
+def group_sums(theta, D, parent, row_off, g_level, g_start, g_end, g_param, lp_off, lp_flat, order,
+           grad):
+    """Per group: the sums over its support of its own shell's weights and of its parent
+    shell's (W), and with grad the same weighted by each log P_j (WL). D: each entry's
+    summed refinement offset (train.ngram), indexed through row_off and parent; empty for
+    the finalized model (no offsets)."""
     G = g_level.size
-    W = np.zeros((G, 2))  # [:, 0] the group's own shell term, [:, 1] its parent's
+    W = np.zeros((G, 2))
     WL = np.zeros((G, 2, order)) if grad else np.zeros((1, 2, order))
     tau = np.zeros(order)
+    offsets = D.size > 0
     for g in range(G):
         t = g_level[g]
         for j in range(order):
@@ -387,15 +396,22 @@ def _group_sums(theta, g_level, g_start, g_end, g_param, lp_off, lp_flat, order,
         w1 = 0.0
         for r in range(g_start[g], g_end[g]):
             p = base + r * stride
+            d_own = 0.0
+            d_parent = 0.0
+            if offsets:
+                k = row_off[t] + r
+                d_own = D[k]
+                if t >= 1:
+                    d_parent = D[row_off[t - 1] + parent[k]]
             low = 0.0
             for j in range(t - 1):
                 low += tau[j] * lp_flat[p + j]
             if t >= 1:
-                ws = math.exp(low + tau[t - 1] * lp_flat[p + t - 1] + Tt * lp_flat[p + t])
-                wc = math.exp(low + Ttm1 * lp_flat[p + t - 1])
+                ws = math.exp(low + tau[t - 1] * lp_flat[p + t - 1] + Tt * lp_flat[p + t] + d_own)
+                wc = math.exp(low + Ttm1 * lp_flat[p + t - 1] + d_parent)
                 w1 += wc
             else:
-                ws = math.exp(Tt * lp_flat[p])
+                ws = math.exp(Tt * lp_flat[p] + d_own)
                 wc = 0.0
             w0 += ws
             if grad:
@@ -409,10 +425,18 @@ def _group_sums(theta, g_level, g_start, g_end, g_param, lp_off, lp_flat, order,
 
 
 @njit(cache=True, nogil=True)
-def _assemble(theta, deepest, group, log_gamma, param, W, WL, order, grad):
+def assemble_log_z(theta, weight, deepest, group, log_gamma, param, W, WL, n_groups, order, grad,
+              grad_delta):
+    """log Z of each query from the group sums W (and WL) of its shells; with grad,
+    E_p[log P_j] per query and level (WL swept with grad); with grad_delta (refinement of
+    the entries, train.ngram), per group the coefficients α (own shell) and β (parent shell)
+    of the δ gradient's second sweep, each query weighted by `weight`."""
     nq = deepest.size
     logz = np.zeros(nq)
     E = np.zeros((nq, order)) if grad else np.zeros((1, order))
+    alpha = np.zeros(n_groups if grad_delta else 1)
+    beta = np.zeros(n_groups if grad_delta else 1)
+    eKs = np.zeros(order)
     tau = np.zeros(order)
     M = np.zeros(order)
     Gam = np.zeros(order)
@@ -436,6 +460,7 @@ def _assemble(theta, deepest, group, log_gamma, param, W, WL, order, grad):
                 gc = group[q, mp + 1]
                 dW -= W[gc, 1]
             eK = math.exp(K)
+            eKs[mp] = eK
             Z += eK * dW
             if grad:
                 for j in range(mp + 1):
@@ -447,7 +472,13 @@ def _assemble(theta, deepest, group, log_gamma, param, W, WL, order, grad):
         if grad:
             for j in range(order):
                 E[q, j] = M[j] / Z
-    return logz, E
+        if grad_delta:
+            for mp in range(m + 1):
+                a = weight[q] * eKs[mp] / Z
+                alpha[group[q, mp]] += a
+                if mp < m:
+                    beta[group[q, mp + 1]] += a
+    return logz, E, alpha, beta
 
 
 def heldout_positions(levels: Levels, batches, eos: bool):

@@ -36,8 +36,8 @@ import numpy as np
 from ..errors import OptionError, StreamfitError
 from ..io.files import available_memory
 from ..io.jit import njit
-from ..solve.ngram import (TOK_BITS, Blocks, Levels, decode_ngrams, lookup_tables, n_params,
-                           positions, scoring_model)
+from ..solve.ngram import (TOK_BITS, Blocks, Levels, assemble_log_z, decode_ngrams, group_sums,
+                           lookup_tables, n_params, positions, scoring_model)
 from ..solve.ngram import memory_need as finalize_memory_need
 from ..model.ngram import NgramModel, context_rows, find_slot
 
@@ -100,107 +100,6 @@ def _entry_rows(chain, deepest, target, order, ntable, nbits):
                 break
             rows[i, L] = ntable[s, 1]
     return rows
-
-
-@njit(cache=True, nogil=True)
-def _sweep(theta, D, parent, row_off, g_level, g_start, g_end, g_param, lp_off, lp_flat, order,
-           grad):
-    """Per group: the sums over its support of its own shell's weights and of its parent
-    shell's (W), and with grad the same weighted by each log P_j (WL)."""
-    G = g_level.size
-    W = np.zeros((G, 2))
-    WL = np.zeros((G, 2, order)) if grad else np.zeros((1, 2, order))
-    tau = np.zeros(order)
-    for g in range(G):
-        t = g_level[g]
-        for j in range(order):
-            tau[j] = theta[g_param[g, j]]
-        Tt = 0.0
-        for j in range(t, order):
-            Tt += tau[j]
-        Ttm1 = Tt + (tau[t - 1] if t >= 1 else 0.0)
-        base = lp_off[t]
-        stride = t + 1
-        w0 = 0.0
-        w1 = 0.0
-        for r in range(g_start[g], g_end[g]):
-            p = base + r * stride
-            k = row_off[t] + r
-            low = 0.0
-            for j in range(t - 1):
-                low += tau[j] * lp_flat[p + j]
-            if t >= 1:
-                ws = math.exp(low + tau[t - 1] * lp_flat[p + t - 1] + Tt * lp_flat[p + t] + D[k])
-                wc = math.exp(low + Ttm1 * lp_flat[p + t - 1] + D[row_off[t - 1] + parent[k]])
-                w1 += wc
-            else:
-                ws = math.exp(Tt * lp_flat[p] + D[k])
-                wc = 0.0
-            w0 += ws
-            if grad:
-                for j in range(t + 1):
-                    WL[g, 0, j] += ws * lp_flat[p + j]
-                for j in range(t):
-                    WL[g, 1, j] += wc * lp_flat[p + j]
-        W[g, 0] = w0
-        W[g, 1] = w1
-    return W, WL
-
-
-@njit(cache=True, nogil=True)
-def _assemble(theta, weight, deepest, group, log_gamma, param, W, WL, n_groups, order, grad,
-              grad_delta):
-    """log Z of each query; with grad, E_p[log P_j] per query and level (WL swept with
-    grad); with grad_delta, per group the coefficients α (own shell) and β (parent shell) of
-    the δ gradient's second sweep."""
-    nq = deepest.size
-    logz = np.zeros(nq)
-    E = np.zeros((nq, order)) if grad else np.zeros((1, order))
-    alpha = np.zeros(n_groups if grad_delta else 1)
-    beta = np.zeros(n_groups if grad_delta else 1)
-    eKs = np.zeros(order)
-    tau = np.zeros(order)
-    M = np.zeros(order)
-    Gam = np.zeros(order)
-    for q in range(nq):
-        m = deepest[q]
-        for j in range(order):
-            tau[j] = theta[param[q, j]]
-            M[j] = 0.0
-        Z = 0.0
-        for mp in range(m + 1):
-            K = 0.0
-            acc = 0.0
-            for j in range(mp + 1, order):
-                acc += log_gamma[q, j]
-                Gam[j] = acc
-                K += tau[j] * acc
-            g = group[q, mp]
-            dW = W[g, 0]
-            gc = -1
-            if mp < m:
-                gc = group[q, mp + 1]
-                dW -= W[gc, 1]
-            eK = math.exp(K)
-            eKs[mp] = eK
-            Z += eK * dW
-            if grad:
-                for j in range(mp + 1):
-                    M[j] += eK * (WL[g, 0, j] - (WL[gc, 1, j] if gc >= 0 else 0.0))
-                dlast = WL[g, 0, mp] - (WL[gc, 1, mp] if gc >= 0 else 0.0)
-                for j in range(mp + 1, order):
-                    M[j] += eK * (dlast + Gam[j] * dW)
-        logz[q] = math.log(Z)
-        if grad:
-            for j in range(order):
-                E[q, j] = M[j] / Z
-        if grad_delta:
-            for mp in range(m + 1):
-                a = weight[q] * eKs[mp] / Z
-                alpha[group[q, mp]] += a
-                if mp < m:
-                    beta[group[q, mp + 1]] += a
-    return logz, E, alpha, beta
 
 
 @njit(cache=True, nogil=True)
@@ -280,10 +179,10 @@ class MaxEnt:
 
     def log_z(self, theta, delta, q) -> np.ndarray:
         D = cumulative(delta, self.row_off, self.parent)
-        W, WL = _sweep(theta, D, *self._sweep_args(q), False)
-        logz, *_ = _assemble(theta, q["weight"] if "weight" in q else np.ones(q["deepest"].size),
-                             q["deepest"], q["group"], q["log_gamma"], q["param"], W, WL,
-                             int(q["g_level"].size), self.order, False, False)
+        W, WL = group_sums(theta, D, *self._sweep_args(q), False)
+        logz, *_ = assemble_log_z(theta, np.zeros(0), q["deepest"], q["group"], q["log_gamma"],
+                                  q["param"], W, WL, int(q["g_level"].size), self.order, False,
+                                  False)
         return logz
 
     def cross_entropy(self, theta, delta, q) -> float:
@@ -297,10 +196,10 @@ class MaxEnt:
         N = self.order
         D = cumulative(delta, self.row_off, self.parent)
         args = self._sweep_args(q)
-        W, WL = _sweep(theta, D, *args, grad_theta)
-        logz, E, alpha, beta = _assemble(theta, q["weight"], q["deepest"], q["group"],
-                                         q["log_gamma"], q["param"], W, WL, q["n_groups"], N,
-                                         grad_theta, True)
+        W, WL = group_sums(theta, D, *args, grad_theta)
+        logz, E, alpha, beta = assemble_log_z(theta, q["weight"], q["deepest"], q["group"],
+                                              q["log_gamma"], q["param"], W, WL, q["n_groups"],
+                                              N, grad_theta, True)
         n = q["total"]
         value = (q["weight"] @ logz - q["phi"] @ theta - q["obs"] @ delta) / n
         g_theta = np.zeros(self.n_theta)
