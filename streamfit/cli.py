@@ -18,23 +18,28 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .defaults import (CHECKPOINT_SECONDS, DEFAULT_BATCH_ROWS, DEFAULT_MEMORY, DEFAULT_SMOOTHING, FORMS,
+                       INSTALL_HINT, MERGE_FAN_IN, MIN_UNITS, NGRAM_FORMS, PHASE_METHODS,
+                       SUBSPACE_METHODS, UNIT_VALUES, SubspaceOptions)
 from .errors import StreamfitError
-from .model.evaluate import evaluate, iter_examples, predict
-from .model.compact import CompactNgramModel, is_compact_sidecar
-from .model.ngram import NgramModel, is_ngram_sidecar
-from .model.weights import existing_sidecar, load_model, read_sidecar, sidecar_path
-from .io.parquet import DEFAULT_BATCH_ROWS, resolve_paths
-from .solve.explicit import finalize
-from .solve.forms import DEFAULT_SMOOTHING, FORMS
-from .solve.ngram import NGRAM_FORMS, finalize_ngram, token_batches
-from .count.out_of_core import CHECKPOINT_SECONDS, DEFAULT_MEMORY, accumulate_into, merge_into, parse_size
-from .count.stats import load, read_manifest
-from .distributed import (INSTALL_HINT, MERGE_FAN_IN, MIN_UNITS, UNIT_VALUES, accumulate_distributed, cluster,
-                          evaluate_distributed, growth_pass_function, hessian_function, merge_distributed,
-                          pass_function)
-from .train.subspace import PHASE_METHODS, SUBSPACE_METHODS, SubspaceOptions
 
-NGRAM_MODELS = (NgramModel, CompactNgramModel)
+# The stages are imported inside the commands that use them: `--help`, and a bad option
+# refused, load neither numba nor pyarrow, scipy or Dask (tests/test_structure.py).
+
+
+def _distributed():
+    """streamfit.distributed, imported when a command runs on Dask."""
+    from . import distributed
+
+    return distributed
+
+
+def _ngram_models() -> tuple:
+    from .model.compact import CompactNgramModel
+    from .model.ngram import NgramModel
+
+    return NgramModel, CompactNgramModel
+
 
 DEFAULT_STATS = "streamfit-stats"
 DEFAULT_FORM = "calibrated"
@@ -102,10 +107,12 @@ def _on_dask(args) -> bool:
 
 
 def _cluster(args):
-    return cluster(scheduler=args.scheduler, workers=args.dask_workers)
+    return _distributed().cluster(scheduler=args.scheduler, workers=args.dask_workers)
 
 
 def cmd_accumulate(args) -> int:
+    from .count.out_of_core import accumulate_into, parse_size
+
     sizes = dict(vocab_size=args.vocab_size, n_classes=args.classes, n_features=args.n_features)
     if args.eos and args.order is None:
         raise StreamfitError("--eos goes with n-gram statistics: pass --order N too")
@@ -124,7 +131,7 @@ def cmd_accumulate(args) -> int:
             raise StreamfitError("--jobs is for processes on this machine; with Dask the "
                                  "workers are the processes (use --dask-workers N)")
         with _cluster(args) as client:
-            summary = accumulate_distributed(
+            summary = _distributed().accumulate_distributed(
                 client, args.stats, args.paths, task=args.task, window=args.window,
                 overwrite=args.overwrite, memory=parse_size(args.memory), shards=args.shards,
                 temp=args.temp, batch_rows=args.batch_rows, unit_values=args.unit_values,
@@ -170,6 +177,10 @@ def _smoothing(text: str) -> float | str:
 
 
 def cmd_finalize_ngram(args, stats) -> int:
+    from .count.stats import read_manifest
+    from .model.weights import sidecar_path
+    from .solve.ngram import finalize_ngram, token_batches
+
     form = args.form or ("blocks" if args.heldout else "kneser-ney")
     if form not in NGRAM_FORMS:
         raise StreamfitError(f"{args.stats} holds n-gram statistics: --form kneser-ney or "
@@ -206,6 +217,11 @@ def _small(args) -> bool:
 
 
 def cmd_finalize(args) -> int:
+    from .count.stats import load, read_manifest
+    from .model.evaluate import iter_examples
+    from .model.weights import sidecar_path
+    from .solve.explicit import finalize
+
     stats = load(args.stats)
     if stats.order:
         return cmd_finalize_ngram(args, stats)
@@ -246,9 +262,12 @@ def _top_k(args) -> None:
 
 
 def cmd_evaluate(args) -> int:
+    from .model.evaluate import evaluate
+    from .model.weights import load_model
+
     _top_k(args)
     model = load_model(args.weights, check=args.verify)
-    if isinstance(model, NGRAM_MODELS):
+    if isinstance(model, _ngram_models()):
         if _on_dask(args):
             raise StreamfitError("n-gram models evaluate on this machine (at lookup speed), "
                                  "not on Dask")
@@ -264,7 +283,7 @@ def cmd_evaluate(args) -> int:
         return 0
     if _on_dask(args):
         with _cluster(args) as client:
-            result = evaluate_distributed(client, args.weights, args.paths, top_k=args.top_k,
+            result = _distributed().evaluate_distributed(client, args.weights, args.paths, top_k=args.top_k,
                                           progress=_progress(args), batch_rows=args.batch_rows,
                                           unit_values=args.unit_values, **_columns(args))
     else:
@@ -285,6 +304,9 @@ def _read_vocab(path: str | None) -> list[str] | None:
 
 
 def cmd_predict(args) -> int:
+    from .model.evaluate import predict
+    from .model.weights import load_model
+
     _top_k(args)
     model = load_model(args.weights, check=args.verify)
     if args.context is not None:
@@ -313,7 +335,7 @@ def cmd_predict(args) -> int:
             else:
                 raise StreamfitError(f"context word {word!r} is not a token id: pass --vocab FILE "
                                      f"to map words to ids")
-        examples = [context] if isinstance(model, NGRAM_MODELS) else model.context_examples([context])
+        examples = [context] if isinstance(model, _ngram_models()) else model.context_examples([context])
         top, probs = model.top_k(examples, args.top_k)
         rows = [{"id": int(c), "probability": float(p),
                  **({"token": vocab[c]} if vocab and c < len(vocab) else {})}
@@ -326,7 +348,7 @@ def cmd_predict(args) -> int:
         return 0
     if not args.paths or args.out is None:
         raise StreamfitError("predict needs --context TEXT, or Parquet PATHS and --out FILE")
-    if isinstance(model, NGRAM_MODELS):
+    if isinstance(model, _ngram_models()):
         raise StreamfitError("n-gram models predict for a --context; per-token predictions "
                              "of Parquet data are not written for them yet")
     n = predict(model, args.paths, args.out, top_k=args.top_k, progress=_progress(args),
@@ -335,8 +357,12 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def cmd_refine_ngram(args, model: NgramModel) -> int:
+def cmd_refine_ngram(args, model: "NgramModel") -> int:  # noqa: F821
     """refine on an n-gram model: the maximum-entropy n-gram model over its statistics."""
+    from .count.stats import load, read_manifest
+    from .model.weights import sidecar_path
+    from .solve.ngram import token_batches
+
     from tqdm.auto import tqdm
 
     from .train.ngram import L2_CANDIDATES, MAX_ITER, refine_ngram
@@ -388,6 +414,11 @@ def cmd_refine_ngram(args, model: NgramModel) -> int:
 
 
 def cmd_refine(args) -> int:
+    from .io.parquet import resolve_paths
+    from .model.evaluate import iter_examples
+    from .model.ngram import NgramModel
+    from .model.weights import load_model, sidecar_path
+
     from tqdm.auto import tqdm
 
     from .train.refine import refine
@@ -412,9 +443,9 @@ def cmd_refine(args) -> int:
         if _on_dask(args):
             client = stack.enter_context(_cluster(args))
             if args.method == "newton":
-                hessian_fn = hessian_function(client, files, **common)
+                hessian_fn = _distributed().hessian_function(client, files, **common)
             else:
-                pass_fn = pass_function(client, files, **common)
+                pass_fn = _distributed().pass_function(client, files, **common)
 
         def on_pass(entry: dict) -> None:
             bar.update(1)
@@ -453,6 +484,10 @@ def cmd_refine(args) -> int:
 
 
 def cmd_grow(args) -> int:
+    from .io.parquet import resolve_paths
+    from .model.evaluate import iter_examples
+    from .model.weights import load_model, sidecar_path
+
     from tqdm.auto import tqdm
 
     from .train.grow import data_shape, grow
@@ -480,7 +515,7 @@ def cmd_grow(args) -> int:
         pass_fn = None
         if _on_dask(args):
             client = stack.enter_context(_cluster(args))
-            pass_fn = growth_pass_function(client, files, **common)
+            pass_fn = _distributed().growth_pass_function(client, files, **common)
         model = grow(lambda: iter_examples(files, **common), args.out, **shape,
                      heldout=(lambda: iter_examples(held, **common)) if held else None,
                      start=start, units_per_step=args.units_per_step, max_width=args.max_width,
@@ -503,9 +538,11 @@ def cmd_grow(args) -> int:
 
 
 def cmd_merge(args) -> int:
+    from .count.out_of_core import merge_into, parse_size
+
     if _on_dask(args):
         with _cluster(args) as client:
-            manifest = merge_distributed(client, args.out, args.dirs, memory=parse_size(args.memory))
+            manifest = _distributed().merge_distributed(client, args.out, args.dirs, memory=parse_size(args.memory))
     else:
         manifest = merge_into(args.out, args.dirs, memory=parse_size(args.memory),
                               progress=_progress(args))
@@ -525,6 +562,8 @@ def _is_parquet(p: Path) -> bool:
 
 
 def cmd_shrink(args) -> int:
+    from .model.weights import sidecar_path
+
     from .solve.shrink import shrink_weights
     model = shrink_weights(args.weights, args.out, quantize=args.quantize)
     print(f"{sidecar_path(args.out)}: {args.quantize} weights, {model.n_features:,} × "
@@ -567,6 +606,11 @@ def cmd_tokenize(args) -> int:
 
 
 def cmd_info(args) -> int:
+    from .count.stats import load, read_manifest
+    from .model.compact import is_compact_sidecar
+    from .model.ngram import is_ngram_sidecar
+    from .model.weights import existing_sidecar, load_model, read_sidecar, sidecar_path
+
     p = Path(args.path)
     if not p.exists() and not sidecar_path(p).exists():
         raise StreamfitError(f"{p}: no such file or directory (info reads a statistics "

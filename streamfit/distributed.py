@@ -43,6 +43,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 from tqdm.auto import tqdm
 
 from .count.accumulate import accumulator_for
+from .defaults import INSTALL_HINT, MERGE_FAN_IN, MIN_UNITS, UNIT_VALUES
 from .errors import OptionError, StreamfitError
 from .model.evaluate import Scores, metrics, score_examples, unit_examples
 from .io.files import DirectoryLock, fault_point, fsync_dir
@@ -53,11 +54,7 @@ from .io.parquet import DEFAULT_BATCH_ROWS, open_parquet, resolve_paths
 from .train.core import PassFn, PassResult, full_pass
 from .count.stats import MANIFEST, load, summary
 
-INSTALL_HINT = "pip install 'streamfit[dask]'"
 SHARDS = ".shards"
-MERGE_FAN_IN = 16
-UNIT_VALUES = 16_000_000  # values (tokens, feature values) a unit, at most ...
-MIN_UNITS = 4             # ... and fewer on a small corpus, so that it still makes this many
 
 
 def _distributed():

@@ -17,7 +17,8 @@ PACKAGE = Path(streamfit.__file__).parent
 # The data flow: a module may import its own stage and earlier ones.
 STAGES = ["io", "data", "count", "model", "solve", "train", "distributed", "cli"]
 ANYWHERE = {"streamfit", "streamfit.errors",           # __version__ and the exceptions
-            "streamfit.lite"}                        # numpy alone, imports no streamfit module
+            "streamfit.lite",                        # numpy alone, imports no streamfit module
+            "streamfit.defaults"}                    # option defaults, the standard library alone
 TRAIN_SHARED = {"streamfit.train.core", "streamfit.train.lbfgs"}
 TRAIN_METHODS = {"streamfit.train.newton", "streamfit.train.subspace", "streamfit.train.grow",
                  "streamfit.train.ngram"}
@@ -124,3 +125,21 @@ def test_commands_import_only_what_they_use():
             "'scipy.optimize', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+HEAVY = ("numba", "scipy", "pyarrow", "dask", "distributed", "matplotlib")
+
+
+def test_help_imports_no_heavy_module():
+    """Every `streamfit COMMAND --help` (and the bare one) answers without numba, scipy,
+    pyarrow, Dask or matplotlib: the parser takes its defaults from streamfit.defaults."""
+    code = ("import sys, contextlib, io\n"
+            "from streamfit.cli import build_parser, main\n"
+            "commands = [None] + sorted(build_parser()._subparsers._group_actions[0].choices)\n"
+            "for c in commands:\n"
+            "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+            "        main(['--help'] if c is None else [c, '--help'])\n"
+            f"print(len(commands), sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    count, loaded = out.stdout.split(" ", 1)
+    assert int(count) >= 8 and loaded.strip() == "[]", out.stdout

@@ -31,6 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .accumulate import Accumulator, accumulator_for
+from ..defaults import CHECKPOINT_SECONDS, DEFAULT_MEMORY
 from ..errors import InputError, OptionError, StreamfitError
 from ..io.files import DirectoryLock, fault_point, write_json
 from ..io.parquet import DEFAULT_BATCH_ROWS, iter_batches, open_parquet, resolve_paths
@@ -40,8 +41,6 @@ from .stats import (MANIFEST, check_mergeable, combined_sources, commit, describ
 
 JOURNAL = "journal.json"
 RUN_NAME = re.compile(r"run-[0-9a-f]{12}")  # spill.write_run's names
-DEFAULT_MEMORY = 2 << 30
-CHECKPOINT_SECONDS = 60.0
 MAX_MEMORY = 1 << 50  # a budget beyond any one machine is a typing error
 
 

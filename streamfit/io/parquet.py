@@ -15,9 +15,9 @@ from typing import Iterable, Iterator, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..defaults import DEFAULT_BATCH_ROWS  # noqa: F401 (used by importers)
 from ..errors import InputError
 
-DEFAULT_BATCH_ROWS = 4096
 
 TOKENS = "tokens"
 LABEL = "label"

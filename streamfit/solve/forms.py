@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..count.stats import Statistics
+from ..defaults import DEFAULT_SMOOTHING, FORMS  # noqa: F401 (used by importers)
 
-FORMS = ("conditional", "paper", "calibrated")
 SMOOTHING_GRID = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
 # --smoothing auto extends the grid past an edge where the optimum lies, within these bounds.
 SMOOTHING_BOUNDS = (1e-12, 1e6)
-DEFAULT_SMOOTHING = 0.01
 
 
 @dataclass

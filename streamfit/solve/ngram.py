@@ -31,6 +31,7 @@ import numpy as np
 from ..io.jit import njit
 
 from ..data.limits import ngram_bits
+from ..defaults import NGRAM_FORMS  # noqa: F401 (used by importers)
 from ..errors import OptionError, StreamfitError
 from ..io.files import available_memory
 from ..model.ngram import (NgramModel, context_chain, context_rows, find_slot, save_ngram_model,
@@ -41,7 +42,6 @@ TOK_BITS = 20          # class / token ids inside lookup keys (vocabulary + end 
 LEVEL_SHIFT = 56
 N_BUCKETS = 16         # per block: 0 unseen, 1 + floor(log2 count) capped at 15
 FALLBACK_DISCOUNTS = np.array([0.0, 0.5, 1.0, 1.5])
-NGRAM_FORMS = ("kneser-ney", "blocks")
 BYTES_PER_NGRAM_PER_ORDER = 160  # finalize's peak, measured: ~480 B an n-gram at order 3
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -37,62 +36,16 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.special import log_softmax
 
+from ..defaults import PHASE_METHODS, SUBSPACE_METHODS, SubspaceOptions  # noqa: F401 (their home before)
 from ..errors import StreamfitError
 from ..data.featurize import Examples, distinct_inputs
 from ..io.files import atomic_path, create_memmap, fsync_path, temp_name
 from ..model.weights import stem_of
 from .core import Optimizer, PassResult, gis_pass, minibatches, sgd_pass
 
-SUBSPACE_METHODS = ("random-bases", "dldr")
-PHASE_METHODS = ("sgd", "adam", "gis")
 BLOCK_ELEMS = 1 << 20          # normals (or snapshot entries) handled at a time: 8 MiB
 CURVATURE_GUARD = 1e-20        # BFGS update skipped when yᵀs is not above this
 ARMIJO_SIGMA, ARMIJO_SHRINK, ARMIJO_TRIALS = 0.4, 0.4, 20
-
-
-@dataclass
-class SubspaceOptions:
-    """Settings of the subspace methods (the others ignore them)."""
-
-    dims: int = 40               # d: directions per step (random-bases), basis size (dldr)
-    compartments: int = 1        # random-bases: row blocks of W with their own directions
-    redraw: bool = True          # random-bases: new directions every step; False: one fixed basis
-    workers: int = 1             # random-bases: shared-seed workers (batch i → worker i mod N)
-    processes: bool = True       # run the workers as processes; False: simulate them here
-    phase: str = "sgd"           # dldr: method of the snapshot phase
-    phase_passes: int | None = None  # dldr: passes of the snapshot phase (default: half of
-    #                                  all passes; the rest are P-BFGS)
-    snapshot_every: int = 10     # dldr: mini-batch steps between snapshots (gis: passes)
-    pbfgs_batch: int = 1024      # dldr: P-BFGS mini-batch size
-
-    def resolved(self, method: str, passes: int) -> "SubspaceOptions":
-        """These options checked for `method`, with defaults that depend on `passes` filled in."""
-        if method == "dldr" and self.phase_passes is None:
-            return replace(self, phase_passes=max(1, passes // 2)).resolved(method, passes)
-        if self.dims < 1:
-            raise StreamfitError(f"--dims must be at least 1, not {self.dims}")
-        if method == "random-bases":
-            if not 1 <= self.compartments <= self.dims:
-                raise StreamfitError(f"--compartments must be between 1 and --dims ({self.dims}), "
-                                     f"not {self.compartments}")
-            if self.workers < 1:
-                raise StreamfitError(f"--workers must be at least 1, not {self.workers}")
-        if method == "dldr":
-            if self.phase not in PHASE_METHODS:
-                raise StreamfitError(f"the dldr phase must be one of {PHASE_METHODS}, not "
-                                     f"{self.phase!r}")
-            if not 1 <= self.phase_passes < passes:
-                raise StreamfitError(f"dldr needs 1 ≤ --phase-passes < --passes (the passes after "
-                                     f"the snapshot phase train the subspace), got "
-                                     f"{self.phase_passes} of {passes}")
-            if self.snapshot_every < 1 or self.pbfgs_batch < 1:
-                raise StreamfitError("--snapshot-every and --pbfgs-batch must be at least 1")
-        return self
-
-    def settings(self, method: str) -> dict:
-        keys = {"random-bases": ("dims", "compartments", "redraw", "workers"),
-                "dldr": ("dims", "phase", "phase_passes", "snapshot_every", "pbfgs_batch")}[method]
-        return {k: v for k, v in asdict(self).items() if k in keys}
 
 
 # --- shared pieces ----------------------------------------------------------------------------
