@@ -60,6 +60,35 @@ def test_count_windows_over_two_batches_is_one_count(first, second, window):
     np.testing.assert_array_equal(counts, want_counts)
 
 
+@SETTINGS
+@given(keys=st.lists(st.integers(-2**62, 2**62), unique=True, max_size=200), lo=st.integers(0, 3))
+def test_heapsort_sorts_a_slice_with_its_values(keys, lo):
+    keys = np.array([0] * lo + keys, dtype=np.int64)
+    vals = keys * 3 + 1
+    kernels._heapsort(keys, vals, lo, keys.size)
+    np.testing.assert_array_equal(keys[lo:], np.sort(keys[lo:]))
+    np.testing.assert_array_equal(vals, keys * 3 + 1)
+
+
+@pytest.mark.parametrize("window", [1, 3])
+def test_count_windows_with_long_rows_matches_reference(window):
+    """Rows of hundreds of distinct targets (sorted by the heapsort, not the insertion sort
+    of short rows) and rows of a few, in one table."""
+    rng = np.random.default_rng(5)
+    pairs = np.stack([rng.integers(0, 5, 2000), rng.integers(0, 300, 2000)], axis=1).ravel()
+    tokens = np.concatenate([pairs, rng.integers(0, 3, 500)]).astype(np.int32)
+    offsets = np.array([0, 10, 2500, 4000, 4500], dtype=np.int64)
+    rows = np.unique(ref.count_windows(tokens, offsets, window)[0] >> kernels.TOKEN_BITS,
+                     return_counts=True)[1]
+    assert rows.max() > 100 and rows.min() <= 16  # both sorts are used
+    table = CountTable(np.int64, capacity_bits=2)
+    table.add_windows(tokens, offsets, window)
+    keys, counts = table.items()
+    want_keys, want_counts = ref.count_windows(tokens, offsets, window)
+    np.testing.assert_array_equal(keys, want_keys)
+    np.testing.assert_array_equal(counts, want_counts)
+
+
 def test_count_windows_small_exact_example():
     """A worked example, by hand: documents [3, 1, 3] and [1], window 2."""
     tokens, offsets = as_arrays([[3, 1, 3], [1]], np.int64)

@@ -176,13 +176,47 @@ def sorted_items(slots, vals, n_used, row_bits, lm_rows, out_keys, out_vals):
                 out_keys[j + 1] = k
                 out_vals[j + 1] = v
         else:
-            order = np.argsort(out_keys[lo:hi])
-            out_keys[lo:hi] = out_keys[lo:hi][order]
-            out_vals[lo:hi] = out_vals[lo:hi][order]
+            _heapsort(out_keys, out_vals, lo, hi)
     return True
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
+def _heapsort(keys, vals, lo, hi):
+    """Sort keys[lo:hi] in place, vals alongside (keys distinct): a heapsort written out
+    in one loop rather than np.argsort, whose compilation was most of a cold start."""
+    n = hi - lo
+    start, end = n // 2, n
+    while end > 1:
+        if start > 0:  # building the heap
+            start -= 1
+            root = start
+        else:  # moving its top behind it
+            end -= 1
+            k = keys[lo]
+            keys[lo] = keys[lo + end]
+            keys[lo + end] = k
+            v = vals[lo]
+            vals[lo] = vals[lo + end]
+            vals[lo + end] = v
+            root = 0
+        k = keys[lo + root]
+        v = vals[lo + root]
+        while True:  # sift down
+            child = 2 * root + 1
+            if child >= end:
+                break
+            if child + 1 < end and keys[lo + child + 1] > keys[lo + child]:
+                child += 1
+            if keys[lo + child] <= k:
+                break
+            keys[lo + root] = keys[lo + child]
+            vals[lo + root] = vals[lo + child]
+            root = child
+        keys[lo + root] = k
+        vals[lo + root] = v
+
+
+@njit(cache=True, nogil=True)
 def _dense_row(key, row_bits, lm_rows, width):
     r = key >> row_bits
     if lm_rows:
