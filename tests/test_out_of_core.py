@@ -111,6 +111,57 @@ def test_two_jobs_equal_one(tmp_path, token_files):
     same_counts(streamfit.load_stats(tmp_path / "two"), streamfit.load_stats(tmp_path / "one"))
 
 
+@pytest.mark.parametrize("jobs", [2, 3])
+def test_parallel_merge_of_key_ranges_equals_one_process(tmp_path, wide_token_files, jobs):
+    """--jobs N merges N disjoint key ranges in N processes and concatenates them: the same
+    statistics, bit for bit, as one process holding everything in memory."""
+    accumulate_into(tmp_path / "one", wide_token_files, window=3)
+    accumulate_into(tmp_path / "n", wide_token_files, window=3, jobs=jobs, memory=1 << 16,
+                    batch_rows=4)
+    a, b = streamfit.load_stats(tmp_path / "one"), streamfit.load_stats(tmp_path / "n")
+    for name in ("indptr", "indices", "data"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert (a.n_examples, a.n_features, a.n_classes) == (b.n_examples, b.n_features, b.n_classes)
+
+
+def test_ngram_statistics_with_jobs_equal_one_process(tmp_path, wide_token_files):
+    accumulate_into(tmp_path / "one", wide_token_files, order=3)
+    accumulate_into(tmp_path / "two", wide_token_files, order=3, jobs=2, memory=1 << 16,
+                    batch_rows=4)
+    a, b = streamfit.load_stats(tmp_path / "one"), streamfit.load_stats(tmp_path / "two")
+    assert np.array_equal(a.keys, b.keys) and np.array_equal(a.data, b.data) and a.nnz > 1000
+
+
+@pytest.mark.parametrize("parts", [2, 5, 40])
+def test_merge_in_key_ranges_is_the_one_merge(tmp_path, parts):
+    """split_runs + merge_part of each range, concatenated, against the merge of all runs at
+    once, on float sums (whose rounding depends on the order values meet) and runs with
+    keys shared between them, a run with no entries and a range restricted run."""
+    from streamfit.count import spill
+
+    rng = np.random.default_rng(parts)
+    runs = []
+    for size in (0, 50, 3000, 700, 1):
+        keys = np.unique(rng.integers(0, 1 << 14, size)) << 3 | rng.integers(0, 8)
+        runs.append(spill.write_run(tmp_path, keys.astype(np.int64), rng.random(keys.size) * 1e3))
+    runs[2] = {**runs[2], "lo": 5, "hi": runs[2]["n"] - 7}
+    out = {}
+    for n in (1, parts):
+        d = tmp_path / f"out{n}"
+        d.mkdir()
+        entries = spill.merge_runs(tmp_path, runs, task="classify", vocab_size=8,
+                                   n_features=1 << 14, value_dtype=np.float64, out_dir=d,
+                                   generation="g", memory=1 << 16, parts=n)
+        out[n] = {k: np.load(d / e["file"]) for k, e in entries.items()}
+        assert entries["data"]["shape"][0] == out[n]["data"].size
+    for name in ("indptr", "indices", "data"):
+        assert np.array_equal(out[1][name], out[parts][name]), name
+    keys = np.concatenate([np.load(tmp_path / f"{r['name']}.keys.npy")[r.get("lo", 0):r.get("hi")]
+                           for r in runs])
+    assert out[1]["data"].size == np.unique(keys).size
+    assert not list(tmp_path.glob(".*.tmp-*"))  # the pieces are gone
+
+
 def test_extending_existing_statistics_through_runs(tmp_path, token_files, spills):
     accumulate_into(tmp_path / "stats", token_files[:1], window=2)
     assert len(spills) == 1  # the whole table, once, at the end

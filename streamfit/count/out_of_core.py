@@ -273,6 +273,50 @@ def _run_workers(assignments: list[list], job: Job, on_report: Callable) -> None
             p.join()
 
 
+def _process_call(index: int, fn: Callable, kwargs: dict, q) -> None:
+    _die_with_parent()
+    try:
+        q.put({"kind": "result", "index": index, "result": fn(**kwargs)})
+    except StreamfitError as exc:
+        q.put({"kind": "error", "message": str(exc)})
+    except Exception as exc:  # report, so the parent stops instead of waiting forever
+        q.put({"kind": "error", "message": f"{type(exc).__name__}: {exc}"})
+
+
+def map_processes(fn: Callable, calls: list[dict]) -> list:
+    """[fn(**call) for call in calls], each call in a process of its own, all at once (the
+    parts of a merge); a call that fails, or a process that dies, stops them all."""
+    if len(calls) == 1:
+        return [fn(**calls[0])]
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    ctx = multiprocessing.get_context(method)
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_process_call, args=(i, fn, kw, q), daemon=True)
+             for i, kw in enumerate(calls)]
+    for p in procs:
+        p.start()
+    results: dict[int, object] = {}
+    try:
+        while len(results) < len(procs):
+            try:
+                msg = q.get(timeout=1.0)
+            except queue_module.Empty:
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead:
+                    raise StreamfitError(f"a merge process died (exit code {dead[0].exitcode}); "
+                                         f"run again to resume")
+                continue
+            if msg["kind"] == "error":
+                raise _rebuild_error(msg["message"])
+            results[msg["index"]] = msg["result"]
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join()
+    return [results[i] for i in range(len(calls))]
+
+
 def _rebuild_error(message: str) -> StreamfitError:
     return InputError(message) if ": " in message else StreamfitError(message)
 
@@ -399,7 +443,8 @@ def _accumulate_locked(stats_dir, work, files, task, window, overwrite, memory, 
         shutil.rmtree(work, ignore_errors=True)
         raise StreamfitError(f"no examples in {', '.join(map(str, files))}: nothing to "
                              f"accumulate")
-    manifest = _merge_into(stats_dir, work, journal, previous, template, memory, progress=progress)
+    manifest = _merge_into(stats_dir, work, journal, previous, template, memory, progress=progress,
+                           jobs=jobs)
     shutil.rmtree(work, ignore_errors=True)
     return {"unchanged": False, "resumed": resumed, **summary(manifest)}
 
@@ -491,9 +536,10 @@ def _remove_unjournalled(work: Path, journal: Journal) -> None:
 
 def _merge_into(stats_dir: Path, work: Path, journal: Journal, previous, template: Accumulator,
                 memory: int, table: tuple[np.ndarray, np.ndarray] | None = None,
-                progress: bool = False) -> dict:
+                progress: bool = False, jobs: int = 1) -> dict:
     """Merge the journalled runs and the previous statistics into new statistics; `table`
-    (sorted keys and values of a table that never spilled) is the only part when given."""
+    (sorted keys and values of a table that never spilled) is the only part when given.
+    With `jobs` > 1, that many processes merge disjoint ranges of keys at once."""
     runs = list(journal.runs)
     ext = journal.extent
     if template.order:
@@ -531,7 +577,7 @@ def _merge_into(stats_dir: Path, work: Path, journal: Journal, previous, templat
         arrays = merge_runs(work, runs, task=template.task, vocab_size=n_classes,
                             n_features=n_features, value_dtype=dtype, out_dir=stats_dir,
                             generation=generation, memory=memory, progress=progress,
-                            ngram=bool(template.order))
+                            ngram=bool(template.order), parts=jobs, map_parts=map_processes)
     sources = list(previous.sources) if previous is not None else []
     for path, groups in journal.done.items():
         entry = {"path": path, "size": journal.sizes[path],

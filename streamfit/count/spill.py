@@ -120,10 +120,12 @@ def statistics_as_run(stats, directory: Path, chunk_rows: int = 1 << 16) -> dict
 
 class _RunReader:
     """A run's keys and values, read a window at a time with plain reads — not through a
-    memory map, whose pages would stay resident and grow RSS with the corpus."""
+    memory map, whose pages would stay resident and grow RSS with the corpus. An entry with
+    "lo" / "hi" positions (`split_runs`) is read over that range only."""
 
     def __init__(self, directory: Path, entry: dict, step: int):
-        self.n, self.step, self.pos = entry["n"], step, 0
+        self.n, self.step = entry["n"], step
+        self.pos, self.end = entry.get("lo", 0), entry.get("hi", entry["n"])
         self._files = []
         for part in ("keys", "vals"):
             fh = open(directory / f"{entry['name']}.{part}.npy", "rb")
@@ -139,8 +141,8 @@ class _RunReader:
     def window(self) -> tuple[np.ndarray, np.ndarray]:
         """At least one entry from the current position (refilled when under half full)."""
         have = self._start + self._keys.size - self.pos
-        if have < min(self.step // 2, self.n - self.pos) or have <= 0:
-            count = min(self.step, self.n - self.pos)
+        if have < min(self.step // 2, self.end - self.pos) or have <= 0:
+            count = min(self.step, self.end - self.pos)
             arrays = []
             for fh, offset, dtype in self._files:
                 fh.seek(offset + self.pos * dtype.itemsize)
@@ -182,7 +184,7 @@ def _merged(directory: Path, runs: list[dict], memory: int, bar) -> Iterator[tup
         for r in runs:
             readers.append(_RunReader(directory, r, step))
         while True:
-            live = [r for r in readers if r.pos < r.n]
+            live = [r for r in readers if r.pos < r.end]
             if not live:
                 return
             windows = [r.window() for r in live]
@@ -220,7 +222,7 @@ def _merge_level(directory: Path, runs: list[dict], width: int, value_dtype, mem
     out: list[dict] = []
     made: list[dict] = []  # this level's runs, removed again if it fails
     try:
-        with tqdm(total=sum(r["n"] for r in runs), unit="entries", unit_scale=True,
+        with tqdm(total=sum(span(r) for r in runs), unit="entries", unit_scale=True,
                   desc=f"merge (level {level})", disable=None if progress else True) as bar:
             for lo in range(0, len(runs), width):
                 group = runs[lo:lo + width]
@@ -244,30 +246,66 @@ def _merge_level(directory: Path, runs: list[dict], width: int, value_dtype, mem
     return out
 
 
-def merge_runs(directory: Path, runs: list[dict], *, task: str, vocab_size: int,
-               n_features: int, value_dtype, out_dir: Path, generation: str,
-               memory: int, progress: bool = False, ngram: bool = False) -> dict:
-    """Merge sorted runs into the CSR arrays F-<generation>.{indptr,indices,data}.npy of
-    `out_dir` (n-gram statistics: F-<generation>.{keys,data}.npy), summing equal keys,
-    holding at most about `memory` bytes of run slices.
-    At most `fan_in()` runs are open at once: more are first merged in levels, groups of
-    that many into one run each. Returns the arrays' manifest entries. `progress`: a bar
-    of the run entries merged (one per level)."""
+def span(run: dict) -> int:
+    """Entries of a run that a merge reads (its "lo" / "hi" range, or all)."""
+    return run.get("hi", run["n"]) - run.get("lo", 0)
+
+
+def split_runs(directory: Path, runs: list[dict], parts: int,
+               samples: int = 256) -> list[list[dict]]:
+    """The runs cut into `parts` disjoint ranges of keys holding about as many entries each
+    (boundaries from `samples` evenly spaced keys of every run): for each range, its runs
+    restricted to it (entries with "lo" / "hi" positions, empty ranges left out). Merged
+    one by one, the ranges give the merge of all runs, in pieces to concatenate; a key's
+    values meet in the same order, so every sum is bit for bit the same."""
+    keys = {r["name"]: np.load(directory / f"{r['name']}.keys.npy", mmap_mode="r") for r in runs}
+    picked, weights = [], []
+    for r in runs:
+        lo, m = r.get("lo", 0), span(r)
+        if m:
+            k = min(m, samples)
+            picked.append(np.asarray(keys[r["name"]][lo + np.arange(k) * m // k]))
+            weights.append(np.full(k, m / k))
+    if parts <= 1 or not picked:
+        return [runs]
+    order = np.argsort(np.concatenate(picked), kind="stable")
+    sample = np.concatenate(picked)[order]
+    mass = np.cumsum(np.concatenate(weights)[order])
+    cuts = np.unique(sample[np.searchsorted(mass, mass[-1] * np.arange(1, parts) / parts)])
+    cuts = cuts[cuts > sample[0]]  # part i holds the keys in [cuts[i - 1], cuts[i])
+    out = []
+    for i in range(cuts.size + 1):
+        part = []
+        for r in runs:
+            lo, hi = r.get("lo", 0), r.get("hi", r["n"])
+            k = keys[r["name"]]
+            a = lo if i == 0 else lo + int(np.searchsorted(k[lo:hi], cuts[i - 1]))
+            b = hi if i == cuts.size else lo + int(np.searchsorted(k[lo:hi], cuts[i]))
+            if b > a:
+                part.append({**r, "lo": a, "hi": b})
+        out.append(part)
+    return out
+
+
+def merge_part(directory: Path, runs: list[dict], *, task: str, vocab_size: int,
+               n_features: int, value_dtype, paths: dict[str, Path], memory: int,
+               progress: bool = False, ngram: bool = False) -> np.ndarray:
+    """Merge runs (more than `fan_in()` first in levels) into the two NpyWriter files
+    `paths` — packed keys (n-gram) or int32 class ids ("keys" / "indices"), and the summed
+    values ("data") — and return the entries per statistics row (n-gram: none)."""
     from tqdm.auto import tqdm
 
     width, level = fan_in(), 0
+    row_counts = np.zeros(0 if ngram else n_features, dtype=np.int64)
+    first = "keys" if ngram else "indices"
     try:
         while len(runs) > width:
             level += 1
             runs = _merge_level(directory, runs, width, value_dtype, memory, progress, level)
-        row_counts = np.zeros(n_features, dtype=np.int64)
-        first = "keys" if ngram else "indices"
-        paths = {name: out_dir / array_file(generation, name) for name in (first, "data")}
-        with atomic_path(paths[first]) as ti, atomic_path(paths["data"]) as td, \
-                tqdm(total=sum(r["n"] for r in runs), unit="entries", unit_scale=True,
-                     desc="merge", disable=None if progress else True) as bar:
-            wi = NpyWriter(ti, np.int64 if ngram else np.int32)
-            wd = NpyWriter(td, value_dtype)
+        with tqdm(total=sum(span(r) for r in runs), unit="entries", unit_scale=True,
+                  desc="merge", disable=None if progress else True) as bar:
+            wi = NpyWriter(paths[first], np.int64 if ngram else np.int32)
+            wd = NpyWriter(paths["data"], value_dtype)
             try:
                 for keys, sums in _merged(directory, runs, memory, bar):
                     if ngram:
@@ -282,12 +320,64 @@ def merge_runs(directory: Path, runs: list[dict], *, task: str, vocab_size: int,
                 wi.abort()
                 wd.abort()
                 raise
-            wi.close()
-            wd.close()
+            wi.close(sync=False)
+            wd.close(sync=False)
     finally:
         for r in runs:
             if r.get("level"):
                 remove_run(directory, r)
+    return row_counts
+
+
+def merge_runs(directory: Path, runs: list[dict], *, task: str, vocab_size: int,
+               n_features: int, value_dtype, out_dir: Path, generation: str,
+               memory: int, progress: bool = False, ngram: bool = False, parts: int = 1,
+               map_parts=None) -> dict:
+    """Merge sorted runs into the CSR arrays F-<generation>.{indptr,indices,data}.npy of
+    `out_dir` (n-gram statistics: F-<generation>.{keys,data}.npy), summing equal keys,
+    holding at most about `memory` bytes of run slices. Returns the arrays' manifest
+    entries. At most `fan_in()` runs are open at once: more are first merged in levels.
+
+    With `parts` > 1 the key space is cut into that many ranges (`split_runs`), merged
+    apart — `map_parts(merge_part, [keyword arguments, ...])` runs them, in parallel
+    processes where it can, each within memory / parts — into pieces in `directory` that
+    are then concatenated: the same arrays as one merge. `progress`: a bar of the entries
+    merged (one per level)."""
+    first = "keys" if ngram else "indices"
+    paths = {name: out_dir / array_file(generation, name) for name in (first, "data")}
+    common = dict(task=task, vocab_size=vocab_size, n_features=n_features,
+                  value_dtype=value_dtype, ngram=ngram)
+    pieces = split_runs(directory, runs, parts) if parts > 1 else [runs]
+    with atomic_path(paths[first]) as ti, atomic_path(paths["data"]) as td:
+        if len(pieces) == 1:
+            row_counts = merge_part(directory, runs, paths={first: ti, "data": td},
+                                    memory=memory, progress=progress, **common)
+        else:
+            names = [{name: directory / f".{uuid.uuid4().hex[:12]}.tmp-{name}.npy"
+                      for name in (first, "data")} for _ in pieces]
+            try:
+                counts = (map_parts or _map_here)(merge_part, [
+                    dict(directory=directory, runs=piece, paths=piece_paths,
+                         memory=max(memory // len(pieces), 1 << 16), **common)
+                    for piece, piece_paths in zip(pieces, names)])
+                row_counts = np.sum(counts, axis=0)
+                wi = NpyWriter(ti, np.int64 if ngram else np.int32)
+                wd = NpyWriter(td, value_dtype)
+                try:
+                    for piece_paths in names:
+                        wi.append_npy(piece_paths[first])
+                        wd.append_npy(piece_paths["data"])
+                        fault_point("mid_merge")
+                except BaseException:
+                    wi.abort()
+                    wd.abort()
+                    raise
+                wi.close(sync=False)  # atomic_path syncs
+                wd.close(sync=False)
+            finally:
+                for piece_paths in names:
+                    for path in piece_paths.values():
+                        path.unlink(missing_ok=True)
     if ngram:
         out = {}
         for name in ("keys", "data"):
@@ -306,3 +396,8 @@ def merge_runs(directory: Path, runs: list[dict], *, task: str, vocab_size: int,
         digest = entries[name][1] if name in entries else file_digest(path)
         out[name] = {"file": path.name, "dtype": str(arr.dtype), "shape": list(arr.shape), **digest}
     return out
+
+
+def _map_here(fn, calls: list[dict]) -> list:
+    """`merge_runs`'s map_parts in this process, one after the other."""
+    return [fn(**kw) for kw in calls]

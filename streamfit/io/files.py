@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -317,6 +318,27 @@ class NpyWriter:
         values = np.ascontiguousarray(values, dtype=self.dtype)
         self._fh.write(values.tobytes())
         self.n += values.size
+
+    def append_npy(self, path: Path) -> None:
+        """Append the elements of another NpyWriter's file (same dtype), copied by the
+        kernel (copy_file_range) where it can, without passing through this process."""
+        with open(path, "rb") as src:
+            n = (os.fstat(src.fileno()).st_size - self.HEADER_BYTES) // self.dtype.itemsize
+            self._fh.flush()
+            left, offset = n * self.dtype.itemsize, self.HEADER_BYTES
+            while left and hasattr(os, "copy_file_range"):
+                try:
+                    done = os.copy_file_range(src.fileno(), self._fh.fileno(), left, offset)
+                except OSError:
+                    break  # not on this filesystem: the plain copy below
+                if not done:
+                    break
+                left, offset = left - done, offset + done
+            self._fh.seek(0, os.SEEK_END)
+            if left:
+                src.seek(offset)
+                shutil.copyfileobj(src, self._fh, 1 << 22)
+        self.n += n
 
     def abort(self) -> None:
         """Close without finishing (the caller removes the file); buffered bytes that cannot
