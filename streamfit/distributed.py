@@ -262,6 +262,16 @@ def _accumulate_unit(unit: Unit, root: str, settings: dict) -> str:
     return str(out)
 
 
+def _call(fn: Callable, kwargs: dict):
+    return fn(**kwargs)
+
+
+def _map_calls(client, fn: Callable, calls: list[dict]) -> list:
+    """[fn(**call) for call in calls] on the workers (the final merge's conversions and key
+    ranges, whose files are on the shared storage); results in order."""
+    return client.gather([client.submit(_call, fn, kw, pure=False) for kw in calls])
+
+
 def _merge_shards(shards: list[str], root: str, memory: int) -> str:
     """Merge shards into one, named by its parts (so a retried merge reuses it)."""
     out = Path(root) / ("merge-" + hashlib.sha256("\n".join(shards).encode()).hexdigest()[:20])
@@ -342,7 +352,9 @@ def accumulate_distributed(client, stats_dir: str | os.PathLike, paths, *,
         if sum(load(p).n_examples for p in parts) == 0:
             raise StreamfitError(f"no examples in {', '.join(map(str, files))}: nothing to "
                                  f"accumulate")
-        manifest = merge_into(stats_dir, parts, memory=memory)
+        workers = max(1, len(client.scheduler_info()["workers"]))
+        manifest = merge_into(stats_dir, parts, memory=memory, parts=workers,
+                              map_parts=lambda fn, calls: _map_calls(client, fn, calls))
         shutil.rmtree(root, ignore_errors=True)  # still locked: no other writer's shards
     return {"unchanged": False, "resumed": resumed, **summary(manifest)}
 

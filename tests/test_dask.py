@@ -446,7 +446,7 @@ def test_cli_evaluate_refine_merge_use_the_cluster(client, features, tmp_path, c
     def fake_cluster(scheduler=None, workers=None):
         used.append((scheduler, workers))
         yield client
-    monkeypatch.setattr("streamfit.cli.cluster", fake_cluster)
+    monkeypatch.setattr("streamfit.distributed.cluster", fake_cluster)
     w, train = features["weights"], features["train"]
     rc, out, err = run(capsys, "evaluate", "--weights", w, train, "--json", "--scheduler",
                        "tcp://x:1", "--quiet")

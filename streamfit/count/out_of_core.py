@@ -613,13 +613,19 @@ def refuse_duplicates(dirs) -> None:
         seen.add(Path(d).resolve())
 
 
+def _directory_as_run(directory: str, work: Path) -> dict:
+    return statistics_as_run(load(directory), work)
+
+
 def merge_into(out_dir: str | os.PathLike, dirs, *, memory: int = DEFAULT_MEMORY,
-               progress: bool = False) -> dict:
+               progress: bool = False, parts: int = 1, map_parts: Callable | None = None) -> dict:
     """Merge statistics directories into `out_dir` (which may be one of them) with the
-    bounded-memory k-way merge; returns the manifest."""
+    bounded-memory k-way merge; returns the manifest. With `parts` > 1, `map_parts(fn,
+    [keyword arguments, ...])` runs the conversions of the shards to runs and the merges
+    of `parts` disjoint key ranges at once (e.g. on Dask workers; `spill.merge_runs`)."""
     out_dir = Path(out_dir)
     refuse_duplicates(dirs)
-    parts = [load(d) for d in dirs]
+    parts_n, parts = parts, [load(d) for d in dirs]
     check_mergeable(parts)
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -632,11 +638,15 @@ def merge_into(out_dir: str | os.PathLike, dirs, *, memory: int = DEFAULT_MEMORY
             n_classes = max(s.n_classes for s in parts)
             n_features = 0 if first.order else first.window * (n_classes + 1) \
                 if first.task == "lm" else max(s.n_features for s in parts)
-            runs = [statistics_as_run(s, work) for s in parts]
+            if parts_n > 1 and map_parts is not None:
+                runs = map_parts(_directory_as_run, [dict(directory=str(d), work=work) for d in dirs])
+            else:
+                runs = [statistics_as_run(s, work) for s in parts]
             arrays = merge_runs(work, runs, task=first.task, vocab_size=n_classes,
                                 n_features=n_features, value_dtype=first.data.dtype,
                                 out_dir=out_dir, generation=new_generation(), memory=memory,
-                                progress=progress, ngram=bool(first.order))
+                                progress=progress, ngram=bool(first.order), parts=parts_n,
+                                map_parts=map_parts)
             merged = dataclasses.replace(
                 first, n_classes=n_classes, n_features=n_features,
                 n_examples=sum(s.n_examples for s in parts), l1_sum=sum(s.l1_sum for s in parts),
