@@ -51,7 +51,8 @@ What it measures
     match). Generation is not timed; the files were just written (or read before), so they
     come from the page cache.
 
-    Runs, in order: baselines (``python -c "import streamfit"``; a 4000-token corpus
+    Runs, in order: baselines (``python -c "import streamfit"``, ``streamfit accumulate
+    --help`` — what every command pays before its work; a 4000-token corpus
     through ``accumulate`` with --jobs 1 and 2, twice: the first pair also warms numba's
     on-disk kernel cache); every corpus size with --jobs 1 at the budget; the
     ``--jobs-scale`` corpus (10x) with --jobs 2; the ``--spill-scale`` corpus (10x) with a
@@ -476,8 +477,11 @@ def format_report(r: dict) -> str:
         "baselines (fixed overhead; MiB, whole process tree):",
     ]
     for key, label in (("import", 'python -c "import streamfit"'),
+                       ("help", "streamfit accumulate --help"),
                        ("tiny_jobs1", "accumulate, tiny corpus, --jobs 1"),
                        ("tiny_jobs2", "accumulate, tiny corpus, --jobs 2")):
+        if key not in b:
+            continue  # a report from before the --help baseline
         m = b[key]
         lines.append(f"  {label:<36} RSS {mib(m['peak_rss_tree']):>5}, anon "
                      f"{mib(m['peak_anon_tree']):>4}, PSS {mib(m['peak_pss_tree']):>4}, "
@@ -744,6 +748,7 @@ def main(argv=None) -> int:
 
         log("baselines")
         baselines["import"] = meas([sys.executable, "-c", "import streamfit"])
+        baselines["help"] = meas([sys.executable, "-m", "streamfit", "accumulate", "--help"])
         tiny = workdir / "tiny"
         tiny.mkdir()
         toks = np.random.default_rng(0).integers(0, min(args.vocab, 1000), size=4000,
