@@ -89,6 +89,67 @@ def test_count_windows_with_long_rows_matches_reference(window):
     np.testing.assert_array_equal(counts, want_counts)
 
 
+@SETTINGS
+@given(docs=documents, window=st.integers(1, 4), order=st.integers(1, 4), eos=st.booleans(),
+       dtype=st.sampled_from([np.int32, np.int64]))
+def test_partitioned_path_matches_reference(docs, window, order, eos, dtype):
+    """Keys built, ordered by hash and inserted (kernels.window_keys / ngram_keys,
+    partition_by_hash, add_keys) count what the numpy twins count."""
+    tokens, offsets = as_arrays(docs, dtype)
+    if order > 1 and tokens.size and tokens.max() > kernels.MAX_TOKEN_ID // 2 ** 8:
+        tokens = tokens % 1000  # n-gram ids must fit 63 // order bits
+    table = CountTable(np.int64, capacity_bits=2)
+    table.force_path = "partitioned"
+    table.add_windows(tokens, offsets, window)
+    np.testing.assert_array_equal(np.stack(table.items()), np.stack(ref.count_windows(tokens, offsets, window)))
+    table = CountTable(np.int64, capacity_bits=2, ngram=True)
+    table.force_path = "partitioned"
+    table.add_ngrams(tokens, offsets, order, eos)
+    np.testing.assert_array_equal(np.stack(table.items()),
+                                  np.stack(ref.count_ngrams(tokens, offsets, order, eos)))
+
+
+@SETTINGS
+@given(keys=st.lists(st.integers(0, 2**62), max_size=300), bits=st.integers(1, 12))
+def test_partition_by_hash_is_a_stable_sort_by_the_hash_top_bits(keys, bits):
+    keys = np.array(keys, dtype=np.int64)
+    out = np.full(keys.size + 3, -7, dtype=np.int64)
+    kernels.partition_by_hash(keys, keys.size, bits, out)
+    top = (keys.astype(np.uint64) * kernels.HASH_MULT) >> np.uint64(64 - bits)
+    np.testing.assert_array_equal(out[:keys.size], keys[np.argsort(top, kind="stable")])
+    assert (out[keys.size:] == -7).all()
+
+
+def test_the_path_is_picked_by_the_share_of_new_keys(monkeypatch):
+    """With the table "past the caches" from 2^6 slots: spread documents (most keys new) go
+    by the partitioned path, a repeated document (no new keys) back by the hashing kernel;
+    chunks of 1024 keys, growing and spilling in the middle of chunks, counts exact."""
+    from streamfit.count import accumulate
+
+    monkeypatch.setattr(accumulate, "PARTITION_MIN_BITS", 6)
+    used = {"partitioned": 0, "hashing": 0}
+    for name, path in (("add_keys", "partitioned"), ("count_windows", "hashing")):
+        real = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, real=real, path=path: (
+            used.__setitem__(path, used[path] + 1), real(*a))[1])
+    rng = np.random.default_rng(2)
+    spread = rng.integers(0, 5000, 6000)
+    tokens = np.concatenate([spread, np.tile(spread[:50], 120)]).astype(np.int64)
+    offsets = np.array([0, 3000, 6000, 12000], dtype=np.int64)
+    runs = []
+    table = CountTable(np.int64, capacity_bits=2, max_bits=12)
+    table.spill = lambda k, v: runs.append((k, v))
+    table.add_windows(tokens, offsets, 2)
+    runs.append(table.items())
+    keys = np.concatenate([k for k, _ in runs])
+    counts = np.concatenate([v for _, v in runs])
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    want_keys, want_counts = ref.count_windows(tokens, offsets, 2)
+    np.testing.assert_array_equal(uniq, want_keys)
+    np.testing.assert_array_equal(np.bincount(inverse, weights=counts).astype(np.int64), want_counts)
+    assert len(runs) > 2 and used["partitioned"] > 2 and used["hashing"] > 2, (len(runs), used)
+
+
 def test_count_windows_small_exact_example():
     """A worked example, by hand: documents [3, 1, 3] and [1], window 2."""
     tokens, offsets = as_arrays([[3, 1, 3], [1]], np.int64)

@@ -26,6 +26,10 @@ from ..io.parquet import (DEFAULT_BATCH_ROWS, FEATURES, INDICES, LABEL, TOKENS, 
 from .stats import Statistics
 
 MAX_LOAD = 0.5
+CHUNK_KEYS = 1 << 20        # keys counted at a time (at most an eighth of the table's bytes)
+PARTITION_MIN_BITS = 20     # tables of 2^20 slots (16 MiB) and more are past the caches ...
+PARTITION_NEW_SHARE = 0.25  # ... and when this share of a chunk's keys is new, the next
+#                             chunk goes in by the partitioned path (kernels.partition_by_hash)
 
 
 class CountTable:
@@ -41,6 +45,9 @@ class CountTable:
         # middle of a batch: it takes them (e.g. writes a run) and the table is emptied
         # instead of grown, so a long document or batch stays within the budget.
         self.spill: Callable[[np.ndarray, np.ndarray], None] | None = None
+        self.new_share = 1.0  # of the last chunk's keys, those new to the table
+        self.force_path: str | None = None  # "hashing" or "partitioned": tests and benchmarks
+        self._buffers: tuple[np.ndarray, np.ndarray] | None = None
         self._allocate(capacity_bits)
 
     def _allocate(self, bits: int) -> None:
@@ -88,26 +95,65 @@ class CountTable:
         self.n_used = n_used
 
     def add_windows(self, tokens: np.ndarray, doc_offsets: np.ndarray, window: int) -> None:
-        doc, pos, n_docs = 0, 0, doc_offsets.size - 1
-        while True:
-            doc, pos, self.n_used = kernels.count_windows(
-                tokens, doc_offsets, window, doc, pos, self.slots, self.vals,
-                self.n_used, self.max_used, self.shift)
-            if doc == n_docs:
-                return
-            self.grow()
+        self._add_documents(kernels.count_windows, kernels.window_keys, (tokens, doc_offsets, window),
+                            doc_offsets, window)
 
     def add_ngrams(self, tokens: np.ndarray, doc_offsets: np.ndarray, order: int,
                    eos: bool) -> None:
+        self._add_documents(kernels.count_ngrams, kernels.ngram_keys,
+                            (tokens, doc_offsets, order, ngram_bits(order), eos), doc_offsets, 1)
+
+    def partitioned(self) -> bool:
+        """Whether the next chunk of keys goes in by the partitioned path: the table is
+        past the caches and most keys of the last chunk were new to it (`kernels`)."""
+        if self.force_path is not None:
+            return self.force_path == "partitioned"
+        return self.bits >= PARTITION_MIN_BITS and self.new_share >= PARTITION_NEW_SHARE
+
+    def _add_documents(self, count, fill, args: tuple, doc_offsets: np.ndarray,
+                       keys_per_token: int) -> None:
+        """Count the keys of a batch of documents chunk by chunk (about CHUNK_KEYS keys
+        each), each chunk by the hashing kernel `count` or, when `partitioned()`, built by
+        `fill`, ordered by hash and inserted."""
         doc, pos, n_docs = 0, 0, doc_offsets.size - 1
-        bits = ngram_bits(order)
-        while True:
-            doc, pos, self.n_used = kernels.count_ngrams(
-                tokens, doc_offsets, order, bits, eos, doc, pos, self.slots, self.vals,
-                self.n_used, self.max_used, self.shift)
-            if doc == n_docs:
-                return
-            self.grow()
+        while doc < n_docs:
+            chunk = min(CHUNK_KEYS, 1 << max(self.bits - 3, 10))
+            before, inserted = self.n_used, 0
+            if self.partitioned():
+                if self._buffers is None or self._buffers[0].size < chunk:
+                    self._buffers = (np.empty(chunk, np.int64), np.empty(chunk, np.int64))
+                keys, ordered = self._buffers
+                doc, pos, n = fill(*args, doc, pos, keys[:chunk])
+                kernels.partition_by_hash(keys, n, min(12, max(1, self.bits - 14)), ordered)
+                i = 0
+                while True:
+                    i, self.n_used = kernels.add_keys(ordered, i, n, self.slots, self.vals,
+                                                      self.n_used, self.max_used, self.shift)
+                    if i == n:
+                        break
+                    inserted += self.n_used - before
+                    self.grow()
+                    before = self.n_used
+                seen = n
+            else:
+                start = int(doc_offsets[doc]) + pos
+                end = max(doc + 1, int(np.searchsorted(doc_offsets, start + chunk // keys_per_token,
+                                                       side="right")) - 1)
+                part = doc_offsets[:end + 1]  # offsets are absolute: documents doc..end-1
+                first_doc, first_pos = doc, pos
+                while True:
+                    doc, pos, self.n_used = count(*args[:1], part, *args[2:], doc, pos, self.slots,
+                                                  self.vals, self.n_used, self.max_used, self.shift)
+                    if doc == end:
+                        break
+                    inserted += self.n_used - before
+                    self.grow()
+                    before = self.n_used
+                seen = (int(doc_offsets[end]) - int(doc_offsets[first_doc]) - first_pos) * keys_per_token
+                pos = 0
+            inserted += self.n_used - before
+            if seen:
+                self.new_share = inserted / seen
 
     def add_rows(self, rows: FeatureRows) -> None:
         row = 0

@@ -251,3 +251,85 @@ def count_ngrams(tokens, doc_offsets, order, bits, eos, start_doc, start_pos,
             key = (key << bits) | target
             n_used += _add(slots, vals, key, np.int64(1), shift, mask)
     return n_docs, 0, n_used
+
+
+# --- the partitioned path: for batches whose keys are mostly new to a large table -------------
+# Inserting keys in the order they come hits a random slot of the table each time: past the
+# caches, a memory round trip each. Instead a chunk of keys is built first, ordered by the
+# top bits of their hash (a counting sort: one sequential pass), and inserted in that order,
+# so that consecutive inserts fall in one cache-sized region of the table. The counts are
+# the same; only the order in which keys enter the table differs.
+
+@njit(cache=True, nogil=True)
+def window_keys(tokens, doc_offsets, window, start_doc, start_pos, out):
+    """The packed keys of count_windows, written to `out` instead of counted: from
+    (start_doc, start_pos) until `out` is full (whole tokens only). Returns (doc, pos, n)."""
+    n_docs = doc_offsets.size - 1
+    n = 0
+    for d in range(start_doc, n_docs):
+        lo = doc_offsets[d]
+        hi = doc_offsets[d + 1]
+        first = lo + start_pos if d == start_doc else lo
+        for t in range(first, hi):
+            if n + window > out.size:
+                return d, t - lo, n
+            target = np.int64(tokens[t])
+            for k in range(window):
+                j = t - 1 - k
+                ctx = np.int64(tokens[j]) if j >= lo else np.int64(BOS_KEY)
+                out[n] = (np.int64(k) << 56) | (ctx << TOKEN_BITS) | target
+                n += 1
+    return n_docs, 0, n
+
+
+@njit(cache=True, nogil=True)
+def ngram_keys(tokens, doc_offsets, order, bits, eos, start_doc, start_pos, out):
+    """The packed keys of count_ngrams, written to `out` instead of counted (as
+    window_keys). Returns (doc, pos, n)."""
+    n_docs = doc_offsets.size - 1
+    eos_value = (np.int64(1) << bits) - 1
+    n = 0
+    for d in range(start_doc, n_docs):
+        lo = doc_offsets[d]
+        hi = doc_offsets[d + 1]
+        first = lo + start_pos if d == start_doc else lo
+        end = hi + 1 if eos else hi
+        for t in range(first, end):
+            if n + 1 > out.size:
+                return d, t - lo, n
+            key = np.int64(0)
+            for j in range(t - order + 1, t):
+                v = np.int64(tokens[j]) + 1 if j >= lo else np.int64(0)
+                key = (key << bits) | v
+            target = np.int64(tokens[t]) + 1 if t < hi else eos_value
+            out[n] = (key << bits) | target
+            n += 1
+    return n_docs, 0, n
+
+
+@njit(cache=True, nogil=True)
+def partition_by_hash(keys, n, part_bits, out):
+    """keys[:n] into out[:n] ordered by the top `part_bits` bits of their hash (stable
+    counting sort), i.e. by the region of the table each falls in, whatever its size."""
+    shift = np.uint64(64 - part_bits)
+    counts = np.zeros((1 << part_bits) + 1, np.int64)
+    for i in range(n):
+        counts[np.int64((np.uint64(keys[i]) * HASH_MULT) >> shift) + 1] += 1
+    for b in range(1 << part_bits):
+        counts[b + 1] += counts[b]
+    for i in range(n):
+        b = np.int64((np.uint64(keys[i]) * HASH_MULT) >> shift)
+        out[counts[b]] = keys[i]
+        counts[b] += 1
+
+
+@njit(cache=True, nogil=True)
+def add_keys(keys, start, n, slots, vals, n_used, max_used, shift):
+    """Add 1 at each of keys[start:n]; stops before the table would pass `max_used`
+    entries. Returns (where it stopped, n_used); n when done."""
+    mask = slots.size // 2 - 1
+    for i in range(start, n):
+        if n_used + 1 > max_used:
+            return i, n_used
+        n_used += _add(slots, vals, keys[i], np.int64(1), shift, mask)
+    return n, n_used
