@@ -28,6 +28,7 @@ from .stats import Statistics
 MAX_LOAD = 0.5
 CHUNK_KEYS = 1 << 20        # keys counted at a time (at most an eighth of the table's bytes)
 PARTITION_MIN_BITS = 20     # tables of 2^20 slots (16 MiB) and more are past the caches ...
+REGION_BITS = 14            # the partitioned path's regions: 2^14 slots (256 KiB)
 PARTITION_NEW_SHARE = 0.25  # ... and when this share of a chunk's keys is new, the next
 #                             chunk goes in by the partitioned path (kernels.partition_by_hash)
 
@@ -124,7 +125,7 @@ class CountTable:
                     self._buffers = (np.empty(chunk, np.int64), np.empty(chunk, np.int64))
                 keys, ordered = self._buffers
                 doc, pos, n = fill(*args, doc, pos, keys[:chunk])
-                kernels.partition_by_hash(keys, n, min(12, max(1, self.bits - 14)), ordered)
+                kernels.partition_by_hash(keys, n, min(12, max(1, self.bits - REGION_BITS)), ordered)
                 i = 0
                 while True:
                     i, self.n_used = kernels.add_keys(ordered, i, n, self.slots, self.vals,
