@@ -25,7 +25,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 
 from .. import __version__
 from ..errors import FormatError, OptionError
@@ -96,7 +95,9 @@ class Statistics:
         """K of the paper's form: the mean L1 norm of the raw inputs."""
         return self.l1_sum / max(self.n_examples - self.empty_rows, 1)
 
-    def csr(self) -> sp.csr_matrix:
+    def csr(self) -> "scipy.sparse.csr_matrix":  # noqa: F821
+        import scipy.sparse as sp  # here, not above: accumulating never loads scipy
+
         return sp.csr_matrix((self.data, self.indices, self.indptr),
                              shape=(self.n_features, self.n_classes))
 
@@ -390,6 +391,8 @@ def merge(*parts: Statistics) -> Statistics:
         return Statistics.of_ngrams(keys, counts, order=first.order, eos=first.eos,
                                     vocab_size=max(s.n_classes for s in parts),
                                     n_examples=sum(s.n_examples for s in parts), sources=sources)
+    import scipy.sparse as sp
+
     n_classes = max(s.n_classes for s in parts)
     n_features = max(s.n_features for s in parts)
     laid = [s.relayout(n_classes, n_features) for s in parts]
