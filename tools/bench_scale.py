@@ -323,6 +323,22 @@ def pss(pid: int) -> tuple[int, int]:
     return total, anon
 
 
+def run_files(temp: Path) -> list:
+    """The spilled runs' files: in the subdirectory of `temp` that accumulate makes its
+    own (count.out_of_core.work_directory), or in `temp` itself."""
+    runs = []
+    try:
+        for e in os.scandir(temp):
+            if e.name.startswith("run-") and e.name.endswith(".npy"):
+                runs.append(e)
+            elif e.is_dir():
+                runs += [f for f in os.scandir(e.path)
+                         if f.name.startswith("run-") and f.name.endswith(".npy")]
+    except OSError:
+        pass
+    return runs
+
+
 def _merge_started(stats: Path) -> bool:
     """Whether the merge has begun writing the statistics arrays (F-*.npy, under a
     temporary name first)."""
@@ -357,11 +373,7 @@ def measure(cmd: list[str], *, poll: float, dir_every: float, pss_every: float, 
             if now >= next_dir or seen["runs"] < 128:
                 next_dir = now + dir_every
                 if temp is not None:
-                    try:
-                        runs = [e for e in os.scandir(temp)
-                                if e.name.startswith("run-") and e.name.endswith(".npy")]
-                    except OSError:
-                        runs = []
+                    runs = run_files(temp)
                     if len(runs) > 2 * seen["runs"]:  # runs stay until the merge has ended
                         size = 0
                         for e in runs:
