@@ -485,7 +485,7 @@ def cli_data(tmp_path_factory):
 
 
 LR = {"sgd": ["--lr", "20"], "adam": ["--lr", "0.05"], "gis": [], "lbfgs": ["--l2", "1e-4"],
-      "auto": [],
+      "auto": [], "plbfgs": [],
       "newton": ["--l2", "1e-4"],
       "random-bases": ["--lr", "2", "--dims", "16"],
       "dldr": ["--lr", "20", "--phase-passes", "2", "--snapshot-every", "2", "--dims", "4"]}

@@ -21,7 +21,7 @@ ANYWHERE = {"streamfit", "streamfit.errors",           # __version__ and the exc
             "streamfit.defaults"}                    # option defaults, the standard library alone
 TRAIN_SHARED = {"streamfit.train.core", "streamfit.train.lbfgs"}
 TRAIN_METHODS = {"streamfit.train.newton", "streamfit.train.subspace", "streamfit.train.grow",
-                 "streamfit.train.ngram"}
+                 "streamfit.train.ngram", "streamfit.train.plbfgs"}
 
 
 def module_name(path: Path) -> str:

@@ -248,12 +248,14 @@ class FeatureMoments:
 
 
 def feature_moments(batches: Iterable[Examples], n_features: int,
-                    full: bool | None = None) -> FeatureMoments:
+                    full: bool | None = None, double: bool = False) -> FeatureMoments:
     """FeatureMoments of the examples' x̃ (the full second moment when `full`, by default
     when there are at most FULL_COVARIANCE_LIMIT features). The second moment of dense
     batches is summed in float32 BLAS per batch (a preconditioner needs no more), in float64
-    across batches. (A row sample is not enough: on Fashion-MNIST a quarter of the rows
-    underestimated the small eigenvalues, and the first whitened step overshot.)"""
+    across batches; in float64 throughout with `double` (to tell the covariance's exact null
+    directions, such as constant sums, from small variances). (A row sample is not enough:
+    on Fashion-MNIST a quarter of the rows underestimated the small eigenvalues, and the
+    first whitened step overshot.)"""
     d = n_features
     full = d <= FULL_COVARIANCE_LIMIT if full is None else full
     total, square = np.zeros(d), np.zeros(d)
@@ -268,7 +270,7 @@ def feature_moments(batches: Iterable[Examples], n_features: int,
         if full:
             x = example_matrix(Examples(ex.indptr, ex.indices, values, ex.targets), d)
             if x.nnz > 0.1 * x.shape[0] * d:
-                dense = x.toarray().astype(np.float32)
+                dense = x.toarray() if double else x.toarray().astype(np.float32)
                 gram += dense.T @ dense
             else:
                 gram += np.asarray((x.T @ x).todense())

@@ -1,0 +1,298 @@
+"""Preconditioned L-BFGS in streaming passes, after one whitened Adam pass: what `refine
+--method auto` runs on dense classifiers of up to a few thousand features.
+
+Why. On inputs x̃ = x/Σx (images, tables) the curvature of the cross-entropy differs by
+orders of magnitude between directions; full-batch L-BFGS from a scaled identity crawls, and
+even whitened it needs hundreds of passes where examples saturate. Here every pass gives one
+full gradient (a streaming sum) and the curvature model that turns it into a step comes from
+a small in-memory sample instead of more passes:
+
+1. Pass 1: Adam over mini-batches of BATCH rows in whitened coordinates z = (x̃ − sμ)·M
+   (μ the mean of x̃, s = Σx̃, M·Mᵀ the pseudo-inverse of x̃'s covariance with its exact null
+   directions dropped: the same model with unit-variance inputs, where Adam's default step
+   is the one it is meant for). Many cheap steps take the explicit start most of the way;
+   the pass also fills a reservoir of RESERVOIR_ROWS uniformly sampled rows.
+2. Every later pass: the full loss and gradient, then an L-BFGS direction (MEMORY pairs,
+   γ = sᵀy/yᵀH₀y) whose initial inverse Hessian H₀ is block-diagonal by class —
+   B_j = E_R[p_j(1 − p_j) x̃x̃ᵀ] + diag(λ) + δ_j·I on the reservoir at the current weights
+   (δ_j = DAMPING·tr(B_j)/d: damping relative to the curvature itself), refreshed every
+   pass — a step length by Armijo backtracking on the reservoir, and the next pass
+   evaluates the step at α, α/2 and α/4 on all rows at once (one forward product each for W
+   and the direction) and continues from the best of them.
+
+The weights after pass k ≥ 2 are the step proposed from that pass's gradient; its loss on
+all rows is measured by the next pass (the logged train loss is the one of the point the pass
+evaluated). A resumed run continues from the checkpointed weights with a gradient pass and
+fresh curvature pairs.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import numpy as np
+import scipy.linalg
+from scipy.linalg import blas
+from scipy.special import log_softmax
+
+from ..data.featurize import Examples
+from ..errors import StreamfitError
+from .core import FeatureMoments, PassResult, example_matrix, l2_penalty
+
+BATCH = 64                 # Adam's mini-batch (rows)
+ADAM_LR = 1e-3             # Adam's default step, meant for unit-scale inputs (whitened here)
+RESERVOIR_ROWS = 8192      # rows sampled for the curvature blocks and the Armijo search
+MEMORY = 20                # L-BFGS pairs
+DAMPING = 1e-4             # δ_j relative to the mean diagonal of B_j
+NULL_DIRECTION = 1e-10     # covariance eigenvalues below this fraction of the largest: dropped
+ARMIJO_STEPS = (1.0, 0.5, 0.25, 0.1, 0.03, 0.01)
+BLOCK_LIMIT_BYTES = 2 << 30  # the C blocks of d × d (float64): above this auto picks L-BFGS
+
+
+def fits(n_features: int, n_classes: int) -> bool:
+    """Whether the C per-class d × d curvature blocks fit the budget."""
+    return n_classes * n_features * n_features * 8 <= BLOCK_LIMIT_BYTES
+
+
+class WhiteBasis:
+    """Coordinates (V, c) with W = M·V + 1·(c − μᵀM·V)ᵀ, M = U·diag(1/√(ν + floor)) over the
+    covariance's eigenpairs (U, ν) that are not exactly null. Then x̃·W = z·V + s·c with
+    z = (x̃ − sμ)·M and s = Σx̃ (exact for any input), and z has unit variance per coordinate
+    on the training rows. Null directions (constant sums such as x/Σx's ones vector, or the
+    pairs of complement coding) carry no information and would give Adam huge, useless
+    coordinates."""
+
+    def __init__(self, moments: FeatureMoments, floor: float = 1e-3):
+        mu = moments.mean
+        cov = moments.gram - np.outer(mu, mu)
+        nu, u = np.linalg.eigh(cov)
+        keep = nu > NULL_DIRECTION * max(float(nu[-1]), 1e-300)
+        nu, u = nu[keep], u[:, keep]
+        eps = floor * max(float(np.trace(cov)) / len(mu), 1e-300)
+        root = np.sqrt(nu + eps)
+        self.mean, self.m, self.m_pinv = mu, u / root[None, :], (u * root[None, :]).T
+
+    def coordinates(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.m_pinv @ w, self.mean @ w
+
+    def weights(self, v: np.ndarray, c: np.ndarray) -> np.ndarray:
+        mv = self.m @ v
+        return mv + (c - self.mean @ mv)[None, :]
+
+    def gradient(self, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The gradient in (V, c) of a function whose gradient in W is g."""
+        col = g.sum(axis=0)
+        return self.m.T @ (g - np.outer(self.mean, col)), col
+
+
+class Reservoir:
+    """A uniform sample of up to `size` rows of a stream (dense float32) with their targets."""
+
+    def __init__(self, size: int, n_features: int, seed: int):
+        self.rng = np.random.default_rng(seed)
+        self.x = np.zeros((size, n_features), np.float32)
+        self.y = np.zeros(size, np.int64)
+        self.size, self.seen = size, 0
+
+    def offer(self, x: np.ndarray, y: np.ndarray) -> None:
+        n = len(y)
+        free = max(0, min(n, self.size - self.seen))
+        self.x[self.seen:self.seen + free], self.y[self.seen:self.seen + free] = x[:free], y[:free]
+        if free < n:  # Algorithm R: row t replaces a random slot with probability size/(t+1)
+            t = self.seen + np.arange(free, n)
+            slot = (self.rng.random(n - free) * (t + 1)).astype(np.int64)
+            hit = slot < self.size
+            self.x[slot[hit]], self.y[slot[hit]] = x[free:][hit], y[free:][hit]
+        self.seen += n
+
+    def rows(self) -> tuple[np.ndarray, np.ndarray]:
+        m = min(self.size, self.seen)
+        return self.x[:m], self.y[:m]
+
+
+def _dense(ex: Examples, d: int) -> np.ndarray:
+    return example_matrix(ex, d).toarray()
+
+
+def _labelled(ex: Examples) -> Examples:
+    if np.any(ex.targets < 0):
+        raise StreamfitError("refining needs a target for every example (labels missing)")
+    return ex
+
+
+def _softmax_loss(logits: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float, int]:
+    """(probabilities, summed cross-entropy, correct predictions)."""
+    logp = log_softmax(logits, axis=1)
+    rows = np.arange(len(y))
+    return np.exp(logp), -float(logp[rows, y].sum()), int(np.sum(logp.argmax(axis=1) == y))
+
+
+def adam_pass(w: np.ndarray, batches: Iterator[Examples], basis: WhiteBasis, l2,
+              reservoir: Reservoir | None, seed: int) -> tuple[np.ndarray, PassResult]:
+    """One pass of Adam steps (BATCH rows each, shuffled inside each record batch) in the
+    whitened coordinates; the summed loss is each mini-batch's before its step."""
+    d, _ = w.shape
+    rng = np.random.default_rng(seed)
+    v, c = basis.coordinates(w)
+    state = [np.zeros_like(v), np.zeros_like(v), np.zeros_like(c), np.zeros_like(c)]
+    b1, b2, eps, t = 0.9, 0.999, 1e-8, 0
+    out = PassResult()
+    for ex in map(_labelled, batches):
+        if ex.n == 0:
+            continue
+        x = _dense(ex, d)
+        if reservoir is not None:
+            reservoir.offer(x, ex.targets)
+        s = x.sum(axis=1)
+        z = (x - s[:, None] * basis.mean[None, :]) @ basis.m
+        # the L2 gradient moves slowly: once per record batch, not per step
+        pv, pc = basis.gradient(l2_penalty(l2, basis.weights(v, c))[1])
+        for rows in np.array_split(rng.permutation(ex.n), max(1, -(-ex.n // BATCH))):
+            y = ex.targets[rows]
+            p, loss, correct = _softmax_loss(z[rows] @ v + s[rows, None] * c[None, :], y)
+            out.n, out.loss, out.correct = out.n + len(rows), out.loss + loss, out.correct + correct
+            p[np.arange(len(rows)), y] -= 1.0
+            t += 1
+            for i, (param, g) in enumerate(((v, z[rows].T @ p / len(rows) + pv),
+                                            (c, s[rows] @ p / len(rows) + pc))):
+                m1, m2 = state[2 * i], state[2 * i + 1]
+                m1 *= b1
+                m1 += (1 - b1) * g
+                m2 *= b2
+                m2 += (1 - b2) * g * g
+                param -= ADAM_LR * (m1 / (1 - b1 ** t)) / (np.sqrt(m2 / (1 - b2 ** t)) + eps)
+    return basis.weights(v, c), out
+
+
+def candidates_pass(w: np.ndarray, direction: np.ndarray | None, steps: tuple[float, ...],
+                    batches: Iterator[Examples], l2, reservoir: Reservoir | None
+                    ) -> list[tuple[float, np.ndarray, PassResult]]:
+    """One pass: (objective, gradient, sums) at w + a·direction for every a in `steps`
+    (w itself when direction is None); x̃·w and x̃·direction are formed once per batch."""
+    d, k = w.shape
+    steps = steps if direction is not None else (0.0,)
+    grads = [np.zeros((d, k)) for _ in steps]
+    sums = [PassResult() for _ in steps]
+    for ex in map(_labelled, batches):
+        if ex.n == 0:
+            continue
+        x = example_matrix(ex, d)
+        if reservoir is not None:
+            reservoir.offer(x.toarray(), ex.targets)
+        base = np.asarray(x @ w)
+        move = np.asarray(x @ direction) if direction is not None else None
+        y = ex.targets
+        for i, a in enumerate(steps):
+            p, loss, correct = _softmax_loss(base if move is None else base + a * move, y)
+            p[np.arange(ex.n), y] -= 1.0
+            grads[i] += np.asarray(x.T @ p)
+            sums[i].n += ex.n
+            sums[i].loss += loss
+            sums[i].correct += correct
+    out = []
+    for a, g, r in zip(steps, grads, sums):
+        point = w if direction is None else w + a * direction
+        penalty, penalty_grad = l2_penalty(l2, point)
+        out.append((r.mean_loss + penalty, g / max(r.n, 1) + penalty_grad, r))
+    return out
+
+
+def class_blocks(x: np.ndarray, y: np.ndarray, w: np.ndarray, l2) -> Callable:
+    """H₀: G ↦ column j solved with B_j = E[p_j(1 − p_j) x̃x̃ᵀ] + diag(λ) + δ_j·I over the
+    sample x (float32 rows), one Cholesky factor per class."""
+    m, d = x.shape
+    p, _, _ = _softmax_loss(x.astype(np.float64) @ w, y)
+    lam = np.broadcast_to(np.ravel(np.asarray(l2, np.float64)), (d,)) if np.ndim(l2) \
+        else np.full(d, float(l2))
+    factors = []
+    for j in range(w.shape[1]):
+        scale = np.sqrt(p[:, j] * (1.0 - p[:, j]) / m).astype(np.float32)
+        upper = blas.ssyrk(1.0, np.asfortranarray((x * scale[:, None]).T))
+        block = np.triu(upper).astype(np.float64)
+        block += np.triu(block, 1).T
+        block[np.diag_indices(d)] += lam + DAMPING * max(float(np.trace(block)) / d, 1e-12)
+        factors.append(scipy.linalg.cho_factor(block, lower=True, check_finite=False))
+
+    def apply(g: np.ndarray) -> np.ndarray:
+        out = np.empty_like(g)
+        for j, f in enumerate(factors):
+            out[:, j] = scipy.linalg.cho_solve(f, g[:, j], check_finite=False)
+        return out
+    return apply
+
+
+def two_loop(g: np.ndarray, pairs: list, h0: Callable) -> np.ndarray:
+    """−H·g by the L-BFGS two-loop recursion from H₀ scaled by γ = sᵀy / yᵀH₀y."""
+    q, alphas = g.copy(), []
+    for s, y in reversed(pairs):
+        rho = 1.0 / np.vdot(y, s)
+        a = rho * np.vdot(s, q)
+        q -= a * y
+        alphas.append((rho, a))
+    gamma = 1.0
+    if pairs:
+        s, y = pairs[-1]
+        gamma = np.vdot(s, y) / np.vdot(y, h0(y))
+    r = gamma * h0(q)
+    for (s, y), (rho, a) in zip(pairs, reversed(alphas)):
+        r += (a - rho * np.vdot(y, r)) * s
+    return -r
+
+
+def plbfgs(w: np.ndarray, train: Callable[[], Iterator[Examples]], passes: int, l2,
+           moments: FeatureMoments, record, checkpoint, start_pass: int,
+           seed: int = 0) -> np.ndarray:
+    """Refine w by `passes` streaming passes (see the module docstring); record(k, W, sums,
+    extra) and checkpoint(k, W, arrays) after every pass. Returns the last weights."""
+    d, _ = w.shape
+    reservoir = Reservoir(RESERVOIR_ROWS, d, seed)
+    done = start_pass
+    if done == 0 and passes > 0:
+        w, sums = adam_pass(w, train(), WhiteBasis(moments), l2, reservoir, seed)
+        done = 1
+        record(done, w, sums, {"step": "adam"})
+        checkpoint(done, w, {})
+    pairs: list = []
+    direction, step, f, g = None, 0.0, None, None
+    while done < passes:
+        fill = reservoir if reservoir.seen == 0 else None   # a resumed run samples here
+        steps = (step, step / 2, step / 4)
+        evaluated = candidates_pass(w, direction, steps, train(), l2, fill)
+        done += 1
+        best = min(range(len(evaluated)), key=lambda i: evaluated[i][0])
+        if direction is not None and evaluated[best][0] > f:
+            best = len(evaluated) - 1           # none lowered the loss: the shortest step
+        f_new, g_new, sums = evaluated[best]
+        if direction is not None:
+            s = steps[best] * direction
+            y = g_new - g
+            if np.vdot(s, y) > 1e-12 * np.linalg.norm(s) * np.linalg.norm(y):
+                pairs = (pairs + [(s, y)])[-MEMORY:]
+            w = w + s
+        f, g = f_new, g_new
+        xr, yr = reservoir.rows()
+        direction = two_loop(g, pairs, class_blocks(xr, yr, w, l2))
+        direction -= direction.mean(axis=1, keepdims=True)   # per-row constants: no change
+        step = _armijo(w, direction, g, xr, yr, l2)
+        proposed = w + step * direction
+        record(done, proposed, sums, {"objective": f, "step": step})
+        checkpoint(done, proposed, {})
+    return w + step * direction if direction is not None else w
+
+
+def _armijo(w, direction, g, x, y, l2) -> float:
+    """The first of ARMIJO_STEPS with sufficient decrease of the reservoir's objective (else
+    the best of them, else the smallest/10)."""
+    x = x.astype(np.float64)
+
+    def objective(point):
+        _, loss, _ = _softmax_loss(x @ point, y)
+        return loss / max(len(y), 1) + l2_penalty(l2, point)[0]
+    f0, slope = objective(w), float(np.vdot(g, direction))
+    best = (f0, 0.0)
+    for a in ARMIJO_STEPS:
+        fa = objective(w + a * direction)
+        if fa < best[0]:
+            best = (fa, a)
+        if fa <= f0 + 1e-4 * a * slope:
+            return a
+    return best[1] if best[1] > 0 else ARMIJO_STEPS[-1] / 10

@@ -1,0 +1,154 @@
+"""The parts of plbfgs (refine's default on dense classifiers) against numpy oracles: the
+whitened basis, the reservoir, the candidate pass, the per-class curvature blocks; and
+never worse than the start on held-out data."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.special import logsumexp, softmax
+
+from streamfit.data.featurize import Examples
+from streamfit.train import core
+from streamfit.train import plbfgs as P
+from streamfit.train import refine as R
+
+from conftest import write_dense  # noqa: F401  (fixture module)
+
+
+def examples_of(x: np.ndarray, y: np.ndarray, rows: int = 37) -> list[Examples]:
+    """Dense rows as record batches of CSR Examples (zeros kept out)."""
+    out = []
+    for lo in range(0, len(y), rows):
+        block = x[lo:lo + rows]
+        nz = block != 0
+        indptr = np.concatenate([[0], np.cumsum(nz.sum(axis=1))]).astype(np.int64)
+        out.append(Examples(indptr, np.nonzero(nz)[1].astype(np.int64), block[nz],
+                            y[lo:lo + rows].astype(np.int64)))
+    return out
+
+
+def objective(w, x, y, lam):
+    z = x @ w
+    n = len(y)
+    f = float(np.mean(logsumexp(z, axis=1) - z[np.arange(n), y])) \
+        + 0.5 * float((lam[:, None] * w * w).sum())
+    g = x.T @ (softmax(z, axis=1) - np.eye(w.shape[1])[y]) / n + lam[:, None] * w
+    return f, g
+
+
+@pytest.fixture(scope="module")
+def problem():
+    rng = np.random.default_rng(7)
+    n, d, c = 300, 10, 4
+    y = rng.integers(0, c, n)
+    raw = rng.random((n, d)) * np.logspace(0, 1.5, d) + 0.5 * (y[:, None] == np.arange(d) % c)
+    x = raw / raw.sum(axis=1, keepdims=True)
+    return x, y, c
+
+
+def test_white_basis_is_exact_for_sums_to_one_and_complement_coding(problem):
+    x, y, c = problem
+    rng = np.random.default_rng(1)
+    u = x / x.max()
+    complement = np.hstack([u, 1 - u]) / u.shape[1]      # constant sum, null pairs
+    for inputs in (x, complement):
+        d = inputs.shape[1]
+        m = core.feature_moments(iter(examples_of(inputs, y)), d, full=True, double=True)
+        basis = P.WhiteBasis(m)
+        # null directions dropped: the ones vector; for complement coding the pairs
+        # u_i + (1 − u_i) and the ones vector of u (u = x / max x sums to a constant too)
+        assert basis.m.shape[1] == (d - 1 if inputs is x else d // 2 - 1)
+        w = rng.normal(size=(d, c))
+        v, cc = basis.coordinates(w)
+        np.testing.assert_allclose(inputs @ basis.weights(v, cc), inputs @ w, atol=1e-8)
+        s = inputs.sum(axis=1)
+        z = (inputs - s[:, None] * basis.mean[None, :]) @ basis.m
+        np.testing.assert_allclose(z @ v + s[:, None] * cc, inputs @ w, atol=1e-8)
+        cov = np.cov(z.T, bias=True)      # unit variance up to the floor
+        assert np.all(np.diag(cov) < 1.0) and np.median(np.diag(cov)) > 0.9
+        g, dv, dc = rng.normal(size=(d, c)), rng.normal(size=v.shape), rng.normal(size=c)
+        gv, gc = basis.gradient(g)
+        eps = 1e-6
+        numeric = (np.sum(g * basis.weights(v + eps * dv, cc + eps * dc))
+                   - np.sum(g * basis.weights(v, cc))) / eps
+        assert numeric == pytest.approx(np.sum(gv * dv) + gc @ dc, rel=1e-5)
+
+
+def test_reservoir_is_a_uniform_sample():
+    size, n, trials = 8, 40, 3000
+    counts = np.zeros(n)
+    for t in range(trials):
+        r = P.Reservoir(size, 1, seed=t)
+        for lo in range(0, n, 7):
+            ids = np.arange(lo, min(n, lo + 7))
+            r.offer(ids[:, None].astype(np.float32), ids)
+        x, y = r.rows()
+        assert len(set(y)) == size and np.array_equal(x[:, 0], y)
+        counts[y] += 1
+    expected = trials * size / n                            # 600 each
+    assert np.all(np.abs(counts - expected) < 5 * np.sqrt(expected))
+    small = P.Reservoir(100, 1, seed=0)
+    small.offer(np.zeros((5, 1), np.float32), np.arange(5))
+    assert small.rows()[1].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_candidates_pass_matches_the_objective(problem):
+    x, y, c = problem
+    d = x.shape[1]
+    rng = np.random.default_rng(2)
+    lam = 1e-2 * x.var(axis=0)
+    w, direction = rng.normal(size=(d, c)), rng.normal(size=(d, c))
+    res = P.Reservoir(50, d, seed=0)
+    got = P.candidates_pass(w, direction, (1.0, 0.5, 0.25), iter(examples_of(x, y)),
+                            lam[:, None], res)
+    for a, (f, g, sums) in zip((1.0, 0.5, 0.25), got):
+        f_ref, g_ref = objective(w + a * direction, x, y, lam)
+        assert f == pytest.approx(f_ref, rel=1e-10)
+        np.testing.assert_allclose(g, g_ref, rtol=1e-8, atol=1e-12)
+        assert sums.n == len(y)
+        assert sums.correct == int(np.sum((x @ (w + a * direction)).argmax(axis=1) == y))
+    assert res.seen == len(y)
+    (f0, g0, _), = P.candidates_pass(w, None, (1.0,), iter(examples_of(x, y)), lam[:, None], None)
+    assert f0 == pytest.approx(objective(w, x, y, lam)[0], rel=1e-10)
+
+
+def test_class_blocks_solve_with_the_per_class_hessian_blocks(problem):
+    x, y, c = problem
+    d = x.shape[1]
+    rng = np.random.default_rng(3)
+    w, g = rng.normal(size=(d, c)), rng.normal(size=(d, c))
+    lam = 1e-3 * np.ones(d)
+    apply = P.class_blocks(x.astype(np.float32), y, w, lam[:, None])
+    p = softmax(x @ w, axis=1)
+    for j in range(c):
+        block = (x * (p[:, j] * (1 - p[:, j]))[:, None]).T @ x / len(y)
+        block += np.diag(lam) + P.DAMPING * np.trace(block) / d * np.eye(d)
+        np.testing.assert_allclose(apply(g)[:, j], np.linalg.solve(block, g[:, j]), rtol=2e-3)
+
+
+def test_two_loop_without_pairs_is_the_preconditioned_gradient():
+    g = np.arange(6.0).reshape(3, 2)
+    np.testing.assert_allclose(P.two_loop(g, [], lambda a: 2 * a), -2 * g)
+    # with one pair (s, y) and H₀ = I the direction satisfies the secant equation: H·y = s
+    s, yv = np.array([[1.0, 0.0], [0.5, 1.0], [0.0, 2.0]]), np.array([[2.0, 0.1], [1.0, 3.0], [0.2, 4.0]])
+    np.testing.assert_allclose(-P.two_loop(yv, [(s, yv)], lambda a: a), s, atol=1e-12)
+
+
+def test_plbfgs_never_ends_worse_than_its_start_on_heldout(problem, tmp_path):
+    """Held-out rows with flipped labels: every pass is worse there, so the start is kept."""
+    from streamfit.model.weights import Model
+    x, y, c = problem
+    d = x.shape[1]
+    start = Model(task="classify", n_classes=c, n_features=d, tau=1.0,
+                  dense=np.zeros((d, c)), meta={"form": "conditional"})
+    held = examples_of(x[:60], (y[:60] + 1) % c)
+    out = R.refine(start, lambda: iter(examples_of(x, y)), tmp_path / "r.npy", method="auto",
+                   passes=4, l2_relative=1e-3, heldout=lambda: iter(held))
+    info = out.meta["refinement"]
+    assert info["chosen"].startswith("plbfgs")
+    start_loss = info["start"]["heldout_loss"]
+    assert start_loss == pytest.approx(np.log(c))
+    got = core.heldout_loss(core.dense_parameters(out), iter(held))[0]
+    assert got <= start_loss + 1e-9 and info["kept_pass"] == 0
+    assert [e["pass"] for e in info["log"]] == [1, 2, 3, 4]
+    assert info["log"][-1]["train_loss"] < np.log(c) - 0.05   # training did progress
