@@ -580,6 +580,10 @@ def test_killed_refine_resumes_to_the_uninterrupted_result(cli_data, tmp_path, m
         with np.load(npy) as z:
             assert {"w", "m", "v"} <= set(z.files) and np.abs(z["m"]).max() > 0
         assert state["t"] > 2  # several mini-batch steps per pass
+    if method == "newton":   # the (d·C)² Hessian is summed again on resume, not saved
+        w = weights_of(straight)
+        with np.load(npy) as z:
+            assert "hessian_at" in z.files and max(z[k].size for k in z.files) == w.size
 
     ok(*args, "--out", out)
     np.testing.assert_allclose(weights_of(out), weights_of(straight), rtol=0, atol=1e-6)

@@ -119,8 +119,10 @@ def newton(w: np.ndarray, train: Callable[[], Iterable[Examples]], passes: int, 
            arrays: dict | None = None, hessian_fn: HessianFn | None = None) -> np.ndarray:
     """Newton with a one-pass line search from W until pass `passes`.
     `record(pass, W, PassResult, extra)` logs the current point after each pass;
-    `checkpoint(pass, W, arrays)` saves it with its objective, gradient, Hessian and the
-    damping, from which a resumed run (`arrays`) continues exactly. `hessian_fn` computes
+    `checkpoint(pass, W, arrays)` saves it with its objective, gradient, the damping and
+    the weights the Hessian in use was taken at — not the (d·C)² Hessian itself, which a
+    resumed run (`arrays`) sums again there in one extra pass (the same sum, so it continues
+    exactly; a checkpoint stays the size of W). `hessian_fn` computes
     the passes (default: hessian_pass over train() here; a distributed run sums shards).
     Returns the current W."""
     if hessian_fn is None:
@@ -130,8 +132,11 @@ def newton(w: np.ndarray, train: Callable[[], Iterable[Examples]], passes: int, 
     damping = float(arrays.get("damping", DAMPING_START))
     # at W: objective, mean gradient, mean Hessian (possibly from an earlier point), and the
     # pass sums (n, loss, correct) for the log
-    here = (float(arrays["objective"]), arrays["gradient"], arrays["hessian"]) \
-        if "hessian" in arrays else None
+    here, hessian_at = None, None
+    if "hessian_at" in arrays:
+        hessian_at = arrays["hessian_at"]
+        again = hessian_fn([hessian_at])
+        here = (float(arrays["objective"]), arrays["gradient"], again.hess / again.n)
     sums = tuple(arrays["sums"]) if "sums" in arrays else None
     d, c = w.shape
     for p in range(start_pass, passes):
@@ -158,6 +163,7 @@ def newton(w: np.ndarray, train: Callable[[], Iterable[Examples]], passes: int, 
             if here is not None:
                 damping = max(DAMPING_MIN, damping / 3)
             here = (objectives[0], grad[0] / n + l2_penalty(l2, candidates[0])[1], hess / n)
+            hessian_at = candidates[0]
         elif objectives[best] < here[0]:   # a shorter step: keep the last Hessian
             damping *= 3
             here = (objectives[best], grad[best] / n + l2_penalty(l2, candidates[best])[1], here[2])
@@ -169,5 +175,6 @@ def newton(w: np.ndarray, train: Callable[[], Iterable[Examples]], passes: int, 
         record(p + 1, w, PassResult(int(sums[0]), float(sums[1]), int(sums[2])),
                {"objective": here[0], "step": step, "damping": damping})
         checkpoint(p + 1, w, {"damping": np.array(damping), "objective": np.array(here[0]),
-                              "gradient": here[1], "hessian": here[2], "sums": np.array(sums)})
+                              "gradient": here[1], "hessian_at": hessian_at,
+                              "sums": np.array(sums)})
     return w
