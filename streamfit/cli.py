@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .defaults import (CHECKPOINT_SECONDS, DEFAULT_BATCH_ROWS, DEFAULT_MEMORY, DEFAULT_SMOOTHING, FORMS,
-                       INSTALL_HINT, MERGE_FAN_IN, MIN_UNITS, NGRAM_FORMS, PHASE_METHODS,
+from .defaults import (CHECKPOINT_SECONDS, DEFAULT_BATCH_ROWS, DEFAULT_MEMORY, DEFAULT_SMOOTHING, ENCODINGS,
+                       FORMS, INSTALL_HINT, MERGE_FAN_IN, MIN_UNITS, NGRAM_FORMS, PHASE_METHODS,
                        SUBSPACE_METHODS, UNIT_VALUES, SubspaceOptions)
 from .errors import StreamfitError
 
@@ -114,6 +114,8 @@ def cmd_accumulate(args) -> int:
     from .count.out_of_core import accumulate_into, parse_size
 
     sizes = dict(vocab_size=args.vocab_size, n_classes=args.classes, n_features=args.n_features)
+    if args.encoding is not None:
+        sizes["encoding"] = args.encoding
     if args.eos and args.order is None:
         raise StreamfitError("--eos goes with n-gram statistics: pass --order N too")
     if args.order is not None:
@@ -232,13 +234,25 @@ def cmd_finalize(args) -> int:
     if args.form in NGRAM_FORMS:
         raise StreamfitError(f"--form {args.form} needs n-gram statistics: accumulate with "
                              f"--order N")
+    calibrate_on = args.heldout
     if args.form is None:
         args.form = DEFAULT_FORM if args.heldout else "conditional"
+        if not args.heldout and stats.task == "classify":
+            # features: τ and β (two numbers, the smoothing kept) fitted on the training
+            # rows, so that the default model's probabilities mean something
+            calibrate_on = training_files(stats)
+            if calibrate_on:
+                args.form = "calibrated"
+            else:
+                print("streamfit finalize: the training files of these statistics are gone or "
+                      "changed: the conditional form (pass --heldout to calibrate)",
+                      file=sys.stderr)
     smoothing = _smoothing(args.smoothing)
     heldout = None
-    if args.heldout:
-        heldout = iter_examples(args.heldout, task=stats.task, window=stats.window,
+    if calibrate_on:
+        heldout = iter_examples(calibrate_on, task=stats.task, window=stats.window,
                                 n_classes=stats.n_classes, n_features=stats.n_features,
+                                encoding=stats.encoding,
                                 progress=_progress(args), desc="calibrate", **_columns(args))
     if args.form == "calibrated" and heldout is None:
         raise StreamfitError("--form calibrated fits on held-out data: pass --heldout PATHS "
@@ -247,13 +261,26 @@ def cmd_finalize(args) -> int:
         raise StreamfitError("--smoothing auto chooses on held-out data: pass --heldout PATHS")
     source = {"path": str(Path(args.stats).resolve()),
               "checksum": read_manifest(args.stats)["checksum"]}
+    on_training = heldout is not None and not args.heldout
     model = finalize(stats, args.out, form=args.form, smoothing=smoothing, heldout=heldout,
-                     layout=args.format, dtype=args.dtype, source=source)
+                     layout=args.format, dtype=args.dtype, source=source,
+                     calibrated_on="training rows" if on_training else "heldout")
     m = model.meta
-    print(f"{sidecar_path(args.out)}: {m['form']} explicit solution, {args.format} {args.dtype}, "
-          f"{model.n_features:,} × {model.n_classes:,}, smoothing {m['smoothing']:g}, "
-          f"tau {m['tau']:.4g}, beta {m['beta']:.4g}")
+    print(f"{sidecar_path(args.out)}: {m['form']} explicit solution"
+          f"{' (tau, beta fitted on the training rows: no --heldout)' if on_training else ''}, "
+          f"{args.format} {args.dtype}, {model.n_features:,} × {model.n_classes:,}, smoothing "
+          f"{m['smoothing']:g}, tau {m['tau']:.4g}, beta {m['beta']:.4g}")
     return 0
+
+
+def training_files(stats) -> list[str] | None:
+    """The files statistics were accumulated from, if every one is still there with its
+    recorded size; else None."""
+    paths = [s["path"] for s in stats.sources]
+    if not paths or not all(Path(p).is_file() and Path(p).stat().st_size == s["size"]
+                            for p, s in zip(paths, stats.sources)):
+        return None
+    return paths
 
 
 def _top_k(args) -> None:
@@ -429,7 +456,8 @@ def cmd_refine(args) -> int:
     if args.passes is None:
         args.passes = 5
     common = dict(task=model.task, window=model.window, n_classes=model.n_classes,
-                  n_features=model.n_features, batch_rows=args.batch_rows, **_columns(args))
+                  n_features=model.n_features, encoding=model.encoding,
+                  batch_rows=args.batch_rows, **_columns(args))
     files = resolve_paths(args.paths)
     held = resolve_paths(args.heldout) if args.heldout else None
     if _on_dask(args) and args.method not in DASK_METHODS:
@@ -494,6 +522,7 @@ def cmd_grow(args) -> int:
 
     files = resolve_paths(args.paths)
     start = load_model(args.weights, check=True) if args.weights else None
+    encoding = start.encoding if start is not None else args.encoding
     if start is not None:
         shape = {"task": start.task, "window": start.window, "n_features": start.n_features,
                  "n_classes": start.n_classes}
@@ -501,7 +530,11 @@ def cmd_grow(args) -> int:
         shape = data_shape(files, task=args.task, window=args.window, vocab_size=args.vocab_size,
                            n_classes=args.classes, n_features=args.n_features,
                            progress=_progress(args), batch_rows=args.batch_rows, **_columns(args))
-    common = dict(batch_rows=args.batch_rows, **shape, **_columns(args))
+        if encoding == "complement":
+            if shape["task"] != "classify":
+                raise StreamfitError("--encoding complement is for dense feature corpora")
+            shape["n_features"] *= 2
+    common = dict(batch_rows=args.batch_rows, encoding=encoding, **shape, **_columns(args))
     held = resolve_paths(args.validation) if args.validation else None
     with contextlib.ExitStack() as stack, \
             tqdm(total=args.max_width, unit="unit", desc="grow",
@@ -521,7 +554,7 @@ def cmd_grow(args) -> int:
                      start=start, units_per_step=args.units_per_step, max_width=args.max_width,
                      min_gain=args.min_gain, output_passes=args.output_passes, l2=args.l2,
                      ridge=args.ridge, hidden_moves=args.hidden_moves, on_step=on_step,
-                     pass_fn=pass_fn)
+                     pass_fn=pass_fn, encoding=encoding)
     growth = model.meta["growth"]
     if args.json:
         print(json.dumps({"out": str(sidecar_path(args.out)), **growth}))
@@ -703,6 +736,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classify: fix the number of classes (default: largest label + 1)")
     p.add_argument("--n-features", type=int, metavar="D",
                    help="classify: fix the number of features (default: discovered)")
+    p.add_argument("--encoding", choices=ENCODINGS, default=None,
+                   help="classify, dense features: normalised (default; each row read as x/Σx) "
+                        "or complement (features in [0, 1] read as [x, 1 − x]: the sum is "
+                        "constant, so normalising loses nothing — logistic regression with an "
+                        "intercept; rows outside [0, 1] are refused). Recorded in the "
+                        "statistics and the model: evaluate, predict, refine and grow read "
+                        "inputs the same way; adding to statistics keeps theirs")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing statistics (and drop an interrupted run's work)")
     p.add_argument("--memory", default=f"{DEFAULT_MEMORY >> 30}G", metavar="SIZE",
@@ -749,8 +789,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"statistics directory (default: ./{DEFAULT_STATS})")
     p.add_argument("--out", required=True, metavar="FILE", help="weights file, e.g. weights.npy")
     p.add_argument("--form", choices=FORMS + NGRAM_FORMS, default=None,
-                   help=f"which explicit solution (default: {DEFAULT_FORM} with --heldout, "
-                        f"else conditional; n-gram statistics: blocks with --heldout, else "
+                   help=f"which explicit solution (default: {DEFAULT_FORM} with --heldout; "
+                        f"without, feature corpora: calibrated with tau and beta fitted on the "
+                        f"training rows the statistics name, token corpora: conditional; "
+                        f"n-gram statistics: blocks with --heldout, else "
                         f"kneser-ney — interpolated modified Kneser-Ney, and the log-linear "
                         f"model over its levels with τ per level and context-count bucket "
                         f"fitted on every --heldout prediction)")
@@ -958,6 +1000,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=int, metavar="V", help="lm: vocabulary size (default: largest id + 1)")
     p.add_argument("--classes", type=int, metavar="C", help="classify: classes (default: largest label + 1)")
     p.add_argument("--n-features", type=int, metavar="D", help="classify: features (default: discovered)")
+    p.add_argument("--encoding", choices=ENCODINGS, default="normalised",
+                   help="without --weights: how rows are read, as accumulate --encoding "
+                        "(default: normalised); with --weights, the start model's")
     p.add_argument("--json", action="store_true", help="print the settings and log as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _dask_options(p, "Every training pass over PATHS (the growth statistics, the output layer's "

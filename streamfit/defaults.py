@@ -15,6 +15,7 @@ DEFAULT_BATCH_ROWS = 4096       # io.parquet: rows per record batch read
 DEFAULT_MEMORY = 2 << 30        # count.out_of_core: accumulate / merge budget in bytes
 CHECKPOINT_SECONDS = 60.0       # count.out_of_core: spill and journal at least this often
 FORMS = ("conditional", "paper", "calibrated")  # solve.forms: explicit-solution forms
+ENCODINGS = ("normalised", "complement")        # data.featurize: how feature rows are read
 DEFAULT_SMOOTHING = 0.01        # solve.forms
 NGRAM_FORMS = ("kneser-ney", "blocks")          # solve.ngram
 INSTALL_HINT = "pip install 'streamfit[dask]'"  # distributed

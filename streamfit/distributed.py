@@ -383,7 +383,8 @@ def _evaluate_unit(unit: Unit, weights: str, top_k: int, batch_rows: int, column
     model = load_model(weights)
     return score_examples(model, unit_batches(
         unit, task=model.task, window=model.window, n_classes=model.n_classes,
-        n_features=model.n_features, batch_rows=batch_rows, **columns), top_k)
+        n_features=model.n_features, encoding=model.encoding, batch_rows=batch_rows,
+        **columns), top_k)
 
 
 def evaluate_distributed(client, weights: str | os.PathLike, paths, *, top_k: int = 5,

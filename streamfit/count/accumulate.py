@@ -17,8 +17,9 @@ from tqdm.auto import tqdm
 
 from . import kernels
 from ..errors import InputError, OptionError
-from ..data.featurize import (FeatureRows, TokenArrays, check_feature_rows, check_token_arrays,
-                              feature_rows, token_arrays)
+from ..data.featurize import (FeatureRows, TokenArrays, check_encoding, check_feature_rows,
+                              check_token_arrays, encode_rows, feature_rows, raw_width,
+                              token_arrays)
 from ..data.limits import MAX_ORDER, max_ngram_token, ngram_bits
 from ..data.tokenize import text_input
 from ..io.parquet import (DEFAULT_BATCH_ROWS, FEATURES, INDICES, LABEL, TOKENS, VALUES,
@@ -193,6 +194,8 @@ class Accumulator:
     table grows anyway unless `table.spill` is set (see CountTable).
     `order` N > 0 counts n-grams instead of the window (task "lm"): every token with its N-1
     previous tokens as one key, with `eos` an end-of-document token predicted too.
+    `encoding` "complement" (dense features in [0, 1]) counts each row x as [x, 1 − x]
+    (featurize.encode_rows); `n_features` is then the encoded width 2d.
     """
 
     def __init__(self, task: str, *, window: int = 1, column: str = TOKENS,
@@ -200,9 +203,14 @@ class Accumulator:
                  values: str = VALUES, vocab_size: int | None = None,
                  n_classes: int | None = None, n_features: int | None = None,
                  table_bits: int | None = None, order: int = 0, eos: bool = False,
-                 text_column: str | None = None, tokenizer: str | None = None):
+                 text_column: str | None = None, tokenizer: str | None = None,
+                 encoding: str = "normalised"):
         if task not in ("lm", "classify"):
             raise OptionError(f"task must be 'lm' or 'classify', not {task!r}")
+        self.encoding = check_encoding(encoding)
+        if encoding != "normalised" and (task != "classify" or features is None):
+            raise OptionError(f"encoding {encoding!r} is for dense feature columns (classify), "
+                              f"not {'sparse features' if task == 'classify' else 'tokens'}")
         if order and (task != "lm" or not 1 <= order <= MAX_ORDER):
             raise OptionError(f"order is for token corpora, between 1 and {MAX_ORDER}, not {order}")
         if eos and not order:
@@ -273,7 +281,9 @@ class Accumulator:
                 else self.dense_width
             rows = feature_rows(batch, label=c["label"], features=c["features"],
                                 indices=c["indices"], values=c["values"],
-                                n_features=width, n_classes=self.n_classes)
+                                n_features=raw_width(width, self.encoding),
+                                n_classes=self.n_classes)
+            rows = encode_rows(rows, self.encoding, c["features"] or c["values"])
             if dense and self.dense_width is None and rows.n_rows:
                 self.dense_width = rows.n_features
             self._add_rows(rows)
@@ -287,7 +297,9 @@ class Accumulator:
     def add_rows(self, rows: FeatureRows) -> None:
         """Add feature rows given as numpy arrays (CSR indptr / indices / values, labels),
         checked first as `add_tokens` checks tokens."""
-        self._add_rows(check_feature_rows(rows, self.n_features_fixed, self.n_classes))
+        rows = check_feature_rows(rows, raw_width(self.n_features_fixed, self.encoding),
+                                  self.n_classes)
+        self._add_rows(encode_rows(rows, self.encoding))
 
     def _add_tokens(self, arrays: TokenArrays) -> None:
         """add_tokens of arrays already validated (by token_arrays)."""
@@ -357,7 +369,8 @@ class Accumulator:
         return Statistics(task=self.task, n_classes=n_classes, n_features=n_features,
                           window=self.window, indptr=indptr, indices=cols.astype(np.int32),
                           data=vals, n_examples=self.n_examples, l1_sum=l1_sum,
-                          empty_rows=self.empty_rows, sources=list(self.sources))
+                          empty_rows=self.empty_rows, sources=list(self.sources),
+                          encoding=self.encoding)
 
 
 def _as_arrow(data) -> pa.Table:

@@ -387,8 +387,11 @@ def _accumulate_locked(stats_dir, work, files, task, window, overwrite, memory, 
                                window=window if window is not None else
                                (previous.window if previous and previous.window else 1),
                                **options)
-    if previous is not None and (previous.task, previous.window, previous.order, previous.eos) != \
-            (template.task, template.window, template.order, template.eos):
+    if previous is not None and "encoding" not in options and template.task == "classify":
+        template.encoding = previous.encoding   # adding to statistics keeps their encoding
+    if previous is not None and (previous.task, previous.window, previous.order, previous.eos,
+                                 previous.encoding) != \
+            (template.task, template.window, template.order, template.eos, template.encoding):
         raise StreamfitError(
             f"{stats_dir} holds {describe(previous)} statistics, not {describe(template)}: "
             f"use another --stats directory or --overwrite")
@@ -466,7 +469,7 @@ def first_dense_width(units: list[tuple[str, int]], task: str, options: dict) ->
 
 def _job_options(template: Accumulator) -> dict:
     return {"window": template.window, "order": template.order, "eos": template.eos,
-            **template.columns,
+            **template.columns, "encoding": template.encoding,
             "vocab_size": template.n_classes if template.task == "lm" else None,
             "n_classes": template.n_classes if template.task == "classify" else None,
             "n_features": template.n_features_fixed}
@@ -595,7 +598,7 @@ def _merge_into(stats_dir: Path, work: Path, journal: Journal, previous, templat
         n_examples=journal.counts["n_examples"] + (previous.n_examples if previous else 0),
         l1_sum=l1 + (previous.l1_sum if previous else 0.0),
         empty_rows=journal.counts["empty_rows"] + (previous.empty_rows if previous else 0),
-        sources=sources, order=template.order, eos=template.eos)
+        sources=sources, order=template.order, eos=template.eos, encoding=template.encoding)
     fault_point("before_commit")
     manifest = commit(stats_dir, header, arrays)
     fault_point("after_commit")

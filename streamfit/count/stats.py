@@ -71,6 +71,7 @@ class Statistics:
     order: int = 0             # n-gram statistics: N (then indptr/indices are empty)
     eos: bool = False          # n-gram statistics: an end-of-document token was counted
     keys: np.ndarray | None = None  # n-gram statistics: sorted packed n-gram keys
+    encoding: str = "normalised"    # classify: how rows were read (featurize.ENCODINGS)
 
     @classmethod
     def of_ngrams(cls, keys: np.ndarray, counts: np.ndarray, *, order: int, eos: bool,
@@ -179,13 +180,14 @@ class Statistics:
                                n_features=self.n_features, nnz=self.nnz,
                                n_examples=self.n_examples, l1_sum=self.l1_sum,
                                empty_rows=self.empty_rows, sources=self.sources,
-                               order=self.order, eos=self.eos)
+                               order=self.order, eos=self.eos, encoding=self.encoding)
 
 
 def manifest_header(*, task: str, window: int, n_classes: int, n_features: int, nnz: int,
                     n_examples: int, l1_sum: float, empty_rows: int, sources: list[dict],
-                    order: int = 0, eos: bool = False) -> dict:
-    """A statistics manifest's description of its statistics (no file entries)."""
+                    order: int = 0, eos: bool = False, encoding: str = "normalised") -> dict:
+    """A statistics manifest's description of its statistics (no file entries); the
+    encoding is written only when it is not the default."""
     h = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "streamfit_version": __version__,
          "task": task, "window": window, "n_classes": n_classes, "n_features": n_features,
          "value": "count" if task == "lm" else "mass", "nnz": nnz, "n_examples": n_examples,
@@ -195,6 +197,8 @@ def manifest_header(*, task: str, window: int, n_classes: int, n_features: int, 
         h["eos"] = bool(eos)
     if task == "lm":
         h["vocab_size"] = n_classes
+    if encoding != "normalised":
+        h["encoding"] = encoding
     return h
 
 
@@ -325,7 +329,7 @@ def load(directory: str | os.PathLike, *, mmap: bool = True, check: bool = False
                       n_features=manifest["n_features"], window=manifest["window"],
                       n_examples=manifest["n_examples"], l1_sum=manifest["l1_sum"],
                       empty_rows=manifest["empty_rows"], sources=manifest["sources"],
-                      files=files, **arrays)
+                      files=files, encoding=manifest.get("encoding", "normalised"), **arrays)
 
 
 def checksum_of(directory: str | os.PathLike) -> str:
@@ -348,7 +352,8 @@ def check_mergeable(parts) -> None:
                                   "them twice")
     first = parts[0]
     for s in parts[1:]:
-        if (s.task, s.window, s.order, s.eos) != (first.task, first.window, first.order, first.eos):
+        if (s.task, s.window, s.order, s.eos, s.encoding) != \
+                (first.task, first.window, first.order, first.eos, first.encoding):
             raise FormatError(f"cannot merge {describe(s)} statistics into {describe(first)}")
     seen: set[tuple[str, int]] = set()
     for s in parts:
@@ -364,7 +369,9 @@ def describe(stats: Statistics) -> str:
     """What kind of statistics these are, in words."""
     if stats.order:
         return f"order-{stats.order} n-gram" + (" (with eos)" if stats.eos else "")
-    return f"{stats.task} window {stats.window}" if stats.task == "lm" else stats.task
+    if stats.task == "lm":
+        return f"{stats.task} window {stats.window}"
+    return stats.task + (f" ({stats.encoding} encoding)" if stats.encoding != "normalised" else "")
 
 
 def combined_sources(sources: list[dict]) -> list[dict]:
@@ -408,7 +415,8 @@ def merge(*parts: Statistics) -> Statistics:
         data=total.data.astype(first.data.dtype),
         n_examples=sum(s.n_examples for s in parts), l1_sum=sum(s.l1_sum for s in parts),
         empty_rows=sum(s.empty_rows for s in parts),
-        sources=combined_sources([src for s in parts for src in s.sources]))
+        sources=combined_sources([src for s in parts for src in s.sources]),
+        encoding=first.encoding)
 
 
 def sum_sorted(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,12 @@ numeric kernels can trust their arrays. Two outputs:
 
 Token windows become features k*(V+1) + token[t-1-k] for k = 0..m-1, with the id V of
 each block standing for "before the start of the document" (BOS).
+
+Encodings of feature rows (chosen at accumulate, recorded in the statistics and the model):
+`normalised` (the default) reads the row as it is; `complement` reads a row x of d features
+in [0, 1] as the 2d features [x, 1 − x]. Its sum is d for every row, so x̃ = [x, 1 − x]/d
+keeps every value (x/Σx loses the row's scale) and the softmax layer on it is logistic
+regression with an intercept.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from ..defaults import ENCODINGS
 from ..errors import InputError
 from .limits import MAX_FEATURE, MAX_LABEL, MAX_TOKEN_ID
 
@@ -30,6 +37,7 @@ class TokenArrays:
     @property
     def n_tokens(self) -> int:
         return int(self.tokens.size)
+
 
 
 @dataclass
@@ -282,6 +290,39 @@ def window_examples(arrays: TokenArrays, window: int, vocab_size: int) -> Exampl
     return Examples(indptr, cols.ravel(), values, tokens)
 
 
+def check_encoding(encoding: str) -> str:
+    if encoding not in ENCODINGS:
+        from ..errors import OptionError
+        raise OptionError(f"encoding must be one of {ENCODINGS}, not {encoding!r}")
+    return encoding
+
+
+def raw_width(n_features: int | None, encoding: str) -> int | None:
+    """The input row width behind a model or statistics width under `encoding`."""
+    return n_features // 2 if encoding == "complement" and n_features is not None else n_features
+
+
+def encode_rows(rows: FeatureRows, encoding: str, column: str = "features") -> FeatureRows:
+    """Rows under `encoding` (see the module docstring): complement coding gives every row
+    its 2d values [x, 1 − x] (absent sparse entries are 0); values outside [0, 1] are
+    refused, naming the row."""
+    if check_encoding(encoding) == "normalised":
+        return rows
+    bad = np.flatnonzero(rows.values > 1.0)
+    if bad.size:
+        row = int(np.searchsorted(rows.indptr, bad[0], side="right") - 1)
+        raise InputError(f"value {float(rows.values[bad[0]]):g} is outside [0, 1]: complement "
+                         f"coding reads features in [0, 1] (scale them, or accumulate with "
+                         f"--encoding normalised)", row=row, column=column)
+    n, d = rows.n_rows, rows.n_features
+    x = np.zeros((n, d))
+    np.add.at(x, (np.repeat(np.arange(n), np.diff(rows.indptr)), rows.indices), rows.values)
+    both = np.hstack([x, 1.0 - x])
+    return FeatureRows(np.arange(0, n * 2 * d + 1, 2 * d, dtype=np.int64),
+                       np.tile(np.arange(2 * d, dtype=np.int64), n), both.ravel(), rows.labels,
+                       2 * d)
+
+
 def feature_examples(rows: FeatureRows) -> Examples:
     """Rows normalised to sum 1, zeros dropped; an all-zero row stays empty."""
     n = rows.n_rows
@@ -298,9 +339,10 @@ def feature_examples(rows: FeatureRows) -> Examples:
 def batch_examples(batch: pa.RecordBatch, *, task: str, window: int, n_classes: int,
                    n_features: int, column: str = "tokens", label: str = "label",
                    features: str | None = "features", indices: str = "indices",
-                   values: str = "values") -> Examples:
-    """Examples of a batch in a given model layout. A feature batch without a label column
-    gets targets -1 (prediction); one without `features` is read as sparse."""
+                   values: str = "values", encoding: str = "normalised") -> Examples:
+    """Examples of a batch in a given model layout (`n_features` is the model's width, after
+    `encoding`). A feature batch without a label column gets targets -1 (prediction); one
+    without `features` is read as sparse."""
     if task == "lm":
         return window_examples(token_arrays(batch, column, n_classes), window, n_classes)
     names = batch.schema.names
@@ -309,8 +351,9 @@ def batch_examples(batch: pa.RecordBatch, *, task: str, window: int, n_classes: 
     has_label = label in names
     if not has_label:
         batch = batch.append_column(label, pa.array(np.zeros(batch.num_rows, np.int64)))
-    ex = feature_examples(feature_rows(batch, label=label, features=features, indices=indices,
-                                       values=values, n_features=n_features, n_classes=n_classes))
+    rows = feature_rows(batch, label=label, features=features, indices=indices, values=values,
+                        n_features=raw_width(n_features, encoding), n_classes=n_classes)
+    ex = feature_examples(encode_rows(rows, encoding, features or values))
     if not has_label:
         ex.targets = np.full(ex.n, -1, dtype=np.int64)
     return ex

@@ -84,7 +84,7 @@ def _file_examples(p: Path, row_groups, task, window, n_classes, n_features, nee
 
 def model_examples(model: Model, paths, **kw) -> Iterator[Examples]:
     return iter_examples(paths, task=model.task, window=model.window, n_classes=model.n_classes,
-                         n_features=model.n_features, **kw)
+                         n_features=model.n_features, encoding=model.encoding, **kw)
 
 
 @dataclass

@@ -126,6 +126,11 @@ class Model:
         self._bias_desc_order = np.lexsort((np.arange(bias.size), -bias)).astype(np.int64)
 
     @property
+    def encoding(self) -> str:
+        """How its inputs are read (featurize.ENCODINGS), as the statistics were counted."""
+        return self.meta.get("encoding", "normalised")
+
+    @property
     def layout(self) -> str:
         return "dense" if self.dense is not None else "sparse"
 
@@ -152,7 +157,7 @@ class Model:
             data = data.combine_chunks().to_batches()[0] if data.num_rows else \
                 pa.RecordBatch.from_pylist([], schema=data.schema)
         return batch_examples(data, task=self.task, window=self.window, n_classes=self.n_classes,
-                              n_features=self.n_features, **columns)
+                              n_features=self.n_features, encoding=self.encoding, **columns)
 
     def context_examples(self, contexts: list[list[int]]) -> Examples:
         """lm: one example per context (a list of preceding token ids, most recent last)."""

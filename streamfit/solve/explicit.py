@@ -43,10 +43,12 @@ def sparse_data_blocks(stats: Statistics, smoothing: float, dtype: str = "float3
 def finalize(stats: Statistics, out: str | os.PathLike | None = None, *,
              form: str = "conditional", smoothing: float | str = DEFAULT_SMOOTHING,
              heldout: Iterable[Examples] | None = None, layout: str = "dense",
-             dtype: str = "float32", source: dict | None = None) -> Model:
+             dtype: str = "float32", source: dict | None = None,
+             calibrated_on: str = "heldout") -> Model:
     """The explicit solution of `stats` as a Model, written to `out` (STEM.npy + STEM.json)
     when given, else kept in memory. smoothing="auto" (or form="calibrated") needs
-    `heldout`: an iterable of Examples, e.g. from `evaluate.iter_examples`."""
+    `heldout`: an iterable of Examples, e.g. from `evaluate.iter_examples`;
+    `calibrated_on` ("heldout" or "training rows") records what they were."""
     if form not in FORMS:
         raise OptionError(f"form must be one of {FORMS}, not {form!r}")
     if layout not in ("dense", "sparse"):
@@ -59,6 +61,8 @@ def finalize(stats: Statistics, out: str | os.PathLike | None = None, *,
         raise StreamfitError("the statistics are empty: nothing to solve")
     stats.totals()  # one pass over F: its totals, and each array's sha256 checked on the way
     solution = choose(stats, form, smoothing, heldout)
+    if solution.calibration:
+        solution.calibration["on"] = calibrated_on
     a = solution.smoothing
     bias = None if solution.beta == 0 else -solution.beta * class_log_totals(stats, a)
     header = {"task": stats.task, "window": stats.window, "n_classes": stats.n_classes,
@@ -68,6 +72,8 @@ def finalize(stats: Statistics, out: str | os.PathLike | None = None, *,
               "statistics": {"n_examples": stats.n_examples, "nnz": stats.nnz, **(source or {})}}
     if stats.task == "lm":
         header["vocab_size"] = stats.n_classes
+    if stats.encoding != "normalised":
+        header["encoding"] = stats.encoding
     if out is not None:
         if layout == "dense":
             path = write_model(out, header, dense={"dtype": dtype,

@@ -349,7 +349,7 @@ def grow(train: Callable[[], Iterator[Examples]], out: str | os.PathLike, *, tas
          units_per_step: int = 16, max_width: int = 256, min_gain: float = 1e-6,
          output_passes: int = 10, l2: float = 1e-3, ridge: float = 1.0,
          hidden_moves: int = 3, pass_fn: PassFn | None = None,
-         on_step: Callable[[dict], None] | None = None) -> Model:
+         on_step: Callable[[dict], None] | None = None, encoding: str = "normalised") -> Model:
     """Grow a 2-layer model on `train()` (a fresh iterator of Examples per call) from no
     hidden units, or from `start` (a grown model), until `max_width` units or until the new
     units' first-order gain Σλ² is below `min_gain`. Each step adds up to `units_per_step`
@@ -393,6 +393,8 @@ def grow(train: Callable[[], Iterator[Examples]], out: str | os.PathLike, *, tas
                                             output_passes, l2)
         log = []
     extra = {"vocab_size": n_classes} if task == "lm" else {}
+    if encoding != "normalised":   # how train() read the rows: recorded for the readers
+        extra["encoding"] = encoding
     stopped = f"maximum width {max_width}"
 
     def save() -> None:

@@ -176,8 +176,10 @@ def candidates_pass(w: np.ndarray, direction: np.ndarray | None, steps: tuple[fl
         if ex.n == 0:
             continue
         x = example_matrix(ex, d)
+        if x.nnz > 0.1 * ex.n * d:   # dense rows (pixels): BLAS beats sparse products
+            x = x.toarray()
         if reservoir is not None:
-            reservoir.offer(x.toarray(), ex.targets)
+            reservoir.offer(x if isinstance(x, np.ndarray) else x.toarray(), ex.targets)
         base = np.asarray(x @ w)
         move = np.asarray(x @ direction) if direction is not None else None
         y = ex.targets

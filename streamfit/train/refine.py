@@ -264,7 +264,8 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
         summary["start"] = state.get("start")
         summary["kept_pass"] = best["pass"] if best and best["heldout_loss"] <= kept[0] else 0
     header = {**{k: model.meta.get(k) for k in ("task", "window", "n_classes", "n_features",
-                                                   "vocab_size", "statistics") if k in model.meta},
+                                                   "vocab_size", "statistics", "encoding")
+                 if k in model.meta},
               "task": model.task, "window": model.window, "n_classes": model.n_classes,
               "n_features": model.n_features, "form": "refined", "smoothing": None,
               "tau": 1.0, "beta": 0.0, "dtype": "float32", "calibration": {},
