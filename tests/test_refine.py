@@ -516,10 +516,12 @@ def test_cli_refine_then_evaluate_and_predict(cli_data, capsys, tmp_path, corpus
     assert meta["form"] == "refined" and meta["layout"] == "dense"
     assert (meta["tau"], meta["beta"], meta["smoothing"]) == (1.0, 0.0, None)
     assert meta["refinement"]["method"] == method and meta["refinement"]["log"] == log
-    assert meta["refinement"]["from"] == ("paper" if corpus == "tokens" else "conditional")
-    # the paper form has a class term, which the refined file keeps for rows without features
+    # finalize without --heldout: calibrated on the training rows for features (issue 14)
+    assert meta["refinement"]["from"] == ("paper" if corpus == "tokens" else "calibrated")
+    # paper and calibrated forms have a class term, which the refined file keeps for rows
+    # without features
     has_bias = load_model(data["weights"]).bias is not None
-    assert has_bias == (corpus == "tokens")
+    assert has_bias
     assert set(meta["arrays"]) == ({"W", "bias"} if has_bias else {"W"})
     assert files_named(tmp_path, "refined") == (["refined.bias.npy"] if has_bias else []) + \
         ["refined.model.json", "refined.npy"]  # no checkpoint

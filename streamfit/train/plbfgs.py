@@ -70,6 +70,7 @@ class WhiteBasis:
         eps = floor * max(float(np.trace(cov)) / len(mu), 1e-300)
         root = np.sqrt(nu + eps)
         self.mean, self.m, self.m_pinv = mu, u / root[None, :], (u * root[None, :]).T
+        self.m32 = self.m.astype(np.float32)
 
     def coordinates(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.m_pinv @ w, self.mean @ w
@@ -143,7 +144,8 @@ def adam_pass(w: np.ndarray, batches: Iterator[Examples], basis: WhiteBasis, l2,
         if reservoir is not None:
             reservoir.offer(x, ex.targets)
         s = x.sum(axis=1)
-        z = (x - s[:, None] * basis.mean[None, :]) @ basis.m
+        # float32: the whitening product is the pass's largest (n·d·d); steps need no more
+        z = (x - s[:, None] * basis.mean[None, :]).astype(np.float32) @ basis.m32
         # the L2 gradient moves slowly: once per record batch, not per step
         pv, pc = basis.gradient(l2_penalty(l2, basis.weights(v, c))[1])
         for rows in np.array_split(rng.permutation(ex.n), max(1, -(-ex.n // BATCH))):
