@@ -478,7 +478,8 @@ def cli_data(tmp_path_factory):
              "heldout": write_dense(root / "fh.parquet", y[110:], x[110:]),
              "weights": root / "fw.npy", "n_heldout": 50}
     ok("accumulate", feats["train"], "--stats", root / "fstats", "--quiet")
-    ok("finalize", "--stats", root / "fstats", "--out", feats["weights"], "--quiet")
+    ok("finalize", "--stats", root / "fstats", "--out", feats["weights"], "--form", "conditional",
+       "--quiet")
     schema = json.loads((SCHEMAS / "weights.schema.json").read_text())
     Draft202012Validator.check_schema(schema)
     return {"tokens": tokens, "features": feats, "validator": Draft202012Validator(schema)}
@@ -516,12 +517,10 @@ def test_cli_refine_then_evaluate_and_predict(cli_data, capsys, tmp_path, corpus
     assert meta["form"] == "refined" and meta["layout"] == "dense"
     assert (meta["tau"], meta["beta"], meta["smoothing"]) == (1.0, 0.0, None)
     assert meta["refinement"]["method"] == method and meta["refinement"]["log"] == log
-    # finalize without --heldout: calibrated on the training rows for features (issue 14)
-    assert meta["refinement"]["from"] == ("paper" if corpus == "tokens" else "calibrated")
-    # paper and calibrated forms have a class term, which the refined file keeps for rows
-    # without features
+    assert meta["refinement"]["from"] == ("paper" if corpus == "tokens" else "conditional")
+    # the paper form has a class term, which the refined file keeps for rows without features
     has_bias = load_model(data["weights"]).bias is not None
-    assert has_bias
+    assert has_bias == (corpus == "tokens")
     assert set(meta["arrays"]) == ({"W", "bias"} if has_bias else {"W"})
     assert files_named(tmp_path, "refined") == (["refined.bias.npy"] if has_bias else []) + \
         ["refined.model.json", "refined.npy"]  # no checkpoint

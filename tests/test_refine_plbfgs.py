@@ -152,3 +152,27 @@ def test_plbfgs_never_ends_worse_than_its_start_on_heldout(problem, tmp_path):
     assert got <= start_loss + 1e-9 and info["kept_pass"] == 0
     assert [e["pass"] for e in info["log"]] == [1, 2, 3, 4]
     assert info["log"][-1]["train_loss"] < np.log(c) - 0.05   # training did progress
+
+
+def test_heldout_scores_give_rows_without_features_the_class_term(problem, tmp_path):
+    """The written model gives an empty row its starting model's class term; the held-out
+    losses that choose the kept pass must score it the same way."""
+    from scipy.special import log_softmax
+    from streamfit.model.weights import Model
+    x, y, c = problem
+    d = x.shape[1]
+    bias = np.array([2.0, -1.0, 0.5, -1.5])
+    start = Model(task="classify", n_classes=c, n_features=d, tau=1.0, dense=np.zeros((d, c)),
+                  bias=bias, meta={"form": "calibrated"})
+    xh, yh = x[:40].copy(), y[:40].copy()
+    xh[:5] = 0.0                                   # five rows without features
+    held = examples_of(xh, yh)
+    out = R.refine(start, lambda: iter(examples_of(x, y)), tmp_path / "e.npy", method="auto",
+                   passes=3, l2_relative=1e-3, heldout=lambda: iter(held))
+    info = out.meta["refinement"]
+    logits = xh @ np.asarray(out.dense, np.float64) + np.asarray(out.bias)
+    written = -log_softmax(logits, axis=1)[np.arange(len(yh)), yh].mean()
+    kept = min([info["start"], *info["log"]], key=lambda e: e["heldout_loss"])
+    assert written == pytest.approx(kept["heldout_loss"], rel=1e-5)
+    start_loss = -log_softmax(bias)[yh].mean()    # the start: its class term on every row
+    assert info["start"]["heldout_loss"] == pytest.approx(start_loss, rel=1e-9)

@@ -98,9 +98,10 @@ class PassResult(PassMeans):
 
 
 def full_pass(w: np.ndarray, batches: Iterable[Examples], *, expected: bool = True,
-              observed: bool = False) -> PassResult:
+              observed: bool = False, empty_logits: np.ndarray | None = None) -> PassResult:
     """Loss, accuracy and (optionally) E = X̃ᵀŶ and F = X̃ᵀY over every batch. Identical
-    inputs (a bigram's contexts) are scored once and weighted by their count."""
+    inputs (a bigram's contexts) are scored once and weighted by their count. Examples with
+    no features get `empty_logits` when given (the written model's class term), else 0."""
     d, c = w.shape
     out = PassResult(expected=np.zeros((d, c)) if expected else None,
                      observed=np.zeros((d, c)) if observed else None)
@@ -115,7 +116,10 @@ def full_pass(w: np.ndarray, batches: Iterable[Examples], *, expected: bool = Tr
             hi = min(inputs.n, lo + rows_per_block)
             sub = slice_examples(inputs, lo, hi)
             x = example_matrix(sub, d)
-            logp = log_softmax(np.asarray(x @ w), axis=1)
+            logits = np.asarray(x @ w)
+            if empty_logits is not None:
+                logits[np.diff(sub.indptr) == 0] = empty_logits
+            logp = log_softmax(logits, axis=1)
             members = np.flatnonzero((inverse >= lo) & (inverse < hi))
             u, y = inverse[members] - lo, ex.targets[members]
             out.loss -= float(logp[u, y].sum())
@@ -133,8 +137,9 @@ PassFn = Callable[[np.ndarray, bool, bool], PassResult]
 """(w, expected, observed) -> the sums of one full pass over the training data."""
 
 
-def heldout_loss(w: np.ndarray, batches: Iterable[Examples]) -> tuple[float, float]:
-    r = full_pass(w, batches, expected=False)
+def heldout_loss(w: np.ndarray, batches: Iterable[Examples],
+                 empty_logits: np.ndarray | None = None) -> tuple[float, float]:
+    r = full_pass(w, batches, expected=False, empty_logits=empty_logits)
     return r.mean_loss, r.accuracy
 
 

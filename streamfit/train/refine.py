@@ -204,8 +204,13 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
         if "heldout_loss" in entry and (kept[0] is None or entry["heldout_loss"] < kept[0]):
             kept[:] = [entry["heldout_loss"], current.copy()]
 
+    # W alone gives an example with no features (x̃ = 0) uniform probabilities; the starting
+    # model gave it its class term, which the written model keeps (see below) and held-out
+    # scores use
+    prior = np.asarray(model.bias, np.float64) if init == "weights" and model.bias is not None \
+        else None
     if heldout is not None and kept[1] is None:   # the start: no pass may end worse
-        start_loss, start_accuracy = heldout_loss(w, heldout())
+        start_loss, start_accuracy = heldout_loss(w, heldout(), prior)
         kept[:] = [start_loss, w.copy()]
         state["start"] = {"heldout_loss": start_loss, "heldout_accuracy": start_accuracy}
 
@@ -214,7 +219,8 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
                  "train_accuracy": result.accuracy, "seconds": time.perf_counter() - t0,
                  **(extra or {})}
         if heldout is not None:
-            entry["heldout_loss"], entry["heldout_accuracy"] = heldout_loss(current, heldout())
+            entry["heldout_loss"], entry["heldout_accuracy"] = heldout_loss(current, heldout(),
+                                                                            prior)
             keep(current, entry)
         log.append(entry)
         if on_pass:
@@ -271,11 +277,8 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
               "tau": 1.0, "beta": 0.0, "dtype": "float32", "calibration": {},
               "refinement": {**settings, **summary, "log": log, "from": model.meta.get("form")}}
     header.setdefault("statistics", {"n_examples": 0, "nnz": 0})
-    # W alone gives an example with no features (x̃ = 0) uniform probabilities; the starting
-    # model gave it its class term. W − 1·bᵀ with bias b is the same model wherever x̃ sums
-    # to 1, and keeps that class term where x̃ = 0.
-    prior = np.asarray(model.bias, np.float64) if init == "weights" and model.bias is not None \
-        else None
+    # W − 1·bᵀ with bias b is the same model wherever x̃ sums to 1, and keeps the class term
+    # where x̃ = 0.
     if prior is not None:
         w = w - prior[None, :]
     rows = max(1, BLOCK_BYTES // (4 * max(model.n_classes, 1)))
