@@ -38,7 +38,7 @@ PAGES = [
     ("bench_score.py", "docs/score.json", "README.md", "score"),
 ]
 COMMITTED = {"docs/results.json", "docs/forms.json", "docs/lm.json", "docs/accumulate.json",
-             "docs/torture.json", "docs/small.json", "docs/score.json"}
+             "docs/torture.json", "docs/small.json", "docs/score.json", "docs/classify.json"}
 
 
 def harness():
