@@ -87,6 +87,8 @@ def saved_stats(tmp_path, markov_corpus):
         "classify-sparse": streamfit.accumulate([sparse]),
         "lm-merged": streamfit.merge(streamfit.accumulate([c.train]), streamfit.accumulate([c.heldout])),
         "lm-order3-eos": streamfit.accumulate([c.train], order=3, eos=True),
+        "classify-complement": streamfit.accumulate(
+            [write_dense(tmp_path / "unit.parquet", labels, x / x.max())], encoding="complement"),
     }.items():
         streamfit.save_stats(stats, tmp_path / name)
         out[name] = (tmp_path / name, stats)
@@ -172,6 +174,8 @@ def sidecars(tmp_path, markov_corpus):
     labels, x = random_feature_rows(rng, 80, 5, 3, zero_rows=1)
     dense = write_dense(tmp_path / "dense.parquet", labels, x)
     cls = streamfit.accumulate([dense])
+    unit = streamfit.accumulate([write_dense(tmp_path / "unit.parquet", labels, x / x.max())],
+                                encoding="complement")
 
     def heldout(stats):
         return iter_examples([c.heldout], task="lm", window=stats.window,
@@ -185,6 +189,7 @@ def sidecars(tmp_path, markov_corpus):
         ("dense-paper-bias", lm2, dict(form="paper", smoothing=0.1)),
         ("sparse-paper-bias", lm2, dict(form="paper", layout="sparse")),
         ("classify-paper-bias", cls, dict(form="paper")),
+        ("classify-complement-paper-bias", unit, dict(form="paper")),
         ("dense-calibrated", lm2, dict(form="calibrated", heldout=heldout(lm2))),
         ("sparse-calibrated-auto", lm1, dict(form="calibrated", smoothing="auto",
                                              layout="sparse", heldout=heldout(lm1))),
