@@ -898,7 +898,7 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=("auto", "plbfgs", "gis", "lbfgs", "newton", "sgd", "adam",
                             *SUBSPACE_METHODS),
                    help="auto (default; one extra moments pass; it says what it picked): "
-                        "plbfgs where its per-class curvature blocks fit (dense inputs up to "
+                        "plbfgs on classifiers whose per-class curvature blocks fit (up to "
                         "4,096 features), else L-BFGS in coordinates whitened by the feature "
                         "covariance. plbfgs: one whitened Adam pass, then one gradient per pass "
                         "turned into a step by L-BFGS with per-class curvature blocks from a "

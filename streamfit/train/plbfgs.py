@@ -34,7 +34,7 @@ import scipy.linalg
 from scipy.linalg import blas
 from scipy.special import log_softmax
 
-from ..data.featurize import Examples
+from ..data.featurize import Examples, slice_examples
 from ..errors import StreamfitError
 from .core import FeatureMoments, PassResult, example_matrix, l2_penalty
 
@@ -46,6 +46,7 @@ DAMPING = 1e-4             # δ_j relative to the mean diagonal of B_j
 NULL_DIRECTION = 1e-10     # covariance eigenvalues below this fraction of the largest: dropped
 ARMIJO_STEPS = (1.0, 0.5, 0.25, 0.1, 0.03, 0.01)
 BLOCK_LIMIT_BYTES = 2 << 30  # the C blocks of d × d (float64): above this auto picks L-BFGS
+CHUNK_ROWS = 4096          # rows made dense at once (a record batch may hold many more)
 
 
 def fits(n_features: int, n_classes: int) -> bool:
@@ -114,10 +115,13 @@ def _dense(ex: Examples, d: int) -> np.ndarray:
     return example_matrix(ex, d).toarray()
 
 
-def _labelled(ex: Examples) -> Examples:
-    if np.any(ex.targets < 0):
-        raise StreamfitError("refining needs a target for every example (labels missing)")
-    return ex
+def _chunks(batches: Iterator[Examples]) -> Iterator[Examples]:
+    """The examples in slices of at most CHUNK_ROWS, each with a target."""
+    for ex in batches:
+        if np.any(ex.targets < 0):
+            raise StreamfitError("refining needs a target for every example (labels missing)")
+        for lo in range(0, ex.n, CHUNK_ROWS):
+            yield slice_examples(ex, lo, min(ex.n, lo + CHUNK_ROWS))
 
 
 def _softmax_loss(logits: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float, int]:
@@ -137,9 +141,7 @@ def adam_pass(w: np.ndarray, batches: Iterator[Examples], basis: WhiteBasis, l2,
     state = [np.zeros_like(v), np.zeros_like(v), np.zeros_like(c), np.zeros_like(c)]
     b1, b2, eps, t = 0.9, 0.999, 1e-8, 0
     out = PassResult()
-    for ex in map(_labelled, batches):
-        if ex.n == 0:
-            continue
+    for ex in _chunks(batches):
         x = _dense(ex, d)
         if reservoir is not None:
             reservoir.offer(x, ex.targets)
@@ -174,9 +176,7 @@ def candidates_pass(w: np.ndarray, direction: np.ndarray | None, steps: tuple[fl
     steps = steps if direction is not None else (0.0,)
     grads = [np.zeros((d, k)) for _ in steps]
     sums = [PassResult() for _ in steps]
-    for ex in map(_labelled, batches):
-        if ex.n == 0:
-            continue
+    for ex in _chunks(batches):
         x = example_matrix(ex, d)
         if x.nnz > 0.1 * ex.n * d:   # dense rows (pixels): BLAS beats sparse products
             x = x.toarray()

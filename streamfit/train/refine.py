@@ -9,7 +9,7 @@ the bias unfolded again, so that examples with no features keep the class term.
 - gis: Generalised Iterative Scaling, W ← W + log((F + a) / (E + a)) with F = X̃ᵀY and
   E = X̃ᵀŶ(W) from one forward pass; no backpropagation, sums that shard and merge.
 - auto (the default) picks by problem size and says what it picked (the sidecar's
-  `chosen`): plbfgs on dense problems whose per-class d × d curvature blocks fit
+  `chosen`): plbfgs on classifiers whose per-class d × d curvature blocks fit
   (plbfgs.fits), else L-BFGS in whitened coordinates (train/lbfgs.py); both from the
   feature covariance of one moments pass. On Dask (a supplied pass_fn) it is whitened
   L-BFGS, whose passes are plain full passes.
@@ -177,7 +177,8 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
     if l2_relative == 0:
         l2_relative = None   # no penalty: no moments pass for it
     if method == "auto":
-        small = w.shape[0] <= FULL_COVARIANCE_LIMIT and plbfgs_fits(*w.shape)
+        small = model.task == "classify" and w.shape[0] <= FULL_COVARIANCE_LIMIT \
+            and plbfgs_fits(*w.shape)
         method = "plbfgs" if small and not supplied_passes else "lbfgs-whitened"
     elif method == "plbfgs" and not (w.shape[0] <= FULL_COVARIANCE_LIMIT and plbfgs_fits(*w.shape)):
         raise StreamfitError(f"plbfgs holds {w.shape[1]:,} blocks of {w.shape[0]:,}² curvature "
