@@ -42,10 +42,10 @@ Single process, one core
     the process is pinned to one CPU with ``os.sched_setaffinity``.
 
 Rerun
-    /work/venv/bin/python tools/bench_accumulate.py                 # full size (~6-7 min on 2-core EPYC)
-    /work/venv/bin/python tools/bench_accumulate.py --quick         # 1M tokens, 1 repeat
-    /work/venv/bin/python tools/bench_accumulate.py --json > bench.json
-    /work/venv/bin/python tools/bench_accumulate.py --data /tmp/bench-corpus   # keep/reuse
+    python tools/bench_accumulate.py                 # full size (~6-7 min on 2-core EPYC)
+    python tools/bench_accumulate.py --quick         # 1M tokens, 1 repeat
+    python tools/bench_accumulate.py --json > bench.json
+    python tools/bench_accumulate.py --data /tmp/bench-corpus   # keep/reuse
 
 Memory: the transition matrix is vocab^2 float64 (512 MiB at 8192; generation briefly
 needs about three times that); the numpy baselines need roughly 30 bytes per token per

@@ -79,11 +79,11 @@ Targets (project issue, part 8) — reported, not asserted
     work on the machine shows in the times.
 
 Rerun
-    /work/venv/bin/python tools/bench_scale.py                    # default size, ~10 min
-    /work/venv/bin/python tools/bench_scale.py --quick            # ~1 min smoke run (budget 2M)
-    /work/venv/bin/python tools/bench_scale.py --json > scale.json   # table on stderr
-    /work/venv/bin/python tools/bench_scale.py --data /tmp/scale-corpus   # keep/reuse corpora
-    /work/venv/bin/python tools/bench_scale.py --memory 32M --scales 1,10,100
+    python tools/bench_scale.py                    # default size, ~10 min
+    python tools/bench_scale.py --quick            # ~1 min smoke run (budget 2M)
+    python tools/bench_scale.py --json > scale.json   # table on stderr
+    python tools/bench_scale.py --data /tmp/scale-corpus   # keep/reuse corpora
+    python tools/bench_scale.py --memory 32M --scales 1,10,100
 
 Needs: Linux (/proc, ru_maxrss in KiB), numba (a streamfit dependency). Disk: the corpora
 (~1 GB of Parquet at the default), and at once the largest corpus's spilled runs (~9 GB)
