@@ -199,6 +199,7 @@ def test_cli_refines_an_ngram_model(corpus, tmp_path, capsys):
             ((tmp_path / "r.npy", s, "--heldout", held), "maxent model"),
             ((tmp_path / "b.npy", s, "--heldout", held, "--passes", 0), "at least 1"),
             ((tmp_path / "b.npy", s, "--heldout", held, "--l2", -1), "at least 0"),
+            ((tmp_path / "b.npy", s, "--heldout", held, "--l2", "nan"), "finite"),
     ]:
         code, _, err = cli("refine", "--weights", *args, "--quiet", "--out", tmp_path / "x.npy")
         assert code == 1 and message in err, (args, err)

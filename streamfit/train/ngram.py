@@ -333,8 +333,9 @@ def refine_ngram(stats, blocks_meta: dict, out, *, heldout, l2s=L2_CANDIDATES,
     from ..solve.ngram import kneser_ney
     if max_iter < 1:
         raise OptionError(f"passes must be at least 1, not {max_iter}")
-    if not l2s or min(l2s) < 0:
-        raise OptionError(f"l2 must be at least 0, not {min(l2s) if l2s else 'none'}")
+    bad = [x for x in l2s if not math.isfinite(x) or x < 0]
+    if not l2s or bad:
+        raise OptionError(f"l2 must be a finite number at least 0, not {bad[0] if bad else 'none'}")
     t0 = time.perf_counter()
     levels = kneser_ney(stats)
     blocks = Blocks(levels)
