@@ -238,6 +238,19 @@ def _process_worker(worker, units, job, q) -> None:
         q.put({"kind": "error", "worker": worker, "message": f"{type(exc).__name__}: {exc}"})
 
 
+def _next_message(q, procs, what: str) -> dict:
+    """The next message of the worker processes, waiting; an error as soon as one of them
+    has died (a killed worker sends nothing)."""
+    while True:
+        try:
+            return q.get(timeout=1.0)
+        except queue_module.Empty:
+            dead = [p for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                raise StreamfitError(f"a {what} process died (exit code {dead[0].exitcode}); "
+                                     f"run again to resume") from None
+
+
 def _run_workers(assignments: list[list], job: Job, on_report: Callable) -> None:
     if len(assignments) == 1:
         _work(0, assignments[0], job, on_report)
@@ -252,14 +265,7 @@ def _run_workers(assignments: list[list], job: Job, on_report: Callable) -> None
     running = len(procs)
     try:
         while running:
-            try:
-                msg = q.get(timeout=1.0)
-            except queue_module.Empty:
-                dead = [p for p in procs if p.exitcode not in (None, 0)]
-                if dead:
-                    raise StreamfitError(f"a worker process died (exit code {dead[0].exitcode}); "
-                                         f"run again to resume")
-                continue
+            msg = _next_message(q, procs, "worker")
             if msg["kind"] == "finished":
                 running -= 1
             elif msg["kind"] == "error":
@@ -298,14 +304,7 @@ def map_processes(fn: Callable, calls: list[dict]) -> list:
     results: dict[int, object] = {}
     try:
         while len(results) < len(procs):
-            try:
-                msg = q.get(timeout=1.0)
-            except queue_module.Empty:
-                dead = [p for p in procs if p.exitcode not in (None, 0)]
-                if dead:
-                    raise StreamfitError(f"a merge process died (exit code {dead[0].exitcode}); "
-                                         f"run again to resume")
-                continue
+            msg = _next_message(q, procs, "merge")
             if msg["kind"] == "error":
                 raise _rebuild_error(msg["message"])
             results[msg["index"]] = msg["result"]
