@@ -94,13 +94,15 @@ def model_checksum(weights: Path) -> str | None:
 
 
 def leftovers(folder: Path) -> list[str]:
-    """Temporary files, work directories, checkpoints and locks left under `folder`."""
+    """Temporary files, work directories, checkpoints and locks left under `folder`. It is
+    also read while a command runs, so a folder that vanishes mid-scan is skipped (os.walk
+    ignores it; Path.rglob raised FileNotFoundError)."""
     bad = []
-    for p in folder.rglob("*"):
-        name = p.name
-        if ".tmp-" in name or name.endswith(".lock") or name in (".work", ".work-merge") or \
-                ".ckpt." in name or name.startswith("run-"):
-            bad.append(str(p.relative_to(folder)))
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            if ".tmp-" in name or name.endswith(".lock") or name in (".work", ".work-merge") or \
+                    ".ckpt." in name or name.startswith("run-"):
+                bad.append(str((Path(root) / name).relative_to(folder)))
     return sorted(bad)
 
 
