@@ -187,6 +187,11 @@ def cmd_finalize_ngram(args, stats) -> int:
     if form not in NGRAM_FORMS:
         raise StreamfitError(f"{args.stats} holds n-gram statistics: --form kneser-ney or "
                              f"blocks, not {form}")
+    if args.cache and _small(args):
+        raise StreamfitError("--cache is for the full n-gram model (evaluate, score, predict); "
+                             "the compact format (--compact, --prune-*, --quantize) has no cache")
+    if args.cache and not args.heldout:
+        raise StreamfitError("--cache fits its weights on held-out data: pass --heldout PATHS")
     heldout = token_batches(args.heldout, vocab_size=stats.n_classes, column=args.column,
                             batch_rows=args.batch_rows, progress=_progress(args),
                             text_column=args.text_column, tokenizer=args.tokenizer) \
@@ -199,7 +204,8 @@ def cmd_finalize_ngram(args, stats) -> int:
                                prune_count=args.prune_count or 0,
                                prune_entropy=args.prune_entropy or 0.0, quantize=args.quantize)
     else:
-        model = finalize_ngram(stats, args.out, form=form, heldout=heldout, source=source)
+        model = finalize_ngram(stats, args.out, form=form, heldout=heldout, source=source,
+                               cache=args.cache)
     m = model.meta
     fit = m.get("fit")
     print(f"{sidecar_path(args.out)}: order-{model.order} {form} model"
@@ -209,7 +215,9 @@ def cmd_finalize_ngram(args, stats) -> int:
              f"n-grams" if "pruned" in m else "")
           + (f"; held-out perplexity {math.exp(fit['cross_entropy_kneser_ney']):.2f} "
              f"(Kneser-Ney) → {math.exp(fit['cross_entropy']):.2f} over {fit['positions']:,} "
-             f"predictions" if fit else ""))
+             f"predictions" if fit else "")
+          + (f"; with the document cache {math.exp(m['cache']['cross_entropy_without']):.2f} → "
+             f"{math.exp(m['cache']['cross_entropy']):.2f}" if "cache" in m else ""))
     return 0
 
 
@@ -231,6 +239,8 @@ def cmd_finalize(args) -> int:
         raise StreamfitError("--compact, --prune-count, --prune-entropy and --quantize are for "
                              "n-gram statistics (accumulate --order N); weights files shrink "
                              "with `streamfit shrink`")
+    if args.cache:
+        raise StreamfitError("--cache is for n-gram statistics (accumulate --order N)")
     if args.form in NGRAM_FORMS:
         raise StreamfitError(f"--form {args.form} needs n-gram statistics: accumulate with "
                              f"--order N")
@@ -807,6 +817,13 @@ def build_parser() -> argparse.ArgumentParser:
                         f"else {DEFAULT_SMOOTHING})")
     p.add_argument("--heldout", nargs="+", metavar="PATHS",
                    help="held-out Parquet data for --form calibrated / --smoothing auto")
+    p.add_argument("--cache", action="store_true",
+                   help="n-gram statistics: add a document cache — each prediction mixed "
+                        "with the distribution of the tokens seen so far in its document, "
+                        "one weight per log2 bucket of their number fitted on --heldout "
+                        "(still exactly normalised; evaluate, score and predict then condition "
+                        "on the whole document so far: for predict, --context is that "
+                        "document; refine keeps it, its weights fitted again)")
     g = p.add_argument_group("small n-gram models (any of these writes the compact format, "
                              "which `streamfit.lite` scores with numpy alone; every context "
                              "stays exactly normalised)")

@@ -24,6 +24,7 @@ import numpy as np
 from ..errors import OptionError
 from ..io.jit import njit
 
+from .cache import cache_weights, distribution_with_cache, prediction_offsets, with_cache
 from ..io.files import (check_array_entries, header_checksum, load_listed_arrays, read_document,
                         save_npy, write_json)
 
@@ -105,7 +106,8 @@ class NgramModel:
 
     def log_prob(self, context: np.ndarray, target: np.ndarray) -> np.ndarray:
         """log p(target | context) for rows of order−1 context tokens (oldest first, BOS =
-        V + 1) and targets (the end token = V)."""
+        V + 1) and targets (the end token = V): the n-gram model alone, without the document
+        cache (`model.cache`), which needs the document so far."""
         context = np.ascontiguousarray(context, np.int64).reshape(target.size, self.order - 1)
         return _score(context, np.ascontiguousarray(target, np.int64), self.order,
                       self.contexts, self.contexts.view(np.float64), self.context_bits,
@@ -113,14 +115,17 @@ class NgramModel:
                       self.unigram, self.r0)
 
     def distribution(self, context: list[int]) -> np.ndarray:
-        """p(y | context) over every class (the last order−1 tokens count; BOS before)."""
+        """p(y | context) over every class (the last order−1 tokens count; BOS before; a
+        model with the document cache takes the context as the document so far)."""
         bad = [int(t) for t in context if not 0 <= int(t) < self.vocab_size]
         if bad:
             raise OptionError(f"token id {bad[0]} out of range for vocabulary size {self.vocab_size}")
         ctx = [self.vocab_size + 1] * (self.order - 1) + [int(t) for t in context]
         row = np.array(ctx[len(ctx) - (self.order - 1):] if self.order > 1 else [], np.int64)
         targets = np.arange(self.n_classes, dtype=np.int64)
-        return np.exp(self.log_prob(np.tile(row, (targets.size, 1)), targets))
+        p = np.exp(self.log_prob(np.tile(row, (targets.size, 1)), targets))
+        lam = cache_weights(self.meta)
+        return p if lam is None else distribution_with_cache(p, [int(t) for t in context], lam)
 
     def token_log_probs(self, arrays) -> np.ndarray:
         """log p(token | its order−1 previous tokens, BOS before the start) of every token of
@@ -288,10 +293,21 @@ def context_rows(tokens: np.ndarray, doc_offsets: np.ndarray, order: int, vocab_
 def token_log_probs(model, arrays) -> np.ndarray:
     """log p(token | its order−1 previous tokens, BOS before the start) of every token of
     the documents (TokenArrays), from any n-gram model's `log_prob` (full or compact); the
-    end token, with eos, is not scored."""
+    end token, with eos, is not scored. A model with the document cache mixes it in."""
     context, target = context_rows(np.asarray(arrays.tokens, np.int64), arrays.doc_offsets,
                                    model.order, model.vocab_size, False)
-    return model.log_prob(context, target)
+    return document_log_probs(model, context, target, arrays.doc_offsets, False)
+
+
+def document_log_probs(model, context: np.ndarray, target: np.ndarray, doc_offsets: np.ndarray,
+                       eos: bool) -> np.ndarray:
+    """log p of the predictions of whole documents (`context_rows` of them, with the end
+    token's when `eos`): the n-gram model's, with its document cache when it has one."""
+    lp = model.log_prob(context, target)
+    lam = cache_weights(getattr(model, "meta", {}))
+    if lam is None:
+        return lp
+    return with_cache(lp, target, prediction_offsets(doc_offsets, eos), model.n_classes, lam)
 
 
 def evaluate_ngram(model: NgramModel, paths, *, progress: bool = False,
@@ -324,7 +340,7 @@ def evaluate_ngram(model: NgramModel, paths, *, progress: bool = False,
                                       row_offset=b.row_offset) from None
                 context, target = context_rows(arrays.tokens.astype(np.int64), arrays.doc_offsets,
                                                model.order, model.vocab_size, model.eos)
-                lp = model.log_prob(context, target)
+                lp = document_log_probs(model, context, target, arrays.doc_offsets, model.eos)
                 end = target == model.vocab_size
                 n_end += int(end.sum())
                 nll_end -= float(lp[end].sum())

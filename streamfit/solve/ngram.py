@@ -613,9 +613,10 @@ def check_memory(stats) -> None:
 
 
 def finalize_ngram(stats, out, *, form: str = "blocks", heldout=None, source: dict | None = None,
-                   max_iter: int = 60) -> NgramModel:
+                   max_iter: int = 60, cache: bool = False) -> NgramModel:
     """Write an n-gram model: `kneser-ney` (no held-out data needed) or `blocks` (τ fitted on
-    the held-out token batches `heldout`, every prediction of them)."""
+    the held-out token batches `heldout`, every prediction of them); `cache` adds the
+    document cache (`model.cache`), its weights fitted on `heldout` too."""
     from .. import __version__
     from ..model.weights import sidecar_path, stem_of
     if form not in NGRAM_FORMS:
@@ -623,6 +624,8 @@ def finalize_ngram(stats, out, *, form: str = "blocks", heldout=None, source: di
     if form == "blocks" and heldout is None:
         raise OptionError("--form blocks fits its τ on held-out data: pass --heldout PATHS "
                           "(or choose --form kneser-ney)")
+    if cache and heldout is None:
+        raise OptionError("--cache fits its weights on held-out data: pass --heldout PATHS")
     check_memory(stats)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -631,11 +634,16 @@ def finalize_ngram(stats, out, *, form: str = "blocks", heldout=None, source: di
     theta = kneser_ney_theta(levels.order)
     meta = {"form": form, "streamfit_version": __version__, "buckets": N_BUCKETS,
             "kneser_ney": levels.sizes(), "source": source or {}}
+    if cache:
+        heldout = list(heldout)        # read twice: the τ fit, then the cache's weights
     if form == "blocks":
         deepest, chain, lp = heldout_positions(levels, heldout, stats.eos)
         theta, meta["fit"] = fit_blocks(blocks, deepest, chain, lp, max_iter=max_iter)
     meta["theta"] = [float(t) for t in theta]
     model = scoring_model(blocks, theta, meta, stats.eos)
+    if cache:
+        from .cache import fit_cache
+        meta["cache"] = fit_cache(model, heldout)
     meta["seconds"] = time.perf_counter() - t0
     save_ngram_model(stem_of(out), sidecar_path(out), model, meta)
     return model

@@ -326,7 +326,8 @@ def refine_ngram(stats, blocks_meta: dict, out, *, heldout, l2s=L2_CANDIDATES,
     """Refine the Kneser-Ney or block model finalized from `stats` (its τ in
     `blocks_meta["theta"]`) into a maximum-entropy n-gram model written as an n-gram model
     file at `out`; `heldout` are token batches (TokenArrays); `l2s` the λ·n tried, the one
-    with the best held-out point kept."""
+    with the best held-out point kept. A model with the document cache gets its weights
+    fitted again over the refined model."""
     from .. import __version__
     from ..model.ngram import save_ngram_model
     from ..model.weights import sidecar_path, stem_of
@@ -363,6 +364,9 @@ def refine_ngram(stats, blocks_meta: dict, out, *, heldout, l2s=L2_CANDIDATES,
                             "runs": [{"l2": r["l2"], "kept_iteration": r["iteration"],
                                       "heldout": r["heldout"], "log": r["log"]} for r in runs]})
     scoring = refined_scoring_model(model, theta, delta, meta, stats.eos)
+    if "cache" in meta:   # the document cache's weights again, over the refined model
+        from ..solve.cache import fit_cache
+        meta["cache"] = fit_cache(scoring, heldout)
     meta["refinement"]["seconds"] = time.perf_counter() - t0
     save_ngram_model(stem_of(out), sidecar_path(out), scoring, meta)
     return scoring
