@@ -11,6 +11,8 @@ lookup scorer alone and the whole ``evaluate`` call), model size. Orders 2-4 (no
 ``refine`` on the block model too, the maximum-entropy n-gram model (``train.ngram``). With ``--eos`` statistics
 (an end-of-document token predicted, as KenLM's ``</s>``) the same models are scored with
 the end token's predictions left out of the average, which is how KenLM is scored here.
+Orders 2-4 (no eos): ``finalize --form blocks --cache`` too, the block model with the document
+cache (``model.cache``: it uses the document so far), and for orders 2-3 ``refine`` on it.
 
 KenLM, when its binaries are given (``--kenlm DIR`` holding lmplz, build_binary, query; it
 is never part of streamfit): the same tokens written as text (id i as the word ``w<i>``, one
@@ -29,6 +31,7 @@ more than the 63 of a packed n-gram key: it is measured for KenLM only.
     python tools/bench_lm.py --quick                             # orders 2-3, no window models
     python tools/bench_lm.py --render docs/lm.json               # the page again, running nothing
     python tools/bench_lm.py --refine-into docs/lm.json          # add the refined rows to a run
+    python tools/bench_lm.py --cache-into docs/lm.json           # add the document-cache rows
 """
 from __future__ import annotations
 
@@ -55,6 +58,8 @@ MAX_KEY_ORDER = {"gcide": 4, "stdlib": 4}   # 63 // N bits a token: 15 at order 
 ORDERS = (2, 3, 4, 5)
 QUICK_ORDERS = (2, 3)
 REFINE_ORDERS = (2, 3, 4)   # the maximum-entropy refinement (no eos statistics)
+CACHE_ORDERS = (2, 3, 4)    # finalize --cache (no eos statistics)
+CACHE_REFINE_ORDERS = (2, 3)  # ... and refine on it
 WINDOWS = (1, 2)
 SCALE = 10
 
@@ -110,6 +115,8 @@ def ngram_models(folder: Path, tmp: Path, order: int, eos: bool) -> dict:
             f"accumulate {t_acc:.1f} s, finalize {t_fin:.1f} s")
     if not eos and order in REFINE_ORDERS:
         out["maxent"] = maxent_model(folder, tmp, stats, model)
+    if not eos and order in CACHE_ORDERS:
+        out["cache"] = cache_models(folder, tmp, stats, refine=order in CACHE_REFINE_ORDERS)
     shutil.rmtree(stats_dir, ignore_errors=True)
     return out
 
@@ -160,6 +167,76 @@ def refine_into(saved_path: Path, args) -> int:
                  "load_start": load_start, "wall_s": time.perf_counter() - started})
     save_and_render(saved_path, saved, render, Path(args.out), plots=not args.no_plots)
     log(f"{saved_path}: maximum-entropy rows added ({(time.perf_counter() - started) / 60:.1f} min)")
+    return 0
+
+
+def without_cache(model):
+    """The same n-gram model scored without its document cache."""
+    import dataclasses
+    return dataclasses.replace(model, meta={k: v for k, v in model.meta.items() if k != "cache"})
+
+
+def cached_entry(model, folder: Path, seconds: float) -> dict:
+    """Test perplexity of an n-gram model with its document cache and without, the whole
+    evaluate call's speed with it (best of 2), and the cache's fit."""
+    res = evaluate(model, [folder / "test.parquet"])
+    plain = evaluate(without_cache(model), [folder / "test.parquet"])
+    whole = min(timed(evaluate, model, [folder / "test.parquet"])[1] for _ in range(2))
+    return {"seconds": seconds, "perplexity": res["perplexity"], "n": res["n"],
+            "perplexity_without_cache": plain["perplexity"], "model_bytes": model.nbytes,
+            "evaluate_s": whole, "evaluate_tokens_per_s": res["n"] / whole,
+            "cache": model.meta["cache"]}
+
+
+def cache_models(folder: Path, tmp: Path, stats, *, refine: bool) -> dict:
+    """`finalize --form blocks --cache` (the document cache's weights fitted on valid), and
+    with `refine` the maximum-entropy refinement of that model (which fits the cache's
+    weights again), each scored on test with and without the cache."""
+    order = stats.order
+    path = tmp / f"blocks-cache-{order}.npy"
+    valid = lambda: token_batches([folder / "valid.parquet"], vocab_size=stats.n_classes)
+    _, t_fin = timed(finalize_ngram, stats, path, form="blocks", heldout=valid(), cache=True)
+    blocks = load_model(path)
+    out = {"blocks": cached_entry(blocks, folder, t_fin)}
+    log(f"  order {order} blocks + cache: test ppl {out['blocks']['perplexity']:.3f} "
+        f"(without {out['blocks']['perplexity_without_cache']:.3f}), finalize {t_fin:.1f} s")
+    if refine:
+        rpath = tmp / f"maxent-cache-{order}.npy"
+        _, t_ref = timed(refine_ngram, stats, blocks.meta, rpath, heldout=valid())
+        refined = load_model(rpath)
+        out["maxent"] = cached_entry(refined, folder, t_ref)
+        out["maxent"]["l2"] = refined.meta["refinement"]["l2"]
+        log(f"  order {order} maxent + cache: test ppl {out['maxent']['perplexity']:.3f} "
+            f"(without {out['maxent']['perplexity_without_cache']:.3f}), refine {t_ref:.1f} s")
+    return out
+
+
+def cache_into(saved_path: Path, args) -> int:
+    """Add the document-cache rows to a saved run (accumulate again, `finalize --cache`,
+    refine on it for --cache-refine-orders), re-rendering the page: the rest of the run is
+    left as it was saved."""
+    import tempfile
+    from harness import command, load_average, load_results, save_and_render, utc_now
+    saved = load_results(saved_path)
+    started, load_start = time.perf_counter(), load_average()
+    orders = [int(o) for o in args.cache_orders.split(",")]
+    refine = {int(o) for o in args.cache_refine_orders.split(",") if o}
+    with tempfile.TemporaryDirectory(prefix="bench_lm-") as tmp:
+        tmp = Path(tmp)
+        for name in args.names:
+            res = saved["results"][name]
+            folder = corpus(name, Path(args.data))
+            for order in orders:
+                stats_dir = tmp / f"stats-{order}"
+                accumulate_into(stats_dir, [folder / "train.parquet"], order=order, overwrite=True)
+                res["ngram"][str(order)]["cache"] = cache_models(
+                    folder, tmp, load_stats(stats_dir), refine=order in refine)
+                shutil.rmtree(stats_dir, ignore_errors=True)
+            res.setdefault("cached_by", []).append(
+                {"command": command("bench_lm.py", None), "date": utc_now(), "orders": orders,
+                 "load_start": load_start, "wall_s": time.perf_counter() - started})
+    save_and_render(saved_path, saved, render, Path(args.out), plots=not args.no_plots)
+    log(f"{saved_path}: document-cache rows added ({(time.perf_counter() - started) / 60:.1f} min)")
     return 0
 
 
@@ -325,6 +402,13 @@ def plot(res: dict, path: Path) -> None:
     if refined:
         ax.plot([int(o) for o in refined], [res["ngram"][o]["maxent"]["perplexity"] for o in refined],
                 "D-", label="maximum entropy, refined (streamfit)")
+    for kind, label in (("blocks", "blocks + document cache (streamfit)"),
+                        ("maxent", "maximum entropy + document cache (streamfit)")):
+        cached = [o for o in res["ngram"] if kind in res["ngram"][o].get("cache", {})]
+        if cached:
+            ax.plot([int(o) for o in cached],
+                    [res["ngram"][o]["cache"][kind]["perplexity"] for o in cached],
+                    "v-" if kind == "blocks" else "P-", label=label)
     if res.get("kenlm"):
         xs = [int(o) for o in res["kenlm"] if o != "scaled"]
         ax.plot(xs, [res["kenlm"][str(o)]["perplexity"] for o in xs], "^:", label="KenLM lmplz (eos)")
@@ -382,7 +466,26 @@ def targets(res: dict) -> list[str]:
                      f"({100 * (1 - me / kn):.1f}% below) | {yes(me <= 0.95 * kn)} |")
     if not refined:
         lines.append("| after refinement ≥ 5% below Kneser-Ney | not measured in this run | **no** |")
+    lines += cache_targets(res)
     return lines + [""]
+
+
+CACHE_LABEL = {"blocks": "blocks + document cache", "maxent": "maximum entropy + document cache"}
+
+
+def cache_targets(res: dict) -> list[str]:
+    """The ≥ 5% target met with the document cache (a model that uses the document so far,
+    unlike Kneser-Ney and KenLM)."""
+    lines = []
+    for o, r in res["ngram"].items():
+        kn = r["kneser-ney"]["perplexity"]
+        for kind in ("blocks", "maxent"):
+            if kind in r.get("cache", {}):
+                c = r["cache"][kind]["perplexity"]
+                lines.append(f"| order {o}: {CACHE_LABEL[kind]} (uses the document so far) ≥ 5% "
+                             f"below our Kneser-Ney | {c:.2f} vs {kn:.2f} ({100 * (1 - c / kn):.1f}% "
+                             f"below) | {'yes' if c <= 0.95 * kn else '**no**'} |")
+    return lines
 
 
 def table(res: dict) -> list[str]:
@@ -399,6 +502,10 @@ def table(res: dict) -> list[str]:
             m = res["ngram"][o]["maxent"]
             lines.append(f"| streamfit maximum entropy (refine on blocks) | {o} | {m['perplexity']:.2f} "
                          f"| | | | {fmt_s(m['refine_s'])} (refine) | {m['model_bytes'] / 1e6:.1f} |")
+        for kind, c in res["ngram"][o].get("cache", {}).items():
+            lines.append(f"| streamfit {CACHE_LABEL[kind]} (uses the document so far) | {o} | "
+                         f"{c['perplexity']:.2f} | | | | {fmt_s(c['seconds'])}"
+                         f"{' (refine)' if kind == 'maxent' else ''} | {c['model_bytes'] / 1e6:.1f} |")
     for o, k in (res.get("kenlm") or {}).items():
         if o == "scaled":
             continue
@@ -438,6 +545,7 @@ def details(res: dict) -> list[str]:
                          + ", ".join(f"{x['l2']:g}: {math.exp(x['heldout']):.2f} at iteration "
                                      f"{x['kept_iteration']} of {x['iterations']}" for x in m["runs"])
                          + f"; {m['refine_s']:.0f} s.")
+    lines += cache_details(res)
     for o in ("2", "3"):
         if o in res["ngram"] and "scorer_tokens_per_s" in res["ngram"][o]["blocks"]:
             b = res["ngram"][o]["blocks"]
@@ -462,6 +570,24 @@ def details(res: dict) -> list[str]:
     return lines
 
 
+def cache_details(res: dict) -> list[str]:
+    lines = []
+    for o in res["key_orders"]:
+        for kind, c in res["ngram"][str(o)].get("cache", {}).items():
+            f = c["cache"]
+            lam = f["lambda"]
+            lines.append(f"- order {o}, {CACHE_LABEL[kind]}: λ by tokens seen t fitted on "
+                         f"{f['positions']:,} valid predictions, valid perplexity "
+                         f"{math.exp(f['cross_entropy_without']):.2f} → "
+                         f"{math.exp(f['cross_entropy']):.2f}; λ {lam[1]:.4f} at t = 1, "
+                         f"{lam[4]:.3f} at t 8–15, {lam[7]:.3f} at t 64–127, {lam[10]:.3f} at t "
+                         f"512–1023; test perplexity {c['perplexity_without_cache']:.2f} without "
+                         f"the cache → {c['perplexity']:.2f}; the whole `evaluate` call "
+                         f"{c['evaluate_s']:.2f} s = {c['evaluate_tokens_per_s'] / 1e6:.2f}M tokens/s"
+                         + (f"; refined at l2 {c['l2']:g}" if kind == "maxent" else "") + ".")
+    return lines
+
+
 def page_lines(results: dict, meta: dict) -> list[str]:
     m = meta["machine"]
     lines = ["# n-gram language models: Kneser-Ney and the block model, against KenLM", "",
@@ -483,6 +609,13 @@ def page_lines(results: dict, meta: dict) -> list[str]:
              "every token of test; the `eos` columns use statistics with an end-of-document "
              "token predicted, and leave its predictions out of the average as KenLM's `</s>` "
              "is left out here, so those columns and KenLM's score the same positions.", "",
+             "The document cache (`finalize --cache`, rows marked \"uses the document so "
+             "far\"): each prediction is (1 − λ) · the n-gram probability + λ · the share of "
+             "its token among the tokens seen so far in the same document, one λ per log2 "
+             "bucket of their number fitted on valid (exactly normalised; `refine` fits the λ "
+             "again over the refined model). It conditions on the whole document before the "
+             "token, not on the N−1 previous tokens only: Kneser-Ney's, the block model's, "
+             "the maximum-entropy model's and KenLM's figures are pure n-gram models.", "",
              "## Targets", ""]
     for res in results.values():
         lines += targets(res)
@@ -493,6 +626,12 @@ def page_lines(results: dict, meta: dict) -> list[str]:
                       f"{r['load_start']:.1f} at its start, {r['wall_s'] / 60:.0f} min), which "
                       "counts and fits the block models again (the same figures) and refines "
                       "them; the rest is the run above.", ""]
+        for r in res.get("cached_by", []):
+            lines += [f"{res['name']}, order {', '.join(map(str, r['orders']))}: the document-"
+                      f"cache rows were added by `{r['command']}` on {r['date']} (load average "
+                      f"{r['load_start']:.1f} at its start, {r['wall_s'] / 60:.0f} min), which "
+                      "counts and fits the block models again and refines them with the cache; "
+                      "the rest is the run above.", ""]
     for res in results.values():
         lines += [f"## {res['name']}", "",
                   f"Vocabulary {res['vocab_size']:,}; tokens train / valid / test "
@@ -515,19 +654,30 @@ def options(ap) -> None:
                          "the page again, running nothing else")
     ap.add_argument("--refine-orders", default=",".join(map(str, REFINE_ORDERS)),
                     help="orders --refine-into refines (default: %(default)s)")
+    ap.add_argument("--cache-into", metavar="JSON",
+                    help="add the document-cache models (finalize --cache, refine on it) to a "
+                         "saved run (lm.json) and render the page again, running nothing else")
+    ap.add_argument("--cache-orders", default=",".join(map(str, CACHE_ORDERS)),
+                    help="orders --cache-into measures (default: %(default)s)")
+    ap.add_argument("--cache-refine-orders", default=",".join(map(str, CACHE_REFINE_ORDERS)),
+                    help="orders --cache-into also refines (default: %(default)s)")
 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--refine-into")
-    if pre.parse_known_args(argv)[0].refine_into:
+    pre.add_argument("--cache-into")
+    known = pre.parse_known_args(argv)[0]
+    if known.refine_into or known.cache_into:
         from harness import dataset_names, page_options
         ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
         page_options(ap, "lm", DATASETS, "unused")
         options(ap)
         args = ap.parse_args(argv)
         args.names = dataset_names(args.datasets, DATASETS)
+        if known.cache_into:
+            return cache_into(Path(args.cache_into), args)
         return refine_into(Path(args.refine_into), args)
     return page_main(argv, __doc__.split("\n\n")[0], "bench_lm.py", "lm", datasets=DATASETS,
                      quick="orders 2 and 3 only, no window models, no ×10 corpus",
