@@ -819,8 +819,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="held-out Parquet data for --form calibrated / --smoothing auto")
     p.add_argument("--cache", action="store_true",
                    help="n-gram statistics: add a document cache — each prediction mixed "
-                        "with the distribution of the tokens seen so far in its document, "
-                        "one weight per log2 bucket of their number fitted on --heldout "
+                        "with the distribution of the tokens seen so far in its document and "
+                        "of those that followed the previous token there, the weights per log2 "
+                        "bucket of the tokens seen fitted on --heldout "
                         "(still exactly normalised; evaluate, score and predict then condition "
                         "on the whole document so far: for predict, --context is that "
                         "document; refine keeps it, its weights fitted again)")

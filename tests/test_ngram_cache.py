@@ -59,9 +59,10 @@ def flat(docs):
 
 
 def oracle_log_probs(model, docs, eos: bool) -> list[np.ndarray]:
-    """Per document, log p of each prediction: (1 − λ_b) p_ngram + λ_b c/t written out, with
-    p_ngram from the model's full distribution over every class (which must sum to 1)."""
-    lam = np.asarray(model.meta["cache"]["lambda"])
+    """Per document, log p of each prediction: w0 p_ngram + w1 c(y)/t + w2 c(x, y)/c(x •)
+    written out, with p_ngram from the model's full distribution over every class (which
+    must sum to 1) and the document's counts recounted."""
+    weights = np.asarray(model.meta["cache"]["weights"])
     C, bos = model.n_classes, model.vocab_size + 1
     out = []
     for doc in docs:
@@ -72,9 +73,14 @@ def oracle_log_probs(model, docs, eos: bool) -> list[np.ndarray]:
             rows = np.tile(np.array(ctx, np.int64), (C, 1)).reshape(C, model.order - 1)
             p = np.exp(model.log_prob(rows, np.arange(C)))
             assert abs(p.sum() - 1) < 1e-9
+            after = [doc[j] for j in range(1, t) if doc[j - 1] == doc[t - 1]]
             b = 0 if t == 0 else min(1 + int(math.floor(math.log2(t))), mc.N_BUCKETS - 1)
-            q = np.array([sum(1 for s in doc[:t] if s == c) / t if t else 0.0 for c in range(C)])
-            mixed = (1 - lam[b]) * p + lam[b] * q
+            w = weights[2 * b + (len(after) > 0)]
+            mixed = w[0] * p
+            if t:
+                mixed = mixed + w[1] * np.array([doc[:t].count(c) / t for c in range(C)])
+            if after:
+                mixed = mixed + w[2] * np.array([after.count(c) / len(after) for c in range(C)])
             assert abs(mixed.sum() - 1) < 1e-9
             lps.append(math.log(mixed[y]))
         out.append(np.array(lps))
@@ -101,23 +107,32 @@ def test_bucket_of_the_tokens_seen():
 
 def test_fitted_weights_beat_every_grid_point():
     rng = np.random.default_rng(0)
-    n = 4000
+    n = 6000
     seen = rng.integers(0, 40, n)
     count = np.where(seen > 0, rng.binomial(np.maximum(seen, 1), 0.2), 0)
+    follows = np.where(seen > 1, rng.integers(0, 4, n), 0)
+    pairs = np.where(follows > 0, rng.binomial(follows, 0.4), 0)
+    counts = (seen, count, follows, pairs)
     log_p = np.log(rng.uniform(0.01, 0.5, n))
-    lam = sc.fit_weights(log_p, seen, count)
-    bucket = mc.cache_bucket(seen)
-    assert lam[0] == 0
-    for b in range(1, mc.N_BUCKETS):
-        at = bucket == b
-        if not at.any():   # no held-out predictions: the bucket below's λ
-            assert lam[b] == lam[b - 1]
+    weights = sc.fit_weights(log_p, counts)
+    np.testing.assert_allclose(weights.sum(1), 1, atol=1e-12)
+    np.testing.assert_array_equal(weights[0], [1, 0, 0])   # no token before: the n-gram alone
+    assert (weights[0::2, 2] == 0).all()                     # no bigram cache: no weight for it
+    group = mc.cache_group(seen, follows)
+    logs = mc.parts(log_p, *counts)
+    grid = [(a, b, max(0.0, 1 - a - b)) for a in np.linspace(0, 1, 51) for b in np.linspace(0, 1, 51)
+            if a + b <= 1 + 1e-12]
+    for g in range(2, 2 * mc.N_BUCKETS):
+        at = group == g
+        if not at.any():   # no held-out predictions: the bucket below's weights
+            np.testing.assert_array_equal(weights[g], weights[g - 2])
             continue
-        def loglik(x):
-            return np.log((1 - x) * np.exp(log_p[at]) + x * count[at] / seen[at]).sum()
-        best = max(loglik(x) for x in np.linspace(0, 0.999, 1000))
-        assert loglik(lam[b]) >= best - 1e-6, b
-        assert 0 < lam[b] < 1
+        def loglik(w):
+            with np.errstate(divide="ignore"):
+                return np.logaddexp.reduce(np.log(w) + logs[at], axis=1).sum()
+        best = max(loglik(np.array(w)) for w in grid if g % 2 or w[2] == 0)
+        assert loglik(weights[g]) >= best - 1e-6, g
+        assert weights[g, 1] > 0
 
 
 # --- the model: every path against the mixture written out ---------------------------------
@@ -147,7 +162,8 @@ def test_evaluate_score_and_predict_apply_the_cache(corpus, tmp_path, order, eos
             assert math.log(p[doc[t]]) == pytest.approx(w[t], abs=1e-12)
     info = model.meta["cache"]
     assert info["cross_entropy"] < info["cross_entropy_without"]   # these documents repeat
-    assert max(info["lambda"]) > 0.05
+    weights = np.asarray(info["weights"])
+    assert weights[:, 1].max() > 0.05 and weights[1::2, 2].max() > 0.01
 
 
 def test_the_cache_fit_records_its_heldout_figures(corpus, tmp_path):

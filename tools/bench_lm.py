@@ -575,13 +575,14 @@ def cache_details(res: dict) -> list[str]:
     for o in res["key_orders"]:
         for kind, c in res["ngram"][str(o)].get("cache", {}).items():
             f = c["cache"]
-            lam = f["lambda"]
-            lines.append(f"- order {o}, {CACHE_LABEL[kind]}: λ by tokens seen t fitted on "
+            w = f["weights"]   # rows 2·bucket + (bigram cache exists); bucket 4: t 8-15, 7: 64-127
+            lines.append(f"- order {o}, {CACHE_LABEL[kind]}: weights fitted on "
                          f"{f['positions']:,} valid predictions, valid perplexity "
                          f"{math.exp(f['cross_entropy_without']):.2f} → "
-                         f"{math.exp(f['cross_entropy']):.2f}; λ {lam[1]:.4f} at t = 1, "
-                         f"{lam[4]:.3f} at t 8–15, {lam[7]:.3f} at t 64–127, {lam[10]:.3f} at t "
-                         f"512–1023; test perplexity {c['perplexity_without_cache']:.2f} without "
+                         f"{math.exp(f['cross_entropy']):.2f}; (n-gram, unigram cache, bigram "
+                         f"cache) at t 8–15 tokens seen {tuple(round(x, 3) for x in w[9])}, at t "
+                         f"64–127 {tuple(round(x, 3) for x in w[15])} (the bigram cache "
+                         f"existing); test perplexity {c['perplexity_without_cache']:.2f} without "
                          f"the cache → {c['perplexity']:.2f}; the whole `evaluate` call "
                          f"{c['evaluate_s']:.2f} s = {c['evaluate_tokens_per_s'] / 1e6:.2f}M tokens/s"
                          + (f"; refined at l2 {c['l2']:g}" if kind == "maxent" else "") + ".")
@@ -610,10 +611,12 @@ def page_lines(results: dict, meta: dict) -> list[str]:
              "token predicted, and leave its predictions out of the average as KenLM's `</s>` "
              "is left out here, so those columns and KenLM's score the same positions.", "",
              "The document cache (`finalize --cache`, rows marked \"uses the document so "
-             "far\"): each prediction is (1 − λ) · the n-gram probability + λ · the share of "
-             "its token among the tokens seen so far in the same document, one λ per log2 "
-             "bucket of their number fitted on valid (exactly normalised; `refine` fits the λ "
-             "again over the refined model). It conditions on the whole document before the "
+             "far\"): each prediction is w0 · the n-gram probability + w1 · the share of its "
+             "token among the t tokens seen so far in the same document + w2 · its share among "
+             "the tokens that followed the previous token there (the bigram cache), one weight "
+             "triple per log2 bucket of t and per whether the bigram cache exists, fitted on "
+             "valid (exactly normalised; `refine` fits the weights again over the refined "
+             "model). It conditions on the whole document before the "
              "token, not on the N−1 previous tokens only: Kneser-Ney's, the block model's, "
              "the maximum-entropy model's and KenLM's figures are pure n-gram models.", "",
              "## Targets", ""]

@@ -124,8 +124,9 @@ class NgramModel:
         row = np.array(ctx[len(ctx) - (self.order - 1):] if self.order > 1 else [], np.int64)
         targets = np.arange(self.n_classes, dtype=np.int64)
         p = np.exp(self.log_prob(np.tile(row, (targets.size, 1)), targets))
-        lam = cache_weights(self.meta)
-        return p if lam is None else distribution_with_cache(p, [int(t) for t in context], lam)
+        weights = cache_weights(self.meta)
+        return p if weights is None else distribution_with_cache(p, [int(t) for t in context],
+                                                                 weights)
 
     def token_log_probs(self, arrays) -> np.ndarray:
         """log p(token | its order−1 previous tokens, BOS before the start) of every token of
@@ -304,10 +305,10 @@ def document_log_probs(model, context: np.ndarray, target: np.ndarray, doc_offse
     """log p of the predictions of whole documents (`context_rows` of them, with the end
     token's when `eos`): the n-gram model's, with its document cache when it has one."""
     lp = model.log_prob(context, target)
-    lam = cache_weights(getattr(model, "meta", {}))
-    if lam is None:
+    weights = cache_weights(getattr(model, "meta", {}))
+    if weights is None:
         return lp
-    return with_cache(lp, target, prediction_offsets(doc_offsets, eos), model.n_classes, lam)
+    return with_cache(lp, target, prediction_offsets(doc_offsets, eos), model.n_classes, weights)
 
 
 def evaluate_ngram(model: NgramModel, paths, *, progress: bool = False,

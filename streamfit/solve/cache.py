@@ -1,10 +1,12 @@
 """The document cache's weights (`model.cache`) fitted on held-out data.
 
-Each λ_b maximises the held-out log-likelihood of the mixture (1 − λ_b) p_ngram + λ_b c/t
-over the predictions of its bucket; the likelihood is concave in λ_b, and the
-expectation-maximisation update λ ← mean of the cache's posterior share converges to its
-maximum from any start inside (0, 1). Buckets without held-out predictions take the λ of the
-nearest bucket below (0 when there is none: no cache before the first token).
+Each row of weights (one per bucket of tokens seen × whether the bigram cache exists)
+maximises the held-out log-likelihood of the mixture over the predictions of its row; the
+likelihood is concave in the weights, and the expectation-maximisation update — each
+weight ← the mean posterior share of its part — increases it at every step and converges to
+its maximum from any start inside the simplex. A part that cannot hold the target there
+(the bigram cache before it exists) keeps weight 0. Rows without held-out predictions take
+the weights of the bucket below (the n-gram alone when there is none).
 """
 from __future__ import annotations
 
@@ -12,63 +14,67 @@ import math
 
 import numpy as np
 
-from ..model.cache import N_BUCKETS, cache_bucket, document_counts, mix, prediction_offsets
+from ..model.cache import (N_BUCKETS, N_PARTS, cache_group, document_counts, mix, parts,
+                           prediction_offsets)
 from ..model.ngram import context_rows
 
-MAX_ITER = 200
-TOL = 1e-9
+MAX_ITER = 500
+TOL = 1e-10
 
 
-def fit_weights(log_p: np.ndarray, seen: np.ndarray, count: np.ndarray,
-                max_iter: int = MAX_ITER) -> np.ndarray:
-    """λ per bucket maximising Σ log((1 − λ_b) p + λ_b c/t) over held-out predictions with
-    n-gram log-probabilities `log_p`, `seen` tokens of the document before them, `count` of
-    which were the target."""
-    bucket = cache_bucket(seen)
-    lam = np.zeros(N_BUCKETS)
-    for b in range(1, N_BUCKETS):
-        at = bucket == b
+def fit_weights(log_p: np.ndarray, counts: tuple, max_iter: int = MAX_ITER) -> np.ndarray:
+    """Weights (2·N_BUCKETS rows, N_PARTS columns) maximising the summed log-probability of
+    held-out predictions with n-gram log-probabilities `log_p` and `document_counts`
+    `counts`."""
+    group = cache_group(counts[0], counts[2])
+    logs = parts(log_p, *counts)
+    weights = np.zeros((2 * N_BUCKETS, N_PARTS))
+    weights[:, 0] = 1.0
+    for g in range(2, 2 * N_BUCKETS):
+        at = group == g
         if not at.any():
-            lam[b] = lam[b - 1]
+            weights[g] = weights[g - 2]
             continue
-        p = np.exp(log_p[at])
-        q = count[at] / seen[at]
-        if not (q > 0).any():
-            continue                       # the cache never holds the target here: λ = 0
-        x = 0.5
+        lg = logs[at]
+        used = np.isfinite(lg).any(0)           # parts that hold some target here
+        used[0] = True
+        w = np.where(used, 1.0 / used.sum(), 0.0)
+        shifted = np.exp(lg[:, used] - lg[:, used].max(1, keepdims=True))
         for _ in range(max_iter):
-            share = x * q / ((1 - x) * p + x * q)
-            new = float(share.mean())
-            if abs(new - x) < TOL:
-                x = new
+            share = shifted * w[used]
+            share /= share.sum(1, keepdims=True)
+            new = share.mean(0)
+            done = np.abs(new - w[used]).max() < TOL
+            w[used] = new
+            if done:
                 break
-            x = new
-        lam[b] = x
-    return lam
+        weights[g] = w
+    return weights
 
 
-def heldout_counts(model, batches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(n-gram log p, seen, count) of every prediction of held-out token batches."""
-    parts = []
+def heldout_counts(model, batches) -> tuple[np.ndarray, tuple]:
+    """(n-gram log p, document counts) of every prediction of held-out token batches."""
+    lps, counts = [], []
     for arrays in batches:
         context, target = context_rows(np.asarray(arrays.tokens, np.int64), arrays.doc_offsets,
                                        model.order, model.vocab_size, model.eos)
-        seen, count = document_counts(target, prediction_offsets(arrays.doc_offsets, model.eos),
-                                      model.n_classes)
-        parts.append((model.log_prob(context, target), seen, count))
-    if not parts:
-        return np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return tuple(np.concatenate(p) for p in zip(*parts))
+        counts.append(document_counts(target, prediction_offsets(arrays.doc_offsets, model.eos),
+                                      model.n_classes))
+        lps.append(model.log_prob(context, target))
+    if not lps:
+        return np.zeros(0), tuple(np.zeros(0, np.int64) for _ in range(4))
+    return np.concatenate(lps), tuple(np.concatenate(c) for c in zip(*counts))
 
 
 def fit_cache(model, batches) -> dict:
-    """The sidecar's `"cache"` entry of an n-gram model: λ per bucket fitted on every
+    """The sidecar's `"cache"` entry of an n-gram model: the weights fitted on every
     prediction of the held-out token batches, and the held-out cross-entropy without and
     with the cache."""
-    log_p, seen, count = heldout_counts(model, batches)
-    lam = fit_weights(log_p, seen, count)
+    log_p, counts = heldout_counts(model, batches)
+    weights = fit_weights(log_p, counts)
     n = int(log_p.size)
-    return {"lambda": [float(x) for x in lam], "buckets": "0: no token before; b: 2^(b-1) <= t",
-            "positions": n,
+    return {"weights": weights.tolist(), "positions": n,
+            "rows": "2·b + (bigram cache exists); bucket b: 0 no token before, else "
+                    "2^(b-1) <= t; columns: n-gram, unigram cache, bigram cache",
             "cross_entropy_without": float(-log_p.mean()) if n else math.nan,
-            "cross_entropy": float(-mix(log_p, seen, count, lam).mean()) if n else math.nan}
+            "cross_entropy": float(-mix(log_p, counts, weights).mean()) if n else math.nan}
