@@ -688,6 +688,10 @@ def cmd_info(args) -> int:
             value = (f"maximum entropy over {value['entries']:,} entries, l2 {value['l2']:g}, "
                      f"iteration {value['kept_iteration']} kept, held-out cross-entropy "
                      f"{value['heldout_start']:.4f} → {value['heldout']:.4f}")
+        elif key == "cache" and value:  # an n-gram model's document cache
+            value = (f"document cache (unigram and bigram), weights fitted on "
+                     f"{value['positions']:,} held-out predictions, cross-entropy "
+                     f"{value['cross_entropy_without']:.4f} → {value['cross_entropy']:.4f}")
         elif key == "refinement" and value:
             last = value["log"][-1] if value["log"] else {}
             value = (f"{value['method']} from {value.get('from')}, {len(value['log'])} passes, "

@@ -222,6 +222,8 @@ def test_cli_finalize_cache_evaluate_predict_score(corpus, tmp_path, capsys):
     top = json.loads(out)["top"]
     p = model.distribution(doc)
     assert {r["id"]: r["probability"] for r in top} == pytest.approx(dict(enumerate(p)))
+    rc, out, _ = cli(capsys, "info", tmp_path / "c.npy")
+    assert rc == 0 and "document cache (unigram and bigram)" in out
     rc, _, err = cli(capsys, "score", "--weights", tmp_path / "c.npy", corpus["test"], "--out",
                      tmp_path / "scored", "--quiet")
     assert rc == 0, err
