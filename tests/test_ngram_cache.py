@@ -100,6 +100,23 @@ def test_document_counts_match_their_numpy_twin(docs, eos):
         np.testing.assert_array_equal(g, w)
 
 
+def test_compiled_mixture_matches_its_numpy_twin():
+    rng = np.random.default_rng(5)
+    n = 3000
+    seen = rng.integers(0, 5000, n)
+    seen[:50] = 0
+    count = np.minimum(rng.integers(0, 30, n), seen)
+    follows = np.minimum(rng.integers(0, 5, n), np.maximum(seen - 1, 0))
+    pairs = np.minimum(rng.integers(0, 3, n), follows)
+    weights = rng.dirichlet(np.ones(3), 2 * mc.N_BUCKETS)
+    weights[0::2, 0] += weights[0::2, 2]
+    weights[0::2, 2] = 0
+    log_p = np.log(rng.uniform(1e-6, 1, n))
+    counts = (seen, count, follows, pairs)
+    np.testing.assert_allclose(mc.mixed(log_p, *counts, weights), mc.mix(log_p, counts, weights),
+                               rtol=0, atol=1e-12)
+
+
 def test_bucket_of_the_tokens_seen():
     seen = np.array([0, 1, 2, 3, 4, 7, 8, 1 << 20])
     np.testing.assert_array_equal(mc.cache_bucket(seen), [0, 1, 2, 2, 3, 3, 4, mc.N_BUCKETS - 1])
