@@ -218,12 +218,13 @@ def cache_into(saved_path: Path, args) -> int:
     import tempfile
     from harness import command, load_average, load_results, save_and_render, utc_now
     saved = load_results(saved_path)
-    started, load_start = time.perf_counter(), load_average()
+    started, load_start, date = time.perf_counter(), load_average(), utc_now()
     orders = [int(o) for o in args.cache_orders.split(",")]
     refine = {int(o) for o in args.cache_refine_orders.split(",") if o}
     with tempfile.TemporaryDirectory(prefix="bench_lm-") as tmp:
         tmp = Path(tmp)
         for name in args.names:
+            part = time.perf_counter()
             res = saved["results"][name]
             folder = corpus(name, Path(args.data))
             for order in orders:
@@ -232,9 +233,9 @@ def cache_into(saved_path: Path, args) -> int:
                 res["ngram"][str(order)]["cache"] = cache_models(
                     folder, tmp, load_stats(stats_dir), refine=order in refine)
                 shutil.rmtree(stats_dir, ignore_errors=True)
-            res.setdefault("cached_by", []).append(
-                {"command": command("bench_lm.py", None), "date": utc_now(), "orders": orders,
-                 "load_start": load_start, "wall_s": time.perf_counter() - started})
+            res["cached_by"] = {"command": command("bench_lm.py", None), "date": date,
+                                "orders": orders, "load_start": load_start,
+                                "wall_s": time.perf_counter() - part}
     save_and_render(saved_path, saved, render, Path(args.out), plots=not args.no_plots)
     log(f"{saved_path}: document-cache rows added ({(time.perf_counter() - started) / 60:.1f} min)")
     return 0
@@ -402,8 +403,8 @@ def plot(res: dict, path: Path) -> None:
     if refined:
         ax.plot([int(o) for o in refined], [res["ngram"][o]["maxent"]["perplexity"] for o in refined],
                 "D-", label="maximum entropy, refined (streamfit)")
-    for kind, label in (("blocks", "blocks + document cache (streamfit)"),
-                        ("maxent", "maximum entropy + document cache (streamfit)")):
+    for kind, label in (("blocks", "blocks + document cache (the document so far)"),
+                        ("maxent", "maximum entropy + document cache (the document so far)")):
         cached = [o for o in res["ngram"] if kind in res["ngram"][o].get("cache", {})]
         if cached:
             ax.plot([int(o) for o in cached],
@@ -421,7 +422,7 @@ def plot(res: dict, path: Path) -> None:
     ax.set_xticks(sorted({int(o) for o in res["orders"]}))
     ax.set_title(f"{res['name']}: test perplexity against order")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -629,12 +630,13 @@ def page_lines(results: dict, meta: dict) -> list[str]:
                       f"{r['load_start']:.1f} at its start, {r['wall_s'] / 60:.0f} min), which "
                       "counts and fits the block models again (the same figures) and refines "
                       "them; the rest is the run above.", ""]
-        for r in res.get("cached_by", []):
+        if res.get("cached_by"):
+            r = res["cached_by"]
             lines += [f"{res['name']}, order {', '.join(map(str, r['orders']))}: the document-"
-                      f"cache rows were added by `{r['command']}` on {r['date']} (load average "
-                      f"{r['load_start']:.1f} at its start, {r['wall_s'] / 60:.0f} min), which "
-                      "counts and fits the block models again and refines them with the cache; "
-                      "the rest is the run above.", ""]
+                      f"cache rows were added by `{r['command']}`, started {r['date']} (load "
+                      f"average {r['load_start']:.1f} at its start; {r['wall_s'] / 60:.0f} min "
+                      "for this corpus), which counts and fits the block models again and "
+                      "refines them with the cache; the rest is the run above.", ""]
     for res in results.values():
         lines += [f"## {res['name']}", "",
                   f"Vocabulary {res['vocab_size']:,}; tokens train / valid / test "
