@@ -100,6 +100,15 @@ def test_document_counts_match_their_numpy_twin(docs, eos):
         np.testing.assert_array_equal(g, w)
 
 
+def test_document_counts_of_long_documents_match_their_numpy_twin():
+    rng = np.random.default_rng(4)   # many distinct pairs: the pair table's probing is exercised
+    target = rng.integers(0, 60, 2600)
+    offsets = np.array([0, 1, 1800, 1801, 2600])
+    for g, w in zip(mc.document_counts(target, offsets, 60),
+                    mc.document_counts_reference(target, offsets)):
+        np.testing.assert_array_equal(g, w)
+
+
 def test_compiled_mixture_matches_its_numpy_twin():
     rng = np.random.default_rng(5)
     n = 3000

@@ -43,17 +43,27 @@ def document_counts(target, offsets, n_classes):
     """Per prediction (documents' predictions contiguous, `offsets` their bounds): t, the
     predictions of its document before it; c(y), how many of those had its target y;
     c(x •), how many of them followed the previous target x (x itself excluded); c(x, y),
-    how many of those had the target y."""
+    how many of those had the target y. Pairs are counted in an open-addressing table
+    twice the longest document's size, emptied slot by slot after each document."""
     n = target.size
     seen = np.zeros(n, np.int64)
     count = np.zeros(n, np.int64)
     follows = np.zeros(n, np.int64)
     pairs = np.zeros(n, np.int64)
     counts = np.zeros(n_classes, np.int64)
-    pair_counts = dict()
-    pair_counts[np.int64(-1)] = np.int64(0)
+    longest = 1
+    for d in range(offsets.size - 1):
+        longest = max(longest, offsets[d + 1] - offsets[d])
+    bits = 1
+    while (1 << bits) < 2 * longest:
+        bits += 1
+    mask = (1 << bits) - 1
+    keys = np.full(1 << bits, -1, np.int64)
+    values = np.zeros(1 << bits, np.int64)
+    used = np.empty(longest, np.int64)
     for d in range(offsets.size - 1):
         a = offsets[d]
+        n_used = 0
         for i in range(a, offsets[d + 1]):
             y = target[i]
             seen[i] = i - a
@@ -62,12 +72,20 @@ def document_counts(target, offsets, n_classes):
             if i > a:
                 follows[i] = count[i - 1]
                 key = target[i - 1] * n_classes + y
-                c = pair_counts.get(key, np.int64(0))
-                pairs[i] = c
-                pair_counts[key] = c + 1
+                s = np.int64((np.uint64(key) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - bits)) & mask
+                while keys[s] != -1 and keys[s] != key:
+                    s = (s + 1) & mask
+                if keys[s] == -1:
+                    keys[s] = key
+                    used[n_used] = s
+                    n_used += 1
+                pairs[i] = values[s]
+                values[s] += 1
         for i in range(a, offsets[d + 1]):
             counts[target[i]] = 0
-        pair_counts.clear()
+        for k in range(n_used):
+            keys[used[k]] = -1
+            values[used[k]] = 0
     return seen, count, follows, pairs
 
 
