@@ -7,9 +7,10 @@ predict — and prints held-out perplexity beside a unigram baseline's. Every fi
 is computed here, now. Outputs go under data/ (ignored by git).
 
 The model is the best form of docs/lm.md: n-gram statistics (`--order`), finalized as the
-block model calibrated on the valid split. `--window M` runs the window model instead.
+block model calibrated on the valid split, mixed with a document cache (the tokens seen so far
+in the same file; `--no-cache` leaves it out). `--window M` runs the window model instead.
 
-    python tools/quickstart.py [--order 4 | --window 3] [--data data] [--rebuild]
+    python tools/quickstart.py [--order 4 | --window 3] [--no-cache] [--data data] [--rebuild]
 """
 from __future__ import annotations
 
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--order", type=int, default=4,
                    help="n-gram order of the block model (default: 4, the best of docs/lm.md)")
     g.add_argument("--window", type=int, help="the window model with this many context tokens")
+    ap.add_argument("--no-cache", action="store_true",
+                    help="the n-gram model without the document cache (a pure n-gram model)")
     ap.add_argument("--data", default="data", help="working directory (default: data)")
     ap.add_argument("--rebuild", action="store_true", help="rebuild the corpus even if present")
     args = ap.parse_args(argv)
@@ -68,10 +71,11 @@ def main(argv: list[str] | None = None) -> int:
                        check=True)
     stats, weights = data / "stdlib-stats", data / "stdlib-model" / "weights.npy"
     model = ["--window", str(args.window)] if args.window else ["--order", str(args.order)]
+    cache = not (args.window or args.no_cache)
     run("accumulate", str(corpus / "train.parquet"), "--stats", str(stats), *model, "--overwrite")
     run("finalize", "--stats", str(stats), "--out", str(weights),
         *(["--format", "sparse"] if args.window else []),
-        "--heldout", str(corpus / "valid.parquet"))
+        "--heldout", str(corpus / "valid.parquet"), *(["--cache"] if cache else []))
     result = json.loads(run("evaluate", "--weights", str(weights), str(corpus / "test.parquet"),
                             "--json", capture=True))
     run("predict", "--weights", str(weights), "--vocab", str(corpus / "vocab.txt"),
@@ -83,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  streamfit, window {args.window}: perplexity {result['perplexity']:8.2f}  "
               f"accuracy {result['accuracy']:.3f}  top-5 {result['top5_accuracy']:.3f}")
     else:
-        print(f"  streamfit, order {args.order} blocks: perplexity {result['perplexity']:8.2f}")
-    print(f"  unigram baseline:         perplexity {math.exp(unigram):8.2f}")
+        name = f"order {args.order} blocks" + (" + cache" if cache else "")
+        print(f"  {'streamfit, ' + name + ':':<36}perplexity {result['perplexity']:8.2f}")
+    print(f"  {'unigram baseline:':<36}perplexity {math.exp(unigram):8.2f}")
     return 0
 
 
