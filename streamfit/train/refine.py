@@ -42,7 +42,8 @@ model is the pass (or the start) with the lowest held-out loss: refining never m
 model worse on held-out data than it was.
 
 Memory: W and, per method, one or two more matrices of its size (E and F; or Adam's two
-moments); the data streams batch by batch. A checkpoint after every pass makes a killed
+moments); the data streams batch by batch (plbfgs keeps the rows in memory, as float32,
+when they fit in a quarter of the memory available: plbfgs.Rows). A checkpoint after every pass makes a killed
 run resumable.
 """
 from __future__ import annotations
