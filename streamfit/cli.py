@@ -504,7 +504,8 @@ def cmd_refine(args) -> int:
     if args.json:
         info = refined.meta["refinement"]
         print(json.dumps({"out": str(sidecar_path(args.out)), "method": args.method,
-                          **{k: info[k] for k in ("chosen", "kept_pass", "start") if k in info},
+                          **{k: info[k] for k in ("chosen", "l2_chosen", "kept_pass", "start")
+                             if k in info},
                           "log": log}))
         return 0
     for e in log:
@@ -516,6 +517,8 @@ def cmd_refine(args) -> int:
     if "kept_pass" in info:
         print(f"kept pass {info['kept_pass']} (lowest held-out loss"
               f"{', the start' if info['kept_pass'] == 0 else ''})")
+    if "l2_chosen" in info and not info.get("chosen"):
+        print(f"l2 {info['l2_chosen']:g} chosen on held-out data")
     picked = f" ({info['chosen']})" if info.get("chosen") else ""
     print(f"{sidecar_path(args.out)}: refined by {args.method}{picked}")
     return 0
@@ -940,7 +943,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--l2", type=float, default=None, metavar="K",
                    help="L2 strength relative to each feature's variance: ½·K·Σ_i Var(x̃_i)·‖W_i‖², "
                         "K = 1/(C·n) is scikit-learn's C on standardised inputs (all but gis; "
-                        "default: 3e-3, the best of 1e-3..1e-2 on three image sets; 0 for none). "
+                        "default: 3e-3, the best of 1e-3..1e-2 on three image sets — with --heldout, "
+                        "plbfgs (auto on classifiers) chooses 1e-2, 3e-3 or 1e-3 there; 0 for none). "
                         "An n-gram model: ½·(K/n)·‖δ‖² "
                         "over its n-gram weights, about K pseudo-counts of shrinkage (default: "
                         "4, 16, 64 tried, the best on --heldout kept)")

@@ -220,3 +220,70 @@ def test_heldout_scores_give_rows_without_features_the_class_term(problem, tmp_p
     assert written == pytest.approx(kept["heldout_loss"], rel=1e-5)
     start_loss = -log_softmax(bias)[yh].mean()    # the start: its class term on every row
     assert info["start"]["heldout_loss"] == pytest.approx(start_loss, rel=1e-9)
+
+
+def test_l2_path_descends_while_heldout_improves_then_keeps_the_best():
+    """The rule, on scripted held-out losses: stage passes per κ, largest first; stop at
+    the first κ no better than the one before; go back to the best κ's best point."""
+    grid = [(1e-2, "a"), (3e-3, "b"), (1e-3, "c")]
+
+    def run(losses, stage=2):
+        path, points, back = P.L2Path(grid, stage), [], None
+        for i, loss in enumerate(losses):
+            points.append(np.full((2, 2), float(i)))
+            kappa = path.kappa
+            back = path.observe(loss, points[-1])
+            yield kappa, back, path.decided
+    # the middle κ is best: 1e-3's stage is worse, so back to 3e-3's best point (pass 3)
+    steps = list(run([0.9, 0.8, 0.6, 0.7, 0.65, 0.66, 0.5]))
+    assert [k for k, _, _ in steps] == [1e-2, 1e-2, 3e-3, 3e-3, 1e-3, 1e-3, 3e-3]
+    back = steps[5][1]
+    assert back is not None and back[0, 0] == 2.0 and steps[5][2]
+    assert all(b is None for _, b, _ in steps[6:])           # decided: no more switching
+    # improving all the way: the last κ, no jump
+    steps = list(run([0.9, 0.8, 0.7, 0.6, 0.5, 0.4]))
+    assert steps[-1][0] == 1e-3 and steps[-1][1] is None and steps[-1][2]
+    # the first κ is best: stop after the second stage, back to pass 2's point
+    steps = list(run([0.5, 0.4, 0.6, 0.45], stage=2))
+    assert steps[-1][2] and steps[-1][1][0, 0] == 1.0
+    # a restored path continues where it was
+    path = P.L2Path(grid, 1)
+    path.observe(0.5, np.ones((2, 2)))
+    again = P.L2Path(grid, 1, path.arrays())
+    assert again.kappa == 3e-3 and again.losses[0] == 0.5 and again.points[0][0, 0] == 1.0
+
+
+@pytest.mark.parametrize("spread, best", [(3.0, 1e-2), (1.0, 1e-3)])
+def test_heldout_choice_of_l2_matches_scipy_optima(spread, best, tmp_path):
+    """Few noisy rows (spread 3: the largest κ is best on held-out rows, by far) or clean
+    ones (spread 1: the smallest): brute force with scipy — each κ's optimum and its
+    held-out loss — says which κ is best; refine with held-out data chooses it, and ends
+    no worse on held-out data than that optimum."""
+    import scipy.optimize
+    from streamfit.model.weights import Model
+    rng = np.random.default_rng(0)
+    n, d, c = 60, 20, 3
+    y_all = rng.integers(0, c, n + 400)
+    raw = rng.random((n + 400, d)) * spread + rng.random((c, d))[y_all]
+    x_all = raw / raw.sum(axis=1, keepdims=True)
+    x, y, xh, yh = x_all[:n], y_all[:n], x_all[n:], y_all[n:]
+
+    def heldout_ce(w):
+        z = xh @ w
+        return float(np.mean(logsumexp(z, axis=1) - z[np.arange(len(yh)), yh]))
+    scores = {}
+    for kappa in R.L2_GRID:
+        lam = kappa * x.var(axis=0)
+        ref = scipy.optimize.minimize(lambda f: (lambda v: (v[0], v[1].ravel()))(
+            objective(f.reshape(d, c), x, y, lam)), np.zeros(d * c), jac=True,
+            method="L-BFGS-B", options={"maxiter": 20_000, "gtol": 1e-12, "ftol": 1e-15})
+        scores[kappa] = heldout_ce(ref.x.reshape(d, c))
+    assert min(scores, key=scores.get) == best
+    start = Model(task="classify", n_classes=c, n_features=d, tau=1.0,
+                  dense=np.zeros((d, c)), meta={"form": "conditional"})
+    out = R.refine(start, lambda: iter(examples_of(x, y)), tmp_path / "k.npy", method="auto",
+                   passes=10, l2_relative="auto", heldout=lambda: iter(examples_of(xh, yh)))
+    info = out.meta["refinement"]
+    assert info["l2_chosen"] == best and f"l2 {best:g} chosen" in info["chosen"]
+    assert [e["l2"] for e in info["log"]][:2] == [1e-2, 1e-2]
+    assert heldout_ce(core.dense_parameters(out)) <= scores[best] + 1e-3

@@ -56,6 +56,7 @@ DAMPING = 1e-4             # δ_j relative to the mean diagonal of B_j
 NULL_DIRECTION = 1e-10     # covariance eigenvalues below this fraction of the largest: dropped
 ARMIJO_STEPS = (1.0, 0.5, 0.25, 0.1, 0.03, 0.01)
 BLOCK_LIMIT_BYTES = 2 << 30  # the C blocks of d × d (float64): above this auto picks L-BFGS
+STAGE_PASSES = 2           # passes at each κ of a held-out choice of l2 (L2Path)
 CHUNK_ROWS = 4096          # rows made dense at once (a record batch may hold many more)
 BLOCK_MASS = 0.995         # a class's block sums the heaviest reservoir rows holding this share
                            # of its weights p_j(1 − p_j) (most rows are confident: about half)
@@ -309,23 +310,99 @@ def two_loop(g: np.ndarray, pairs: list, h0: Callable) -> np.ndarray:
     return -r
 
 
+class L2Path:
+    """κ chosen on held-out data along a grid, largest first (the best-conditioned problem
+    first: later ones start warm from it): `stage` passes at each κ; the descent stops at
+    the first κ whose lowest held-out loss is no lower than the previous κ's, and the run
+    goes on with the best κ so far — from its best point when that was an earlier κ. One
+    pass's data gradient serves every κ (the penalty is quadratic), so a switch of κ keeps
+    the L-BFGS pairs, each corrected exactly: y += Δλ·s."""
+
+    def __init__(self, grid: list, stage: int, arrays: dict | None = None):
+        self.grid, self.stage = grid, stage
+        self.index, self.decided, self.done = 0, len(grid) < 2, 0
+        self.losses = np.full(len(grid), np.inf)
+        self.points: list = [None] * len(grid)
+        if arrays and "l2_path" in arrays:          # a resumed run
+            self.index, decided, self.done = (int(v) for v in arrays["l2_path"])
+            self.decided = bool(decided)
+            self.losses = np.array(arrays["l2_losses"], np.float64)
+            self.points = [arrays["l2_points"][i] if np.isfinite(v) else None
+                           for i, v in enumerate(self.losses)]
+
+    @property
+    def kappa(self) -> float:
+        return self.grid[self.index][0]
+
+    @property
+    def l2(self):
+        return self.grid[self.index][1]
+
+    def observe(self, loss: float | None, point: np.ndarray) -> np.ndarray | None:
+        """The held-out loss of a pass's weights at the current κ. Returns the weights to
+        continue from when the choice goes back to an earlier κ, else None."""
+        if self.decided or loss is None:
+            return None
+        i = self.index
+        if loss < self.losses[i]:
+            self.losses[i], self.points[i] = loss, point.copy()
+        self.done += 1
+        if self.done < self.stage:
+            return None
+        if (i == 0 or self.losses[i] < self.losses[i - 1]) and i + 1 < len(self.grid):
+            self.index, self.done = i + 1, 0
+            return None
+        self.decided = True
+        self.index = int(np.argmin(self.losses[:i + 1]))
+        return None if self.index == i else self.points[self.index]
+
+    def arrays(self) -> dict:
+        d_c = next((p.shape for p in self.points if p is not None), (0, 0))
+        return {"l2_path": np.array([self.index, int(self.decided), self.done]),
+                "l2_losses": self.losses,
+                "l2_points": np.stack([p if p is not None else np.zeros(d_c)
+                                       for p in self.points])}
+
+
 def plbfgs(w: np.ndarray, train: Callable[[], Iterator[Examples]], passes: int, l2,
            moments: FeatureMoments, record, checkpoint, start_pass: int,
-           seed: int = 0) -> np.ndarray:
+           seed: int = 0, *, l2_grid: list | None = None,
+           arrays: dict | None = None) -> np.ndarray:
     """Refine w by `passes` streaming passes (see the module docstring); record(k, W, sums,
-    extra) and checkpoint(k, W, arrays) after every pass. Returns the last weights."""
+    extra) and checkpoint(k, W, arrays) after every pass. Returns the last weights.
+    `l2_grid`: [(κ, l2), ...], largest κ first, to choose among on held-out data (the
+    held-out loss is what record returns in its entry's "heldout_loss"; see L2Path); each
+    pass's entry then says its κ ("l2"). `arrays`: a checkpoint's, for a resumed run."""
     d, _ = w.shape
     reservoir = Reservoir(RESERVOIR_ROWS, d, seed)
     rows = Rows(train, d)
+    path = None
+    if l2_grid:
+        stage = max(1, min(STAGE_PASSES, (passes - 2) // len(l2_grid)))
+        path = L2Path(list(l2_grid), stage, arrays)
+        l2 = path.l2
+
+    def said(extra: dict) -> dict:
+        return {**extra, "l2": path.kappa} if path else extra
+
+    def saved() -> dict:
+        return path.arrays() if path else {}
     done = start_pass
     if done == 0 and passes > 0:
         w, sums = adam_pass(w, rows(), WhiteBasis(moments), l2, reservoir, seed)
         done = 1
-        record(done, w, sums, {"step": "adam"})
-        checkpoint(done, w, {})
+        record(done, w, sums, said({"step": "adam"}))
+        checkpoint(done, w, saved())
     pairs: list = []
     direction, step, f, g = None, 0.0, None, None
     while done < passes:
+        if path and path.l2 is not l2:           # the next κ of the path: the same pairs
+            delta = path.l2 - l2
+            if f is not None:
+                f += 0.5 * float((delta * w * w).sum())
+                g = g + delta * w
+                pairs = [(s, y + delta * s) for s, y in pairs]
+            l2 = path.l2
         fill = reservoir if reservoir.seen == 0 else None   # a resumed run samples here
         steps = (step, step / 2, step / 4)
         evaluated = candidates_pass(w, direction, steps, rows(), l2, fill)
@@ -347,8 +424,11 @@ def plbfgs(w: np.ndarray, train: Callable[[], Iterator[Examples]], passes: int, 
         direction -= direction.mean(axis=1, keepdims=True)   # per-row constants: no change
         step = _armijo(w, direction, g, xr, yr, l2, logits)
         proposed = w + step * direction
-        record(done, proposed, sums, {"objective": f, "step": step})
-        checkpoint(done, proposed, {})
+        entry = record(done, proposed, sums, said({"objective": f, "step": step}))
+        back = path.observe((entry or {}).get("heldout_loss"), proposed) if path else None
+        if back is not None:                    # an earlier κ won: on from its best point
+            w, direction, step, f, g, pairs, l2 = back, None, 0.0, None, None, [], path.l2
+        checkpoint(done, proposed if back is None else back, saved())
     return w + step * direction if direction is not None else w
 
 

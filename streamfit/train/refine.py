@@ -35,6 +35,9 @@ per feature, λ_i = κ·Var(x̃_i) from a moments pass, which in standardised co
 The default ("auto", the CLI's) is κ = DEFAULT_L2_RELATIVE = 3e-3: the L2 that minimised the
 valid cross-entropy of the optimum lay between 1e-3 and 1e-2 on digits, MNIST-5k and
 Fashion-MNIST (issue 14), where 1/n (scikit-learn's C = 1) spanned 1.3 to 54 times those.
+With held-out data, plbfgs (auto at classifier sizes) chooses κ there instead, among L2_GRID
+(largest first, a pass or two each, warm-started, then on with the best: plbfgs.L2Path);
+the sidecar says which (`l2_chosen`, and every pass's `l2`).
 Subspace methods take the mean of the λ_i.
 
 Held-out data. With `heldout`, the start and every pass are scored on it and the written
@@ -72,6 +75,7 @@ from .plbfgs import plbfgs
 from .subspace import SUBSPACE_METHODS, SubspaceOptions, refine_subspace, work_files
 
 DEFAULT_L2_RELATIVE = 3e-3   # κ of l2_relative="auto" (see the module docstring)
+L2_GRID = (1e-2, 3e-3, 1e-3)  # κ chosen among on held-out data by plbfgs (l2_relative="auto")
 METHODS = ("auto", "plbfgs", "gis", "lbfgs", "newton", "sgd", "adam", *SUBSPACE_METHODS)
 # Dense features × classes float64 matrices a method holds at once: the weights, a pass's
 # expected and observed sums, the best point; L-BFGS-B's workspace ((2m + 5) of them, m = 10)
@@ -194,6 +198,8 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
             l2 = moments.l2_weights(kappa)
             if method in SUBSPACE_METHODS:
                 l2 = float(l2.mean())
+    l2_grid = [(k, moments.l2_weights(k)) for k in L2_GRID] \
+        if method == "plbfgs" and heldout is not None and l2_relative == "auto" else None
     chosen = None
     if method == "lbfgs-whitened":
         whitening = Whitening.of(moments)
@@ -216,7 +222,7 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
         kept[:] = [start_loss, w.copy()]
         state["start"] = {"heldout_loss": start_loss, "heldout_accuracy": start_accuracy}
 
-    def record(pass_index: int, current: np.ndarray, result: PassResult, extra=None) -> None:
+    def record(pass_index: int, current: np.ndarray, result: PassResult, extra=None) -> dict:
         entry = {"pass": pass_index, "train_loss": result.mean_loss,
                  "train_accuracy": result.accuracy, "seconds": time.perf_counter() - t0,
                  **(extra or {})}
@@ -229,6 +235,7 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
             on_pass(entry)
         if watch:
             watch(entry, current)
+        return entry
 
     def checkpoint(pass_index: int, current: np.ndarray, arrays: dict, t: int = 0) -> None:
         extra = {"kept": kept[1]} if kept[1] is not None else {}
@@ -241,7 +248,8 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
         w = lbfgs(w, pass_fn, passes - start_pass, l2, record, checkpoint, start_pass,
                   whitening if method == "lbfgs-whitened" else None)
     elif method == "plbfgs":
-        w = plbfgs(w, train, passes, l2, moments, record, checkpoint, start_pass, seed)
+        w = plbfgs(w, train, passes, l2, moments, record, checkpoint, start_pass, seed,
+                   l2_grid=l2_grid, arrays=state.get("arrays"))
     elif method == "newton":
         w = newton(w, train, passes, l2, record, checkpoint, start_pass, state.get("arrays"),
                    hessian_fn)
@@ -263,6 +271,11 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
             record(p + 1, w, result)
             checkpoint(p + 1, w, opt.arrays(), opt.t)
     summary = {}
+    if l2_grid and log and "l2" in log[-1]:
+        summary["l2_chosen"] = log[-1]["l2"]
+        if chosen:
+            chosen += (f"; l2 {log[-1]['l2']:g} chosen on held-out among "
+                       f"{', '.join(f'{k:g}' for k in L2_GRID)}")
     if chosen:
         summary["chosen"] = chosen
     if kept[1] is not None:   # the lowest held-out loss seen, the start included
