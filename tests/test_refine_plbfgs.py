@@ -234,21 +234,23 @@ def test_l2_path_descends_while_heldout_improves_then_keeps_the_best():
             kappa = path.kappa
             back = path.observe(loss, points[-1])
             yield kappa, back, path.decided
-    # the middle κ is best: 1e-3's stage is worse, so back to 3e-3's best point (pass 3)
-    steps = list(run([0.9, 0.8, 0.6, 0.7, 0.65, 0.66, 0.5]))
-    assert [k for k, _, _ in steps] == [1e-2, 1e-2, 3e-3, 3e-3, 1e-3, 1e-3, 3e-3]
-    back = steps[5][1]
-    assert back is not None and back[0, 0] == 2.0 and steps[5][2]
-    assert all(b is None for _, b, _ in steps[6:])           # decided: no more switching
+    # the middle κ is best: 1e-3's stage is worse, so back to 3e-3's best point (pass 4);
+    # the first κ, started from the Adam pass, has one pass more
+    steps = list(run([0.9, 0.8, 0.75, 0.6, 0.62, 0.66, 0.7, 0.5]))
+    assert [k for k, _, _ in steps] == [1e-2] * 3 + [3e-3] * 2 + [1e-3] * 2 + [3e-3]
+    back = steps[6][1]
+    assert back is not None and back[0, 0] == 3.0 and steps[6][2]
+    assert all(b is None for _, b, _ in steps[:6] + steps[7:])
     # improving all the way: the last κ, no jump
-    steps = list(run([0.9, 0.8, 0.7, 0.6, 0.5, 0.4]))
+    steps = list(run([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]))
     assert steps[-1][0] == 1e-3 and steps[-1][1] is None and steps[-1][2]
     # the first κ is best: stop after the second stage, back to pass 2's point
-    steps = list(run([0.5, 0.4, 0.6, 0.45], stage=2))
+    steps = list(run([0.5, 0.4, 0.45, 0.6, 0.45]))
     assert steps[-1][2] and steps[-1][1][0, 0] == 1.0
     # a restored path continues where it was
     path = P.L2Path(grid, 1)
     path.observe(0.5, np.ones((2, 2)))
+    path.observe(0.6, np.zeros((2, 2)))
     again = P.L2Path(grid, 1, path.arrays())
     assert again.kappa == 3e-3 and again.losses[0] == 0.5 and again.points[0][0, 0] == 1.0
 
