@@ -31,14 +31,26 @@ package's own clock from the start of refine (the moments pass included), withou
 per-pass test evaluation; scikit-learn's are its fit. The machine's load is recorded: only
 figures of one run compare.
 
-    python tools/bench_classify.py                 # ~20 min on 2 loaded cores
-    python tools/bench_classify.py --quick         # 5 passes, a 10-pass optimum, no MLP
+- with held-out data (``refine --heldout valid``): ``auto`` chooses κ among 1e-2, 3e-3 and
+  1e-3 there and keeps the best pass; its loss gap is against a 20-pass ``auto`` at the κ
+  it chose.
+
+The parts (``--parts``): refine (the explicit start, the methods, the reference point and
+scikit-learn's LogisticRegression: the rows the targets compare), heldout, mlp,
+complement. ``--merge`` puts the parts run into the saved docs/classify.json, keeping the
+other datasets and parts; every section says when each of its parts was measured.
+
+    python tools/bench_classify.py                 # ~30 min on 2 loaded cores
+    python tools/bench_classify.py --quick --parts refine,heldout   # 5 passes, no MLP
+    python tools/bench_classify.py --parts refine,heldout --merge   # those rows again
     python tools/bench_classify.py --render docs/classify.json   # the page again, running nothing
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -48,7 +60,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpora import (SPLITS, corpus_meta, corpus_shape, digits_corpus,  # noqa: E402
                      fashion_corpus, read_examples)
-from harness import log, page_main, relative, write_page  # noqa: E402
+from harness import (load_average, load_results, log, page_args, page_options,  # noqa: E402
+                     relative, run_meta, save_page, utc_now, write_page)
 from internals import dense_parameters, heldout_loss  # noqa: E402
 from streamfit import accumulate, finalize, refine  # noqa: E402
 
@@ -56,9 +69,10 @@ DATASETS = ("fashion", "mnist5k", "digits")
 SCALE = {"fashion": 1.0, "mnist5k": 255.0, "digits": 16.0}
 # newton: only where its pass is cheap; on Fashion-MNIST one pass took 145 s in issue 14
 NEWTON_DATASETS = ("mnist5k", "digits")
-CONFIG = {"default": {"passes": 10, "optimum_passes": 20, "mlp": True},
-          "quick": {"passes": 5, "optimum_passes": 10, "mlp": False}}
+CONFIG = {"default": {"passes": 10, "optimum_passes": 20},
+          "quick": {"passes": 5, "optimum_passes": 10}}
 METHODS = ("auto", "lbfgs", "adam", "newton")
+PARTS = ("refine", "heldout", "mlp", "complement")
 
 
 def raw_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -70,8 +84,10 @@ def raw_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return x.reshape(len(t), -1), np.asarray(t.column("label").to_numpy(), np.int64)
 
 
-def method_run(model, method: str, passes: int, train, test, tmp: Path) -> dict:
-    """Refine `model` by `method`: test accuracy and cross-entropy after every pass."""
+def method_run(model, method: str, passes: int, train, test, tmp: Path, *, heldout=None,
+               l2="auto") -> dict:
+    """Refine `model` by `method` (with `heldout` rows: chosen there): test accuracy and
+    cross-entropy after every pass, and of the written model."""
     rows, evaluating = [], [0.0]
 
     def watch(entry: dict, w: np.ndarray) -> None:
@@ -84,13 +100,22 @@ def method_run(model, method: str, passes: int, train, test, tmp: Path) -> dict:
                      "test_loss": ce})
     t0 = time.perf_counter()
     out = refine(model, lambda: iter(train), tmp / f"{method}.npy", method=method,
-                 passes=passes, l2_relative="auto", watch=watch, resume=False)
+                 passes=passes, l2_relative=l2, watch=watch, resume=False,
+                 heldout=(lambda: iter(heldout)) if heldout is not None else None)
     wall = time.perf_counter() - t0 - evaluating[0]
     info = out.meta["refinement"]
-    return {"method": method, "chosen": info.get("chosen"), "wall_s": wall, "passes": rows}
+    res = {"method": method, "chosen": info.get("chosen"), "wall_s": wall, "passes": rows}
+    if heldout is not None:
+        ce, acc = heldout_loss(dense_parameters(out), iter(test))
+        res.update(kept_pass=info.get("kept_pass"), l2_chosen=info.get("l2_chosen"),
+                   l2_path=[e.get("l2") for e in info["log"]],
+                   heldout_loss=[e.get("heldout_loss") for e in info["log"]],
+                   written={"test_accuracy": acc, "test_loss": ce})
+    return res
 
 
-def sklearn_runs(folder: Path, name: str, mlp: bool) -> dict:
+def sklearn_runs(folder: Path, name: str, which: tuple[str, ...]) -> dict:
+    """scikit-learn's `which` ("lr", "mlp") on the raw inputs: test figures and fit seconds."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
@@ -101,8 +126,10 @@ def sklearn_runs(folder: Path, name: str, mlp: bool) -> dict:
     out = {}
     # scikit-learn's defaults (lbfgs, C = 1, at most 100 iterations): what a user gets; with
     # max_iter 1000 the Fashion-MNIST fit ran past 14 minutes on the loaded 2 cores
-    models = {"LogisticRegression": LogisticRegression()}
-    if mlp:
+    models = {}
+    if "lr" in which:
+        models["LogisticRegression"] = LogisticRegression()
+    if "mlp" in which:
         models["MLPClassifier(256)"] = MLPClassifier((256,), early_stopping=True, random_state=0)
     for label, m in models.items():
         t = time.perf_counter()
@@ -155,16 +182,38 @@ def optimum_of(run: dict) -> dict:
 
 
 def run_dataset(name: str, args, tmp: Path) -> dict:
-    cfg = CONFIG[args.mode]
+    """The parts of `args.parts` on dataset `name`; res["runs"][part] says when each ran."""
     data = Path(args.data)
     folder = fashion_corpus(data) if name == "fashion" else digits_corpus(data, name)
     shape = corpus_shape(corpus_meta(folder))
     ex = {s: read_examples(folder, s, shape) for s in SPLITS}
     res = {"name": name, "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
            "folder": relative(folder), "d": shape["n_features"],
-           "classes": shape["n_classes"], "n": {s: int(sum(e.n for e in ex[s])) for s in SPLITS}}
-    model, res["explicit"] = explicit_start(folder, ex["valid"], ex["test"], tmp)
-    log(f"{name}: explicit calibrated test {res['explicit']['test_accuracy']:.4f}")
+           "classes": shape["n_classes"], "n": {s: int(sum(e.n for e in ex[s])) for s in SPLITS},
+           "plot": f"classify-{name}.png", "runs": {}}
+    start = {}
+
+    def explicit():
+        if not start:
+            start["model"], start["res"] = explicit_start(folder, ex["valid"], ex["test"], tmp)
+            log(f"{name}: explicit calibrated test {start['res']['test_accuracy']:.4f}")
+        return start["model"]
+    for part in args.parts:
+        facts = {"date": utc_now(), "load_start": load_average(),
+                 "blas_threads": res["blas_threads"], "mode": args.mode}
+        t = time.perf_counter()
+        PART_RUNS[part](name, args, tmp, folder, shape, ex, explicit, res)
+        if part in ("refine", "heldout"):
+            res["explicit"] = start["res"]
+        res["runs"][part] = {**facts, "wall_s": time.perf_counter() - t}
+    return res
+
+
+def refine_part(name, args, tmp, folder, shape, ex, explicit, res) -> None:
+    """The refinement methods from the explicit start, the reference point (a longer auto
+    run) and scikit-learn's LogisticRegression: the rows the targets compare."""
+    cfg = CONFIG[args.mode]
+    model = explicit()
     res["methods"] = {}
     for method in METHODS:
         if method == "newton" and name not in NEWTON_DATASETS:
@@ -178,8 +227,31 @@ def run_dataset(name: str, args, tmp: Path) -> dict:
     res["optimum"] = optimum_of(opt)
     log(f"{name}: optimum (auto, {res['optimum']['passes']} passes) test "
         f"{res['optimum']['test_accuracy']:.4f}")
-    res["sklearn"] = sklearn_runs(folder, name, cfg["mlp"])
-    # complement coding [x, 1 − x]
+    res.setdefault("sklearn", {}).update(sklearn_runs(folder, name, ("lr",)))
+
+
+def heldout_part(name, args, tmp, folder, shape, ex, explicit, res) -> None:
+    """auto with the valid split as held-out data (κ chosen there, the best pass kept), and
+    a longer auto run at the κ it chose: the yardstick of its loss gap."""
+    cfg = CONFIG[args.mode]
+    model = explicit()
+    run = method_run(model, "auto", cfg["passes"], ex["train"], ex["test"], tmp,
+                     heldout=ex["valid"])
+    opt = method_run(model, "auto", cfg["optimum_passes"], ex["train"], ex["test"], tmp,
+                     l2=run["l2_chosen"])
+    res["heldout"] = {"auto": run, "optimum": optimum_of(opt)}
+    log(f"{name}: auto --heldout: l2 {run['l2_chosen']:g}, kept pass {run['kept_pass']}, test "
+        f"{run['written']['test_accuracy']:.4f} ({run['wall_s']:.1f} s)")
+
+
+def mlp_part(name, args, tmp, folder, shape, ex, explicit, res) -> None:
+    """scikit-learn's MLPClassifier(256) (a reference for growth)."""
+    res.setdefault("sklearn", {}).update(sklearn_runs(folder, name, ("mlp",)))
+
+
+def complement_part(name, args, tmp, folder, shape, ex, explicit, res) -> None:
+    """Complement coding [x, 1 − x]: its calibrated explicit solution and auto from it."""
+    cfg = CONFIG[args.mode]
     comp = complement_corpus(folder, name, tmp / "complement")
     cshape = {**shape, "n_features": 2 * shape["n_features"]}
     cex = {s: read_examples(comp, s, cshape) for s in SPLITS}
@@ -189,8 +261,33 @@ def run_dataset(name: str, args, tmp: Path) -> dict:
     res["complement"] = {"explicit": cstart, "auto": crun, "optimum": optimum_of(crun)}
     log(f"{name}: complement explicit {cstart['test_accuracy']:.4f}, auto "
         f"{crun['passes'][-1]['test_accuracy']:.4f}")
-    res["plot"] = f"classify-{name}.png"
-    return res
+
+
+PART_RUNS = {"refine": refine_part, "heldout": heldout_part, "mlp": mlp_part,
+             "complement": complement_part}
+
+
+def merged(saved: dict, new: dict) -> dict:
+    """The saved run with the datasets and parts of `new` put in: per dataset, a key of new
+    replaces the saved one (the scikit-learn models and the parts' run facts are merged one
+    level down). Parts saved before the run facts existed get the saved run's."""
+    meta, results = saved["meta"], saved["results"]
+    for res in results.values():
+        if "runs" not in res:
+            present = {"refine": "methods" in res, "heldout": "heldout" in res,
+                       "complement": "complement" in res,
+                       "mlp": "MLPClassifier(256)" in res.get("sklearn", {})}
+            res["runs"] = {part: {"date": meta["date"], "load_start": meta["load_start"],
+                                  "blas_threads": res.get("blas_threads", "default"),
+                                  "mode": meta["mode"]} for part, ok in present.items() if ok}
+    for name, res in new["results"].items():
+        old = results.setdefault(name, {})
+        for key, value in res.items():
+            if key in ("sklearn", "runs") and isinstance(old.get(key), dict):
+                old[key] = {**old[key], **value}
+            else:
+                old[key] = value
+    return {"meta": {**new["meta"], "merged": True}, "results": results}
 
 
 def plot(res: dict, path: Path) -> None:
@@ -199,7 +296,9 @@ def plot(res: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-    runs = dict(res["methods"])
+    runs = dict(res.get("methods", {}))
+    if "heldout" in res:
+        runs["auto --heldout valid"] = res["heldout"]["auto"]
     if "complement" in res:
         runs["auto, [x, 1 − x]"] = res["complement"]["auto"]
     for method, r in runs.items():
@@ -211,13 +310,16 @@ def plot(res: dict, path: Path) -> None:
     for row, key in enumerate(("test_accuracy", "test_loss")):
         for col in (0, 1):
             ax = axes[row][col]
-            ax.axhline(res["optimum"][key], color="k", ls=":", lw=1,
-                       label=f"auto, {res['optimum']['passes']} passes")
-            for i, (label, s) in enumerate(res["sklearn"].items()):
+            if "optimum" in res:
+                ax.axhline(res["optimum"][key], color="k", ls=":", lw=1,
+                           label=f"auto, {res['optimum']['passes']} passes")
+            for i, (label, s) in enumerate(res.get("sklearn", {}).items()):
                 ax.axhline(s[key], color=f"C{6 + i}", ls="--", lw=1, label=f"scikit-learn {label}")
                 if col == 1:
                     ax.axvline(s["wall_s"], color=f"C{6 + i}", ls=":", lw=0.8)
-            ax.axhline(res["explicit"][key], color="grey", ls="-.", lw=1, label="explicit (start)")
+            if "explicit" in res:
+                ax.axhline(res["explicit"][key], color="grey", ls="-.", lw=1,
+                           label="explicit (start)")
             ax.set_xlabel("passes" if col == 0 else "seconds")
             ax.set_ylabel("test accuracy" if key == "test_accuracy" else "test cross-entropy")
             ax.grid(alpha=0.3)
@@ -228,13 +330,35 @@ def plot(res: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def dataset_lines(res: dict) -> list[str]:
-    n, opt = res["n"], res["optimum"]
+def runs_line(res: dict, meta: dict) -> list[str]:
+    """When each part of this section was measured (parts of one run compare)."""
+    runs = res.get("runs")
+    if not runs:
+        return []
+    when: dict = {}
+    for part, f in runs.items():
+        when.setdefault((f["date"], f["load_start"], f.get("blas_threads")), []).append(part)
+    return ["Measured: " + "; ".join(
+        f"{', '.join(parts)} on {date} (load average {load:.1f} at the start, OpenBLAS "
+        f"threads {threads})" for (date, load, threads), parts in when.items()) + ".", ""]
+
+
+def dataset_lines(res: dict, meta: dict | None = None) -> list[str]:
+    n = res["n"]
     L = [f"## {res['name']}", "",
          f"{n['train']:,} train / {n['valid']:,} valid / {n['test']:,} test rows, "
          f"{res['d']} features, {res['classes']} classes (`{res['folder']}`).", "",
-         f"![{res['name']}]({res['plot']})", "",
-         "| model | passes | test accuracy | test CE | loss gap to the reference | seconds |",
+         *runs_line(res, meta or {}),
+         f"![{res['name']}]({res['plot']})", ""]
+    if "methods" in res:
+        L += refine_lines(res)
+    L += heldout_lines(res) + complement_lines(res)
+    return L
+
+
+def refine_lines(res: dict) -> list[str]:
+    opt = res["optimum"]
+    L = ["| model | passes | test accuracy | test CE | loss gap to the reference | seconds |",
          "|---|---|---|---|---|---|"]
     e = res["explicit"]
     L.append(f"| explicit, calibrated on valid | — | {e['test_accuracy']:.4f} | "
@@ -254,8 +378,45 @@ def dataset_lines(res: dict) -> list[str]:
     picked = next((r["chosen"] for r in res["methods"].values() if r.get("chosen")), None)
     if picked:
         L += ["", f"`auto` picked: {picked}."]
-    L += [""] + targets_lines(res) + [""] + complement_lines(res)
+    L += [""] + targets_lines(res) + [""]
     return L
+
+
+def kappa_path(run: dict) -> str:
+    """The κ of every pass, as runs: "0.01 (passes 1–4), 0.003 (5–6)"."""
+    spans: list = []
+    for i, k in enumerate(run["l2_path"], start=1):
+        if spans and spans[-1][0] == k:
+            spans[-1][2] = i
+        else:
+            spans.append([k, i, i])
+    return ", ".join(f"{k:g} (pass{'es' if a != b else ''} {a}{f'–{b}' if a != b else ''})"
+                     for k, a, b in spans)
+
+
+def heldout_lines(res: dict) -> list[str]:
+    held = res.get("heldout")
+    if not held:
+        return []
+    run, opt = held["auto"], held["optimum"]
+    last, w = run["passes"][-1], run["written"]
+    gap = last["objective"] / opt["objective"] - 1 if last.get("objective") else None
+    L = [f"With held-out data (`refine --heldout valid`: κ chosen there, the best pass kept): "
+         f"`auto` chose κ = {run['l2_chosen']:g} — the path: {kappa_path(run)} — and kept pass "
+         f"{run['kept_pass']}; the written model has test accuracy {w['test_accuracy']:.4f} and "
+         f"cross-entropy {w['test_loss']:.4f} after {last['pass']} passes in "
+         f"{last['seconds']:.1f} s (the held-out scoring included)."]
+    if gap is not None:
+        L[-1] += (f" Its training objective at the last pass is {100 * gap:.2f}% above the lowest "
+                  f"of {opt['passes']} `auto` passes at κ = {run['l2_chosen']:g} without held-out "
+                  f"data (test accuracy {opt['test_accuracy']:.4f}, cross-entropy "
+                  f"{opt['test_loss']:.4f} there).")
+    plain = res.get("methods", {}).get("auto")
+    if plain:
+        p = at_pass(plain, last["pass"]) or plain["passes"][-1]
+        L[-1] += (f" Without held-out data (the default κ, the table above): "
+                  f"{p['test_accuracy']:.4f} / {p['test_loss']:.4f} after {p['pass']} passes.")
+    return L + [""]
 
 
 def at_pass(run: dict, k: int) -> dict | None:
@@ -314,12 +475,18 @@ def complement_lines(res: dict) -> list[str]:
 
 
 def page_lines(results: dict, meta: dict) -> list[str]:
-    L = ["# Classifiers: refinement against scikit-learn", "",
-         f"Written by `{meta['command']}` on {meta['date']} ({meta['wall_s'] / 60:.1f} min, "
-         f"mode {meta['mode']}, load average {meta['load_start']:.1f} at the start; "
-         f"{meta['machine'].get('cpu', '')}; OpenBLAS threads: "
-         f"{next(iter(results.values())).get('blas_threads', 'default')}). Only figures of "
-         f"this one run compare.", "",
+    if meta.get("merged"):
+        head = (f"Last written by `{meta['command']}` on {meta['date']} "
+                f"({meta['wall_s'] / 60:.1f} min; {meta['machine'].get('cpu', '')}), which put "
+                f"its parts into the saved results: each section says when each of its parts "
+                f"was measured, and only figures of one run compare.")
+    else:
+        head = (f"Written by `{meta['command']}` on {meta['date']} ({meta['wall_s'] / 60:.1f} min, "
+                f"mode {meta['mode']}, load average {meta['load_start']:.1f} at the start; "
+                f"{meta['machine'].get('cpu', '')}; OpenBLAS threads: "
+                f"{next(iter(results.values())).get('blas_threads', 'default')}). Only figures "
+                f"of this one run compare.")
+    L = ["# Classifiers: refinement against scikit-learn", "", head, "",
          "The loss gap is the training objective (mean cross-entropy + the default l2) over "
          "the lowest one `auto` reached in its longer reference run, minus 1 — a stand-in for "
          "the same model's optimum, which it may not have reached (on Fashion-MNIST L-BFGS "
@@ -328,7 +495,7 @@ def page_lines(results: dict, meta: dict) -> list[str]:
          "weights scored on test); adam's passes and `auto`'s first (Adam) pass are mini-batch "
          "epochs (no objective).", ""]
     for res in results.values():
-        L += dataset_lines(res)
+        L += dataset_lines(res, meta)
     return L
 
 
@@ -339,9 +506,30 @@ def render(saved: dict, out_dir: Path, *, plots: bool = True) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return page_main(argv, __doc__.split("\n\n")[0], "bench_classify.py", "classify",
-                     datasets=DATASETS, quick="5 passes, a 20-pass optimum, no MLP",
-                     render=render, run=run_dataset, packages=("scikit-learn",))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    page_options(ap, "classify", DATASETS, "5 passes, a 10-pass optimum")
+    ap.add_argument("--parts", default=",".join(PARTS),
+                    help=f"comma-separated, of {', '.join(PARTS)} (default: all)")
+    ap.add_argument("--merge", action="store_true",
+                    help="put the parts run into the saved classify.json of --out, keeping the "
+                         "other datasets and parts (default: replace it)")
+    args = page_args(ap, argv, render, DATASETS)
+    if args is None:
+        return 0
+    args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = [p for p in args.parts if p not in PARTS]
+    if unknown:
+        raise SystemExit(f"unknown part {unknown[0]!r}; choose from {', '.join(PARTS)}")
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench_classify-") as tmp:
+        for name in args.names:
+            results[name] = run_dataset(name, args, Path(tmp))
+    payload = {"meta": run_meta("bench_classify.py", argv, args, "scikit-learn"),
+               "results": results}
+    if args.merge:
+        payload = merged(load_results(Path(args.out) / "classify.json"), payload)
+    save_page(args, "classify", payload, render)
+    return 0
 
 
 if __name__ == "__main__":
