@@ -289,3 +289,32 @@ def test_heldout_choice_of_l2_matches_scipy_optima(spread, best, tmp_path):
     assert info["l2_chosen"] == best and f"l2 {best:g} chosen" in info["chosen"]
     assert [e["l2"] for e in info["log"]][:2] == [1e-2, 1e-2]
     assert heldout_ce(core.dense_parameters(out)) <= scores[best] + 1e-3
+
+
+def test_a_killed_run_resumes_its_l2_path(problem, tmp_path, monkeypatch):
+    """Killed after pass 4 (the first κ's stage: the Adam pass and three): the resumed run
+    goes on with the second κ, as the uninterrupted one does, instead of starting over."""
+    from streamfit.model.weights import Model
+    x, y, c = problem
+    d = x.shape[1]
+    start = Model(task="classify", n_classes=c, n_features=d, tau=1.0,
+                  dense=np.zeros((d, c)), meta={"form": "conditional"})
+    held = examples_of(x[:100], y[:100])
+
+    def run(out):
+        return R.refine(start, lambda: iter(examples_of(x, y)), out, method="auto", passes=10,
+                        l2_relative="auto", heldout=lambda: iter(held))
+    straight = [e["l2"] for e in run(tmp_path / "s.npy").meta["refinement"]["log"]]
+    assert straight[:5] == [1e-2] * 4 + [3e-3]
+    calls = []
+
+    def killed(name):
+        calls.append(name)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(core, "fault_point", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "k.npy")
+    monkeypatch.undo()
+    resumed = [e["l2"] for e in run(tmp_path / "k.npy").meta["refinement"]["log"]]
+    assert resumed[:5] == straight[:5]
