@@ -60,8 +60,15 @@ class CountTable:
         self.n_used = 0
 
     def clear(self, capacity_bits: int = 16) -> None:
-        """Empty the table, at `capacity_bits` (never above max_bits)."""
-        self._allocate(capacity_bits if self.max_bits is None else min(capacity_bits, self.max_bits))
+        """Empty the table, at `capacity_bits` (never above max_bits). At its present size
+        the array is emptied in place: no new pages to fault in after every spill."""
+        bits = capacity_bits if self.max_bits is None else min(capacity_bits, self.max_bits)
+        if bits != self.bits:
+            self._allocate(bits)
+            return
+        self.slots[0::2] = kernels.EMPTY
+        self.slots[1::2] = 0
+        self.n_used = 0
 
     @property
     def full(self) -> bool:
@@ -337,7 +344,9 @@ class Accumulator:
         keys, vals = self.table.items()
         counts = {"n_examples": self.n_examples, "l1_sum": self.l1_sum,
                   "empty_rows": self.empty_rows}
-        self.table.clear()
+        # A table that filled up to its cap (a spill) stays at that size: regrowing it from
+        # small would rehash its keys again on every doubling.
+        self.table.clear(self.table.bits if self.table.full else 16)
         self.n_examples, self.l1_sum, self.empty_rows = 0, 0.0, 0
         return keys, vals, counts
 

@@ -224,15 +224,16 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def save_npy(path: str | os.PathLike, array: np.ndarray) -> dict:
-    """Write `array` atomically as .npy; returns {"size", "sha256"} for a manifest."""
+def save_npy(path: str | os.PathLike, array: np.ndarray, digest: bool = True) -> dict | None:
+    """Write `array` atomically as .npy; returns {"size", "sha256"} for a manifest (with
+    `digest`: reading the file again costs about as much as writing it)."""
     array = np.ascontiguousarray(array)
     with atomic_path(path, needed=array.nbytes) as tmp:
         with open(tmp, "wb") as fh:
             np.lib.format.write_array_header_1_0(fh, np.lib.format.header_data_from_array_1_0(array))
             # plain writes, not numpy's tofile: a full disk is then an OSError with ENOSPC
             fh.write(array.data if array.ndim else array.tobytes())
-    return file_digest(path)
+    return file_digest(path) if digest else None
 
 
 def file_digest(path: str | os.PathLike, chunk: int = 1 << 22) -> dict:
