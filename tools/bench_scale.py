@@ -26,7 +26,10 @@ What it measures
                      ru_maxrss includes the memory of whatever it was forked from until its
                      exec (the benchmark itself, with numpy, pyarrow and numba, is large).
     phases           counting (reading, counting, spilling) until the merge begins writing
-                     the statistics arrays into --stats, then merging; their times and peaks.
+                     the statistics arrays into --stats — or, with --jobs N, the pieces of
+                     them that its N processes write into the work directory first — then
+                     merging; their times and peaks. Levels of the merge (more runs than it
+                     reads at once) count as counting.
     runs             sorted runs spilled, counted in the --temp directory (every sample, and
                      every ``--dir-every`` seconds once it holds 128: they stay until the merge
                      has ended), and their bytes on disk.
@@ -323,20 +326,29 @@ def pss(pid: int) -> tuple[int, int]:
     return total, anon
 
 
-def run_files(temp: Path) -> list:
+def run_files(temp: Path) -> tuple[list, bool]:
     """The spilled runs' files: in the subdirectory of `temp` that accumulate makes its
-    own (count.out_of_core.work_directory), or in `temp` itself."""
-    runs = []
+    own (count.out_of_core.work_directory), or in `temp` itself; and whether the pieces
+    of the statistics that a merge in N processes (--jobs N) writes there first are seen
+    (.<hex>.tmp-indices.npy: spill.merge_runs), i.e. the merge has begun."""
+    runs, pieces = [], False
+
+    def look(entry) -> None:
+        nonlocal pieces
+        if entry.name.startswith("run-") and entry.name.endswith(".npy"):
+            runs.append(entry)
+        elif ".tmp-indices" in entry.name or ".tmp-keys" in entry.name:
+            pieces = True
     try:
         for e in os.scandir(temp):
-            if e.name.startswith("run-") and e.name.endswith(".npy"):
-                runs.append(e)
-            elif e.is_dir():
-                runs += [f for f in os.scandir(e.path)
-                         if f.name.startswith("run-") and f.name.endswith(".npy")]
+            if e.is_dir():
+                for f in os.scandir(e.path):
+                    look(f)
+            else:
+                look(e)
     except OSError:
         pass
-    return runs
+    return runs, pieces
 
 
 def _merge_started(stats: Path) -> bool:
@@ -373,7 +385,9 @@ def measure(cmd: list[str], *, poll: float, dir_every: float, pss_every: float, 
             if now >= next_dir or seen["runs"] < 128:
                 next_dir = now + dir_every
                 if temp is not None:
-                    runs = run_files(temp)
+                    runs, pieces = run_files(temp)
+                    if pieces and seen["merge_at"] is None:
+                        seen["merge_at"] = now - t0
                     if len(runs) > 2 * seen["runs"]:  # runs stay until the merge has ended
                         size = 0
                         for e in runs:
