@@ -111,6 +111,22 @@ def test_two_jobs_equal_one(tmp_path, token_files):
     same_counts(streamfit.load_stats(tmp_path / "two"), streamfit.load_stats(tmp_path / "one"))
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_balanced_assignment_keeps_every_unit_once_in_order_and_loads_close(seed):
+    """Largest first to the least loaded: no worker ends more than one unit's rows above
+    another (the greedy bound), each unit goes to one worker, in the given order."""
+    rng = np.random.default_rng(seed)
+    n, jobs = int(rng.integers(1, 30)), int(rng.integers(1, 5))
+    units = [("f", i, 0) for i in range(n)]
+    rows = [int(r) for r in rng.integers(1, 1000, n)]
+    got = out_of_core.balanced(units, rows, jobs)
+    assert len(got) == min(jobs, n)
+    assert sorted(u for w in got for u in w) == units
+    assert all(w == sorted(w) for w in got)
+    loads = [sum(rows[u[1]] for u in w) for w in got]
+    assert max(loads) - min(loads) <= max(rows)
+
+
 @pytest.mark.parametrize("jobs", [2, 3])
 def test_parallel_merge_of_key_ranges_equals_one_process(tmp_path, wide_token_files, jobs):
     """--jobs N merges N disjoint key ranges in N processes and concatenates them: the same

@@ -424,7 +424,7 @@ def _accumulate_locked(stats_dir, work, files, task, window, overwrite, memory, 
     # Files of which something was counted (a file that failed validation before any of
     # its rows were journalled was not: fixing it must not block the rerun).
     counted_files = {p for p, _ in counted} | {p for p, groups in journal.partial.items() if groups}
-    units, total_rows = [], 0
+    units, unit_rows, total_rows = [], [], 0
     for p in files:
         key = str(p.resolve())
         size = os.path.getsize(p)
@@ -438,7 +438,8 @@ def _accumulate_locked(stats_dir, work, files, task, window, overwrite, memory, 
                 continue
             skip = journal.partial.get(key, {}).get(str(rg), 0)
             units.append((key, rg, skip))
-            total_rows += meta.row_group(rg).num_rows - skip
+            unit_rows.append(meta.row_group(rg).num_rows - skip)
+            total_rows += unit_rows[-1]
     resumed = bool(journal.runs or journal.done)
     if units:
         if jobs > 1 and template.task == "classify" and template.columns["features"] is not None \
@@ -447,7 +448,7 @@ def _accumulate_locked(stats_dir, work, files, task, window, overwrite, memory, 
             job_options = {**job_options, "n_features": width}
         job = Job(template.task, job_options, batch_rows, max(memory // jobs, 1 << 16),
                   str(work), checkpoint_seconds)
-        assignments = [units[w::jobs] for w in range(min(jobs, len(units)))]
+        assignments = balanced(units, unit_rows, jobs)
         unit = "docs" if template.task == "lm" else "rows"
         with tqdm(total=total_rows, unit=unit, unit_scale=True, desc="accumulate",
                   disable=None if progress else True) as bar:
@@ -469,6 +470,20 @@ def _accumulate_locked(stats_dir, work, files, task, window, overwrite, memory, 
                            jobs=jobs)
     shutil.rmtree(work, ignore_errors=True)
     return {"unchanged": False, "resumed": resumed, **summary(manifest)}
+
+
+def balanced(units: list, rows: list[int], jobs: int) -> list[list]:
+    """`units` shared among at most `jobs` workers with about as many rows each: the
+    largest first, each to the worker with the fewest rows so far (each worker's units
+    then in their given order). Round-robin ignored the sizes: the large row groups of one
+    file could all fall to one worker, and the run waits for the slowest."""
+    n = min(jobs, len(units))
+    load, mine = [0] * n, [[] for _ in range(n)]
+    for i in sorted(range(len(units)), key=lambda i: -rows[i]):
+        w = load.index(min(load))
+        load[w] += rows[i]
+        mine[w].append(i)
+    return [[units[i] for i in sorted(m)] for m in mine if m]
 
 
 def first_dense_width(units: list[tuple[str, int]], task: str, options: dict) -> int | None:
