@@ -62,7 +62,8 @@ What it measures
     budget under which it does not spill (128 bytes per slot of the final hash table:
     16 GiB at the default, which allocates ~4 GiB) — and, for comparison, at the budget
     with accumulate's own default ``--batch-rows 4096`` (the budget is checked between
-    batches, so one batch's new keys overshoot it; ``--no-default-batch`` skips this).
+    batches, so one batch's new keys overshoot it; ``--no-default-batch`` skips this);
+    the ``--jobs-scale`` corpus under each of ``--budgets`` (64M, 256M, 1G).
     ``--batch-rows`` defaults to the most documents whose keys fit the largest table a
     worker keeps without spilling (budget / 128 bytes / (doc-len x window): 174 at the
     default); smaller batches make more, smaller runs, which the merge pays for.
@@ -77,7 +78,8 @@ What it measures
 Targets (project issue, part 8) — reported, not asserted
     peak RSS grows <= 1.1x from 1x to 100x and stays under the budget plus a fixed overhead
     (reported separately: the import baseline, and the tiny accumulate, which adds the
-    numba kernels and Arrow); --jobs 2 >= 1.8x the throughput of --jobs 1; spilling costs
+    numba kernels and Arrow): for each of --budgets, peak RSS less the runtime (the tiny
+    accumulate's peak, with as many processes) <= the budget; --jobs 2 >= 1.8x the throughput of --jobs 1; spilling costs
     <= 1.5x the in-memory time on the same corpus. The load average is reported: other
     work on the machine shows in the times.
 
@@ -477,6 +479,21 @@ def same_statistics(a: Path, b: Path) -> list[str]:
     return problems
 
 
+def memory_target(res: dict, memory: str, budget: int, runtime: dict, help_: dict) -> dict:
+    """Peak memory of one run against its budget: above the runtime (the tiny accumulate
+    with as many processes: the interpreter with numpy, Arrow, numba's LLVM and the
+    loaded kernels, which no budget shrinks) it should be at most the budget. PSS too:
+    forked workers share the parent's pages, which their RSS sum counts once each."""
+    above = res["peak_rss_tree"] - runtime["peak_rss_tree"]
+    return {"name": res["name"], "memory": memory, "budget": budget, "jobs": res["jobs"],
+            "baseline_help": help_["peak_rss_tree"], "runtime": runtime["peak_rss_tree"],
+            "runtime_pss": runtime["peak_pss_tree"], "peak_rss": res["peak_rss_tree"],
+            "peak_pss": res["peak_pss_tree"], "above_runtime": above,
+            "pss_above_runtime": res["peak_pss_tree"] - runtime["peak_pss_tree"],
+            "stats_over_budget": res["stats_over_budget"], "runs": res["runs"],
+            "met": above <= budget}
+
+
 # ------------------------------------------------------------------------------- report
 
 def mib(x) -> str:
@@ -554,6 +571,12 @@ def format_report(r: dict) -> str:
                      f"accumulate: RSS {u['above_tiny_accumulate'] / bud:6.2f}x, anon "
                      f"{u['anon_above_tiny_accumulate'] / bud:5.2f}x -> "
                      f"{'under' if u['met'] else 'OVER'} the budget")
+    for m in t.get("memory", []):
+        lines.append(f"  --memory {m['memory']:<5} --jobs {m['jobs']}: peak RSS {mib(m['peak_rss']):>5} "
+                     f"MiB - runtime {mib(m['runtime']):>4} (--help {mib(m['baseline_help'])}) = "
+                     f"{mib(m['above_runtime']):>5} MiB = {m['above_runtime'] / m['budget']:.2f}x "
+                     f"the budget (PSS {m['pss_above_runtime'] / m['budget']:.2f}x), target <= 1 "
+                     f"-> {'met' if m['met'] else 'NOT met'}")
     j = t["jobs"]
     if j:
         lines.append(f"  --jobs 2 vs --jobs 1 on {j['corpus']}: {j['ratio']:.2f}x throughput "
@@ -595,6 +618,23 @@ def readme_table(r: dict) -> list[str]:
             L.append(f"| {res['name'].replace('x', '×')} | {tokens} | {res['stats_over_budget']:.1f} "
                      f"| {mib(res['peak_rss_tree'])} MiB | {mib(res['peak_anon_tree'])} MiB | "
                      f"{res['runs']} | {res['tokens_per_s'] / 1e6:.2f} |")
+    mem = r["targets"].get("memory", [])
+    if mem:
+        b = r["baselines"]
+        L += ["", f"Peak memory against the budget on the {mem[0]['name'].split()[0].replace('x', '×')}"
+              f" corpus: the runtime is the peak of a tiny accumulate with as many processes "
+              f"(interpreter, numpy, Arrow, numba's LLVM and the loaded kernels: "
+              f"{mib(b['tiny_jobs1']['peak_rss_tree'])} MiB, where `accumulate --help` takes "
+              f"{mib(b['help']['peak_rss_tree'])} MiB); what is above it should stay within "
+              "`--memory`:", "",
+              "| --memory | --jobs | statistics / budget | spilled runs | peak RSS | runtime "
+              "| peak − runtime | / budget | PSS above runtime / budget |",
+              "|---|---|---|---|---|---|---|---|---|"]
+        for m in mem:
+            L.append(f"| {m['memory']} | {m['jobs']} | {m['stats_over_budget']:.1f} | {m['runs']} "
+                     f"| {mib(m['peak_rss'])} MiB | {mib(m['runtime'])} MiB "
+                     f"| {mib(m['above_runtime'])} MiB | {m['above_runtime'] / m['budget']:.2f} "
+                     f"| {m['pss_above_runtime'] / m['budget']:.2f} |")
     return L
 
 
@@ -635,6 +675,10 @@ def main(argv=None) -> int:
                     help="the corpus (a --scales value) for --jobs 2 vs 1 (default 10)")
     ap.add_argument("--spill-scale", type=float, default=10,
                     help="the corpus (a --scales value) for spilled vs in memory (default 10)")
+    ap.add_argument("--budgets", default="64M,256M,1G",
+                    help="budgets under which the --jobs-scale corpus is accumulated too (--jobs "
+                         "1), for peak RSS less the runtime against the budget (default "
+                         "64M,256M,1G; a budget equal to --memory reuses that run; '' skips)")
     ap.add_argument("--repeat", type=int, default=2, help="best of N (default 2)")
     ap.add_argument("--repeat-largest", type=int, default=1,
                     help="best of N for the largest corpus (default 1)")
@@ -660,11 +704,14 @@ def main(argv=None) -> int:
         return 0
     if args.quick:
         args.memory, args.repeat, args.repeat_largest = "2M", 1, 1
+        args.budgets = "2M,8M" if args.budgets == "64M,256M,1G" else args.budgets
         args.vocab, args.successors = 20_000, 64
         args.doc_len, args.row_group_docs, args.docs_per_file = 200, 100, 2000
     try:
         scales = [float(x) for x in args.scales.split(",") if x.strip()]
         budget = parse_size(args.memory)
+        budgets = [x.strip() for x in args.budgets.split(",") if x.strip()]
+        budget_bytes = {x: parse_size(x) for x in budgets}
     except ValueError as exc:
         ap.error(str(exc))
     auto_batch = args.batch_rows is None
@@ -841,6 +888,12 @@ def main(argv=None) -> int:
                     batch_rows=DEFAULT_BATCH_ROWS)
         for _, stats in kept.values():
             shutil.rmtree(stats, ignore_errors=True)
+        x = args.jobs_scale
+        for b in budgets:
+            if budget_bytes[b] == budget:
+                continue  # the --jobs 1 run of this corpus above
+            log(f"--memory {b} on {label(x)}")
+            run(f"{label(x)} --memory {b}", x, b, 1)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -848,7 +901,7 @@ def main(argv=None) -> int:
     base = baselines["import"]
     scale_rows = [by_name[label(x)] for x in scales if label(x) in by_name]
     targets: dict = {"rss_growth": None, "under_budget": [], "jobs": jobs_cmp,
-                     "spill": spill_cmp}
+                     "spill": spill_cmp, "memory": []}
     if len(scale_rows) == len(scales):
         lo, hi = scale_rows[0], scale_rows[-1]
         ratio = hi["peak_rss_tree"] / lo["peak_rss_tree"]
@@ -867,6 +920,16 @@ def main(argv=None) -> int:
             "anon_above_tiny_accumulate":
                 x["peak_anon_tree"] - baselines["tiny_jobs1"]["peak_anon_tree"],
             "budget": budget, "met": above <= budget})
+    runtime = baselines["tiny_jobs1"]
+    for b in budgets:
+        name = label(args.jobs_scale) + ("" if budget_bytes[b] == budget else f" --memory {b}")
+        if name in by_name:
+            targets["memory"].append(memory_target(by_name[name], b, budget_bytes[b], runtime,
+                                                   baselines["help"]))
+    name = f"{label(args.jobs_scale)} --jobs 2"
+    if name in by_name:
+        targets["memory"].append(memory_target(by_name[name], args.memory, budget,
+                                               baselines["tiny_jobs2"], baselines["help"]))
     if failures:
         checks.append({"what": "every accumulate command succeeded", "problems": failures})
     report = {
