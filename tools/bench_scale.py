@@ -587,11 +587,12 @@ def format_report(r: dict) -> str:
     j = t["jobs"]
     if j:
         for i, p in enumerate(j.get("rounds", [])):
-            lines.append(f"  round {i + 1}: --jobs 1 {p[1]['seconds']:.2f}s (CPU "
-                         f"{p[1]['cpu_seconds']:.2f}s, merge {secs(p[1]['merge_seconds'])}s), "
-                         f"--jobs 2 {p[2]['seconds']:.2f}s (CPU {p[2]['cpu_seconds']:.2f}s, merge "
-                         f"{secs(p[2]['merge_seconds'])}s): {p['ratio']:.2f}x; load "
-                         f"{p[1]['load_average']:.1f} / {p[2]['load_average']:.1f}")
+            one, two = p["1"], p["2"]
+            lines.append(f"  round {i + 1}: --jobs 1 {one['seconds']:.2f}s (CPU "
+                         f"{one['cpu_seconds']:.2f}s, merge {secs(one['merge_seconds'])}s), "
+                         f"--jobs 2 {two['seconds']:.2f}s (CPU {two['cpu_seconds']:.2f}s, merge "
+                         f"{secs(two['merge_seconds'])}s): {p['ratio']:.2f}x; load "
+                         f"{one['load_average']:.1f} / {two['load_average']:.1f}")
         lines.append(f"  --jobs 2 vs --jobs 1 on {j['corpus']}: {j['ratio']:.2f}x throughput "
                      f"({j.get('ratio_from', 'one run each')}; best runs {j['jobs1_s']:.2f}s -> "
                      f"{j['jobs2_s']:.2f}s), target >= {j['target']} "
@@ -894,16 +895,19 @@ def main(argv=None) -> int:
                             failures.append(f"round {i + 1} --jobs {jobs}: exit status "
                                             f"{m['returncode']}: {m['stderr']}")
                             break
-                        pair[jobs] = {k: m[k] for k in ("seconds", "cpu_seconds", "load_average")}
-                        pair[jobs]["count_seconds"] = m["count_phase"]["seconds"]
-                        pair[jobs]["merge_seconds"] = m["merge_phase"]["seconds"]
+                        # keyed "1" / "2": what JSON makes of the keys anyway
+                        pair[str(jobs)] = {k: m[k] for k in ("seconds", "cpu_seconds",
+                                                             "load_average")}
+                        pair[str(jobs)]["count_seconds"] = m["count_phase"]["seconds"]
+                        pair[str(jobs)]["merge_seconds"] = m["merge_phase"]["seconds"]
                     if len(pair) == 2:
-                        pair["ratio"] = pair[1]["seconds"] / pair[2]["seconds"]
+                        one, two = pair["1"], pair["2"]
+                        pair["ratio"] = one["seconds"] / two["seconds"]
                         jobs_cmp["rounds"].append(pair)
-                        log(f"  round {i + 1}: --jobs 1 {pair[1]['seconds']:.2f}s "
-                            f"(CPU {pair[1]['cpu_seconds']:.2f}s), --jobs 2 "
-                            f"{pair[2]['seconds']:.2f}s (CPU {pair[2]['cpu_seconds']:.2f}s): "
-                            f"{pair['ratio']:.2f}x, load {pair[2]['load_average']:.1f}")
+                        log(f"  round {i + 1}: --jobs 1 {one['seconds']:.2f}s "
+                            f"(CPU {one['cpu_seconds']:.2f}s), --jobs 2 "
+                            f"{two['seconds']:.2f}s (CPU {two['cpu_seconds']:.2f}s): "
+                            f"{pair['ratio']:.2f}x, load {two['load_average']:.1f}")
                 if jobs_cmp["rounds"]:
                     ratio = float(np.median([p["ratio"] for p in jobs_cmp["rounds"]]))
                     jobs_cmp.update(ratio=ratio, met=ratio >= 1.8, ratio_from="median of rounds")
