@@ -81,9 +81,9 @@ Targets (project issue, part 8) — reported, not asserted
     peak RSS grows <= 1.1x from 1x to 100x and stays under the budget plus a fixed overhead
     (reported separately: the import baseline, and the tiny accumulate, which adds the
     numba kernels and Arrow): for each of --budgets, peak RSS less the runtime (the tiny
-    accumulate's peak, with as many processes) <= the budget; --jobs 2 >= 1.8x the throughput of --jobs 1; spilling costs
-    <= 1.5x the in-memory time on the same corpus. The load average is reported: other
-    work on the machine shows in the times.
+    accumulate's peak, with as many processes) <= the budget; --jobs 2 >= 1.8x the
+    throughput of --jobs 1; spilling costs <= 1.5x the in-memory time on the same corpus.
+    The load average is reported: other work on the machine shows in the times.
 
 Rerun
     python tools/bench_scale.py                    # default size, ~10 min
