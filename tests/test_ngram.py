@@ -282,6 +282,57 @@ def test_gradient_of_the_heldout_fit_matches_finite_differences(corpus):
         assert abs(fd - g[k]) <= 1e-6 * max(1.0, abs(g[k])), k
 
 
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_newton_terms_of_the_heldout_fit_equal_the_full_softmax(corpus, order):
+    """Value, gradient and Hessian of the held-out fit (group moments by shells) against
+    the numpy twin over every class of every held-out prediction."""
+    from streamfit.solve import reference as ref
+    train, held, *_ = corpus
+    stats = streamfit.accumulate([train], order=order, eos=True)
+    levels = sn.kneser_ney(stats)
+    blocks = sn.Blocks(levels)
+    deepest, chain, lp = sn.heldout_positions(
+        levels, sn.token_batches([held], vocab_size=stats.n_classes), True)
+    objective = sn.heldout_objective(blocks, deepest, chain, lp)
+    C = levels.n_classes
+    tokens, offsets = flat(corpus[3])
+    context, target = context_rows(tokens, offsets, order, stats.n_classes, True)
+    dense = [sn.positions(levels, np.repeat(context[i:i + 1], C, 0), np.arange(C))
+             for i in range(target.size)]
+    param = np.stack([blocks.param_index(c) for _, c, _ in dense])
+    lps = np.stack([x for _, _, x in dense])
+    rng = np.random.default_rng(order)
+    for theta in (sn.kneser_ney_theta(order),
+                  sn.kneser_ney_theta(order) + rng.normal(0, 0.3, sn.n_params(order))):
+        value, g, H = objective.newton(theta)
+        want = ref.block_newton(theta, param, lps, target)
+        assert abs(value - want[0]) < 1e-10
+        np.testing.assert_allclose(g, want[1], rtol=0, atol=1e-10)
+        np.testing.assert_allclose(H, want[2], rtol=0, atol=1e-9)
+        assert np.abs(H).max() > 0.01
+        np.testing.assert_allclose(objective(theta)[1], g, rtol=0, atol=1e-12)
+
+
+def test_the_newton_fit_reaches_the_minimum(corpus):
+    """The fitted τ zero the gradient on every τ the held-out data reaches, and no other
+    τ moves from Kneser-Ney's."""
+    train, held, *_ = corpus
+    stats = streamfit.accumulate([train], order=3, eos=True)
+    levels = sn.kneser_ney(stats)
+    blocks = sn.Blocks(levels)
+    positions = sn.heldout_positions(levels, sn.token_batches([held], vocab_size=stats.n_classes),
+                                     True)
+    theta, fit = sn.fit_blocks(blocks, *positions)
+    objective = sn.heldout_objective(blocks, *positions)
+    value, g = objective(theta)
+    _, _, H = objective.newton(theta)
+    used = np.diag(H) > 0
+    assert fit["converged"] and fit["cross_entropy"] < fit["cross_entropy_kneser_ney"]
+    assert np.abs(g[used]).max() < 1e-6
+    np.testing.assert_array_equal(theta[~used], sn.kneser_ney_theta(3)[~used])
+    assert value == pytest.approx(fit["cross_entropy"], abs=1e-12)
+
+
 # --- the commands --------------------------------------------------------------------------
 def test_cli_order_kneser_ney_and_blocks(corpus, tmp_path):
     train, held, *_ = corpus

@@ -16,7 +16,7 @@ lower order is a marginal of them):
 
 The block model: logit(y) = Σ_L τ_L[bucket(c(h_L))] log P_L(y | h_L), buckets 0 for an unseen
 context and 1 + ⌊log2 c⌋ (capped) by the context's raw training count; the τ minimise the
-cross-entropy of the whole held-out split (L-BFGS, exact normaliser and gradient). τ = (0,
+cross-entropy of the whole held-out split (Newton, exact normaliser, gradient and Hessian). τ = (0,
 …, 0, 1) is Kneser-Ney itself, which is where the fit starts. `log Z` of every training
 context is computed once here, so scoring (`model.ngram`) is a few lookups per token.
 """
@@ -496,7 +496,8 @@ def heldout_positions(levels: Levels, batches, eos: bool):
 
 def heldout_objective(blocks: Blocks, deepest: np.ndarray, chain: np.ndarray, lp: np.ndarray):
     """θ → (mean held-out cross-entropy, its gradient E_p[log P_b] − log P_b(y) per τ), with
-    the exact normaliser; predictions sharing a deepest context are one weighted query."""
+    the exact normaliser; predictions sharing a deepest context are one weighted query.
+    `objective.newton(θ)` adds the Hessian (covariances of the log P_b under p)."""
     N, n = blocks.order, deepest.size
     P = blocks.param_index(chain)
     phi = np.zeros(n_params(N))
@@ -514,32 +515,178 @@ def heldout_objective(blocks: Blocks, deepest: np.ndarray, chain: np.ndarray, lp
         for j in range(N):
             g += np.bincount(q["param"][:, j], weights=weight * E[:, j], minlength=g.size)
         return value, g / n
+
+    def newton(theta):
+        W, WL, WLL = group_moments(theta, q["g_level"], q["g_start"], q["g_end"], q["g_param"],
+                                   blocks.lp_off, blocks.lp_flat, N)
+        total, g, H = assemble_newton(theta, weight, q["deepest"], q["group"], q["log_gamma"],
+                                      q["param"], W, WL, WLL, N, phi.size)
+        return (total - phi @ theta) / n, (g - phi) / n, H / n
+    objective.newton = newton
     objective.distinct_contexts = int(first.size)
     return objective
 
 
+@njit(cache=True, nogil=True)
+def group_moments(theta, g_level, g_start, g_end, g_param, lp_off, lp_flat, order):
+    """`group_sums` of the finalized model (no offsets) with second moments too: per group
+    and shell (own 0, parent 1) W = Σ w, WL[j] = Σ w log P_j, WLL[i, j] = Σ w log P_i log P_j
+    (i ≥ j filled) over its support."""
+    G = g_level.size
+    W = np.zeros((G, 2))
+    WL = np.zeros((G, 2, order))
+    WLL = np.zeros((G, 2, order, order))
+    tau = np.zeros(order)
+    for g in range(G):
+        t = g_level[g]
+        for j in range(order):
+            tau[j] = theta[g_param[g, j]]
+        Tt = 0.0
+        for j in range(t, order):
+            Tt += tau[j]
+        Ttm1 = Tt + (tau[t - 1] if t >= 1 else 0.0)
+        base = lp_off[t]
+        stride = t + 1
+        for r in range(g_start[g], g_end[g]):
+            p = base + r * stride
+            low = 0.0
+            for j in range(t - 1):
+                low += tau[j] * lp_flat[p + j]
+            if t >= 1:
+                ws = math.exp(low + tau[t - 1] * lp_flat[p + t - 1] + Tt * lp_flat[p + t])
+                wc = math.exp(low + Ttm1 * lp_flat[p + t - 1])
+            else:
+                ws = math.exp(Tt * lp_flat[p])
+                wc = 0.0
+            W[g, 0] += ws
+            W[g, 1] += wc
+            for i in range(t + 1):
+                li = lp_flat[p + i]
+                a = ws * li
+                WL[g, 0, i] += a
+                for j in range(i + 1):
+                    WLL[g, 0, i, j] += a * lp_flat[p + j]
+            for i in range(t):
+                li = lp_flat[p + i]
+                a = wc * li
+                WL[g, 1, i] += a
+                for j in range(i + 1):
+                    WLL[g, 1, i, j] += a * lp_flat[p + j]
+    return W, WL, WLL
+
+
+@njit(cache=True, nogil=True)
+def assemble_newton(theta, weight, deepest, group, log_gamma, param, W, WL, WLL, order, n_theta):
+    """From the group moments: Σ_q weight·log Z_q, its gradient Σ_q weight·E_q[log P_j] and
+    Hessian Σ_q weight·Cov_q[log P_i, log P_j], both summed into τ indices. In the shell of
+    level mp the levels j above mp back off: log P_j = log P_mp + Σ_{mp<i≤j} log γ_i."""
+    total = 0.0
+    grad = np.zeros(n_theta)
+    H = np.zeros((n_theta, n_theta))
+    tau = np.zeros(order)
+    Gam = np.zeros(order)
+    M = np.zeros(order)
+    S = np.zeros((order, order))
+    Ld = np.zeros(order)
+    LLd = np.zeros((order, order))
+    for q in range(deepest.size):
+        m = deepest[q]
+        for j in range(order):
+            tau[j] = theta[param[q, j]]
+            M[j] = 0.0
+            for i in range(order):
+                S[i, j] = 0.0
+        Z = 0.0
+        for mp in range(m + 1):
+            K = 0.0
+            acc = 0.0
+            for j in range(order):
+                Gam[j] = 0.0
+            for j in range(mp + 1, order):
+                acc += log_gamma[q, j]
+                Gam[j] = acc
+                K += tau[j] * acc
+            g = group[q, mp]
+            gc = group[q, mp + 1] if mp < m else -1
+            Wd = W[g, 0] - (W[gc, 1] if gc >= 0 else 0.0)
+            for i in range(mp + 1):
+                Ld[i] = WL[g, 0, i] - (WL[gc, 1, i] if gc >= 0 else 0.0)
+                for j in range(i + 1):
+                    LLd[i, j] = WLL[g, 0, i, j] - (WLL[gc, 1, i, j] if gc >= 0 else 0.0)
+                    LLd[j, i] = LLd[i, j]
+            eK = math.exp(K)
+            Z += eK * Wd
+            for i in range(order):  # log P_i = log P_{min(i, mp)} + Gam[i]
+                ai = min(i, mp)
+                M[i] += eK * (Ld[ai] + Gam[i] * Wd)
+                for j in range(i + 1):
+                    aj = min(j, mp)
+                    S[i, j] += eK * (LLd[ai, aj] + Gam[j] * Ld[ai] + Gam[i] * Ld[aj]
+                                     + Gam[i] * Gam[j] * Wd)
+        w = weight[q]
+        total += w * math.log(Z)
+        for i in range(order):
+            Ei = M[i] / Z
+            grad[param[q, i]] += w * Ei
+            for j in range(i + 1):
+                c = w * (S[i, j] / Z - Ei * M[j] / Z)
+                H[param[q, i], param[q, j]] += c
+                if i != j:
+                    H[param[q, j], param[q, i]] += c
+    return total, grad, H
+
+
+def newton_step(g: np.ndarray, H: np.ndarray) -> np.ndarray:
+    """The Newton direction −H⁻¹g on the τ that the held-out data reaches (the others have
+    zero rows in H and stay where they are)."""
+    active = np.flatnonzero(np.diag(H) > 0)
+    d = np.zeros_like(g)
+    if active.size:
+        Ha = H[np.ix_(active, active)]
+        Ha = Ha + np.eye(active.size) * (1e-12 * np.abs(np.diag(Ha)).max())
+        try:
+            d[active] = -np.linalg.solve(Ha, g[active])
+        except np.linalg.LinAlgError:
+            d[active] = -np.linalg.lstsq(Ha, g[active], rcond=None)[0]
+    return d
+
+
 def fit_blocks(blocks: Blocks, deepest: np.ndarray, chain: np.ndarray, lp: np.ndarray,
-               *, max_iter: int = 60) -> tuple[np.ndarray, dict]:
-    """τ minimising the mean cross-entropy of held-out predictions (L-BFGS-B from
-    Kneser-Ney's τ, exact normaliser and gradient)."""
-    from scipy.optimize import minimize
+               *, max_iter: int = 60, tol: float = 1e-12) -> tuple[np.ndarray, dict]:
+    """τ minimising the mean cross-entropy of held-out predictions, by Newton's method from
+    Kneser-Ney's τ (the objective is convex in τ; exact normaliser, gradient and Hessian,
+    backtracking when a step does not decrease it) until the predicted decrease is below
+    `tol` nats a prediction. A handful of sweeps where L-BFGS needed 15-40."""
     objective = heldout_objective(blocks, deepest, chain, lp)
-    history = []
-
-    def logged(theta):
-        value, g = objective(theta)
-        history.append(value)
-        return value, g
-
     t0 = time.perf_counter()
-    result = minimize(logged, kneser_ney_theta(blocks.order), jac=True, method="L-BFGS-B",
-                      options=dict(maxiter=max_iter, maxcor=20))
-    return result.x, {"evaluations": len(history),
-                      "cross_entropy_kneser_ney": float(history[0]),
-                      "cross_entropy": float(result.fun), "positions": int(deepest.size),
-                      "distinct_contexts": objective.distinct_contexts,
-                      "seconds": time.perf_counter() - t0, "converged": bool(result.success),
-                      "message": str(result.message)}
+    theta = kneser_ney_theta(blocks.order)
+    value, g, H = objective.newton(theta)
+    start, evaluations, converged = value, 1, False
+    message = "iteration limit"
+    for _ in range(max_iter):
+        d = newton_step(g, H)
+        decrease = -(g @ d)
+        if not decrease > tol:
+            converged, message = True, "predicted decrease below tolerance"
+            break
+        step = 1.0
+        while True:
+            trial = objective.newton(theta + step * d)
+            evaluations += 1
+            if trial[0] <= value - 1e-4 * step * decrease or step < 1e-6:
+                break
+            step /= 2
+        if not trial[0] < value:
+            converged, message = True, "no decrease along the Newton direction"
+            break
+        theta = theta + step * d
+        value, g, H = trial
+    return theta, {"evaluations": evaluations, "method": "newton",
+                   "cross_entropy_kneser_ney": float(start),
+                   "cross_entropy": float(value), "positions": int(deepest.size),
+                   "distinct_contexts": objective.distinct_contexts,
+                   "seconds": time.perf_counter() - t0, "converged": converged,
+                   "message": message}
 
 
 def scoring_model(blocks: Blocks, theta: np.ndarray, meta: dict, eos: bool, *, extra=None,

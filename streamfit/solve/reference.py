@@ -28,3 +28,23 @@ def loss_grad(tau: float, beta: float, s: np.ndarray, big_l: np.ndarray,
     g_tau = ((p * s).sum(axis=1) - s[rows, targets]).mean()
     g_beta = (-(p @ big_l) + big_l[targets]).mean()
     return float(nll), float(g_tau), float(g_beta)
+
+
+def block_newton(theta: np.ndarray, param: np.ndarray, lp: np.ndarray,
+                 target: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Mean cross-entropy of the n-gram block model, its gradient and Hessian in τ, by the
+    full softmax: param (n, C, N) the τ index and lp (n, C, N) the log P_j of every class
+    and level of each prediction; logits Σ_j τ[param] lp."""
+    n, C, N = lp.shape
+    phi = np.zeros((n, C, theta.size))
+    for j in range(N):
+        np.add.at(phi, (np.arange(n)[:, None], np.arange(C)[None, :], param[:, :, j]), lp[:, :, j])
+    logits = phi @ theta
+    logp = logits - logsumexp(logits, axis=1, keepdims=True)
+    p = np.exp(logp)
+    rows = np.arange(n)
+    mean = np.einsum("nc,nck->nk", p, phi)
+    value = -logp[rows, target].mean()
+    grad = (mean - phi[rows, target]).mean(0)
+    hess = (np.einsum("nc,nck,ncl->kl", p, phi, phi) - mean.T @ mean) / n
+    return float(value), grad, hess
