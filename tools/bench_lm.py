@@ -19,9 +19,11 @@ is never part of streamfit): the same tokens written as text (id i as the word `
 document a line), ``lmplz -o N -S 1G``, ``build_binary``, ``query -v word``; its ``</s>``
 predictions are left out of its average, so both score the same positions. The window
 model (``--window M``, calibrated, sparse) is measured on GCIDE too, as the baseline the
-n-gram forms replace. The ×10 corpus (GCIDE, order 3) is train repeated: its counts are all
+n-gram forms replace. The ×10 corpus (GCIDE) is train repeated: its counts are all
 multiples of 10, so both estimators fall back to the discounts 0.5 / 1 / 1.5 there
-(``lmplz --discount_fallback``); it measures time only.
+(``lmplz --discount_fallback``); it measures time only, in paired rounds of the CLI
+(``accumulate --jobs 2`` + ``finalize``, orders 2 and 3 and the window-1 model) against
+``lmplz`` on the same tokens.
 
 Corpora: ``gcide`` (tools/make_gcide_corpus.py defaults: vocabulary 16,384) and ``stdlib``
 (the quickstart's corpus). Order 5 needs 5 × 15 bits of key at a 16,384-token vocabulary,
@@ -32,6 +34,7 @@ more than the 63 of a packed n-gram key: it is measured for KenLM only.
     python tools/bench_lm.py --render docs/lm.json               # the page again, running nothing
     python tools/bench_lm.py --refine-into docs/lm.json          # add the refined rows to a run
     python tools/bench_lm.py --cache-into docs/lm.json           # add the document-cache rows
+    python tools/bench_lm.py --timing-into docs/lm.json --kenlm DIR   # timings again (~15 min)
 """
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpora import corpus_meta, gcide_corpus, stdlib_corpus  # noqa: E402
-from harness import log, page_main, write_page  # noqa: E402
+from harness import load_average, log, page_main, write_page  # noqa: E402
 from internals import context_rows, token_batches  # noqa: E402
 import streamfit  # noqa: E402
 from streamfit import (accumulate_into, evaluate, finalize_ngram, load_model, load_stats,  # noqa: E402
@@ -89,7 +92,7 @@ def scoring_speed(model, folder: Path) -> dict:
             "evaluate_s": whole, "evaluate_tokens_per_s": target.size / whole}
 
 
-def ngram_models(folder: Path, tmp: Path, order: int, eos: bool) -> dict:
+def ngram_models(folder: Path, tmp: Path, order: int, eos: bool, refine: bool = True) -> dict:
     stats_dir = tmp / f"stats-{order}-{eos}"
     _, t_acc = timed(accumulate_into, stats_dir, [folder / "train.parquet"], order=order,
                      eos=eos, overwrite=True)
@@ -113,7 +116,7 @@ def ngram_models(folder: Path, tmp: Path, order: int, eos: bool) -> dict:
         out[form] = entry
         log(f"  order {order}{' eos' if eos else ''} {form}: test ppl {res['perplexity']:.3f}, "
             f"accumulate {t_acc:.1f} s, finalize {t_fin:.1f} s")
-    if not eos and order in REFINE_ORDERS:
+    if refine and not eos and order in REFINE_ORDERS:
         out["maxent"] = maxent_model(folder, tmp, stats, model)
     if not eos and order in CACHE_ORDERS:
         out["cache"] = cache_models(folder, tmp, stats, refine=order in CACHE_REFINE_ORDERS)
@@ -241,6 +244,39 @@ def cache_into(saved_path: Path, args) -> int:
     return 0
 
 
+def timing_into(saved_path: Path, args) -> int:
+    """Measure the timings of a saved run again — every n-gram model but the refined ones,
+    KenLM, the paired ×10 rounds — and re-render the page: the window, maximum-entropy and
+    document-cache rows are kept as saved."""
+    import tempfile
+    from harness import command, load_results, save_and_render, utc_now
+    saved = load_results(saved_path)
+    started, load_start = time.perf_counter(), load_average()
+    with tempfile.TemporaryDirectory(prefix="bench_lm-") as tmp:
+        tmp = Path(tmp)
+        for name in args.names:
+            res = saved["results"][name]
+            folder = corpus(name, Path(args.data))
+            for order in res["key_orders"]:
+                for key, eos in (("ngram", False), ("ngram_eos", True)):
+                    new = ngram_models(folder, tmp, order, eos, refine=False)
+                    for part, saved_part in res[key][str(order)].items():   # maxent, cache
+                        new.setdefault(part, saved_part)
+                    res[key][str(order)] = new
+            if args.kenlm:
+                res["kenlm"] = kenlm(Path(args.kenlm), folder, tmp, res["orders"])
+            if name == "gcide":
+                res.pop("scaled", None)
+                res["paired"] = paired_scaled(folder, tmp, Path(args.kenlm) if args.kenlm else None,
+                                              args.rounds)
+            res["timed_by"] = [{"command": command("bench_lm.py", None), "date": utc_now(),
+                                "load_start": load_start, "paired": name == "gcide",
+                                "wall_s": time.perf_counter() - started}]
+    save_and_render(saved_path, saved, render, Path(args.out), plots=not args.no_plots)
+    log(f"{saved_path}: timings measured again ({(time.perf_counter() - started) / 60:.1f} min)")
+    return 0
+
+
 def window_model(folder: Path, tmp: Path, window: int) -> dict:
     from internals import iter_examples
     stats_dir = tmp / f"window-{window}"
@@ -307,7 +343,7 @@ def kenlm_score(bin_dir: Path, binary: Path, text: Path) -> dict:
             "query_s": wall}
 
 
-def kenlm(bin_dir: Path, folder: Path, tmp: Path, orders, scale_order: int | None) -> dict:
+def kenlm(bin_dir: Path, folder: Path, tmp: Path, orders) -> dict:
     texts = tmp / "kenlm"
     texts.mkdir(exist_ok=True)
     for split in ("train", "test"):
@@ -327,37 +363,80 @@ def kenlm(bin_dir: Path, folder: Path, tmp: Path, orders, scale_order: int | Non
         binary.unlink()
         log(f"  KenLM order {order}: test ppl {res['perplexity']:.3f} (</s> left out), lmplz "
             f"{t_lmplz:.1f} s")
-    if scale_order:
-        write_text(folder / "train.parquet", texts / "train10.txt", copies=SCALE)
-        # every count of a corpus repeated is a multiple of SCALE, so n1..n4 are 0: lmplz
-        # needs --discount_fallback (streamfit falls back to the same 0.5 / 1 / 1.5)
-        try:
-            with open(texts / "train10.txt", "rb") as fi, open(texts / "big.arpa", "wb") as fo:
-                t, cpu = run_timed([str(bin_dir / "lmplz"), "-o", str(scale_order), "-S", "1G",
-                                    "-T", str(texts), "--discount_fallback"], stdin=fi, stdout=fo)
-            out["scaled"] = {"order": scale_order, "copies": SCALE, "lmplz_s": t,
-                             "lmplz_cpu_s": cpu}
-        except subprocess.CalledProcessError as exc:
-            log(f"  KenLM on train ×{SCALE}: {exc}")
     shutil.rmtree(texts, ignore_errors=True)
     return out
 
 
-def scaled(folder: Path, tmp: Path, order: int) -> dict:
-    """accumulate + finalize (Kneser-Ney) on SCALE copies of train (files hard-linked or
-    copied under other names, so each is counted)."""
+def cli_timed(*args) -> tuple[float, float]:
+    """Wall and CPU seconds (children's) of one `streamfit` command, as a user runs it."""
+    return run_timed([sys.executable, "-m", "streamfit", *map(str, args)], stdout=subprocess.DEVNULL)
+
+
+def paired_scaled(folder: Path, tmp: Path, bin_dir: Path | None, rounds: int) -> dict:
+    """Issue 15 part 5 on train ×SCALE: `streamfit accumulate --jobs 2` + `finalize` (the
+    CLI, as a user runs it) against lmplz (+ build_binary) on the same tokens, in paired
+    rounds: in each round every configuration runs streamfit and KenLM back to back, the
+    first of the two alternating between rounds; the load average is read before each."""
     parts = []
     for i in range(SCALE):
-        p = tmp / f"train-copy{i}.parquet"
+        p = tmp / f"train-copy{i}.parquet"   # copies under other names: each is counted
         shutil.copyfile(folder / "train.parquet", p)
         parts.append(p)
-    _, t_acc = timed(accumulate_into, tmp / "big", parts, order=order, overwrite=True)
-    stats = load_stats(tmp / "big")
-    _, t_fin = timed(finalize_ngram, stats, tmp / "big.npy", form="kneser-ney")
+    text = tmp / "train10.txt"
+    if bin_dir:
+        write_text(folder / "train.parquet", text, copies=SCALE)
+    configs = {"order 2": ("--order", 2), "order 3": ("--order", 3), "window 1": ("--window", 1)}
+    out = {"copies": SCALE, "rounds": rounds, "jobs": 2, "runs": {k: [] for k in configs}}
+
+    def ours(flag, n):
+        stats, r = tmp / "paired-stats", {"load": load_average()}
+        r["accumulate_s"], r["accumulate_cpu_s"] = cli_timed(
+            "accumulate", *parts, flag, n, "--jobs", 2, "--stats", stats, "--overwrite", "--quiet")
+        if flag == "--order":
+            r["finalize_kneser_ney_s"], _ = cli_timed(
+                "finalize", "--stats", stats, "--out", tmp / "p.npy", "--form", "kneser-ney", "--quiet")
+            r["finalize_blocks_s"], _ = cli_timed(
+                "finalize", "--stats", stats, "--out", tmp / "p.npy", "--form", "blocks",
+                "--heldout", folder / "valid.parquet", "--quiet")
+        else:
+            r["finalize_conditional_s"], _ = cli_timed(
+                "finalize", "--stats", stats, "--out", tmp / "p.npy", "--form", "conditional",
+                "--format", "sparse", "--quiet")
+        shutil.rmtree(stats, ignore_errors=True)
+        for f in tmp.glob("p.*"):
+            f.unlink()
+        return r
+
+    def theirs(order):
+        arpa, binary = tmp / "big.arpa", tmp / "big.binary"
+        r = {"load_kenlm": load_average()}
+        # every count of a corpus repeated is a multiple of SCALE, so n1..n4 are 0: lmplz
+        # needs --discount_fallback (streamfit falls back to the same 0.5 / 1 / 1.5)
+        with open(text, "rb") as fi, open(arpa, "wb") as fo:
+            r["lmplz_s"], r["lmplz_cpu_s"] = run_timed(
+                [str(bin_dir / "lmplz"), "-o", str(order), "-S", "1G", "-T", str(tmp),
+                 "--discount_fallback"], stdin=fi, stdout=fo)
+        r["build_binary_s"], _ = run_timed([str(bin_dir / "build_binary"), str(arpa), str(binary)])
+        arpa.unlink()
+        binary.unlink()
+        return r
+
+    for rnd in range(rounds):
+        for name, (flag, n) in configs.items():
+            order = n if flag == "--order" else n + 1
+            first_ours = rnd % 2 == 0 or not bin_dir
+            r = ours(flag, n) if first_ours else {}
+            if bin_dir:
+                r.update(theirs(order))
+            if not first_ours:
+                r.update(ours(flag, n))
+            out["runs"][name].append(r)
+            log(f"  ×{SCALE} {name}, round {rnd + 1}: accumulate {r['accumulate_s']:.1f} s"
+                + (f", lmplz {r['lmplz_s']:.1f} s" if bin_dir else ""))
     for p in parts:
         p.unlink()
-    shutil.rmtree(tmp / "big", ignore_errors=True)
-    return {"order": order, "copies": SCALE, "accumulate_s": t_acc, "finalize_s": t_fin}
+    text.unlink(missing_ok=True)
+    return out
 
 
 def bench(name: str, args, tmp: Path) -> dict:
@@ -374,11 +453,11 @@ def bench(name: str, args, tmp: Path) -> dict:
     if not args.quick and name == "gcide":
         for w in WINDOWS:
             res["window"][str(w)] = window_model(folder, tmp, w)
-    scale_order = 3 if not args.quick and name == "gcide" else None
-    if scale_order:
-        res["scaled"] = scaled(folder, tmp, scale_order)
     if args.kenlm:
-        res["kenlm"] = kenlm(Path(args.kenlm), folder, tmp, orders, scale_order)
+        res["kenlm"] = kenlm(Path(args.kenlm), folder, tmp, orders)
+    if not args.quick and name == "gcide":
+        res["paired"] = paired_scaled(folder, tmp, Path(args.kenlm) if args.kenlm else None,
+                                      args.rounds)
     return res
 
 
@@ -460,6 +539,8 @@ def targets(res: dict) -> list[str]:
         ours = s["accumulate_s"] + s["finalize_s"]
         lines.append(f"| order {s['order']}, train ×{s['copies']}: accumulate + finalize (Kneser-Ney) ≤ lmplz, wall | "
                      f"{ours:.1f} s vs {k['lmplz_s']:.1f} s | {yes(ours <= k['lmplz_s'])} |")
+    if res.get("paired"):
+        lines += paired_targets(res["paired"])
     refined = [o for o in res["ngram"] if "maxent" in res["ngram"][o]]
     for o in refined:
         kn, me = res["ngram"][o]["kneser-ney"]["perplexity"], res["ngram"][o]["maxent"]["perplexity"]
@@ -486,6 +567,57 @@ def cache_targets(res: dict) -> list[str]:
                 lines.append(f"| order {o}: {CACHE_LABEL[kind]} (uses the document so far) ≥ 5% "
                              f"below our Kneser-Ney | {c:.2f} vs {kn:.2f} ({100 * (1 - c / kn):.1f}% "
                              f"below) | {'yes' if c <= 0.95 * kn else '**no**'} |")
+    return lines
+
+
+PAIRED_FORMS = {"order 2": (("kneser_ney", "Kneser-Ney"), ("blocks", "blocks")),
+                "order 3": (("kneser_ney", "Kneser-Ney"), ("blocks", "blocks")),
+                "window 1": (("conditional", "conditional, sparse"),)}
+
+
+def median(xs) -> float:
+    return float(np.median(np.asarray(xs, dtype=float)))
+
+
+def paired_summary(runs: list, form: str) -> tuple[float, float, float]:
+    """Median over rounds of streamfit's accumulate + finalize, of lmplz, and of their ratio
+    within a round."""
+    ours = [r["accumulate_s"] + r[f"finalize_{form}_s"] for r in runs]
+    if "lmplz_s" not in runs[0]:
+        return median(ours), math.nan, math.nan
+    theirs = [r["lmplz_s"] for r in runs]
+    return median(ours), median(theirs), median([a / b for a, b in zip(ours, theirs)])
+
+
+def paired_targets(p: dict) -> list[str]:
+    yes = lambda ok: "yes" if ok else "**no**"
+    lines = []
+    for name, runs in p["runs"].items():
+        order = int(name.split()[1]) + (1 if name.startswith("window") else 0)
+        for form, label in PAIRED_FORMS[name]:
+            ours, theirs, ratio = paired_summary(runs, form)
+            if math.isnan(theirs):
+                continue
+            lines.append(f"| train ×{p['copies']}, {name}: accumulate --jobs {p['jobs']} + finalize "
+                         f"({label}) ≤ 0.5× `lmplz -o {order}`, wall (median of {p['rounds']} paired "
+                         f"rounds) | {ours:.1f} s vs {theirs:.1f} s ({ratio:.2f}×) | {yes(ratio <= 0.5)} |")
+    return lines
+
+
+def paired_details(p: dict) -> list[str]:
+    lines = [f"- train ×{p['copies']}, paired rounds (the CLI as a user runs it, `accumulate "
+             f"--jobs {p['jobs']}` on the {p['copies']} copies, then `finalize`; KenLM `lmplz -S 1G "
+             f"--discount_fallback` and `build_binary` on the same tokens as text; the two "
+             f"back to back, alternating which goes first; 1-minute load average before each):"]
+    for name, runs in p["runs"].items():
+        for i, r in enumerate(runs):
+            fin = ", ".join(f"finalize {label} {r[f'finalize_{form}_s']:.1f} s"
+                            for form, label in PAIRED_FORMS[name])
+            lines.append(f"  - {name}, round {i + 1}: accumulate {r['accumulate_s']:.1f} s (CPU "
+                         f"{r['accumulate_cpu_s']:.1f} s), {fin}; load {r['load']:.1f}"
+                         + (f"; lmplz {r['lmplz_s']:.1f} s (CPU {r['lmplz_cpu_s']:.1f} s), "
+                            f"build_binary {r['build_binary_s']:.1f} s; load {r['load_kenlm']:.1f}"
+                            if "lmplz_s" in r else ""))
     return lines
 
 
@@ -563,6 +695,8 @@ def details(res: dict) -> list[str]:
                      + (f"; lmplz {res['kenlm']['scaled']['lmplz_s']:.1f} s (CPU "
                         f"{res['kenlm']['scaled']['lmplz_cpu_s']:.1f} s)."
                         if res.get("kenlm", {}).get("scaled") else "."))
+    if res.get("paired"):
+        lines += paired_details(res["paired"])
     missing = [o for o in res["orders"] if o not in res["key_orders"]]
     if missing:
         lines.append(f"- order {', '.join(map(str, missing))}: not measured for streamfit — an "
@@ -638,6 +772,15 @@ def page_lines(results: dict, meta: dict) -> list[str]:
                       "for this corpus), which counts and fits the block models again and "
                       "refines them with the cache; the rest is the run above.", ""]
     for res in results.values():
+        for r in res.get("timed_by", []):
+            lines += [f"{res['name']}: the streamfit n-gram rows (Kneser-Ney and blocks, with and "
+                      f"without eos), the KenLM rows{' and the ×10 pairs' if r['paired'] else ''} "
+                      f"were measured again by `{r['command']}` on {r['date']} (load average "
+                      f"{r['load_start']:.1f} at its start, {r['wall_s'] / 60:.0f} min); the "
+                      "window and maximum-entropy rows are from the runs above (the latter "
+                      "refined block models fitted then by L-BFGS, since by Newton's method: "
+                      "the same optimum to about 1e-9 nats).", ""]
+    for res in results.values():
         lines += [f"## {res['name']}", "",
                   f"Vocabulary {res['vocab_size']:,}; tokens train / valid / test "
                   f"{res['tokens']['train']:,} / {res['tokens']['valid']:,} / {res['tokens']['test']:,}.", ""]
@@ -666,6 +809,12 @@ def options(ap) -> None:
                     help="orders --cache-into measures (default: %(default)s)")
     ap.add_argument("--cache-refine-orders", default=",".join(map(str, CACHE_REFINE_ORDERS)),
                     help="orders --cache-into also refines (default: %(default)s)")
+    ap.add_argument("--timing-into", metavar="JSON",
+                    help="measure the timings of a saved run (lm.json) again — n-gram models "
+                         "but the refined ones, KenLM, the paired ×10 rounds — and render the "
+                         "page again")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="paired rounds on the ×10 corpus (default: %(default)s)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -673,8 +822,9 @@ def main(argv: list[str] | None = None) -> int:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--refine-into")
     pre.add_argument("--cache-into")
+    pre.add_argument("--timing-into")
     known = pre.parse_known_args(argv)[0]
-    if known.refine_into or known.cache_into:
+    if known.refine_into or known.cache_into or known.timing_into:
         from harness import dataset_names, page_options
         ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
         page_options(ap, "lm", DATASETS, "unused")
@@ -683,6 +833,8 @@ def main(argv: list[str] | None = None) -> int:
         args.names = dataset_names(args.datasets, DATASETS)
         if known.cache_into:
             return cache_into(Path(args.cache_into), args)
+        if args.timing_into:
+            return timing_into(Path(args.timing_into), args)
         return refine_into(Path(args.refine_into), args)
     return page_main(argv, __doc__.split("\n\n")[0], "bench_lm.py", "lm", datasets=DATASETS,
                      quick="orders 2 and 3 only, no window models, no ×10 corpus",

@@ -42,6 +42,7 @@ TOK_BITS = 20          # class / token ids inside lookup keys (vocabulary + end 
 LEVEL_SHIFT = 56
 N_BUCKETS = 16         # per block: 0 unseen, 1 + floor(log2 count) capped at 15
 FALLBACK_DISCOUNTS = np.array([0.0, 0.5, 1.0, 1.5])
+MAX_STEP = 4.0         # the block fit's Newton steps move no τ further than this
 BYTES_PER_NGRAM_PER_ORDER = 160  # finalize's peak, measured: ~480 B an n-gram at order 3
 
 
@@ -72,6 +73,23 @@ def decode_ngrams(keys: np.ndarray, order: int, vocab_size: int) -> tuple[np.nda
     v = keys & mask
     target = np.where(v == mask, vocab_size, v - 1)
     return context, target
+
+
+def unique_keys(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """np.unique(key, return_index=True, return_inverse=True) without the keys −1 (inverse
+    −1 there), with one index of each key rather than its first (an unstable sort: twice as
+    fast as numpy's, which sorts stably for the first index)."""
+    order = np.argsort(key)
+    sorted_keys = key[order]
+    new = np.empty(key.size, bool)
+    new[:1] = True
+    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=new[1:])
+    inverse = np.empty(key.size, np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    uniq, first = sorted_keys[new], order[new]
+    if uniq.size and uniq[0] == -1:
+        uniq, first, inverse = uniq[1:], first[1:], inverse - 1
+    return uniq, first, inverse
 
 
 @dataclass
@@ -134,9 +152,7 @@ def kneser_ney(stats) -> Levels:
         if L >= 2:  # two leading BOS: not a context of its own (KenLM's convention)
             ok &= ~((tok == bos) & (context[:, order - L] == bos))
         key = np.where(ok, (tok << CID_BITS) | cid[L - 1], -1)
-        uniq, inverse = np.unique(key, return_inverse=True)
-        if uniq.size and uniq[0] == -1:
-            uniq, inverse = uniq[1:], inverse - 1
+        uniq, _, inverse = unique_keys(key)
         valid.append(ok)
         cid.append(np.where(ok, inverse, -1))
         ctx_key.append(uniq)
@@ -145,9 +161,7 @@ def kneser_ney(stats) -> Levels:
     ng_key, raw, rep, ng_inverse = [], [], [], []
     for L in range(order):
         key = np.where(valid[L], (cid[L] << TOK_BITS) | y, -1)
-        uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-        if uniq.size and uniq[0] == -1:
-            uniq, first, inverse = uniq[1:], first[1:], inverse - 1
+        uniq, first, inverse = unique_keys(key)
         ng_inverse.append(inverse)
         ng_key.append(uniq)
         rep.append(first)  # one top-order row holding this n-gram
@@ -173,8 +187,9 @@ def kneser_ney(stats) -> Levels:
         gamma = np.bincount(c, D[L][np.minimum(a, 3)], minlength=nc) / np.maximum(total, 1)
         log_gamma.append(np.log(np.where(total > 0, gamma, 1.0)))
         ctx_raw.append(np.bincount(c, raw[L], minlength=nc).astype(np.int64))
-        ctx_start.append(np.searchsorted(c, np.arange(nc)))
-        ctx_end.append(np.searchsorted(c, np.arange(nc), side="right"))
+        end = np.cumsum(np.bincount(c, minlength=nc))  # c is sorted: each context's rows
+        ctx_end.append(end)
+        ctx_start.append(end - np.bincount(c, minlength=nc))
         totals.append(total)
     # level 0 made dense over the C classes
     n0 = np.zeros(C, np.int64)
@@ -218,20 +233,28 @@ def lookup_tables(levels: Levels):
     return ctable, cbits, ntable, nbits
 
 
-def positions(levels: Levels, context: np.ndarray, target: np.ndarray, tables=None):
-    """Deepest seen context level m, the chain of context ids (−1 above m) and
-    lp[:, j] = log P_j(y | h_j) for j = 0..N−1 (levels above m repeat level m)."""
-    tables = tables or lookup_tables(levels)
+def position_arrays(levels: Levels) -> tuple:
+    """The flat log P of every level and log γ of every context with their offsets, which
+    `positions` reads: built once when it is called for many batches."""
     lp_off = np.zeros(levels.order + 1, np.int64)
-    for L in range(levels.order):
-        lp_off[L + 1] = lp_off[L] + levels.lps[L].size
-    lp_flat = np.concatenate([x.ravel() for x in levels.lps])
     ctx_off = np.zeros(levels.order + 1, np.int64)
     for L in range(levels.order):
+        lp_off[L + 1] = lp_off[L] + levels.lps[L].size
         ctx_off[L + 1] = ctx_off[L] + levels.ctx_key[L].size
+    return (ctx_off, lp_off, np.concatenate([x.ravel() for x in levels.lps]),
+            np.concatenate(levels.log_gamma))
+
+
+def positions(levels: Levels, context: np.ndarray, target: np.ndarray, tables=None,
+              arrays=None):
+    """Deepest seen context level m, the chain of context ids (−1 above m) and
+    lp[:, j] = log P_j(y | h_j) for j = 0..N−1 (levels above m repeat level m). `tables`
+    (`lookup_tables`) and `arrays` (`position_arrays`): pass them when calling for many
+    batches."""
+    tables = tables or lookup_tables(levels)
+    arrays = arrays or position_arrays(levels)
     return _positions(np.ascontiguousarray(context, np.int64), np.asarray(target, np.int64),
-                      levels.order, *tables, ctx_off, lp_off, lp_flat,
-                      np.concatenate(levels.log_gamma))
+                      levels.order, *tables, *arrays)
 
 
 @njit(cache=True, nogil=True)
@@ -483,12 +506,12 @@ def assemble_log_z(theta, weight, deepest, group, log_gamma, param, W, WL, n_gro
 
 def heldout_positions(levels: Levels, batches, eos: bool):
     """(deepest, chain, lp) of every prediction of held-out token batches (TokenArrays)."""
-    tables = lookup_tables(levels)
+    tables, flat = lookup_tables(levels), position_arrays(levels)
     parts = []
     for arrays in batches:
         context, target = context_rows(arrays.tokens.astype(np.int64), arrays.doc_offsets,
                                          levels.order, levels.vocab_size, eos)
-        parts.append(positions(levels, context, target, tables))
+        parts.append(positions(levels, context, target, tables, flat))
     if not parts:
         raise StreamfitError("the held-out data holds no tokens")
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
@@ -516,9 +539,13 @@ def heldout_objective(blocks: Blocks, deepest: np.ndarray, chain: np.ndarray, lp
             g += np.bincount(q["param"][:, j], weights=weight * E[:, j], minlength=g.size)
         return value, g / n
 
+    # level 0's classes by their log P_0: a few hundred values (one per adjusted count)
+    lp0_values, lp0_counts = np.unique(blocks.levels.lps[0][:, 0], return_counts=True)
+
     def newton(theta):
         W, WL, WLL = group_moments(theta, q["g_level"], q["g_start"], q["g_end"], q["g_param"],
-                                   blocks.lp_off, blocks.lp_flat, N)
+                                   blocks.lp_off, blocks.lp_flat, N, lp0_values,
+                                   lp0_counts.astype(np.float64))
         total, g, H = assemble_newton(theta, weight, q["deepest"], q["group"], q["log_gamma"],
                                       q["param"], W, WL, WLL, N, phi.size)
         return (total - phi @ theta) / n, (g - phi) / n, H / n
@@ -528,10 +555,12 @@ def heldout_objective(blocks: Blocks, deepest: np.ndarray, chain: np.ndarray, lp
 
 
 @njit(cache=True, nogil=True)
-def group_moments(theta, g_level, g_start, g_end, g_param, lp_off, lp_flat, order):
+def group_moments(theta, g_level, g_start, g_end, g_param, lp_off, lp_flat, order, lp0_values,
+                  lp0_counts):
     """`group_sums` of the finalized model (no offsets) with second moments too: per group
     and shell (own 0, parent 1) W = Σ w, WL[j] = Σ w log P_j, WLL[i, j] = Σ w log P_i log P_j
-    (i ≥ j filled) over its support."""
+    (i ≥ j filled) over its support. Level 0's support, every class, is summed over the
+    distinct values of log P_0 (lp0_values, each lp0_counts times)."""
     G = g_level.size
     W = np.zeros((G, 2))
     WL = np.zeros((G, 2, order))
@@ -544,6 +573,14 @@ def group_moments(theta, g_level, g_start, g_end, g_param, lp_off, lp_flat, orde
         Tt = 0.0
         for j in range(t, order):
             Tt += tau[j]
+        if t == 0:
+            for r in range(lp0_values.size):
+                v = lp0_values[r]
+                ws = lp0_counts[r] * math.exp(Tt * v)
+                W[g, 0] += ws
+                WL[g, 0, 0] += ws * v
+                WLL[g, 0, 0, 0] += ws * v * v
+            continue
         Ttm1 = Tt + (tau[t - 1] if t >= 1 else 0.0)
         base = lp_off[t]
         stride = t + 1
@@ -578,8 +615,9 @@ def group_moments(theta, g_level, g_start, g_end, g_param, lp_off, lp_flat, orde
 @njit(cache=True, nogil=True)
 def assemble_newton(theta, weight, deepest, group, log_gamma, param, W, WL, WLL, order, n_theta):
     """From the group moments: Σ_q weight·log Z_q, its gradient Σ_q weight·E_q[log P_j] and
-    Hessian Σ_q weight·Cov_q[log P_i, log P_j], both summed into τ indices. In the shell of
-    level mp the levels j above mp back off: log P_j = log P_mp + Σ_{mp<i≤j} log γ_i."""
+    Hessian Σ_q weight·Cov_q[log P_i, log P_j], both summed into τ indices (an infinite
+    total where a normaliser under- or overflows). In the shell of level mp the levels j
+    above mp back off: log P_j = log P_mp + Σ_{mp<i≤j} log γ_i."""
     total = 0.0
     grad = np.zeros(n_theta)
     H = np.zeros((n_theta, n_theta))
@@ -623,6 +661,8 @@ def assemble_newton(theta, weight, deepest, group, log_gamma, param, W, WL, WLL,
                     aj = min(j, mp)
                     S[i, j] += eK * (LLd[ai, aj] + Gam[j] * Ld[ai] + Gam[i] * Ld[aj]
                                      + Gam[i] * Gam[j] * Wd)
+        if not 0.0 < Z < math.inf:  # a step far off: under- or overflow, rejected
+            return math.inf, grad, H
         w = weight[q]
         total += w * math.log(Z)
         for i in range(order):
@@ -655,8 +695,9 @@ def fit_blocks(blocks: Blocks, deepest: np.ndarray, chain: np.ndarray, lp: np.nd
                *, max_iter: int = 60, tol: float = 1e-12) -> tuple[np.ndarray, dict]:
     """τ minimising the mean cross-entropy of held-out predictions, by Newton's method from
     Kneser-Ney's τ (the objective is convex in τ; exact normaliser, gradient and Hessian,
-    backtracking when a step does not decrease it) until the predicted decrease is below
-    `tol` nats a prediction. A handful of sweeps where L-BFGS needed 15-40."""
+    steps of at most MAX_STEP in any τ, halved while one does not decrease it) until the
+    predicted decrease is below `tol` nats a prediction. A handful of sweeps where L-BFGS
+    needed 15-40."""
     objective = heldout_objective(blocks, deepest, chain, lp)
     t0 = time.perf_counter()
     theta = kneser_ney_theta(blocks.order)
@@ -669,7 +710,7 @@ def fit_blocks(blocks: Blocks, deepest: np.ndarray, chain: np.ndarray, lp: np.nd
         if not decrease > tol:
             converged, message = True, "predicted decrease below tolerance"
             break
-        step = 1.0
+        step = min(1.0, MAX_STEP / np.abs(d).max())  # damped: no τ moves by more than MAX_STEP
         while True:
             trial = objective.newton(theta + step * d)
             evaluations += 1
