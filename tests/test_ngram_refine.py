@@ -187,7 +187,7 @@ def test_cli_refines_an_ngram_model(corpus, tmp_path, capsys):
     refined = load_model(tmp_path / "r.npy", check=True)
     before = streamfit.evaluate(load_model(tmp_path / "b.npy"), [held])["cross_entropy"]
     after = streamfit.evaluate(refined, [held])["cross_entropy"]
-    assert after <= before
+    assert after <= before + 1e-12   # kept pass 0 (the block fit is optimal on held): equal to rounding
     assert abs(after - refined.meta["refinement"]["heldout"]) < 1e-9
     code, out, err = cli("info", tmp_path / "r.npy")
     assert code == 0 and "maximum entropy over" in out, err

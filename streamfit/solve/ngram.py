@@ -326,6 +326,9 @@ class Blocks:
         for L in range(self.order):
             self.lp_off[L + 1] = self.lp_off[L] + levels.lps[L].size
         self.lp_flat = np.concatenate([x.ravel() for x in levels.lps])
+        # level 0's classes by their log P_0: a few hundred values (one per adjusted count)
+        values, counts = np.unique(levels.lps[0][:, 0], return_counts=True)
+        self.lp0_values, self.lp0_counts = values, counts.astype(np.float64)
 
     def param_index(self, chain: np.ndarray) -> np.ndarray:
         """Per query (rows of context ids per level, −1 unseen): the τ index of each level."""
@@ -370,7 +373,7 @@ class Blocks:
             for j in range(N - 1, t, -1):
                 code = code * N_BUCKETS + buckets[sel, j]
             key = chain[sel, t] * (N_BUCKETS ** (N - 1 - t)) + code
-            uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+            uniq, first, inverse = unique_keys(key)   # keys ≥ 0; any representative will do
             group[sel, t] = n_groups + inverse
             rep = sel[first]
             g_level.append(np.full(uniq.size, t))
@@ -383,10 +386,18 @@ class Blocks:
                     g_end=np.concatenate(g_end), g_param=np.concatenate(g_param))
 
     def log_z(self, theta: np.ndarray, q: dict, grad: bool = False):
-        """log Z of each query, and with grad E_p[log P_j] per query and level."""
+        """log Z of each query, and with grad E_p[log P_j] per query and level. Level 0's
+        groups (every class) are summed over the distinct values of log P_0."""
         none = np.zeros(0, dtype=np.int64)
+        top = q["g_level"] == 0
         W, WL = group_sums(theta, np.zeros(0), none, none, q["g_level"], q["g_start"],
-                           q["g_end"], q["g_param"], self.lp_off, self.lp_flat, self.order, grad)
+                           np.where(top, q["g_start"], q["g_end"]), q["g_param"], self.lp_off,
+                           self.lp_flat, self.order, grad)
+        T = theta[q["g_param"][top]].sum(1)
+        e = self.lp0_counts * np.exp(T[:, None] * self.lp0_values)
+        W[top, 0] = e.sum(1)
+        if grad:
+            WL[top, 0, 0] = e @ self.lp0_values
         logz, E, _, _ = assemble_log_z(theta, np.zeros(0), q["deepest"], q["group"],
                                        q["log_gamma"], q["param"], W, WL,
                                        int(q["g_level"].size), self.order, grad, False)
@@ -539,13 +550,10 @@ def heldout_objective(blocks: Blocks, deepest: np.ndarray, chain: np.ndarray, lp
             g += np.bincount(q["param"][:, j], weights=weight * E[:, j], minlength=g.size)
         return value, g / n
 
-    # level 0's classes by their log P_0: a few hundred values (one per adjusted count)
-    lp0_values, lp0_counts = np.unique(blocks.levels.lps[0][:, 0], return_counts=True)
-
     def newton(theta):
         W, WL, WLL = group_moments(theta, q["g_level"], q["g_start"], q["g_end"], q["g_param"],
-                                   blocks.lp_off, blocks.lp_flat, N, lp0_values,
-                                   lp0_counts.astype(np.float64))
+                                   blocks.lp_off, blocks.lp_flat, N, blocks.lp0_values,
+                                   blocks.lp0_counts)
         total, g, H = assemble_newton(theta, weight, q["deepest"], q["group"], q["log_gamma"],
                                       q["param"], W, WL, WLL, N, phi.size)
         return (total - phi @ theta) / n, (g - phi) / n, H / n
