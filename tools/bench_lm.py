@@ -490,7 +490,7 @@ def plot(res: dict, path: Path) -> None:
                     [res["ngram"][o]["cache"][kind]["perplexity"] for o in cached],
                     "v-" if kind == "blocks" else "P-", label=label)
     if res.get("kenlm"):
-        xs = [int(o) for o in res["kenlm"] if o != "scaled"]
+        xs = [int(o) for o in res["kenlm"]]
         ax.plot(xs, [res["kenlm"][str(o)]["perplexity"] for o in xs], "^:", label="KenLM lmplz (eos)")
     if res["window"]:
         xs = [int(w) + 1 for w in res["window"]]
@@ -534,11 +534,6 @@ def targets(res: dict) -> list[str]:
         lines.append(f"| order 3: scoring ≥ 1M tokens/s on one core (lookup scorer / whole evaluate call) | "
                      f"{sp['scorer_tokens_per_s'] / 1e6:.2f}M / {sp['evaluate_tokens_per_s'] / 1e6:.2f}M | "
                      f"{yes(sp['scorer_tokens_per_s'] >= 1e6)} |")
-    if res.get("scaled") and res.get("kenlm", {}).get("scaled"):
-        s, k = res["scaled"], res["kenlm"]["scaled"]
-        ours = s["accumulate_s"] + s["finalize_s"]
-        lines.append(f"| order {s['order']}, train ×{s['copies']}: accumulate + finalize (Kneser-Ney) ≤ lmplz, wall | "
-                     f"{ours:.1f} s vs {k['lmplz_s']:.1f} s | {yes(ours <= k['lmplz_s'])} |")
     if res.get("paired"):
         lines += paired_targets(res["paired"])
     refined = [o for o in res["ngram"] if "maxent" in res["ngram"][o]]
@@ -640,8 +635,6 @@ def table(res: dict) -> list[str]:
                          f"{c['perplexity']:.2f} | | | | {fmt_s(c['seconds'])}"
                          f"{' (refine)' if kind == 'maxent' else ''} | {c['model_bytes'] / 1e6:.1f} |")
     for o, k in (res.get("kenlm") or {}).items():
-        if o == "scaled":
-            continue
         lines.append(f"| KenLM lmplz + build_binary | {o} | | {k['perplexity']:.2f} | "
                      f"{k['perplexity_with_eos']:.2f} | {fmt_s(k['lmplz_s'])} (lmplz; CPU "
                      f"{fmt_s(k['lmplz_cpu_s'])}) | {fmt_s(k['build_binary_s'])} | "
@@ -688,13 +681,6 @@ def details(res: dict) -> list[str]:
                          f"{b['evaluate_tokens_per_s'] / 1e6:.2f}M tokens/s."
                          + (f" KenLM `query -v word` {res['kenlm'][o]['query_s']:.2f} s (with "
                             f"loading and printing every word)." if res.get("kenlm") else ""))
-    if res.get("scaled"):
-        s = res["scaled"]
-        lines.append(f"- train ×{s['copies']} (order {s['order']}): accumulate {s['accumulate_s']:.1f} s, "
-                     f"finalize Kneser-Ney {s['finalize_s']:.1f} s"
-                     + (f"; lmplz {res['kenlm']['scaled']['lmplz_s']:.1f} s (CPU "
-                        f"{res['kenlm']['scaled']['lmplz_cpu_s']:.1f} s)."
-                        if res.get("kenlm", {}).get("scaled") else "."))
     if res.get("paired"):
         lines += paired_details(res["paired"])
     missing = [o for o in res["orders"] if o not in res["key_orders"]]
