@@ -201,6 +201,19 @@ def kn_oracle(docs, order, eos, vocab):
     return lambda ctx, y: prob(order - 1, tuple(ctx), y), classes
 
 
+@pytest.mark.parametrize("high", [5, 1000, 10**12])   # counted, counted, sorted
+def test_unique_keys_equal_numpys_without_the_minus_ones(high):
+    rng = np.random.default_rng(high)
+    for n in list(range(0, 40)) + [500]:
+        key = rng.integers(-1, high, n)
+        uniq, first, inverse = sn.unique_keys(key)
+        ok = key >= 0
+        np.testing.assert_array_equal(uniq, np.unique(key[ok]))
+        np.testing.assert_array_equal(uniq[inverse[ok]], key[ok])
+        assert (inverse[~ok] == -1).all()
+        np.testing.assert_array_equal(key[first], uniq)
+
+
 @pytest.mark.parametrize("order", [1, 2, 3, 4])
 @pytest.mark.parametrize("eos", [False, True])
 def test_kneser_ney_equals_the_definition(corpus, tmp_path, order, eos):

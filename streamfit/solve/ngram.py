@@ -78,7 +78,19 @@ def decode_ngrams(keys: np.ndarray, order: int, vocab_size: int) -> tuple[np.nda
 def unique_keys(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """np.unique(key, return_index=True, return_inverse=True) without the keys −1 (inverse
     −1 there), with one index of each key rather than its first (an unstable sort: twice as
-    fast as numpy's, which sorts stably for the first index)."""
+    fast as numpy's, which sorts stably for the first index); keys below 4 × their number
+    (tokens) by counting, without a sort."""
+    top = int(key.max()) if key.size else -1
+    if top < 4 * key.size:
+        ok = key >= 0
+        present = np.zeros(top + 1, bool)
+        present[key[ok]] = True
+        uniq = np.flatnonzero(present)
+        rank = np.cumsum(present) - 1
+        inverse = np.where(ok, rank[np.maximum(key, 0)], -1)
+        first = np.empty(uniq.size, np.int64)
+        first[inverse[ok]] = np.flatnonzero(ok)
+        return uniq.astype(np.int64), first, inverse
     order = np.argsort(key)
     sorted_keys = key[order]
     new = np.empty(key.size, bool)
@@ -151,8 +163,11 @@ def kneser_ney(stats) -> Levels:
         ok = valid[L - 1].copy()
         if L >= 2:  # two leading BOS: not a context of its own (KenLM's convention)
             ok &= ~((tok == bos) & (context[:, order - L] == bos))
-        key = np.where(ok, (tok << CID_BITS) | cid[L - 1], -1)
-        uniq, _, inverse = unique_keys(key)
+        if L == 1:  # the suffix is the empty context: the token alone, counted
+            uniq, _, inverse = unique_keys(np.where(ok, tok, -1))
+            uniq = uniq << CID_BITS
+        else:
+            uniq, _, inverse = unique_keys(np.where(ok, (tok << CID_BITS) | cid[L - 1], -1))
         valid.append(ok)
         cid.append(np.where(ok, inverse, -1))
         ctx_key.append(uniq)
