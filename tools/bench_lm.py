@@ -763,9 +763,9 @@ def page_lines(results: dict, meta: dict) -> list[str]:
                       f"without eos), the KenLM rows{' and the ×10 pairs' if r['paired'] else ''} "
                       f"were measured again by `{r['command']}` on {r['date']} (load average "
                       f"{r['load_start']:.1f} at its start, {r['wall_s'] / 60:.0f} min); the "
-                      "window and maximum-entropy rows are from the runs above (the latter "
-                      "refined block models fitted then by L-BFGS, since by Newton's method: "
-                      "the same optimum to about 1e-9 nats).", ""]
+                      "window, maximum-entropy and document-cache rows are from the runs "
+                      "above (their block models fitted then by L-BFGS, since by Newton's "
+                      "method: the same optimum to about 1e-9 nats).", ""]
     for res in results.values():
         lines += [f"## {res['name']}", "",
                   f"Vocabulary {res['vocab_size']:,}; tokens train / valid / test "
