@@ -263,7 +263,7 @@ def test_the_output_layer_is_solved_to_the_regularised_optimum(corpus):
     ref = scipy.optimize.minimize(objective, np.zeros(layers.W.size), jac=True, method="L-BFGS-B",
                                   options={"maxiter": 5000, "gtol": 1e-12, "ftol": 1e-15})
     batches = examples_of(x, y, 50)
-    solved, sums, used = G.solve_output(layers, lambda lay, full: G.growth_pass(lay, batches, full=full),
+    solved, sums, used = G.solve_output(layers, lambda lay, full, inputs: G.growth_pass(lay, batches, full=full, inputs=inputs),
                                         200, l2)
     assert used <= 201
     assert objective(solved.W.ravel())[0] == pytest.approx(ref.fun, abs=1e-8)
@@ -358,9 +358,9 @@ def test_a_supplied_pass_function_that_sums_shards_gives_the_same_model(corpus, 
     batches = examples_of(x, y, 16)
     calls = []
 
-    def sharded(layers, full):
+    def sharded(layers, full, inputs):
         calls.append(full)
-        parts = [G.growth_pass(layers, batches[i::4], full=full) for i in range(4)]
+        parts = [G.growth_pass(layers, batches[i::4], full=full, inputs=inputs) for i in range(4)]
         return parts[0] + parts[1] + parts[2] + parts[3]
 
     kw = dict(task="classify", window=0, n_features=7, n_classes=4, units_per_step=4,
