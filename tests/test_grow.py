@@ -73,6 +73,7 @@ def examples_of(x: np.ndarray, y: np.ndarray, rows: int | None = None) -> list[E
 def grow_in_memory(x, y, out, **kw):
     c = int(y.max()) + 1
     batches = examples_of(x, y, 64)
+    kw.setdefault("tune_passes", 0)   # growth alone; the tuning passes are tested apart
     return G.grow(lambda: iter(batches), out, task="classify", window=0, n_features=x.shape[1],
                   n_classes=c, **kw)
 
@@ -344,9 +345,9 @@ def test_growth_continues_from_a_grown_model(corpus, tmp_path):
     log = more.meta["growth"]["log"]
     assert [e["width"] for e in log] == [0, 4, 8]
     assert log[:2] == first.meta["growth"]["log"]
-    # with hidden moves (the default) the existing units move too, by the logged steps
+    # with hidden moves the existing units move too, by the logged steps
     moving = grow_in_memory(x, y, tmp_path / "c.npy", units_per_step=4, max_width=8, min_gain=0,
-                            start=first)
+                            start=first, hidden_moves=3)
     entry = moving.meta["growth"]["log"][-1]
     assert entry["hidden_gain"] > 0 and 1 <= len(entry["hidden_steps"]) <= 3
     assert np.abs(np.asarray(moving.hidden[0])[:, :4] - np.asarray(first.hidden[0])).max() > 0
@@ -364,7 +365,7 @@ def test_a_supplied_pass_function_that_sums_shards_gives_the_same_model(corpus, 
         return parts[0] + parts[1] + parts[2] + parts[3]
 
     kw = dict(task="classify", window=0, n_features=7, n_classes=4, units_per_step=4,
-              max_width=8, min_gain=0.0, heldout=lambda: iter(batches[:3]))
+              max_width=8, min_gain=0.0, heldout=lambda: iter(batches[:3]), tune_passes=0)
     plain = G.grow(lambda: iter(batches), tmp_path / "p.npy", **kw)
     shard = G.grow(lambda: iter(()), tmp_path / "s.npy", pass_fn=sharded, **kw)
     assert calls.count(True) >= 2 and calls.count(False) > 2
@@ -450,16 +451,20 @@ def test_cli_grow_evaluate_predict_refine_info(cli_data, tmp_path, capsys):
     out = tmp_path / "grown.npy"
     rc, stdout, err = cli(capsys, "grow", cli_data["train"], "--validation", cli_data["valid"],
                           "--out", out, "--max-width", 12, "--units-per-step", 4, "--min-gain", 0,
-                          "--hidden-moves", 2, "--json", "--quiet")
+                          "--hidden-moves", 2, "--tune-passes", 3, "--json", "--quiet")
     assert rc == 0, err
     printed = json.loads(stdout)
     meta = json.loads(out.with_suffix(".model.json").read_text())
     assert [e.message for e in cli_data["validator"].iter_errors(meta)] == []
     assert meta["form"] == "grown" and meta["layers"] == 2 and meta["n_features"] == 9
     assert printed["log"] == meta["growth"]["log"] and meta["growth"]["amplitude_on"] == "heldout"
-    assert [e["width"] for e in printed["log"]] == [0, 4, 8, 12]
+    assert [e["width"] for e in printed["log"]] == [0, 4, 8, 12, 12, 12, 12]
+    assert [e.get("tune") for e in printed["log"]] == [None] * 4 + [1, 2, 3]
     assert meta["growth"]["hidden_moves"] == 2 and "hidden_steps" not in printed["log"][1]
-    assert all(1 <= len(e["hidden_steps"]) <= 2 for e in printed["log"][2:])
+    assert all(1 <= len(e["hidden_steps"]) <= 2 for e in printed["log"][2:4])
+    tuned = printed["log"][4:]   # the written model: the tuning pass of the best held-out accuracy
+    best = max(tuned, key=lambda e: e["heldout_accuracy"])
+    assert meta["growth"]["kept_step"] == best["step"]
     assert set(meta["arrays"]) == {"A", "a0", "W", "bias"}
 
     xv, yv = cli_data["x_valid"], cli_data["y_valid"]
@@ -470,7 +475,7 @@ def test_cli_grow_evaluate_predict_refine_info(cli_data, tmp_path, capsys):
     assert result["n"] == yv.size
     assert result["cross_entropy"] == pytest.approx(mean_loss(z, yv), rel=1e-9)
     assert result["accuracy"] == pytest.approx(np.mean(z.argmax(axis=1) == yv))
-    assert result["cross_entropy"] == pytest.approx(printed["log"][-1]["heldout_loss"], rel=1e-5)
+    assert result["cross_entropy"] == pytest.approx(best["heldout_loss"], rel=1e-5)
 
     pred = tmp_path / "pred.parquet"
     rc, stdout, err = cli(capsys, "predict", "--weights", out, cli_data["valid"], "--out", pred,

@@ -397,7 +397,7 @@ def solve_output(layers: Layers, pass_fn: PassFn, passes: int,
 
 
 TUNE_BATCH = 512
-TUNE_STEP = 0.4        # the tuning steps' fraction of the preconditioned step (docs/growth.md)
+TUNE_STEP = 0.6        # the first tuning pass's fraction of the preconditioned step, decayed linearly to 0
 TUNE_DAMPING = 0.1     # δ of the tuning preconditioners, × each factor's mean eigenvalue
 CACHE_BYTES = 2 << 30  # training blocks kept in memory up to this size (else streamed per pass)
 
@@ -490,11 +490,11 @@ def write_layers(out: str | os.PathLike, layers: Layers, header: dict) -> Path:
 def grow(train: Callable[[], Iterator[Examples]], out: str | os.PathLike, *, task: str,
          window: int, n_features: int, n_classes: int,
          heldout: Callable[[], Iterator[Examples]] | None = None, start: Model | None = None,
-         units_per_step: int = 16, max_width: int = 256, min_gain: float = 1e-6,
-         output_passes: int = 10, l2: float = 1e-3, ridge: float = 1.0,
-         hidden_moves: int = 3, pass_fn: PassFn | None = None,
+         units_per_step: int = 18, max_width: int = 256, min_gain: float = 0.0,
+         output_passes: int = 5, l2: float = 1e-3, ridge: float = 1.0,
+         hidden_moves: int = 0, pass_fn: PassFn | None = None,
          on_step: Callable[[dict], None] | None = None, encoding: str = "normalised",
-         tune_passes: int = 0, tune_step: float = TUNE_STEP, tune_damping: float = TUNE_DAMPING,
+         tune_passes: int = 10, tune_step: float = TUNE_STEP, tune_damping: float = TUNE_DAMPING,
          cache_bytes: int = CACHE_BYTES) -> Model:
     """Grow a 2-layer model on `train()` (a fresh iterator of Examples per call) from no
     hidden units, or from `start` (a grown model), until `max_width` units or until the new
@@ -565,9 +565,12 @@ def grow(train: Callable[[], Iterator[Examples]], out: str | os.PathLike, *, tas
         extra["encoding"] = encoding
     stopped = f"maximum width {max_width}"
 
+    kept: list = []   # the step of the layers written, when not the last logged
+
     def save() -> None:
+        step = kept[-1] if kept else (log[-1]["step"] if log else 0)
         write_layers(out, layers, model_header(task, window, n_features, n_classes, layers, {
-            **extra, "growth": {**settings, "log": log, "stopped": stopped}}))
+            **extra, "growth": {**settings, "log": log, "stopped": stopped, "kept_step": step}}))
 
     def record(entry: dict, result: GrowthSums) -> None:
         t1 = time.perf_counter()
@@ -634,7 +637,8 @@ def grow(train: Callable[[], Iterator[Examples]], out: str | os.PathLike, *, tas
         s2_inv = _pinv_psd(s2[0] / sums.n, tune_damping)[0]
         s_out, best = sums.S / sums.n, None
         for i in range(tune_passes):
-            layers, result = tune_pass(layers, train(), s2_inv, s_out, step=tune_step,
+            layers, result = tune_pass(layers, train(), s2_inv, s_out,
+                                       step=tune_step * (tune_passes - i) / tune_passes,
                                        damping=tune_damping, l2=l2)
             _nonempty(result)
             s_out = result.S / result.n
@@ -642,9 +646,10 @@ def grow(train: Callable[[], Iterator[Examples]], out: str | os.PathLike, *, tas
             record({"step": len(log), "tune": i + 1}, result)
             score = log[-1].get("heldout_accuracy")
             if score is not None and (best is None or score > best[0]):
-                best = (score, i + 1, layers)
+                best = (score, i + 1, layers, log[-1]["step"])
         if best is not None and best[1] < tune_passes:
             layers = best[2]
+            kept.append(best[3])
             stopped += f"; tuning pass {best[1]} of {tune_passes} kept (best held-out accuracy)"
     save()
     return load_model(sidecar_path(out))
