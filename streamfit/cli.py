@@ -531,6 +531,7 @@ def cmd_grow(args) -> int:
 
     from tqdm.auto import tqdm
 
+    from .count.out_of_core import parse_size
     from .train.grow import data_shape, grow
 
     files = resolve_paths(args.paths)
@@ -555,9 +556,10 @@ def cmd_grow(args) -> int:
         def on_step(entry: dict) -> None:
             bar.update(entry.get("added", 0))
             held = "heldout" if "heldout_loss" in entry else "train"
-            bar.set_postfix(width=entry["width"], gain=f"{entry.get('unit_gain', 0):.2g}",
-                            loss=f"{entry[f'{held}_loss']:.4f}",
-                            acc=f"{entry[f'{held}_accuracy']:.4f}", refresh=False)
+            what = {"tuning": entry["tune"]} if "tune" in entry else \
+                {"gain": f"{entry.get('unit_gain', 0):.2g}"}
+            bar.set_postfix(width=entry["width"], **what, loss=f"{entry[f'{held}_loss']:.4f}",
+                            acc=f"{entry[f'{held}_accuracy']:.4f}", refresh=True)
         pass_fn = None
         if _on_dask(args):
             client = stack.enter_context(_cluster(args))
@@ -568,7 +570,7 @@ def cmd_grow(args) -> int:
                      min_gain=args.min_gain, output_passes=args.output_passes, l2=args.l2,
                      ridge=args.ridge, hidden_moves=args.hidden_moves, on_step=on_step,
                      pass_fn=pass_fn, encoding=encoding, tune_passes=args.tune_passes,
-                     tune_step=args.tune_step)
+                     tune_step=args.tune_step, cache_bytes=parse_size(args.memory))
     growth = model.meta["growth"]
     if args.json:
         print(json.dumps({"out": str(sidecar_path(args.out)), **growth}))
@@ -1026,6 +1028,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the first tuning pass's fraction of the preconditioned "
                         "(curvature-bound) step, decayed linearly to 0 over the passes "
                         "(default: %(default)s)")
+    p.add_argument("--memory", default=f"{DEFAULT_MEMORY >> 30}G", metavar="SIZE",
+                   help="memory for the training and --validation rows, decoded once and kept "
+                        "between passes, and the hidden features the output layer's passes "
+                        "reuse, e.g. 512M, 4G or 50%%; past it every pass reads the files again "
+                        "(default: %(default)s)")
     p.add_argument("--output-passes", type=int, default=5, metavar="P",
                    help="L-BFGS passes re-solving the output layer after each step (default: %(default)s)")
     p.add_argument("--l2", type=float, default=1e-3,
@@ -1051,7 +1058,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _dask_options(p, "Every training pass over PATHS (the growth statistics, the output layer's "
                   "L-BFGS passes) runs on the workers, the layers sent once per pass; the "
-                  "amplitude search and --validation run here.")
+                  "amplitude search, --validation and the tuning passes (sequential "
+                  "mini-batches) run here.")
     _column_options(p)
     p.set_defaults(func=cmd_grow)
 

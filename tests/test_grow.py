@@ -264,8 +264,8 @@ def test_the_output_layer_is_solved_to_the_regularised_optimum(corpus):
     ref = scipy.optimize.minimize(objective, np.zeros(layers.W.size), jac=True, method="L-BFGS-B",
                                   options={"maxiter": 5000, "gtol": 1e-12, "ftol": 1e-15})
     batches = examples_of(x, y, 50)
-    solved, sums, used = G.solve_output(layers, lambda lay, full, inputs: G.growth_pass(lay, batches, full=full, inputs=inputs),
-                                        200, l2)
+    solved, sums, used = G.solve_output(
+        layers, lambda lay, full, inputs: G.growth_pass(lay, batches, full=full, inputs=inputs), 200, l2)
     assert used <= 201
     assert objective(solved.W.ravel())[0] == pytest.approx(ref.fun, abs=1e-8)
     assert sums.mean_loss == pytest.approx(mean_loss(b @ solved.W, y), rel=1e-12)
@@ -687,3 +687,17 @@ def test_tuning_options_are_checked(corpus, tmp_path):
         with pytest.raises(ValueError, match="tuning passes"):
             grow_in_memory(x, y, tmp_path / "bad.npy", **bad)
     assert not (tmp_path / "bad.npy").exists()
+
+
+def test_keeping_rows_in_memory_changes_no_number(corpus, tmp_path):
+    """A run whose memory budget keeps nothing (every pass reads the source) writes the same
+    model and log as one that keeps the rows and the hidden features."""
+    x, y = corpus["x"], corpus["y"]
+    held = examples_of(x[:50], y[:50], 20)
+    kw = dict(units_per_step=4, max_width=8, heldout=lambda: iter(held), tune_passes=2)
+    kept = grow_in_memory(x, y, tmp_path / "k.npy", **kw)
+    streamed = grow_in_memory(x, y, tmp_path / "s.npy", cache_bytes=0, **kw)
+    for a, b in zip((*kept.hidden, kept.dense, kept.bias), (*streamed.hidden, streamed.dense, streamed.bias)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12)
+    for e, f in zip(kept.meta["growth"]["log"], streamed.meta["growth"]["log"]):
+        assert e["heldout_loss"] == pytest.approx(f["heldout_loss"], rel=1e-9)

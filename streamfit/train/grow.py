@@ -163,15 +163,26 @@ class Blocks:
         self.blocks = blocks
 
 
+class Budget:
+    """Bytes of memory left to the caches of one run (training and held-out blocks, hidden
+    features), shared so that together they stay within it."""
+
+    def __init__(self, limit_bytes: int):
+        self.left = int(limit_bytes)
+
+
 class BlockCache:
     """The blocks of a data set kept in memory, read once: later passes skip Parquet decoding,
-    which cost as much as the statistics (docs/growth.md). `fill` keeps the blocks only while
-    they stay within `limit_bytes`; past it the source is streamed on every pass."""
+    which cost as much as the statistics (docs/growth.md). The blocks are kept only while
+    they fit in the `budget` (a Budget, or a number of bytes); past it the source is
+    streamed on every pass."""
 
-    def __init__(self, source: Callable[[], Iterator[Examples]], d: int, limit_bytes: int):
-        self.source, self.d, self.limit = source, d, limit_bytes
+    def __init__(self, source: Callable[[], Iterator[Examples]], d: int, budget: Budget | int):
+        self.source, self.d = source, d
+        self.budget = budget if isinstance(budget, Budget) else Budget(budget)
         self.blocks: list | None = None
-        self.failed = limit_bytes <= 0
+        self.failed = self.budget.left <= 0
+        self.n_rows = 0
 
     def __call__(self) -> Iterable:
         """What a pass iterates: the kept blocks, or the source streamed (keeping its blocks
@@ -188,7 +199,7 @@ class BlockCache:
             if kept is not None:
                 size += (x.nbytes if isinstance(x, np.ndarray) else
                          x.data.nbytes + x.indices.nbytes + x.indptr.nbytes) + y.nbytes
-                if size <= self.limit:
+                if size <= self.budget.left:
                     kept.append((x, y))
                 else:
                     kept = None
@@ -197,6 +208,7 @@ class BlockCache:
             self.failed = True
         else:
             self.blocks = kept
+            self.budget.left -= size
             self.n_rows = sum(y.size for _, y in kept)
 
 
@@ -438,7 +450,6 @@ def tune_pass(layers: Layers, batches: Iterable, s2_inv: np.ndarray, s: np.ndarr
     as in M₁). δ is `damping` × the mean eigenvalue of each factor; `s` is S/n, `s2_inv`
     (S₂/n + δI)⁻¹, fixed for the run. Returns the layers and the pass's sums."""
     d, k = layers.A.shape
-    c = layers.W.shape[1]
     a, a0, w = layers.A.copy(), layers.a0.copy(), layers.W.copy()
     mask = np.ones((k + 1, 1))
     mask[-1] = 0.0
@@ -538,17 +549,20 @@ def grow(train: Callable[[], Iterator[Examples]], out: str | os.PathLike, *, tas
             not (math.isfinite(tune_damping) and tune_damping > 0):
         raise OptionError(f"tuning passes must be non-negative, its step and damping finite "
                           f"numbers > 0, not {tune_passes}, {tune_step} and {tune_damping}")
-    train = BlockCache(train, n_features, cache_bytes)
+    budget = Budget(cache_bytes)
+    train = BlockCache(train, n_features, budget)
     if heldout is not None:
-        heldout = BlockCache(heldout, n_features, cache_bytes)
+        heldout = BlockCache(heldout, n_features, budget)
     if pass_fn is None:
-        features: dict = {}   # the hidden features of the kept blocks, for one hidden layer
+        features: dict = {"bytes": 0}   # the hidden features of the kept blocks, for one layer
 
         def pass_fn(layers, full, inputs):
             if not full and train.blocks is not None:
                 same = features.get("A") is layers.A and features.get("a0") is layers.a0
-                if not same and train.n_rows * (layers.width + 1) * 8 <= cache_bytes:
-                    features.update(A=layers.A, a0=layers.a0,   # kept: identity is the key
+                need = train.n_rows * (layers.width + 1) * 8
+                if not same and need <= budget.left + features["bytes"]:
+                    budget.left += features["bytes"] - need
+                    features.update(A=layers.A, a0=layers.a0, bytes=need,  # identity: the key
                                     hidden=[(layers.hidden(x), y) for x, y in train.blocks])
                     same = True
                 if same:
