@@ -172,8 +172,8 @@ class Budget:
 
 
 class BlockCache:
-    """The blocks of a data set kept in memory, read once: later passes skip Parquet decoding,
-    which cost as much as the statistics (docs/growth.md). The blocks are kept only while
+    """The blocks of a data set kept in memory, read once: later passes skip Parquet decoding
+    (a third of the time before, see the module's docstring). The blocks are kept only while
     they fit in the `budget` (a Budget, or a number of bytes); past it the source is
     streamed on every pass."""
 
