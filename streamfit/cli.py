@@ -1023,7 +1023,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at the last width, passes of alternating preconditioned mini-batch "
                         "steps of the output layer (given the hidden one) and the hidden layer "
                         "(given the output one); with --validation the pass of the best "
-                        "held-out accuracy is kept; 0: none (default: %(default)s)")
+                        "held-out accuracy (then loss) is kept; 0: none (default: %(default)s)")
     p.add_argument("--tune-step", type=float, default=0.6, metavar="η",
                    help="the first tuning pass's fraction of the preconditioned "
                         "(curvature-bound) step, decayed linearly to 0 over the passes "

@@ -463,7 +463,7 @@ def test_cli_grow_evaluate_predict_refine_info(cli_data, tmp_path, capsys):
     assert meta["growth"]["hidden_moves"] == 2 and "hidden_steps" not in printed["log"][1]
     assert all(1 <= len(e["hidden_steps"]) <= 2 for e in printed["log"][2:4])
     tuned = printed["log"][4:]   # the written model: the tuning pass of the best held-out accuracy
-    best = max(tuned, key=lambda e: e["heldout_accuracy"])
+    best = max(tuned, key=lambda e: (e["heldout_accuracy"], -e["heldout_loss"]))
     assert meta["growth"]["kept_step"] == best["step"]
     assert set(meta["arrays"]) == {"A", "a0", "W", "bias"}
 
@@ -675,7 +675,7 @@ def test_tuning_passes_solve_the_xor_like_problem_and_keep_the_best_pass(tmp_pat
     log = tuned.meta["growth"]["log"]
     passes = [e for e in log if "tune" in e]
     assert [e["tune"] for e in passes] == list(range(1, 9)) and all(e["width"] == 8 for e in passes)
-    best = max(passes, key=lambda e: e["heldout_accuracy"])
+    best = max(passes, key=lambda e: (e["heldout_accuracy"], -e["heldout_loss"]))
     assert tuned.meta["growth"]["kept_step"] == best["step"]
     assert acc["tuned"] == pytest.approx(best["heldout_accuracy"])
     assert acc["tuned"] >= 0.95 and acc["tuned"] > acc["plain"], acc

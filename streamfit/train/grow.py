@@ -24,7 +24,7 @@ At the last width, `tune_passes` passes of `tune_pass` move both layers many tim
 on mini-batches, a step of the output layer given the hidden one, then of the hidden layer
 given the output one, each preconditioned by a bound of its curvature (Böhning's ½S for the
 output layer; S₂ ⊗ ½W_hW_hᵀ for the hidden one, Kronecker-factored), the step decayed linearly
-over the passes, the pass of the best held-out accuracy kept. The closed-form hidden moves
+over the passes, the pass of the best held-out accuracy (then loss) kept. The closed-form hidden moves
 above are one such step per full pass; on Fashion-MNIST the mini-batch passes gained more per
 pass (docs/classify.md), so the default grows with frozen units and tunes at the end.
 
@@ -532,7 +532,8 @@ def grow(train: Callable[[], Iterator[Examples]], out: str | os.PathLike, *, tas
     while they fit in `cache_bytes`, and the held-out data's too; a distributed run supplies
     one that sums shards). Then, at the last width, `tune_passes` passes of `tune_pass`
     (alternating preconditioned mini-batch steps of the two layers, read here from train()),
-    each logged; with `heldout`, the pass of the best held-out accuracy is kept.
+    each logged; with `heldout`, the pass of the best held-out accuracy is kept (of those,
+    the lowest held-out loss).
     `on_step(entry)` sees every log entry; the seconds logged exclude the held-out
     evaluation, the model write and on_step itself."""
     check_input_size(n_features)
@@ -671,13 +672,15 @@ def grow(train: Callable[[], Iterator[Examples]], out: str | os.PathLike, *, tas
             s_out = result.S / result.n
             passes += 1
             record({"step": len(log), "tune": i + 1}, result)
-            score = log[-1].get("heldout_accuracy")
-            if score is not None and (best is None or score > best[0]):
+            entry = log[-1]
+            score = (entry["heldout_accuracy"], -entry["heldout_loss"]) if heldout else None
+            if score is not None and (best is None or score > best[0]):   # ties: lower loss
                 best = (score, i + 1, layers, log[-1]["step"])
         if best is not None and best[1] < tune_passes:
             layers = best[2]
             kept.append(best[3])
-            stopped += f"; tuning pass {best[1]} of {tune_passes} kept (best held-out accuracy)"
+            stopped += (f"; tuning pass {best[1]} of {tune_passes} kept (best held-out "
+                        f"accuracy, then loss)")
     save()
     return load_model(sidecar_path(out))
 
