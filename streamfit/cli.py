@@ -531,6 +531,7 @@ def cmd_grow(args) -> int:
 
     from tqdm.auto import tqdm
 
+    from .count.out_of_core import parse_size
     from .train.grow import data_shape, grow
 
     files = resolve_paths(args.paths)
@@ -555,9 +556,10 @@ def cmd_grow(args) -> int:
         def on_step(entry: dict) -> None:
             bar.update(entry.get("added", 0))
             held = "heldout" if "heldout_loss" in entry else "train"
-            bar.set_postfix(width=entry["width"], gain=f"{entry.get('unit_gain', 0):.2g}",
-                            loss=f"{entry[f'{held}_loss']:.4f}",
-                            acc=f"{entry[f'{held}_accuracy']:.4f}", refresh=False)
+            what = {"tuning": entry["tune"]} if "tune" in entry else \
+                {"gain": f"{entry.get('unit_gain', 0):.2g}"}
+            bar.set_postfix(width=entry["width"], **what, loss=f"{entry[f'{held}_loss']:.4f}",
+                            acc=f"{entry[f'{held}_accuracy']:.4f}", refresh=True)
         pass_fn = None
         if _on_dask(args):
             client = stack.enter_context(_cluster(args))
@@ -567,7 +569,8 @@ def cmd_grow(args) -> int:
                      start=start, units_per_step=args.units_per_step, max_width=args.max_width,
                      min_gain=args.min_gain, output_passes=args.output_passes, l2=args.l2,
                      ridge=args.ridge, hidden_moves=args.hidden_moves, on_step=on_step,
-                     pass_fn=pass_fn, encoding=encoding)
+                     pass_fn=pass_fn, encoding=encoding, tune_passes=args.tune_passes,
+                     tune_step=args.tune_step, cache_bytes=parse_size(args.memory))
     growth = model.meta["growth"]
     if args.json:
         print(json.dumps({"out": str(sidecar_path(args.out)), **growth}))
@@ -576,6 +579,7 @@ def cmd_grow(args) -> int:
         held_text = (f", held-out loss {e['heldout_loss']:.4f}, accuracy {e['heldout_accuracy']:.4f}"
                      if "heldout_loss" in e else "")
         gain = f", gain {e['unit_gain']:.3g}" if "unit_gain" in e else ""
+        gain = f", tuning pass {e['tune']}" if "tune" in e else gain
         print(f"step {e['step']:>3}: width {e['width']:>4}{gain}, train loss {e['train_loss']:.4f}"
               f"{held_text} ({e['passes']} passes, {e['seconds']:.1f} s)")
     print(f"{sidecar_path(args.out)}: 2-layer model, {model.hidden[0].shape[1]} hidden units "
@@ -701,11 +705,14 @@ def cmd_info(args) -> int:
                      f"final train loss {last.get('train_loss', float('nan')):.4f}"
                      + (f", held-out {last['heldout_loss']:.4f}" if "heldout_loss" in last else ""))
         elif key == "growth" and value:
-            last = value["log"][-1] if value["log"] else {}
-            value = (f"{len(value['log'])} steps, {last.get('passes', 0)} passes, stopped at "
-                     f"{value['stopped']}"
-                     + (f"; held-out loss {last['heldout_loss']:.4f}, accuracy "
-                        f"{last['heldout_accuracy']:.4f}" if "heldout_loss" in last else ""))
+            log = value["log"]
+            last = log[-1] if log else {}
+            kept = next((e for e in log if e["step"] == value.get("kept_step")), last)
+            tuned = sum("tune" in e for e in log)
+            value = (f"{len(log) - tuned} steps" + (f" and {tuned} tuning passes" if tuned else "")
+                     + f", {last.get('passes', 0)} passes, stopped at {value['stopped']}"
+                     + (f"; held-out loss {kept['heldout_loss']:.4f}, accuracy "
+                        f"{kept['heldout_accuracy']:.4f}" if "heldout_loss" in kept else ""))
         elif key == "hidden":
             value = f"{value['units']} {value['activation']} units"
         elif key == "calibration" and value:
@@ -992,7 +999,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "bottleneck) and the best move of the existing hidden units, their "
                        "amplitudes chosen in one pass over --validation data, then the output "
                        "layer re-solved by L-BFGS passes on the frozen hidden "
-                       "features (convex). Units come in ± pairs. The model is written after "
+                       "features (convex). Units come in ± pairs. At the last width, "
+                       "--tune-passes passes of alternating preconditioned steps of each layer "
+                       "given the other (the hidden layer's gradient is the output error sent back through the "
+                       "output weights, as in the growth statistics). The model is written after "
                        "every step, so a killed run leaves the last finished step. Inputs are "
                        "limited to 4,096 features (S₂ is features × features). See docs/growth.md.")
     p.add_argument("paths", nargs="+", metavar="PATHS", help="training Parquet files, globs or directories")
@@ -1003,24 +1013,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", metavar="FILE", help="a grown model to keep growing")
     p.add_argument("--max-width", type=int, default=256, metavar="N",
                    help="stop at this many hidden units (default: %(default)s)")
-    p.add_argument("--units-per-step", type=int, default=16, metavar="K",
-                   help="units added per step, at most; even (± pairs) (default: %(default)s)")
-    p.add_argument("--min-gain", type=float, default=1e-6, metavar="G",
-                   help="stop when the new units' first-order gain Σλ² (nats) is below G "
+    p.add_argument("--units-per-step", type=int, default=18, metavar="K",
+                   help="units added per step, at most; even (± pairs); a step makes at most "
+                        "2 × (classes − 1) (default: %(default)s)")
+    p.add_argument("--min-gain", type=float, default=0.0, metavar="G",
+                   help="stop growing before --max-width when the new units' first-order gain "
+                        "Σλ² (nats) is below G (default: %(default)s)")
+    p.add_argument("--tune-passes", type=int, default=10, metavar="T",
+                   help="at the last width, passes of alternating preconditioned mini-batch "
+                        "steps of the output layer (given the hidden one) and the hidden layer "
+                        "(given the output one); with --validation the pass of the best "
+                        "held-out accuracy (then loss) is kept; 0: none (default: %(default)s)")
+    p.add_argument("--tune-step", type=float, default=0.6, metavar="η",
+                   help="the first tuning pass's fraction of the preconditioned "
+                        "(curvature-bound) step, decayed linearly to 0 over the passes "
                         "(default: %(default)s)")
-    p.add_argument("--output-passes", type=int, default=10, metavar="P",
+    p.add_argument("--memory", default=f"{DEFAULT_MEMORY >> 30}G", metavar="SIZE",
+                   help="memory for the training and --validation rows, decoded once and kept "
+                        "between passes, and the hidden features the output layer's passes "
+                        "reuse, e.g. 512M, 4G or 50%%; past it every pass reads the files again "
+                        "(default: %(default)s)")
+    p.add_argument("--output-passes", type=int, default=5, metavar="P",
                    help="L-BFGS passes re-solving the output layer after each step (default: %(default)s)")
     p.add_argument("--l2", type=float, default=1e-3,
                    help="L2 strength on the output weights (default: %(default)s)")
     p.add_argument("--ridge", type=float, default=1.0,
                    help="ridge on the input covariance when making new units, relative to its "
                         "mean eigenvalue; 0 is the plain formula (default: %(default)s)")
-    p.add_argument("--hidden-moves", type=int, default=3, metavar="H",
+    p.add_argument("--hidden-moves", type=int, default=0, metavar="H",
                    help="moves of the existing hidden layer per step: the closed-form best move "
                         "Δ_A = −S₂⁻¹M₁ of its weights, amplitude chosen on the held-out data, "
                         "then the output layer re-solved; each after the first costs one pass "
-                        "more plus the re-solve; 0 keeps existing units frozen "
-                        "(default: %(default)s)")
+                        "more plus the re-solve; 0 keeps existing units frozen until the "
+                        "tuning passes (default: %(default)s)")
     p.add_argument("--task", choices=("lm", "classify"), help="default: detected from the columns")
     p.add_argument("--window", type=int, metavar="M", help="lm: context tokens (default: 1)")
     p.add_argument("--vocab-size", type=int, metavar="V", help="lm: vocabulary size (default: largest id + 1)")
@@ -1033,7 +1058,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _dask_options(p, "Every training pass over PATHS (the growth statistics, the output layer's "
                   "L-BFGS passes) runs on the workers, the layers sent once per pass; the "
-                  "amplitude search and --validation run here.")
+                  "amplitude search, --validation and the tuning passes (sequential "
+                  "mini-batches) run here.")
     _column_options(p)
     p.set_defaults(func=cmd_grow)
 

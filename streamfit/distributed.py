@@ -403,9 +403,9 @@ def _pass_unit(unit: Unit, w, expected: bool, observed: bool, layout: dict) -> P
     return full_pass(w, unit_batches(unit, **layout), expected=expected, observed=observed)
 
 
-def _growth_unit(unit: Unit, layers, full: bool, layout: dict):
+def _growth_unit(unit: Unit, layers, full: bool, inputs: bool, layout: dict):
     from .train.grow import growth_pass
-    return growth_pass(layers, unit_batches(unit, **layout), full=full)
+    return growth_pass(layers, unit_batches(unit, **layout), full=full, inputs=inputs)
 
 
 def _hessian_unit(unit: Unit, candidates, layout: dict):

@@ -73,6 +73,7 @@ def examples_of(x: np.ndarray, y: np.ndarray, rows: int | None = None) -> list[E
 def grow_in_memory(x, y, out, **kw):
     c = int(y.max()) + 1
     batches = examples_of(x, y, 64)
+    kw.setdefault("tune_passes", 0)   # growth alone; the tuning passes are tested apart
     return G.grow(lambda: iter(batches), out, task="classify", window=0, n_features=x.shape[1],
                   n_classes=c, **kw)
 
@@ -263,8 +264,8 @@ def test_the_output_layer_is_solved_to_the_regularised_optimum(corpus):
     ref = scipy.optimize.minimize(objective, np.zeros(layers.W.size), jac=True, method="L-BFGS-B",
                                   options={"maxiter": 5000, "gtol": 1e-12, "ftol": 1e-15})
     batches = examples_of(x, y, 50)
-    solved, sums, used = G.solve_output(layers, lambda lay, full: G.growth_pass(lay, batches, full=full),
-                                        200, l2)
+    solved, sums, used = G.solve_output(
+        layers, lambda lay, full, inputs: G.growth_pass(lay, batches, full=full, inputs=inputs), 200, l2)
     assert used <= 201
     assert objective(solved.W.ravel())[0] == pytest.approx(ref.fun, abs=1e-8)
     assert sums.mean_loss == pytest.approx(mean_loss(b @ solved.W, y), rel=1e-12)
@@ -344,9 +345,9 @@ def test_growth_continues_from_a_grown_model(corpus, tmp_path):
     log = more.meta["growth"]["log"]
     assert [e["width"] for e in log] == [0, 4, 8]
     assert log[:2] == first.meta["growth"]["log"]
-    # with hidden moves (the default) the existing units move too, by the logged steps
+    # with hidden moves the existing units move too, by the logged steps
     moving = grow_in_memory(x, y, tmp_path / "c.npy", units_per_step=4, max_width=8, min_gain=0,
-                            start=first)
+                            start=first, hidden_moves=3)
     entry = moving.meta["growth"]["log"][-1]
     assert entry["hidden_gain"] > 0 and 1 <= len(entry["hidden_steps"]) <= 3
     assert np.abs(np.asarray(moving.hidden[0])[:, :4] - np.asarray(first.hidden[0])).max() > 0
@@ -358,13 +359,13 @@ def test_a_supplied_pass_function_that_sums_shards_gives_the_same_model(corpus, 
     batches = examples_of(x, y, 16)
     calls = []
 
-    def sharded(layers, full):
+    def sharded(layers, full, inputs):
         calls.append(full)
-        parts = [G.growth_pass(layers, batches[i::4], full=full) for i in range(4)]
+        parts = [G.growth_pass(layers, batches[i::4], full=full, inputs=inputs) for i in range(4)]
         return parts[0] + parts[1] + parts[2] + parts[3]
 
     kw = dict(task="classify", window=0, n_features=7, n_classes=4, units_per_step=4,
-              max_width=8, min_gain=0.0, heldout=lambda: iter(batches[:3]))
+              max_width=8, min_gain=0.0, heldout=lambda: iter(batches[:3]), tune_passes=0)
     plain = G.grow(lambda: iter(batches), tmp_path / "p.npy", **kw)
     shard = G.grow(lambda: iter(()), tmp_path / "s.npy", pass_fn=sharded, **kw)
     assert calls.count(True) >= 2 and calls.count(False) > 2
@@ -450,16 +451,20 @@ def test_cli_grow_evaluate_predict_refine_info(cli_data, tmp_path, capsys):
     out = tmp_path / "grown.npy"
     rc, stdout, err = cli(capsys, "grow", cli_data["train"], "--validation", cli_data["valid"],
                           "--out", out, "--max-width", 12, "--units-per-step", 4, "--min-gain", 0,
-                          "--hidden-moves", 2, "--json", "--quiet")
+                          "--hidden-moves", 2, "--tune-passes", 3, "--json", "--quiet")
     assert rc == 0, err
     printed = json.loads(stdout)
     meta = json.loads(out.with_suffix(".model.json").read_text())
     assert [e.message for e in cli_data["validator"].iter_errors(meta)] == []
     assert meta["form"] == "grown" and meta["layers"] == 2 and meta["n_features"] == 9
     assert printed["log"] == meta["growth"]["log"] and meta["growth"]["amplitude_on"] == "heldout"
-    assert [e["width"] for e in printed["log"]] == [0, 4, 8, 12]
+    assert [e["width"] for e in printed["log"]] == [0, 4, 8, 12, 12, 12, 12]
+    assert [e.get("tune") for e in printed["log"]] == [None] * 4 + [1, 2, 3]
     assert meta["growth"]["hidden_moves"] == 2 and "hidden_steps" not in printed["log"][1]
-    assert all(1 <= len(e["hidden_steps"]) <= 2 for e in printed["log"][2:])
+    assert all(1 <= len(e["hidden_steps"]) <= 2 for e in printed["log"][2:4])
+    tuned = printed["log"][4:]   # the written model: the tuning pass of the best held-out accuracy
+    best = max(tuned, key=lambda e: (e["heldout_accuracy"], -e["heldout_loss"]))
+    assert meta["growth"]["kept_step"] == best["step"]
     assert set(meta["arrays"]) == {"A", "a0", "W", "bias"}
 
     xv, yv = cli_data["x_valid"], cli_data["y_valid"]
@@ -470,7 +475,7 @@ def test_cli_grow_evaluate_predict_refine_info(cli_data, tmp_path, capsys):
     assert result["n"] == yv.size
     assert result["cross_entropy"] == pytest.approx(mean_loss(z, yv), rel=1e-9)
     assert result["accuracy"] == pytest.approx(np.mean(z.argmax(axis=1) == yv))
-    assert result["cross_entropy"] == pytest.approx(printed["log"][-1]["heldout_loss"], rel=1e-5)
+    assert result["cross_entropy"] == pytest.approx(best["heldout_loss"], rel=1e-5)
 
     pred = tmp_path / "pred.parquet"
     rc, stdout, err = cli(capsys, "predict", "--weights", out, cli_data["valid"], "--out", pred,
@@ -574,3 +579,125 @@ def test_grow_bad_numbers_are_refused_and_write_nothing(tmp_path, capsys, option
     assert main(["grow", str(path), "--out", str(out), "--quiet", *option]) == 1
     assert "must be" in capsys.readouterr().err
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("grown")]
+
+
+# --- 6. the speed-ups and the tuning passes ------------------------------------------------------
+def test_without_inputs_a_pass_leaves_out_s2_only_and_output_pass_matches_numpy(corpus):
+    x, y = corpus["x"], corpus["y"]
+    layers = random_layers(np.random.default_rng(4), 7, 5, 4)
+    whole = G.growth_pass(layers, examples_of(x, y, 40))
+    part = G.growth_pass(layers, examples_of(x, y, 40), inputs=False)
+    assert part.S2 is None
+    for name in ("S", "M", "M2", "P", "M1"):
+        np.testing.assert_array_equal(getattr(part, name), getattr(whole, name), err_msg=name)
+    # the output layer's pass from hidden features computed beforehand: numpy by definition
+    b, z = forward(layers.A, layers.a0, layers.W, x)
+    got = G.output_pass(layers.W, [(b[:60], y[:60]), (b[60:], y[60:])])
+    assert got.n == y.size and got.correct == int(np.sum(z.argmax(axis=1) == y))
+    assert got.loss == pytest.approx(mean_loss(z, y) * y.size, rel=1e-12)
+    np.testing.assert_allclose(got.M, b.T @ (softmax(z, axis=1) - np.eye(4)[y]), rtol=1e-10,
+                               atol=1e-12)
+
+
+@pytest.mark.parametrize("limit", [1 << 30, 100])
+def test_a_block_cache_gives_the_streamed_passes_and_streams_past_its_limit(corpus, limit):
+    x, y = corpus["x"], corpus["y"]
+    batches = examples_of(x, y, 40)
+    reads = []
+
+    def source():
+        reads.append(1)
+        return iter(batches)
+    cache = G.BlockCache(source, 7, limit)
+    layers = random_layers(np.random.default_rng(5), 7, 3, 4)
+    want = G.growth_pass(layers, batches)
+    for _ in range(3):
+        got = G.growth_pass(layers, cache())
+        for name in ("S", "M", "S2", "M2", "P", "M1"):
+            np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=1e-12,
+                                       atol=1e-12, err_msg=name)
+        assert (got.n, got.correct) == (want.n, want.correct)
+    assert len(reads) == (1 if limit > 100 else 3)   # kept once read, or streamed every pass
+    assert (cache.blocks is None) == (limit == 100)
+
+
+def tune_reference(layers, x, y, s2_inv, s, step, damping, l2, rows):
+    """tune_pass by its formulas, row slice by row slice, in plain numpy."""
+    a, a0, w = layers.A.copy(), layers.a0.copy(), layers.W.copy()
+    c, k = w.shape[1], a.shape[1]
+    pen = np.diag(np.r_[np.ones(k), 0.0])
+
+    def damped_inv(f):
+        return np.linalg.inv(f + (damping * np.trace(f) / len(f) + 1e-12) * np.eye(len(f)))
+    for lo in range(0, y.size, rows):
+        xb, yb = x[lo:lo + rows], y[lo:lo + rows]
+        pre = xb @ a + a0
+        b = with_one(np.maximum(pre, 0))
+        g = (softmax(b @ w, axis=1) - np.eye(c)[yb]) / yb.size
+        w = w - step * damped_inv(0.5 * s + l2 * pen) @ (b.T @ g + l2 * pen @ w)
+        g = (softmax(b @ w, axis=1) - np.eye(c)[yb]) / yb.size
+        g1 = (g @ w[:-1].T) * (pre > 0)
+        move = -step * s2_inv @ (with_one(xb).T @ g1) @ damped_inv(0.5 * w[:-1] @ w[:-1].T)
+        a, a0 = a + move[:-1], a0 + move[-1]
+    return a, a0, w
+
+
+def test_a_tuning_pass_takes_the_preconditioned_steps_of_its_formulas(corpus):
+    x, y = corpus["x"], corpus["y"]
+    rng = np.random.default_rng(6)
+    layers = random_layers(rng, 7, 5, 4)
+    x1 = with_one(x)
+    s2_inv = np.linalg.inv(x1.T @ x1 / y.size + 0.1 * np.eye(8))
+    b = forward(layers.A, layers.a0, layers.W, x)[0]
+    s = b.T @ b / y.size
+    got, sums = G.tune_pass(layers, examples_of(x, y, 64), s2_inv, s, step=0.3, damping=0.1,
+                            l2=1e-2, batch_rows=16)
+    # Examples of 64 rows cut in 16-row mini-batches: the same slices as 16 rows at a time
+    a, a0, w = tune_reference(layers, x, y, s2_inv, s, 0.3, 0.1, 1e-2, 16)
+    for name, have, want in (("A", got.A, a), ("a0", got.a0, a0), ("W", got.W, w)):
+        np.testing.assert_allclose(have, want, rtol=1e-9, atol=1e-12, err_msg=name)
+    assert sums.n == y.size and sums.S.shape == (6, 6)
+    assert np.all(np.isfinite(sums.S)) and sums.loss > 0
+
+
+def test_tuning_passes_solve_the_xor_like_problem_and_keep_the_best_pass(tmp_path):
+    """XOR-like classes from two ± unit pairs: growth alone makes the units, the tuning
+    passes (each layer given the other) bring held-out accuracy near 1."""
+    rng = np.random.default_rng(0)
+    x, y = xor_like(rng, 800)
+    xv, yv = xor_like(rng, 400)
+    held = examples_of(xv, yv, 100)
+    kw = dict(heldout=lambda: iter(held), units_per_step=4, max_width=8, l2=1e-4, ridge=0.0)
+    plain = grow_in_memory(x, y, tmp_path / "g.npy", **kw)
+    tuned = grow_in_memory(x, y, tmp_path / "t.npy", tune_passes=8, **kw)
+    acc = {name: float(np.mean(m.logits(examples_of(xv, yv)[0]).argmax(axis=1) == yv))
+           for name, m in (("plain", plain), ("tuned", tuned))}
+    log = tuned.meta["growth"]["log"]
+    passes = [e for e in log if "tune" in e]
+    assert [e["tune"] for e in passes] == list(range(1, 9)) and all(e["width"] == 8 for e in passes)
+    best = max(passes, key=lambda e: (e["heldout_accuracy"], -e["heldout_loss"]))
+    assert tuned.meta["growth"]["kept_step"] == best["step"]
+    assert acc["tuned"] == pytest.approx(best["heldout_accuracy"])
+    assert acc["tuned"] >= 0.95 and acc["tuned"] > acc["plain"], acc
+
+
+def test_tuning_options_are_checked(corpus, tmp_path):
+    x, y = corpus["x"], corpus["y"]
+    for bad in (dict(tune_passes=-1), dict(tune_step=0.0), dict(tune_damping=float("nan"))):
+        with pytest.raises(ValueError, match="tuning passes"):
+            grow_in_memory(x, y, tmp_path / "bad.npy", **bad)
+    assert not (tmp_path / "bad.npy").exists()
+
+
+def test_keeping_rows_in_memory_changes_no_number(corpus, tmp_path):
+    """A run whose memory budget keeps nothing (every pass reads the source) writes the same
+    model and log as one that keeps the rows and the hidden features."""
+    x, y = corpus["x"], corpus["y"]
+    held = examples_of(x[:50], y[:50], 20)
+    kw = dict(units_per_step=4, max_width=8, heldout=lambda: iter(held), tune_passes=2)
+    kept = grow_in_memory(x, y, tmp_path / "k.npy", **kw)
+    streamed = grow_in_memory(x, y, tmp_path / "s.npy", cache_bytes=0, **kw)
+    for a, b in zip((*kept.hidden, kept.dense, kept.bias), (*streamed.hidden, streamed.dense, streamed.bias)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12)
+    for e, f in zip(kept.meta["growth"]["log"], streamed.meta["growth"]["log"]):
+        assert e["heldout_loss"] == pytest.approx(f["heldout_loss"], rel=1e-9)

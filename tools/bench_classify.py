@@ -37,12 +37,15 @@ figures of one run compare.
 
 The parts (``--parts``): refine (the explicit start, the methods, the reference point and
 scikit-learn's LogisticRegression: the rows the targets compare), heldout, mlp,
-complement. ``--merge`` puts the parts run into the saved docs/classify.json, keeping the
+complement, grow (``streamfit grow train --validation valid --max-width 256`` with its
+defaults, timed whole, against the MLPClassifier(256) of the same run: issue 14's part 3).
+``--merge`` puts the parts run into the saved docs/classify.json, keeping the
 other datasets and parts; every section says when each of its parts was measured.
 
     python tools/bench_classify.py                 # ~30 min on 2 loaded cores
     python tools/bench_classify.py --quick --parts refine,heldout   # 5 passes, no MLP
     python tools/bench_classify.py --parts refine,heldout --merge   # those rows again
+    python tools/bench_classify.py --parts grow --merge            # growth and the MLP again
     python tools/bench_classify.py --render docs/classify.json   # the page again, running nothing
 """
 from __future__ import annotations
@@ -72,7 +75,7 @@ NEWTON_DATASETS = ("mnist5k", "digits")
 CONFIG = {"default": {"passes": 10, "optimum_passes": 20},
           "quick": {"passes": 5, "optimum_passes": 10}}
 METHODS = ("auto", "lbfgs", "adam", "newton")
-PARTS = ("refine", "heldout", "mlp", "complement")
+PARTS = ("refine", "heldout", "mlp", "complement", "grow")
 
 
 def raw_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -263,8 +266,43 @@ def complement_part(name, args, tmp, folder, shape, ex, explicit, res) -> None:
         f"{crun['passes'][-1]['test_accuracy']:.4f}")
 
 
+def grow_run(folder: Path, shape: dict, tmp: Path) -> dict:
+    """`streamfit grow train --validation valid --max-width 256` with its defaults (Parquet
+    read as the command reads it), timed whole (held-out evaluation and writes included),
+    then scored on test; the log of every step."""
+    from internals import Layers, growth_pass, iter_examples
+    from streamfit import grow
+
+    def reader(split):
+        return lambda: iter_examples([folder / f"{split}.parquet"], **shape)
+    load0, t, cpu = load_average(), time.perf_counter(), time.process_time()
+    model = grow(reader("train"), tmp / "grown.npy", heldout=reader("valid"), max_width=256,
+                 **shape)
+    wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+    test = growth_pass(Layers.of(model), reader("test")(), full=False)
+    growth = model.meta["growth"]
+    settings = {k: v for k, v in growth.items() if k not in ("log", "stopped", "kept_step")}
+    return {"wall_s": wall, "cpu_s": cpu, "load_start": load0, "load_end": load_average(),
+            "test_accuracy": test.accuracy, "test_loss": test.mean_loss,
+            "width": int(model.hidden[0].shape[1]), "settings": settings,
+            "stopped": growth["stopped"], "kept_step": growth["kept_step"], "log": growth["log"]}
+
+
+def grow_part(name, args, tmp, folder, shape, ex, explicit, res) -> None:
+    """Growth (issue 14, part 3) against scikit-learn's MLPClassifier(256) of the same run:
+    the mlp part's when it ran before in this run, else fitted here (and kept with the
+    growth rows only: the mlp part's row says when it was measured)."""
+    out = grow_run(folder, shape, tmp)
+    log(f"{name}: grow width {out['width']} test {out['test_accuracy']:.4f} "
+        f"({out['wall_s']:.1f} s)")
+    mlp = res.get("sklearn", {}).get("MLPClassifier(256)")   # the mlp part's, this run
+    out["mlp"] = mlp if mlp is not None else \
+        sklearn_runs(folder, name, ("mlp",))["MLPClassifier(256)"]   # kept here only
+    res["grow"] = out
+
+
 PART_RUNS = {"refine": refine_part, "heldout": heldout_part, "mlp": mlp_part,
-             "complement": complement_part}
+             "complement": complement_part, "grow": grow_part}
 
 
 def merged(saved: dict, new: dict) -> dict:
@@ -352,7 +390,46 @@ def dataset_lines(res: dict, meta: dict | None = None) -> list[str]:
          f"![{res['name']}]({res['plot']})", ""]
     if "methods" in res:
         L += refine_lines(res)
-    L += heldout_lines(res) + complement_lines(res)
+    L += heldout_lines(res) + complement_lines(res) + grow_lines(res)
+    return L
+
+
+def grow_lines(res: dict) -> list[str]:
+    """Issue 14's part 3: grow against the same-width MLP fitted in the same run."""
+    g = res.get("grow")
+    if not g:
+        return []
+    mlp, st, log_ = g["mlp"], g["settings"], g["log"]
+    grown = [e for e in log_ if "tune" not in e]
+    tuned = [e for e in log_ if "tune" in e]
+    kept = next((e for e in log_ if e["step"] == g["kept_step"]), log_[-1])
+    L = [f"Growth (`streamfit grow train --validation valid --max-width 256`, its defaults: "
+         f"{st['units_per_step']} units per step, {st['output_passes']} output-layer passes "
+         f"per step, hidden moves {st['hidden_moves']}, then {st['tune_passes']} tuning passes "
+         f"from step {st['tune_step']:g} decayed to 0; Parquet read as the command reads it) "
+         f"against scikit-learn's MLPClassifier(256) fitted in the same run, both timed whole:",
+         "", "| model | width | test accuracy | test CE | passes / epochs | seconds | CPU seconds |",
+         "|---|---|---|---|---|---|---|"]
+    if grown:
+        e = grown[-1]
+        L.append(f"| grown, before the tuning passes (valid accuracy {e['heldout_accuracy']:.4f}) "
+                 f"| {e['width']} | — | — | {e['passes']} | {e['seconds']:.1f}\\* | — |")
+    what = f"tuning pass {kept['tune']} kept" if "tune" in kept else "no tuning pass"
+    L.append(f"| grown and tuned ({what}) | {g['width']} | {g['test_accuracy']:.4f} | "
+             f"{g['test_loss']:.4f} | {log_[-1]['passes']} | {g['wall_s']:.1f} | "
+             f"{g['cpu_s']:.1f} |")
+    L.append(f"| scikit-learn MLPClassifier(256), Adam, early stopping (raw inputs) | 256 | "
+             f"{mlp['test_accuracy']:.4f} | {mlp['test_loss']:.4f} | {mlp['iterations']} | "
+             f"{mlp['wall_s']:.1f} | — |")
+    ratio = g["wall_s"] / mlp["wall_s"]
+    met = g["test_accuracy"] >= mlp["test_accuracy"] and ratio <= 2
+    L += ["", "\\* the growth log's seconds at the last width before tuning (training passes "
+          f"only). Load average {g['load_start']:.1f} when growth started, "
+          f"{g['load_end']:.1f} when it ended. Valid accuracy per tuning pass: "
+          + ", ".join(f"{e['heldout_accuracy']:.4f}" for e in tuned) + ".", "",
+          f"Target (issue 14, part 3): grow's test accuracy ≥ the MLP's "
+          f"({g['test_accuracy']:.4f} vs {mlp['test_accuracy']:.4f}) in ≤ 2× its wall time "
+          f"({ratio:.2f}×): {'met' if met else 'not met'}.", ""]
     return L
 
 

@@ -147,7 +147,7 @@ def growth_runs(data: dict, cfg: dict, tmp: Path) -> dict:
                              heldout=lambda: iter(ex["valid"]), max_width=cfg["max_width"],
                              units_per_step=cfg["units_per_step"], min_gain=0.0,
                              output_passes=cfg["output_passes"], l2=l2, ridge=ridge,
-                             hidden_moves=moves, on_step=on_step)
+                             hidden_moves=moves, tune_passes=0, on_step=on_step)
                 log(f"{data['name']}: grew hidden moves {moves} ridge {ridge} l2 {l2} to "
                     f"{steps[-1]['width']} units in {time.perf_counter() - t0:.0f} s: valid "
                     f"{steps[-1]['heldout_accuracy']:.4f}, test {steps[-1]['test_accuracy']:.4f}")
@@ -429,8 +429,12 @@ USAGE = [
      "gradient at the hidden pre-activations, summed in the same pass); the amplitudes of the "
      "units and of Δ_A are chosen among 15 candidates each in one pass over the validation "
      "data; then the output layer (convex on the hidden features) is re-solved by L-BFGS "
-     "passes. `--hidden-moves H` (default 3) repeats the move of the hidden layer up to H "
-     "times per step (one more pass, its amplitude on valid, the output layer re-solved)."), "",
+     "passes. `--hidden-moves H` repeats the move of the hidden layer up to H "
+     "times per step (one more pass, its amplitude on valid, the output layer re-solved). "
+     "This page measures growth alone (`--tune-passes 0`), with the settings of each row; "
+     "the command's defaults now grow with frozen units (`--hidden-moves 0`) and end with 10 "
+     "tuning passes of both layers: measured against scikit-learn's MLP in "
+     "[classify.md](classify.md)."), "",
     "```sh",
     "streamfit grow train.parquet --validation valid.parquet --out grown.npy --max-width 256",
     "streamfit evaluate --weights grown.npy test.parquet",

@@ -25,6 +25,7 @@ NAMES = {
     "streamfit.solve.ngram": "token_batches",
     "streamfit.train.core": "full_pass dense_parameters heldout_loss",
     "streamfit.train.subspace": "SubspaceOptions",
+    "streamfit.train.grow": "Layers growth_pass",
 }
 # name -> a module the tools use whole
 MODULES = {
