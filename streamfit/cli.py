@@ -991,7 +991,7 @@ def build_parser() -> argparse.ArgumentParser:
                   "random-bases, dldr) are sequential and refuse these options.")
     p.set_defaults(func=cmd_refine)
 
-    p = sub.add_parser("grow", help="grow hidden units: a 2-layer model without backpropagation",
+    p = sub.add_parser("grow", help="grow hidden units: a 2-layer model, closed-form growth then tuning passes",
                        description="Grow a 2-layer model softmax(W·[h; 1]), h = relu(x̃·A + a₀), "
                        "from no hidden units (or from --weights, a grown model). Each step: one "
                        "streaming pass of covariance statistics, new units in closed form where "
