@@ -26,7 +26,7 @@ from ..data.featurize import Examples, distinct_inputs, slice_examples
 from .core import PassResult, l2_penalty
 
 HESSIAN_LIMIT_BYTES = 2 << 30
-ROWS_PER_BLOCK = 512
+BLOCK_BYTES = 32 << 20   # the dense rows of one block: 4,096 rows of 784 pixels
 STEPS = (1.0, 0.5, 0.25, 0.125, 1 / 32, 1 / 128)
 DAMPING_START = 1e-3
 DAMPING_MIN = 1e-9
@@ -78,8 +78,9 @@ def hessian_pass(candidates: list[np.ndarray], batches: Iterable[Examples]) -> H
         weight = np.bincount(inverse, minlength=inputs.n).astype(np.float64)
         observed = np.zeros((inputs.n, c))
         np.add.at(observed, (inverse, ex.targets), 1.0)
-        for lo in range(0, inputs.n, ROWS_PER_BLOCK):
-            hi = min(inputs.n, lo + ROWS_PER_BLOCK)
+        rows_per_block = max(1, BLOCK_BYTES // (8 * d))
+        for lo in range(0, inputs.n, rows_per_block):
+            hi = min(inputs.n, lo + rows_per_block)
             sub = slice_examples(inputs, lo, hi)
             x = np.zeros((sub.n, d))
             rows = np.repeat(np.arange(sub.n), np.diff(sub.indptr))
@@ -103,15 +104,31 @@ def hessian_pass(candidates: list[np.ndarray], batches: Iterable[Examples]) -> H
 
 
 def _add_hessian(hess: np.ndarray, x: np.ndarray, wt: np.ndarray, p: np.ndarray) -> None:
-    """Class blocks (j, m ≥ j) of Σ w (diag(p) − p pᵀ) ⊗ x xᵀ: X̃ᵀ diag(w p_j (δ_jm − p_m)) X̃."""
-    n, d = x.shape
+    """Class blocks (j, m ≥ j) of Σ w (diag(p) − p pᵀ) ⊗ x xᵀ: X̃ᵀ diag(w p_j (δ_jm − p_m)) X̃,
+    one BLAS product of d × rows by rows × d each — C(C+1)/2 weighted Gram matrices, the
+    whole cost of a Newton pass (no rows × C·d temporary). The products run in float32 (twice
+    the speed; the sums stay float64): the Hessian only sets the damped step's direction."""
     c = p.shape[1]
+    x32 = x.astype(np.float32)
     for j in range(c):
-        xj = x * (wt * p[:, j])[:, None]
-        coef = -p[:, j:]
-        coef[:, 0] += 1.0
-        z = (x[:, None, :] * coef[:, :, None]).reshape(n, (c - j) * d)
-        hess[:, j, :, j:] += (xj.T @ z).reshape(d, c - j, d).transpose(0, 2, 1)
+        xj = (x32 * (wt * p[:, j]).astype(np.float32)[:, None]).T
+        for m in range(j, c):
+            v = (1.0 - p[:, j]) if m == j else -p[:, m]
+            hess[:, j, :, m] += xj @ (x32 * v.astype(np.float32)[:, None])
+
+
+def _mean(hess: np.ndarray, n: int) -> np.ndarray:
+    """H / n in place: the pass's sum is not used again, and a copy is another (d·C)² array."""
+    hess /= n
+    return hess
+
+
+def _damped(h: np.ndarray, diagonal: np.ndarray) -> np.ndarray:
+    """H + diag(`diagonal`) in a fresh array (the solvers overwrite it; no (d·C)² identity),
+    handed over in Fortran order (its transpose: it is symmetric), which LAPACK takes as is."""
+    a = h.copy()
+    a[np.diag_indices_from(a)] += diagonal
+    return a.T
 
 
 def newton(w: np.ndarray, train: Callable[[], Iterable[Examples]], passes: int, l2,
@@ -136,7 +153,7 @@ def newton(w: np.ndarray, train: Callable[[], Iterable[Examples]], passes: int, 
     if "hessian_at" in arrays:
         hessian_at = arrays["hessian_at"]
         again = hessian_fn([hessian_at])
-        here = (float(arrays["objective"]), arrays["gradient"], again.hess / again.n)
+        here = (float(arrays["objective"]), arrays["gradient"], _mean(again.hess, again.n))
     sums = tuple(arrays["sums"]) if "sums" in arrays else None
     d, c = w.shape
     for p in range(start_pass, passes):
@@ -144,12 +161,14 @@ def newton(w: np.ndarray, train: Callable[[], Iterable[Examples]], passes: int, 
             steps, candidates = (0.0,), [w]
         else:
             _, g, h = here
-            a = h + damping * max(float(np.trace(h)) / (d * c), 1e-300) * np.eye(d * c)
-            a[np.diag_indices_from(a)] += np.broadcast_to(l2, (d, c)).ravel()
+            diagonal = damping * max(float(np.trace(h)) / (d * c), 1e-300) \
+                + np.broadcast_to(l2, (d, c)).ravel()
             try:
-                delta = scipy.linalg.solve(a, -g.ravel(), assume_a="pos", check_finite=False)
+                delta = scipy.linalg.solve(_damped(h, diagonal), -g.ravel(), assume_a="pos",
+                                           check_finite=False, overwrite_a=True)
             except np.linalg.LinAlgError:
-                delta = scipy.linalg.lstsq(a, -g.ravel(), check_finite=False)[0]
+                delta = scipy.linalg.lstsq(_damped(h, diagonal), -g.ravel(), check_finite=False,
+                                           overwrite_a=True)[0]
             steps = STEPS
             candidates = [w + s * delta.reshape(d, c) for s in steps]
         r = hessian_fn(candidates)
@@ -162,7 +181,7 @@ def newton(w: np.ndarray, train: Callable[[], Iterable[Examples]], passes: int, 
         if here is None or (best == 0 and objectives[0] < here[0]):
             if here is not None:
                 damping = max(DAMPING_MIN, damping / 3)
-            here = (objectives[0], grad[0] / n + l2_penalty(l2, candidates[0])[1], hess / n)
+            here = (objectives[0], grad[0] / n + l2_penalty(l2, candidates[0])[1], _mean(hess, n))
             hessian_at = candidates[0]
         elif objectives[best] < here[0]:   # a shorter step: keep the last Hessian
             damping *= 3
