@@ -25,6 +25,7 @@ streamfit works without the `dask` extra.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -55,6 +56,7 @@ from .train.core import PassFn, PassResult, full_pass
 from .count.stats import MANIFEST, load, summary
 
 SHARDS = ".shards"
+PASS_ATTEMPTS = 3   # runs of a training pass whose tasks the scheduler cancelled
 
 
 def _distributed():
@@ -416,15 +418,21 @@ def _hessian_unit(unit: Unit, candidates, layout: dict):
 def _scattered_pass(client, unit_fn: Callable, paths, unit_values: int | None, **layout) -> Callable:
     """A pass function for the data at `paths`: its first argument (the parameters) is sent
     to every worker once per pass, each unit of row groups is a task of unit_fn, the
-    results are tree-summed."""
+    results are tree-summed. A pass whose tasks the scheduler cancels (a worker lost at the
+    wrong moment: "lost dependencies") is run again from the start, up to PASS_ATTEMPTS
+    times — a pass is pure, so the sums are the same."""
     units = source_units(paths, unit_values)
 
     def pass_fn(params, *flags):
-        shared = client.scatter([params], broadcast=True, hash=False)[0]  # one object, lists too
-        try:
-            return map_sum(client, unit_fn, units, shared, *flags, layout)
-        finally:
-            shared.release()
+        for attempt in range(1, PASS_ATTEMPTS + 1):
+            shared = client.scatter([params], broadcast=True, hash=False)[0]  # one object, lists too
+            try:
+                return map_sum(client, unit_fn, units, shared, *flags, layout)
+            except concurrent.futures.CancelledError:
+                if attempt == PASS_ATTEMPTS:
+                    raise
+            finally:
+                shared.release()
     return pass_fn
 
 

@@ -401,6 +401,39 @@ def test_growth_passes_on_dask_match_one_process(client, features, tmp_path, kil
         assert g["heldout_loss"] == pytest.approx(w["heldout_loss"], rel=1e-8)
 
 
+def test_a_cancelled_pass_runs_again(client, features, monkeypatch):
+    """A pass whose tasks the scheduler cancels ("lost dependencies", seen when a worker dies
+    at the wrong moment) is run again and sums what one process sums; it gives up after
+    PASS_ATTEMPTS cancelled runs."""
+    import concurrent.futures
+
+    from streamfit.train.core import full_pass
+
+    s = features["stats"]
+    layout = dict(task=s.task, window=s.window, n_classes=s.n_classes, n_features=s.n_features)
+    w = np.random.default_rng(5).normal(0, 0.1, (s.n_features, s.n_classes))
+    want = full_pass(w, iter_examples([features["train"]], **layout), expected=False)
+    real, runs = D.map_sum, []
+
+    def cancelled_first(*args, **kwargs):
+        runs.append(1)
+        if len(runs) <= failures:
+            raise concurrent.futures.CancelledError("lost dependencies")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(D, "map_sum", cancelled_first)
+    pass_fn = D.pass_function(client, [features["train"]], **layout)
+    failures = D.PASS_ATTEMPTS - 1
+    got = pass_fn(w, False, False)
+    assert len(runs) == D.PASS_ATTEMPTS
+    assert (got.n, got.correct) == (want.n, want.correct)
+    assert got.loss == pytest.approx(want.loss, rel=1e-12)
+    runs.clear()
+    failures = D.PASS_ATTEMPTS
+    with pytest.raises(concurrent.futures.CancelledError):
+        pass_fn(w, False, False)
+    assert len(runs) == D.PASS_ATTEMPTS
+
+
 def test_map_sum_adds_in_a_fixed_order(client, tokens):
     """The executor itself: an integer-valued pure function over every unit."""
     first = tokens[0][0]
