@@ -420,6 +420,18 @@ class Blocks:
 
 
 @njit(cache=True, nogil=True)
+def group_tau(theta, g_param, g, t, tau):
+    """Fill `tau` with group g's scalars, one per level (theta[g_param[g]]), and return
+    Σ_{j ≥ t} τ_j — the weight of the group's own level t and those above it."""
+    for j in range(tau.size):
+        tau[j] = theta[g_param[g, j]]
+    total = 0.0
+    for j in range(t, tau.size):
+        total += tau[j]
+    return total
+
+
+@njit(cache=True, nogil=True)
 def group_sums(theta, D, parent, row_off, g_level, g_start, g_end, g_param, lp_off, lp_flat, order,
            grad):
     """Per group: the sums over its support of its own shell's weights and of its parent
@@ -433,11 +445,7 @@ def group_sums(theta, D, parent, row_off, g_level, g_start, g_end, g_param, lp_o
     offsets = D.size > 0
     for g in range(G):
         t = g_level[g]
-        for j in range(order):
-            tau[j] = theta[g_param[g, j]]
-        Tt = 0.0
-        for j in range(t, order):
-            Tt += tau[j]
+        Tt = group_tau(theta, g_param, g, t, tau)
         Ttm1 = Tt + (tau[t - 1] if t >= 1 else 0.0)
         base = lp_off[t]
         stride = t + 1
@@ -591,11 +599,7 @@ def group_moments(theta, g_level, g_start, g_end, g_param, lp_off, lp_flat, orde
     tau = np.zeros(order)
     for g in range(G):
         t = g_level[g]
-        for j in range(order):
-            tau[j] = theta[g_param[g, j]]
-        Tt = 0.0
-        for j in range(t, order):
-            Tt += tau[j]
+        Tt = group_tau(theta, g_param, g, t, tau)
         if t == 0:
             for r in range(lp0_values.size):
                 v = lp0_values[r]

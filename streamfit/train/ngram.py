@@ -37,7 +37,7 @@ from ..errors import OptionError, StreamfitError
 from ..io.files import available_memory
 from ..io.jit import njit
 from ..solve.ngram import (TOK_BITS, Blocks, Levels, assemble_log_z, decode_ngrams, group_sums,
-                           lookup_tables, n_params, positions, scoring_model)
+                           group_tau, lookup_tables, n_params, positions, scoring_model)
 from ..solve.ngram import memory_need as finalize_memory_need
 from ..model.ngram import NgramModel, context_rows, find_slot
 
@@ -113,11 +113,7 @@ def _sweep_back(alpha, beta, theta, D, parent, row_off, g_level, g_start, g_end,
         if a == 0.0 and b == 0.0:
             continue
         t = g_level[g]
-        for j in range(order):
-            tau[j] = theta[g_param[g, j]]
-        Tt = 0.0
-        for j in range(t, order):
-            Tt += tau[j]
+        Tt = group_tau(theta, g_param, g, t, tau)
         Ttm1 = Tt + (tau[t - 1] if t >= 1 else 0.0)
         base = lp_off[t]
         stride = t + 1
