@@ -102,6 +102,22 @@ def random_feature_rows(rng: np.random.Generator, n_rows: int, n_features: int, 
     return labels, x
 
 
+def dense_examples(x: np.ndarray, y: np.ndarray, rows: int | None = None) -> list:
+    """Dense rows as featurize.Examples (CSR, zeros left out), in batches of `rows` (one batch
+    when None)."""
+    from streamfit.data.featurize import Examples
+
+    out = []
+    rows = rows or y.size
+    for lo in range(0, y.size, rows):
+        part = x[lo:lo + rows]
+        nz = part != 0
+        indptr = np.concatenate([[0], np.cumsum(nz.sum(axis=1))]).astype(np.int64)
+        out.append(Examples(indptr, np.nonzero(nz)[1].astype(np.int64), part[nz],
+                            y[lo:lo + rows].astype(np.int64)))
+    return out
+
+
 def dense_to_sparse(x: np.ndarray):
     indices = [np.flatnonzero(r).tolist() for r in x]
     values = [r[np.flatnonzero(r)].tolist() for r in x]

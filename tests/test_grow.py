@@ -25,7 +25,7 @@ from streamfit.data.featurize import Examples
 from streamfit.model.weights import load_model
 from streamfit.train.refine import refine
 
-from conftest import cli, markov_docs, random_feature_rows, write_dense, write_sparse, write_tokens
+from conftest import cli, dense_examples, markov_docs, random_feature_rows, write_dense, write_sparse, write_tokens
 
 jsonschema = pytest.importorskip("jsonschema")
 from jsonschema import Draft202012Validator  # noqa: E402
@@ -57,17 +57,7 @@ def random_layers(rng, d: int, k: int, c: int) -> G.Layers:
     return G.Layers(rng.normal(0, 3.0, (d, k)), rng.normal(0, 0.3, k), rng.normal(0, 1.0, (k + 1, c)))
 
 
-def examples_of(x: np.ndarray, y: np.ndarray, rows: int | None = None) -> list[Examples]:
-    """X̃ (dense, rows already summing to 1) as Examples, in batches of `rows`."""
-    out = []
-    rows = rows or y.size
-    for lo in range(0, y.size, rows):
-        part = x[lo:lo + rows]
-        nz = part != 0
-        indptr = np.concatenate([[0], np.cumsum(nz.sum(axis=1))]).astype(np.int64)
-        out.append(Examples(indptr, np.nonzero(nz)[1].astype(np.int64), part[nz],
-                            y[lo:lo + rows].astype(np.int64)))
-    return out
+examples_of = dense_examples   # X̃ (dense, rows already summing to 1) as Examples
 
 
 def grow_in_memory(x, y, out, **kw):

@@ -7,24 +7,16 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp, softmax
 
-from streamfit.data.featurize import Examples
 from streamfit.train import core
 from streamfit.train import plbfgs as P
 from streamfit.train import refine as R
 
-from conftest import write_dense  # noqa: F401  (fixture module)
+from conftest import dense_examples, write_dense  # noqa: F401  (fixture module)
 
 
-def examples_of(x: np.ndarray, y: np.ndarray, rows: int = 37) -> list[Examples]:
-    """Dense rows as record batches of CSR Examples (zeros kept out)."""
-    out = []
-    for lo in range(0, len(y), rows):
-        block = x[lo:lo + rows]
-        nz = block != 0
-        indptr = np.concatenate([[0], np.cumsum(nz.sum(axis=1))]).astype(np.int64)
-        out.append(Examples(indptr, np.nonzero(nz)[1].astype(np.int64), block[nz],
-                            y[lo:lo + rows].astype(np.int64)))
-    return out
+def examples_of(x: np.ndarray, y: np.ndarray) -> list:
+    """Dense rows as Examples in batches of 37 rows (an odd size: partial batches)."""
+    return dense_examples(x, y, 37)
 
 
 def objective(w, x, y, lam):
