@@ -418,21 +418,26 @@ def _hessian_unit(unit: Unit, candidates, layout: dict):
 def _scattered_pass(client, unit_fn: Callable, paths, unit_values: int | None, **layout) -> Callable:
     """A pass function for the data at `paths`: its first argument (the parameters) is sent
     to every worker once per pass, each unit of row groups is a task of unit_fn, the
-    results are tree-summed. A pass whose tasks the scheduler cancels (a worker lost at the
-    wrong moment: "lost dependencies") is run again from the start, up to PASS_ATTEMPTS
-    times — a pass is pure, so the sums are the same."""
+    results are tree-summed. A pass cut short by a worker lost at the wrong moment — its
+    tasks cancelled ("lost dependencies") or the broadcast of the parameters to it closed —
+    is run again from the start, up to PASS_ATTEMPTS times: a pass is pure, so the sums are
+    the same."""
+    from distributed.comm.core import CommClosedError
+
     units = source_units(paths, unit_values)
 
     def pass_fn(params, *flags):
         for attempt in range(1, PASS_ATTEMPTS + 1):
-            shared = client.scatter([params], broadcast=True, hash=False)[0]  # one object, lists too
+            shared = None
             try:
+                shared = client.scatter([params], broadcast=True, hash=False)[0]  # lists too
                 return map_sum(client, unit_fn, units, shared, *flags, layout)
-            except concurrent.futures.CancelledError:
+            except (concurrent.futures.CancelledError, CommClosedError):
                 if attempt == PASS_ATTEMPTS:
                     raise
             finally:
-                shared.release()
+                if shared is not None:
+                    shared.release()
     return pass_fn
 
 
