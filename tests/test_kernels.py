@@ -93,22 +93,94 @@ def test_count_windows_with_long_rows_matches_reference(window):
 
 @SETTINGS
 @given(docs=documents, window=st.integers(1, 4), order=st.integers(1, 4), eos=st.booleans(),
-       dtype=st.sampled_from([np.int32, np.int64]))
-def test_partitioned_path_matches_reference(docs, window, order, eos, dtype):
-    """Keys built, ordered by hash and inserted (kernels.window_keys / ngram_keys,
-    partition_by_hash, add_keys) count what the numpy twins count."""
+       dtype=st.sampled_from([np.int32, np.int64]), path=st.sampled_from(["partitioned", "sorted"]))
+def test_key_building_paths_match_reference(docs, window, order, eos, dtype, path):
+    """Keys built (kernels.window_keys / ngram_keys), then ordered by hash and inserted
+    (partition_by_hash, add_keys) or sorted into runs (run_lengths, merge_runs), count what
+    the numpy twins count."""
     tokens, offsets = as_arrays(docs, dtype)
     if order > 1 and tokens.size and tokens.max() > kernels.MAX_TOKEN_ID // 2 ** 8:
         tokens = tokens % 1000  # n-gram ids must fit 63 // order bits
     table = CountTable(np.int64, capacity_bits=2)
-    table.force_path = "partitioned"
+    table.force_path = path
     table.add_windows(tokens, offsets, window)
     np.testing.assert_array_equal(np.stack(table.items()), np.stack(ref.count_windows(tokens, offsets, window)))
     table = CountTable(np.int64, capacity_bits=2, ngram=True)
-    table.force_path = "partitioned"
+    table.force_path = path
     table.add_ngrams(tokens, offsets, order, eos)
     np.testing.assert_array_equal(np.stack(table.items()),
                                   np.stack(ref.count_ngrams(tokens, offsets, order, eos)))
+
+
+sorted_keys = st.lists(st.integers(-2**62, 2**62), max_size=300).map(sorted)
+
+
+@SETTINGS
+@given(keys=st.one_of(sorted_keys, st.lists(st.integers(0, 4), max_size=50).map(sorted)))
+def test_run_lengths_matches_reference(keys):
+    keys = np.array(keys + [7], dtype=np.int64)  # a key past the end stays out
+    counts = np.full(keys.size, -1, dtype=np.int64)
+    want_keys, want_counts = ref.run_lengths(keys[:-1])
+    m = kernels.run_lengths(keys, keys.size - 1, counts)
+    np.testing.assert_array_equal(keys[:m], want_keys)
+    np.testing.assert_array_equal(counts[:m], want_counts)
+
+
+distinct_run = st.lists(st.integers(0, 40), unique=True, max_size=30).map(sorted)
+
+
+@SETTINGS
+@given(a=distinct_run, b=distinct_run, data=st.data())
+def test_merge_runs_matches_reference(a, b, data):
+    a_vals = np.array(data.draw(st.lists(st.integers(1, 2**40), min_size=len(a), max_size=len(a))),
+                      dtype=np.int64)
+    b_vals = np.array(data.draw(st.lists(st.integers(1, 2**40), min_size=len(b), max_size=len(b))),
+                      dtype=np.int64)
+    a, b = np.array(a, dtype=np.int64), np.array(b, dtype=np.int64)
+    out_keys = np.full(a.size + b.size, -1, dtype=np.int64)
+    out_vals = out_keys.copy()
+    m = kernels.merge_runs(a, a_vals, b, b_vals, out_keys, out_vals)
+    want_keys, want_vals = ref.merge_runs(a, a_vals, b, b_vals)
+    np.testing.assert_array_equal(out_keys[:m], want_keys)
+    np.testing.assert_array_equal(out_vals[:m], want_vals)
+
+
+@SETTINGS
+@given(batches=st.lists(st.tuples(documents, st.sampled_from([None, "hashing", "partitioned", "sorted"])),
+                        min_size=1, max_size=6),
+       window=st.integers(1, 3), order=st.integers(0, 3), spill=st.booleans())
+def test_switching_paths_mid_stream_counts_as_hashing(batches, window, order, spill):
+    """Batches counted by any sequence of paths (each forced, or picked by the table), in
+    tiny tables and sort buffers that grow, spill and flush mid-batch, give the statistics
+    of the hashing path: the same keys with the same integer counts."""
+    from streamfit.count import accumulate
+
+    def counted(paths):
+        runs = []
+        table = CountTable(np.int64, capacity_bits=2, max_bits=5 if spill else None,
+                           ngram=bool(order))
+        if spill:
+            table.spill = lambda k, v: runs.append((k.copy(), v.copy()))
+        for (docs, _), path in zip(batches, paths):
+            tokens, offsets = as_arrays(docs, np.int64)
+            table.force_path = path
+            if order:
+                table.add_ngrams(tokens % 1000, offsets, order, False)
+            else:
+                table.add_windows(tokens, offsets, window)
+        runs.append(table.items())
+        keys, inverse = np.unique(np.concatenate([k for k, _ in runs]), return_inverse=True)
+        counts = np.zeros(keys.size, dtype=np.int64)
+        np.add.at(counts, inverse, np.concatenate([v for _, v in runs]))
+        return keys, counts
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(accumulate, "PARTITION_MIN_BITS", 4)
+        mp.setattr(accumulate, "SORT_CHUNK_KEYS", 8)
+        hashed = counted(["hashing"] * len(batches))
+        mixed = counted([path for _, path in batches])
+    np.testing.assert_array_equal(mixed[0], hashed[0])
+    np.testing.assert_array_equal(mixed[1], hashed[1])
 
 
 @SETTINGS
@@ -124,20 +196,15 @@ def test_partition_by_hash_is_a_stable_sort_by_the_hash_top_bits(keys, bits):
 
 def test_the_path_is_picked_by_the_share_of_new_keys(monkeypatch):
     """With the table "past the caches" from 2^6 slots: spread documents (most keys new) go
-    by the partitioned path, a repeated document (no new keys) back by the hashing kernel;
-    chunks of 1024 keys, growing and spilling in the middle of chunks, counts exact."""
+    by the sorted path, a repeated document (no new keys) back by the hashing kernel; sort
+    buffers of 1024 keys, growing and spilling in the middle of chunks, counts exact."""
     from streamfit.count import accumulate
 
     monkeypatch.setattr(accumulate, "PARTITION_MIN_BITS", 6)
-    used = {"partitioned": 0, "hashing": 0}
-    for name, path in (("add_keys", "partitioned"), ("count_windows", "hashing")):
-        real = getattr(kernels, name)
-        monkeypatch.setattr(kernels, name, lambda *a, real=real, path=path: (
-            used.__setitem__(path, used[path] + 1), real(*a))[1])
     rng = np.random.default_rng(2)
     spread = rng.integers(0, 5000, 6000)
     tokens = np.concatenate([spread, np.tile(spread[:50], 120)]).astype(np.int64)
-    offsets = np.array([0, 3000, 6000, 12000], dtype=np.int64)
+    offsets = np.array([0, 3000, 6000, 7500, 9000, 10500, 12000], dtype=np.int64)
     runs = []
     table = CountTable(np.int64, capacity_bits=2, max_bits=12)
     table.spill = lambda k, v: runs.append((k, v))
@@ -149,7 +216,20 @@ def test_the_path_is_picked_by_the_share_of_new_keys(monkeypatch):
     want_keys, want_counts = ref.count_windows(tokens, offsets, 2)
     np.testing.assert_array_equal(uniq, want_keys)
     np.testing.assert_array_equal(np.bincount(inverse, weights=counts).astype(np.int64), want_counts)
-    assert len(runs) > 2 and used["partitioned"] > 2 and used["hashing"] > 2, (len(runs), used)
+    assert len(runs) > 2 and table.chunks["sorted"] > 2 and table.chunks["hashing"] > 2, \
+        (len(runs), table.chunks)
+
+
+@pytest.mark.parametrize("bits, share, path", [(5, 1.0, "hashing"), (6, 0.2, "hashing"),
+                                               (6, 0.3, "partitioned"), (6, 0.6, "sorted")])
+def test_next_path_rule(monkeypatch, bits, share, path):
+    """Small tables hash; past the caches a quarter of new keys partitions, half sorts."""
+    from streamfit.count import accumulate
+
+    monkeypatch.setattr(accumulate, "PARTITION_MIN_BITS", 6)
+    table = CountTable(np.int64, capacity_bits=bits)
+    table.new_share = share
+    assert table.next_path() == path
 
 
 def test_count_windows_small_exact_example():

@@ -27,11 +27,14 @@ from ..io.parquet import (DEFAULT_BATCH_ROWS, FEATURES, INDICES, LABEL, TOKENS, 
 from .stats import Statistics
 
 MAX_LOAD = 0.5
+PATHS = ("hashing", "partitioned", "sorted")  # how a chunk of keys is counted (CountTable)
 CHUNK_KEYS = 1 << 20        # keys counted at a time (at most an eighth of the table's bytes)
 PARTITION_MIN_BITS = 20     # tables of 2^20 slots (16 MiB) and more are past the caches ...
 REGION_BITS = 14            # the partitioned path's regions: 2^14 slots (256 KiB)
 PARTITION_NEW_SHARE = 0.25  # ... and when this share of a chunk's keys is new, the next
 #                             chunk goes in by the partitioned path (kernels.partition_by_hash)
+SORT_NEW_SHARE = 0.5        # ... and from this share, by the sorted path (kernels.run_lengths)
+SORT_CHUNK_KEYS = 1 << 23   # keys sorted at a time (64 MiB; at most an eighth of max_bits' slots)
 
 
 class CountTable:
@@ -47,8 +50,16 @@ class CountTable:
         # middle of a batch: it takes them (e.g. writes a run) and the table is emptied
         # instead of grown, so a long document or batch stays within the budget.
         self.spill: Callable[[np.ndarray, np.ndarray], None] | None = None
-        self.new_share = 1.0  # of the last chunk's keys, those new to the table
-        self.force_path: str | None = None  # "hashing" or "partitioned": tests and benchmarks
+        # Of the last chunk's keys, those new to the table (hashing, partitioned) or the
+        # distinct ones (sorted): what picks the next chunk's path (`next_path`).
+        self.new_share = 1.0
+        self.force_path: str | None = None  # a path for every chunk: tests and benchmarks
+        self.chunks = dict.fromkeys(PATHS, 0)  # chunks counted by each path
+        # The sorted path's runs: (keys increasing, int64 counts), longest first; the table
+        # holds other counts of the same keys, summed by items().
+        self.runs: list[tuple[np.ndarray, np.ndarray]] = []
+        self.pending = 0  # keys waiting in the sorted path's buffer
+        self._sorting: tuple[np.ndarray, np.ndarray] | None = None
         self._buffers: tuple[np.ndarray, np.ndarray] | None = None
         self._allocate(capacity_bits)
 
@@ -63,6 +74,7 @@ class CountTable:
         """Empty the table, at `capacity_bits` (never above max_bits). At its present size
         the array is emptied in place: no new pages to fault in after every spill."""
         bits = capacity_bits if self.max_bits is None else min(capacity_bits, self.max_bits)
+        self.runs, self.pending = [], 0
         if bits != self.bits:
             self._allocate(bits)
             return
@@ -71,9 +83,15 @@ class CountTable:
         self.n_used = 0
 
     @property
+    def run_entries(self) -> int:
+        return sum(keys.size for keys, _ in self.runs)
+
+    @property
     def full(self) -> bool:
-        """At its maximum size and near the load that would make it grow."""
-        return self.max_bits is not None and self.n_used >= 0.4 * (1 << self.max_bits)
+        """Holding as many entries (in the table and the sorted runs, 16 bytes each) as the
+        table at its maximum size near the load that would make it grow."""
+        return self.max_bits is not None and \
+            self.n_used + self.run_entries + self.pending >= 0.4 * (1 << self.max_bits)
 
     @property
     def shift(self) -> int:
@@ -85,7 +103,7 @@ class CountTable:
 
     @property
     def nbytes(self) -> int:
-        return self.slots.nbytes
+        return self.slots.nbytes + 16 * self.run_entries
 
     def grow(self) -> None:
         """Double the capacity (quadruple while small: rehashing is the cost of growth); at
@@ -112,26 +130,42 @@ class CountTable:
         self._add_documents(kernels.count_ngrams, kernels.ngram_keys,
                             (tokens, doc_offsets, order, ngram_bits(order), eos), doc_offsets, 1)
 
-    def partitioned(self) -> bool:
-        """Whether the next chunk of keys goes in by the partitioned path: the table is
-        past the caches and most keys of the last chunk were new to it (`kernels`)."""
+    def next_path(self) -> str:
+        """The path of the next chunk of keys (`kernels`): past the caches, "sorted" when
+        most keys of the last chunk were new (distinct, on the sorted path), "partitioned"
+        when a quarter were; else "hashing"."""
         if self.force_path is not None:
-            return self.force_path == "partitioned"
-        return self.bits >= PARTITION_MIN_BITS and self.new_share >= PARTITION_NEW_SHARE
+            return self.force_path
+        if self.bits < PARTITION_MIN_BITS or self.new_share < PARTITION_NEW_SHARE:
+            return "hashing"
+        return "sorted" if self.new_share >= SORT_NEW_SHARE else "partitioned"
+
+    def _chunk_buffers(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._buffers is None or self._buffers[0].size < size:
+            self._buffers = (np.empty(size, np.int64), np.empty(size, np.int64))
+        return self._buffers
 
     def _add_documents(self, count, fill, args: tuple, doc_offsets: np.ndarray,
                        keys_per_token: int) -> None:
-        """Count the keys of a batch of documents chunk by chunk (about CHUNK_KEYS keys
-        each), each chunk by the hashing kernel `count` or, when `partitioned()`, built by
-        `fill`, ordered by hash and inserted."""
+        """Count the keys of a batch of documents chunk by chunk, each chunk by the path
+        `next_path()` picks: the hashing kernel `count` (about CHUNK_KEYS keys), or keys
+        built by `fill` and then ordered by hash and inserted (partitioned) or left in a
+        buffer that is sorted into a run when full (sorted, `flush`)."""
         doc, pos, n_docs = 0, 0, doc_offsets.size - 1
         while doc < n_docs:
+            path = self.next_path()
+            if path == "sorted":  # keys wait in a buffer (across batches) until it is full
+                keys = self._sort_buffers()[0]
+                doc, pos, n = fill(*args, doc, pos, keys[self.pending:])
+                self.pending += n
+                if doc < n_docs:
+                    self.flush()
+                continue
+            self.chunks[path] += 1
             chunk = min(CHUNK_KEYS, 1 << max(self.bits - 3, 10))
             before, inserted = self.n_used, 0
-            if self.partitioned():
-                if self._buffers is None or self._buffers[0].size < chunk:
-                    self._buffers = (np.empty(chunk, np.int64), np.empty(chunk, np.int64))
-                keys, ordered = self._buffers
+            if path == "partitioned":
+                keys, ordered = self._chunk_buffers(chunk)
                 doc, pos, n = fill(*args, doc, pos, keys[:chunk])
                 kernels.partition_by_hash(keys, n, min(12, max(1, self.bits - REGION_BITS)), ordered)
                 i = 0
@@ -164,6 +198,38 @@ class CountTable:
             if seen:
                 self.new_share = inserted / seen
 
+    def _sort_buffers(self) -> tuple[np.ndarray, np.ndarray]:
+        """The sorted path's buffers: keys waiting to be sorted, and their counts."""
+        if self._sorting is None:
+            size = SORT_CHUNK_KEYS if self.max_bits is None else \
+                min(SORT_CHUNK_KEYS, 1 << max(self.max_bits - 3, 10))
+            self._sorting = (np.empty(size, np.int64), np.empty(size, np.int64))
+        return self._sorting
+
+    def flush(self) -> None:
+        """Sort the keys waiting in the sorted path's buffer into a run (`kernels`)."""
+        n, self.pending = self.pending, 0
+        if not n:
+            return
+        keys, counts = self._sorting
+        keys[:n].sort()
+        m = kernels.run_lengths(keys, n, counts)
+        self.chunks["sorted"] += 1
+        self.new_share = m / n
+        self._add_run(keys[:m].copy(), counts[:m].copy())
+
+    def _add_run(self, keys: np.ndarray, counts: np.ndarray) -> None:
+        """Keep a sorted run, merged with the last runs while they are less than twice
+        its length (so about log2 of the entries' count of runs remain); at the budget
+        with a `spill`, hand everything over and start empty."""
+        run = (keys, counts)
+        while self.runs and self.runs[-1][0].size < 2 * run[0].size:
+            run = _merge(self.runs.pop(), run)
+        self.runs.append(run)
+        if self.spill is not None and self.full:
+            self.spill(*self.items())
+            self.clear(self.bits)
+
     def add_rows(self, rows: FeatureRows) -> None:
         row = 0
         while True:
@@ -175,7 +241,19 @@ class CountTable:
             self.grow()
 
     def items(self) -> tuple[np.ndarray, np.ndarray]:
-        """Occupied (key, value) pairs sorted by key."""
+        """(key, value) pairs sorted by key: the table's, summed with the sorted path's
+        (its waiting keys sorted, its runs merged into one on the way)."""
+        self.flush()
+        keys, vals = self._table_items()
+        if not self.runs:
+            return keys, vals
+        while len(self.runs) > 1:
+            last = self.runs.pop()
+            self.runs.append(_merge(self.runs.pop(), last))
+        return _merge(self.runs[0], (keys, vals)) if keys.size else self.runs[0]
+
+    def _table_items(self) -> tuple[np.ndarray, np.ndarray]:
+        """The table's occupied (key, value) pairs sorted by key."""
         keys = np.empty(self.n_used, dtype=np.int64)
         vals = np.empty(self.n_used, dtype=self.value_dtype)
         lm = self.value_dtype == np.int64
@@ -186,6 +264,18 @@ class CountTable:
         keys, vals = self.slots[0::2][occupied], self.vals[1::2][occupied]
         order = np.argsort(keys)
         return keys[order], vals[order]
+
+
+def _merge(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Two sorted runs as one (kernels.merge_runs), in arrays of its size when keys that
+    were in both leave much room unused."""
+    keys = np.empty(a[0].size + b[0].size, dtype=np.int64)
+    vals = np.empty(keys.size, dtype=np.result_type(a[1], b[1]))
+    n = kernels.merge_runs(a[0], a[1], b[0], b[1], keys, vals)
+    if n < keys.size * 3 // 4:
+        return keys[:n].copy(), vals[:n].copy()
+    return keys[:n], vals[:n]
 
 
 class Accumulator:

@@ -333,3 +333,65 @@ def add_keys(keys, start, n, slots, vals, n_used, max_used, shift):
             return i, n_used
         n_used += _add(slots, vals, keys[i], np.int64(1), shift, mask)
     return n, n_used
+
+
+# --- the sorted path: for batches whose keys are mostly distinct -------------------------------
+# Even ordered by hash, a key new to a table past the caches costs a memory round trip. When
+# most keys of a chunk are distinct, sorting them costs less: the chunk's keys are built,
+# sorted (np.sort), reduced to runs of equal keys (run_lengths) and kept as a sorted run;
+# runs of about the same size are merged (merge_runs), summing the counts of keys in both,
+# so that a few long runs remain, and the table's items are merged with them at the end.
+# The counts are integers: the same sums, whichever path counted which key.
+
+@njit(cache=True, nogil=True)
+def run_lengths(keys, n, counts):
+    """keys[:n] sorted: each distinct key once, moved to the front of `keys` in order, with
+    its number of occurrences in `counts`. Returns the number of distinct keys."""
+    m = 0
+    for i in range(n):
+        k = keys[i]
+        if m > 0 and keys[m - 1] == k:
+            counts[m - 1] += 1
+        else:
+            keys[m] = k
+            counts[m] = 1
+            m += 1
+    return m
+
+
+@njit(cache=True, nogil=True)
+def merge_runs(a_keys, a_vals, b_keys, b_vals, out_keys, out_vals):
+    """Two runs (keys increasing, each distinct within its run) as one into out_keys /
+    out_vals (room for both): a key in both once, with the sum of its two values. Returns
+    the number of keys written."""
+    i = 0
+    j = 0
+    n = 0
+    while i < a_keys.size and j < b_keys.size:
+        a = a_keys[i]
+        b = b_keys[j]
+        if a < b:
+            out_keys[n] = a
+            out_vals[n] = a_vals[i]
+            i += 1
+        elif b < a:
+            out_keys[n] = b
+            out_vals[n] = b_vals[j]
+            j += 1
+        else:
+            out_keys[n] = a
+            out_vals[n] = a_vals[i] + b_vals[j]
+            i += 1
+            j += 1
+        n += 1
+    while i < a_keys.size:
+        out_keys[n] = a_keys[i]
+        out_vals[n] = a_vals[i]
+        i += 1
+        n += 1
+    while j < b_keys.size:
+        out_keys[n] = b_keys[j]
+        out_vals[n] = b_vals[j]
+        j += 1
+        n += 1
+    return n

@@ -69,3 +69,16 @@ def ngram_keys(tokens: np.ndarray, doc_offsets: np.ndarray, order: int, eos: boo
 def count_ngrams(tokens: np.ndarray, doc_offsets: np.ndarray, order: int, eos: bool):
     """Sorted unique n-gram keys and their counts (what the kernel's table holds)."""
     return np.unique(ngram_keys(tokens, doc_offsets, order, eos), return_counts=True)
+
+
+def run_lengths(sorted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each distinct key once and its number of occurrences."""
+    return np.unique(sorted_keys, return_counts=True)
+
+
+def merge_runs(a_keys, a_vals, b_keys, b_vals) -> tuple[np.ndarray, np.ndarray]:
+    """The keys of both runs once each, with the sums of their values (integer sums)."""
+    keys, inverse = np.unique(np.concatenate([a_keys, b_keys]), return_inverse=True)
+    sums = np.zeros(keys.size, dtype=np.result_type(a_vals, b_vals))
+    np.add.at(sums, inverse, np.concatenate([a_vals, b_vals]))
+    return keys, sums
