@@ -119,11 +119,11 @@ sorted_keys = st.lists(st.integers(-2**62, 2**62), max_size=300).map(sorted)
 @given(keys=st.one_of(sorted_keys, st.lists(st.integers(0, 4), max_size=50).map(sorted)))
 def test_run_lengths_matches_reference(keys):
     keys = np.array(keys + [7], dtype=np.int64)  # a key past the end stays out
-    counts = np.full(keys.size, -1, dtype=np.int64)
+    out_keys, out_counts = np.full(keys.size, -1, dtype=np.int64), np.full(keys.size, -1, dtype=np.int64)
+    m = kernels.run_lengths(keys, keys.size - 1, out_keys, out_counts)
     want_keys, want_counts = ref.run_lengths(keys[:-1])
-    m = kernels.run_lengths(keys, keys.size - 1, counts)
-    np.testing.assert_array_equal(keys[:m], want_keys)
-    np.testing.assert_array_equal(counts[:m], want_counts)
+    np.testing.assert_array_equal(out_keys[:m], want_keys)
+    np.testing.assert_array_equal(out_counts[:m], want_counts)
 
 
 distinct_run = st.lists(st.integers(0, 40), unique=True, max_size=30).map(sorted)

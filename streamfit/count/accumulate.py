@@ -34,7 +34,7 @@ REGION_BITS = 14            # the partitioned path's regions: 2^14 slots (256 Ki
 PARTITION_NEW_SHARE = 0.25  # ... and when this share of a chunk's keys is new, the next
 #                             chunk goes in by the partitioned path (kernels.partition_by_hash)
 SORT_NEW_SHARE = 0.5        # ... and from this share, by the sorted path (kernels.run_lengths)
-SORT_CHUNK_KEYS = 1 << 23   # keys sorted at a time (64 MiB; at most an eighth of max_bits' slots)
+SORT_CHUNK_KEYS = 1 << 24   # keys sorted at a time (128 MiB; at most an eighth of max_bits' slots)
 
 
 class CountTable:
@@ -59,7 +59,7 @@ class CountTable:
         # holds other counts of the same keys, summed by items().
         self.runs: list[tuple[np.ndarray, np.ndarray]] = []
         self.pending = 0  # keys waiting in the sorted path's buffer
-        self._sorting: tuple[np.ndarray, np.ndarray] | None = None
+        self._sorting: np.ndarray | None = None
         self._buffers: tuple[np.ndarray, np.ndarray] | None = None
         self._allocate(capacity_bits)
 
@@ -78,6 +78,9 @@ class CountTable:
         if bits != self.bits:
             self._allocate(bits)
             return
+        self._empty_slots()
+
+    def _empty_slots(self) -> None:
         self.slots[0::2] = kernels.EMPTY
         self.slots[1::2] = 0
         self.n_used = 0
@@ -155,7 +158,11 @@ class CountTable:
         while doc < n_docs:
             path = self.next_path()
             if path == "sorted":  # keys wait in a buffer (across batches) until it is full
-                keys = self._sort_buffers()[0]
+                if self.n_used:  # the table's counts join the runs: no pass over all at the end
+                    run = self._table_items()
+                    self._empty_slots()
+                    self._add_run(*run)
+                keys = self._sort_buffer()
                 doc, pos, n = fill(*args, doc, pos, keys[self.pending:])
                 self.pending += n
                 if doc < n_docs:
@@ -198,12 +205,13 @@ class CountTable:
             if seen:
                 self.new_share = inserted / seen
 
-    def _sort_buffers(self) -> tuple[np.ndarray, np.ndarray]:
-        """The sorted path's buffers: keys waiting to be sorted, and their counts."""
+    def _sort_buffer(self) -> np.ndarray:
+        """The sorted path's buffer of keys waiting to be sorted (its pages are touched
+        only as it fills)."""
         if self._sorting is None:
             size = SORT_CHUNK_KEYS if self.max_bits is None else \
                 min(SORT_CHUNK_KEYS, 1 << max(self.max_bits - 3, 10))
-            self._sorting = (np.empty(size, np.int64), np.empty(size, np.int64))
+            self._sorting = np.empty(size, np.int64)
         return self._sorting
 
     def flush(self) -> None:
@@ -211,12 +219,14 @@ class CountTable:
         n, self.pending = self.pending, 0
         if not n:
             return
-        keys, counts = self._sorting
-        keys[:n].sort()
-        m = kernels.run_lengths(keys, n, counts)
+        keys = self._sorting[:n]
+        keys.sort()
+        m = 1 + int(np.count_nonzero(keys[1:] != keys[:-1]))
+        run = (np.empty(m, np.int64), np.empty(m, np.int64))
+        kernels.run_lengths(keys, n, *run)
         self.chunks["sorted"] += 1
         self.new_share = m / n
-        self._add_run(keys[:m].copy(), counts[:m].copy())
+        self._add_run(*run)
 
     def _add_run(self, keys: np.ndarray, counts: np.ndarray) -> None:
         """Keep a sorted run, merged with the last runs while they are less than twice

@@ -338,23 +338,23 @@ def add_keys(keys, start, n, slots, vals, n_used, max_used, shift):
 # --- the sorted path: for batches whose keys are mostly distinct -------------------------------
 # Even ordered by hash, a key new to a table past the caches costs a memory round trip. When
 # most keys of a chunk are distinct, sorting them costs less: the chunk's keys are built,
-# sorted (np.sort), reduced to runs of equal keys (run_lengths) and kept as a sorted run;
+# sorted (np.sort), reduced to its distinct keys and their counts (run_lengths): a sorted run;
 # runs of about the same size are merged (merge_runs), summing the counts of keys in both,
 # so that a few long runs remain, and the table's items are merged with them at the end.
 # The counts are integers: the same sums, whichever path counted which key.
 
 @njit(cache=True, nogil=True)
-def run_lengths(keys, n, counts):
-    """keys[:n] sorted: each distinct key once, moved to the front of `keys` in order, with
-    its number of occurrences in `counts`. Returns the number of distinct keys."""
+def run_lengths(keys, n, out_keys, out_counts):
+    """keys[:n] sorted: each distinct key once in out_keys, its number of occurrences in
+    out_counts (both with room for every distinct key). Returns how many were written."""
     m = 0
     for i in range(n):
         k = keys[i]
-        if m > 0 and keys[m - 1] == k:
-            counts[m - 1] += 1
+        if m > 0 and out_keys[m - 1] == k:
+            out_counts[m - 1] += 1
         else:
-            keys[m] = k
-            counts[m] = 1
+            out_keys[m] = k
+            out_counts[m] = 1
             m += 1
     return m
 
