@@ -16,7 +16,7 @@ NAMES = {
     "streamfit.io.files": "atomic_directory",
     "streamfit.io.parquet": "open_parquet resolve_paths DEFAULT_BATCH_ROWS",
     "streamfit.data.featurize": "FeatureRows concat_examples feature_examples slice_examples",
-    "streamfit.count.accumulate": "CountTable",
+    "streamfit.count.accumulate": "CountTable PATHS",
     "streamfit.count.stats": "checksum_of",
     "streamfit.count.out_of_core": "parse_size",
     "streamfit.solve.forms": "DEFAULT_SMOOTHING",
