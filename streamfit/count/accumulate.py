@@ -34,7 +34,9 @@ REGION_BITS = 14            # the partitioned path's regions: 2^14 slots (256 Ki
 PARTITION_NEW_SHARE = 0.25  # ... and when this share of a chunk's keys is new, the next
 #                             chunk goes in by the partitioned path (kernels.partition_by_hash)
 SORT_NEW_SHARE = 0.5        # ... and from this share, by the sorted path (kernels.run_lengths)
-SORT_CHUNK_KEYS = 1 << 24   # keys sorted at a time (128 MiB; at most an eighth of max_bits' slots)
+SORT_CHUNK_KEYS = 1 << 27   # keys sorted at a time (1 GiB, touched as it fills: 8 bytes a key,
+#                             less than the 16 of a run's entry when most keys are distinct;
+#                             under a budget at most a quarter of max_bits' slots)
 
 
 class CountTable:
@@ -210,7 +212,7 @@ class CountTable:
         only as it fills)."""
         if self._sorting is None:
             size = SORT_CHUNK_KEYS if self.max_bits is None else \
-                min(SORT_CHUNK_KEYS, 1 << max(self.max_bits - 3, 10))
+                min(SORT_CHUNK_KEYS, 1 << max(self.max_bits - 2, 10))
             self._sorting = np.empty(size, np.int64)
         return self._sorting
 
