@@ -364,8 +364,8 @@ def format_table(report: dict) -> str:
         lines.append("")
     t = report["target"]
     lines.append(f"target (m = 1): >= {t['tokens_per_s'] / 1e6:.0f}M tokens/s per core and >= "
-                 f"{t['ratio']:.0f}x best baseline -> kernel: {t['kernel_rate_met']}/"
-                 f"{t['kernel_ratio_met']}, end to end: {t['end_to_end_rate_met']}/"
+                 f"{t['ratio']:.0f}x best baseline -> kernel + items: {t['kernel_items_rate_met']}/"
+                 f"{t['kernel_items_ratio_met']}, end to end: {t['end_to_end_rate_met']}/"
                  f"{t['end_to_end_ratio_met']} (rate/ratio reached; reported, not asserted)")
     if t.get("worst_case_met") is not None:
         lines.append(f"worst case (markov): kernel + items >= {t['worst_case_ratio']:.0f}x best "
@@ -388,8 +388,8 @@ def readme_table(saved: dict) -> list[str]:
          "counter — every packed key built, then `np.unique` — timed in the same run; a "
          f"{env['cpu_count']}-core {env['cpu']}, shared: a load average above 1 slows every "
          "figure of its row, the ratios less):", "",
-         "| corpus | window | kernel | end to end (Parquet → statistics) | numpy baseline "
-         "| kernel / baseline (+ items: with the sorted keys and counts the baseline gives) "
+         "| corpus | window | kernel + items (sorted keys and counts, as the baseline's) "
+         "| end to end (Parquet → statistics) | numpy baseline | kernel + items / baseline "
          "| load average at the end |", "|---|---|---|---|---|---|---|"]
     for name, run in runs.items():
         c = run["corpus"]
@@ -399,14 +399,15 @@ def readme_table(saved: dict) -> list[str]:
         load = f"{run['environment']['load_average_end'][0]:.1f}"
         for i, res in enumerate(run["results"]):
             tps, base = res["tokens_per_s"], res["best_baseline"]
-            ratio = res["ratios"]["kernel_vs_best_baseline"]
+            ratio = res["ratios"]["kernel_items_vs_best_baseline"]
             cell = times(ratio)
-            L.append((f"| {label} |" if i == 0 else "| |") + f" {res['window']} | {tps['kernel'] / 1e6:.3g} M "
-                     f"tokens/s | {tps['end_to_end'] / 1e6:.3g} M tokens/s | {tps[base] / 1e6:.3g} M "
-                     f"tokens/s{' (scipy)' if base == 'scipy' else ''} | "
+            cpu = res.get("cpu_ratios", {}).get("kernel_items_vs_best_baseline")
+            L.append((f"| {label} |" if i == 0 else "| |") + f" {res['window']} | "
+                     f"{tps['kernel_items'] / 1e6:.3g} M tokens/s | {tps['end_to_end'] / 1e6:.3g} M "
+                     f"tokens/s | {tps[base] / 1e6:.3g} M tokens/s{' (scipy)' if base == 'scipy' else ''} | "
                      + (f"**{cell}**" if ratio >= TARGET_RATIO else cell)
-                     + f" (+ items {times(res['ratios']['kernel_items_vs_best_baseline'])}, end to end "
-                     f"{times(res['ratios']['end_to_end_vs_best_baseline'])}) | "
+                     + ("" if cpu is None else f" ({times(cpu)} in CPU seconds)")
+                     + f", end to end {times(res['ratios']['end_to_end_vs_best_baseline'])} | "
                      + (f"{load} |" if i == 0 else "|"))
     return L
 
@@ -486,7 +487,7 @@ def main(argv=None) -> int:
     by_w = {r["window"]: r for r in results}
     r1 = by_w.get(1)
     target = {"tokens_per_s": TARGET_TOKENS_PER_S, "ratio": TARGET_RATIO, "window": 1}
-    for cand in ("kernel", "end_to_end"):
+    for cand in ("kernel_items", "end_to_end"):  # kernel_items: the sorted keys and counts
         target[f"{cand}_rate_met"] = None if r1 is None else \
             bool(r1["tokens_per_s"][cand] >= TARGET_TOKENS_PER_S)
         target[f"{cand}_ratio_met"] = None if r1 is None else \
