@@ -2,8 +2,9 @@
 
 `Accumulator` is what a data pipeline calls (`update(record_batch)`, then `stats()`);
 `accumulate(paths)` streams Parquet files through one, recording which row groups were
-consumed. Counting runs in the numba kernels of `streamfit.kernels` over a hash table that
-grows as new (feature, class) pairs appear.
+consumed. Counting runs in the numba kernels of `streamfit.count.kernels` over a hash table
+that grows as new (feature, class) pairs appear, or, for token keys that are mostly new to a
+large table, into sorted runs (`CountTable.next_path`).
 """
 from __future__ import annotations
 

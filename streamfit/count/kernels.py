@@ -7,7 +7,8 @@ Statistics are accumulated in an open-addressing hash table (`keys`, `vals`, lin
 Fibonacci hashing) keyed by a packed (feature, class) int64. A kernel stops early and reports
 where when the table reaches `max_used` entries; the caller grows the table and resumes.
 Keys are packed so that their integer order is (row, class) order, which makes the final
-sort produce CSR directly.
+sort produce CSR directly. Keys that are mostly new to a large table are built into a buffer
+instead and sorted into runs (the partitioned and sorted paths at the end of this module).
 """
 from __future__ import annotations
 
