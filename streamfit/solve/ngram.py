@@ -77,9 +77,10 @@ def decode_ngrams(keys: np.ndarray, order: int, vocab_size: int) -> tuple[np.nda
 
 def unique_keys(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """np.unique(key, return_index=True, return_inverse=True) without the keys −1 (inverse
-    −1 there), with one index of each key rather than its first (an unstable sort: twice as
-    fast as numpy's, which sorts stably for the first index); keys below 4 × their number
-    (tokens) by counting, without a sort."""
+    −1 there), with one index of each key rather than necessarily its first; keys below 4 ×
+    their number (tokens) by counting, without a sort; keys that fit 63 bits together with
+    their index by sorting key << bits | index (numpy's vectorised sort: several times
+    faster than an argsort), the rest by an unstable argsort."""
     top = int(key.max()) if key.size else -1
     if top < 4 * key.size:
         ok = key >= 0
@@ -91,8 +92,14 @@ def unique_keys(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         first = np.empty(uniq.size, np.int64)
         first[inverse[ok]] = np.flatnonzero(ok)
         return uniq.astype(np.int64), first, inverse
-    order = np.argsort(key)
-    sorted_keys = key[order]
+    index_bits = max(1, (key.size - 1).bit_length())
+    if top.bit_length() + index_bits <= 62:
+        packed = np.sort((key.astype(np.int64) << index_bits) | np.arange(key.size))
+        sorted_keys = packed >> index_bits            # −1 keys first (arithmetic shift)
+        order = packed & ((np.int64(1) << index_bits) - 1)
+    else:
+        order = np.argsort(key)
+        sorted_keys = key[order]
     new = np.empty(key.size, bool)
     new[:1] = True
     np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=new[1:])
@@ -102,6 +109,14 @@ def unique_keys(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if uniq.size and uniq[0] == -1:
         uniq, first, inverse = uniq[1:], first[1:], inverse - 1
     return uniq, first, inverse
+
+
+def unique_pairs(high: np.ndarray, low: np.ndarray, span: int, shift: int, ok: np.ndarray):
+    """`unique_keys` of the keys high << shift | low (−1 where not ok), each pair compacted
+    first to high · span + low (low < span: the same order), so that the packed sort
+    applies; the unique keys are returned in the shifted form."""
+    uniq, first, inverse = unique_keys(np.where(ok, high * span + low, -1))
+    return ((uniq // span) << shift) | (uniq % span), first, inverse
 
 
 @dataclass
@@ -167,7 +182,7 @@ def kneser_ney(stats) -> Levels:
             uniq, _, inverse = unique_keys(np.where(ok, tok, -1))
             uniq = uniq << CID_BITS
         else:
-            uniq, _, inverse = unique_keys(np.where(ok, (tok << CID_BITS) | cid[L - 1], -1))
+            uniq, _, inverse = unique_pairs(tok, cid[L - 1], ctx_key[L - 1].size, CID_BITS, ok)
         valid.append(ok)
         cid.append(np.where(ok, inverse, -1))
         ctx_key.append(uniq)
@@ -175,8 +190,7 @@ def kneser_ney(stats) -> Levels:
         ctx_tok.append(uniq >> CID_BITS)
     ng_key, raw, rep, ng_inverse = [], [], [], []
     for L in range(order):
-        key = np.where(valid[L], (cid[L] << TOK_BITS) | y, -1)
-        uniq, first, inverse = unique_keys(key)
+        uniq, first, inverse = unique_pairs(cid[L], y, C, TOK_BITS, valid[L])
         ng_inverse.append(inverse)
         ng_key.append(uniq)
         rep.append(first)  # one top-order row holding this n-gram
@@ -220,8 +234,8 @@ def kneser_ney(stats) -> Levels:
         yy = keys & ((1 << TOK_BITS) - 1)
         if L == 1:
             parent_row = yy
-        else:
-            parent_row = np.searchsorted(ng_key[L - 1], (ctx_parent[L][c] << TOK_BITS) | yy)
+        else:  # the suffix n-gram: the level-(L−1) n-gram of a top-order row holding it
+            parent_row = ng_inverse[L - 1][rep[L]]
         a = adjusted[L]
         lower = lps[L - 1][parent_row]
         p = (a - D[L][np.minimum(a, 3)]) / totals[L][c] + np.exp(log_gamma[L][c] + lower[:, L - 1])
@@ -233,31 +247,46 @@ def kneser_ney(stats) -> Levels:
 
 
 # --- positions: the deepest seen context of each prediction ----------------------------------
+def key_tables(levels: Levels, widths: tuple[int, int] = (2, 2)):
+    """Hash tables of (level, token, suffix id) → context id and (level, context id, y) →
+    its row within the level (word 1 of a slot), `widths` words a slot, and the slot of
+    each key (levels 1.. in order). At the model file's widths (5, 3) they are its tables
+    with the keys in place: `scoring_model` fills the rest, the row ids included."""
+    N = levels.order
+    ck = np.concatenate([np.zeros(0, np.int64)] +
+                        [(np.int64(L) << LEVEL_SHIFT) | levels.ctx_key[L] for L in range(1, N)])
+    nk = np.concatenate([np.zeros(0, np.int64)] +
+                        [(np.int64(L) << LEVEL_SHIFT) | levels.ng_key[L] for L in range(1, N)])
+    ctable, cbits, cslot = slot_table(ck, widths[0])
+    ctable[cslot, 1] = np.concatenate([np.zeros(0, np.int64)] +
+                                      [np.arange(levels.ctx_key[L].size) for L in range(1, N)])
+    ntable, nbits, nslot = slot_table(nk, widths[1])
+    ntable[nslot, 1] = np.concatenate([np.zeros(0, np.int64)] +
+                                      [np.arange(levels.ng_key[L].size) for L in range(1, N)])
+    return ctable, cbits, cslot, ntable, nbits, nslot
+
+
 def lookup_tables(levels: Levels):
     """Hash tables of (level, token, suffix id) → context id and (level, context id, y) → row."""
-    ck = np.concatenate([np.zeros(0, np.int64)] +
-                        [(np.int64(L) << LEVEL_SHIFT) | levels.ctx_key[L] for L in range(1, levels.order)])
-    nk = np.concatenate([np.zeros(0, np.int64)] +
-                        [(np.int64(L) << LEVEL_SHIFT) | levels.ng_key[L] for L in range(1, levels.order)])
-    ctable, cbits, cslot = slot_table(ck, 2)
-    ctable[cslot, 1] = np.concatenate([np.zeros(0, np.int64)] +
-                                      [np.arange(levels.ctx_key[L].size) for L in range(1, levels.order)])
-    ntable, nbits, nslot = slot_table(nk, 2)
-    ntable[nslot, 1] = np.concatenate([np.zeros(0, np.int64)] +
-                                      [np.arange(levels.ng_key[L].size) for L in range(1, levels.order)])
+    ctable, cbits, _, ntable, nbits, _ = key_tables(levels)
     return ctable, cbits, ntable, nbits
 
 
-def position_arrays(levels: Levels) -> tuple:
+def position_arrays(levels: Levels, blocks: "Blocks | None" = None) -> tuple:
     """The flat log P of every level and log γ of every context with their offsets, which
-    `positions` reads: built once when it is called for many batches."""
-    lp_off = np.zeros(levels.order + 1, np.int64)
+    `positions` reads: built once when it is called for many batches (log P taken from
+    `blocks`, which holds the same, when given)."""
     ctx_off = np.zeros(levels.order + 1, np.int64)
     for L in range(levels.order):
-        lp_off[L + 1] = lp_off[L] + levels.lps[L].size
         ctx_off[L + 1] = ctx_off[L] + levels.ctx_key[L].size
-    return (ctx_off, lp_off, np.concatenate([x.ravel() for x in levels.lps]),
-            np.concatenate(levels.log_gamma))
+    if blocks is not None:
+        lp_off, lp_flat = blocks.lp_off, blocks.lp_flat
+    else:
+        lp_off = np.zeros(levels.order + 1, np.int64)
+        for L in range(levels.order):
+            lp_off[L + 1] = lp_off[L] + levels.lps[L].size
+        lp_flat = np.concatenate([x.ravel() for x in levels.lps])
+    return ctx_off, lp_off, lp_flat, np.concatenate(levels.log_gamma)
 
 
 def positions(levels: Levels, context: np.ndarray, target: np.ndarray, tables=None,
@@ -538,9 +567,10 @@ def assemble_log_z(theta, weight, deepest, group, log_gamma, param, W, WL, n_gro
     return logz, E, alpha, beta
 
 
-def heldout_positions(levels: Levels, batches, eos: bool):
-    """(deepest, chain, lp) of every prediction of held-out token batches (TokenArrays)."""
-    tables, flat = lookup_tables(levels), position_arrays(levels)
+def heldout_positions(levels: Levels, batches, eos: bool, tables=None, arrays=None):
+    """(deepest, chain, lp) of every prediction of held-out token batches (TokenArrays);
+    `tables` and `arrays` as `positions` takes them, when already built."""
+    tables, flat = tables or lookup_tables(levels), arrays or position_arrays(levels)
     parts = []
     for arrays in batches:
         context, target = context_rows(arrays.tokens.astype(np.int64), arrays.doc_offsets,
@@ -758,10 +788,11 @@ def fit_blocks(blocks: Blocks, deepest: np.ndarray, chain: np.ndarray, lp: np.nd
 
 
 def scoring_model(blocks: Blocks, theta: np.ndarray, meta: dict, eos: bool, *, extra=None,
-                  logz=None) -> NgramModel:
+                  logz=None, tables=None) -> NgramModel:
     """The lookup tables of `model.ngram` for these τ: log Z of every training context
     (all levels, as the deepest seen one), partial logits per n-gram row. A refined model
-    (`train.ngram`) passes `extra`, per level its rows' added logits, and its own `logz`."""
+    (`train.ngram`) passes `extra`, per level its rows' added logits, and its own `logz`;
+    `tables`: `key_tables(levels, (5, 3))`, filled here (no longer lookup tables after)."""
     levels, N = blocks.levels, blocks.order
     if logz is None and np.array_equal(theta, kneser_ney_theta(N)):
         # Kneser-Ney is normalised by construction (every discount D[a] ≤ a): log Z = 0
@@ -783,23 +814,17 @@ def scoring_model(blocks: Blocks, theta: np.ndarray, meta: dict, eos: bool, *, e
                 c = levels.ctx_parent[j][c]
         partial.append((tau * lps).sum(1) + (extra[L] if extra is not None else 0.0))
     # contexts: key, id, log γ, τ, log Z
-    ck = np.concatenate([np.zeros(0, np.int64)] +
-                        [(np.int64(L) << LEVEL_SHIFT) | levels.ctx_key[L] for L in range(1, N)])
-    contexts, _, slot = slot_table(ck, 5)
+    contexts, _, cslot, ngrams, _, nslot = tables or key_tables(levels, (5, 3))
     cv = contexts.view(np.float64)
     for L in range(1, N):
-        s = slot[ctx_off[L] - 1:ctx_off[L + 1] - 1]
-        contexts[s, 1] = np.arange(levels.ctx_key[L].size)
+        s = cslot[ctx_off[L] - 1:ctx_off[L + 1] - 1]
         cv[s, 2] = levels.log_gamma[L]
         cv[s, 3] = theta[1 + (L - 1) * N_BUCKETS + blocks.bucket[L]]
         cv[s, 4] = logz[ctx_off[L]:ctx_off[L + 1]]
-    nk = np.concatenate([np.zeros(0, np.int64)] +
-                        [(np.int64(L) << LEVEL_SHIFT) | levels.ng_key[L] for L in range(1, N)])
-    ngrams, _, slot = slot_table(nk, 3)
     nv = ngrams.view(np.float64)
     lo = 0
     for L in range(1, N):
-        s = slot[lo:lo + levels.ng_key[L].size]
+        s = nslot[lo:lo + levels.ng_key[L].size]
         nv[s, 1] = partial[L]
         nv[s, 2] = levels.lps[L][:, L]
         lo += levels.ng_key[L].size
@@ -851,11 +876,14 @@ def finalize_ngram(stats, out, *, form: str = "blocks", heldout=None, source: di
             "kneser_ney": levels.sizes(), "source": source or {}}
     if cache:
         heldout = list(heldout)        # read twice: the τ fit, then the cache's weights
+    tables = key_tables(levels, (5, 3))   # the model's tables, lookup tables until filled
     if form == "blocks":
-        deepest, chain, lp = heldout_positions(levels, heldout, stats.eos)
+        c, cbits, _, n, nbits, _ = tables
+        deepest, chain, lp = heldout_positions(levels, heldout, stats.eos, (c, cbits, n, nbits),
+                                               position_arrays(levels, blocks))
         theta, meta["fit"] = fit_blocks(blocks, deepest, chain, lp, max_iter=max_iter)
     meta["theta"] = [float(t) for t in theta]
-    model = scoring_model(blocks, theta, meta, stats.eos)
+    model = scoring_model(blocks, theta, meta, stats.eos, tables=tables)
     if cache:
         from .cache import fit_cache
         meta["cache"] = fit_cache(model, heldout)
