@@ -201,7 +201,7 @@ def kn_oracle(docs, order, eos, vocab):
     return lambda ctx, y: prob(order - 1, tuple(ctx), y), classes
 
 
-@pytest.mark.parametrize("high", [5, 1000, 10**12])   # counted, counted, sorted
+@pytest.mark.parametrize("high", [5, 1000, 10**12, 2**60])  # counted, counted, packed sort, argsort
 def test_unique_keys_equal_numpys_without_the_minus_ones(high):
     rng = np.random.default_rng(high)
     for n in list(range(0, 40)) + [500]:
