@@ -180,7 +180,7 @@ def _smoothing(text: str) -> float | str:
 
 def cmd_finalize_ngram(args, stats) -> int:
     from .count.stats import read_manifest
-    from .model.weights import sidecar_path
+    from .io.files import sidecar_path
     from .solve.ngram import finalize_ngram, token_batches
 
     form = args.form or ("blocks" if args.heldout else "kneser-ney")
@@ -228,13 +228,13 @@ def _small(args) -> bool:
 
 def cmd_finalize(args) -> int:
     from .count.stats import load, read_manifest
+
+    stats = load(args.stats)
+    if stats.order:  # before the imports below: an n-gram finalize needs none of them
+        return cmd_finalize_ngram(args, stats)
     from .model.evaluate import iter_examples
     from .model.weights import sidecar_path
     from .solve.explicit import finalize
-
-    stats = load(args.stats)
-    if stats.order:
-        return cmd_finalize_ngram(args, stats)
     if _small(args):
         raise StreamfitError("--compact, --prune-count, --prune-entropy and --quantize are for "
                              "n-gram statistics (accumulate --order N); weights files shrink "

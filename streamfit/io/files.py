@@ -15,6 +15,23 @@ import numpy as np
 from ..errors import FormatError, StreamfitError
 
 
+SIDECAR_SUFFIX = ".model.json"  # distinct, so that `evaluate … --json > m.json` cannot clobber it
+
+
+def stem_of(path: str | os.PathLike) -> Path:
+    """`weights.npy`, `weights.model.json`, `weights.json` and `weights` all name the model
+    `weights`."""
+    p = Path(path)
+    if p.name.endswith(SIDECAR_SUFFIX):
+        return p.with_name(p.name[:-len(SIDECAR_SUFFIX)])
+    return p.with_suffix("") if p.suffix in (".npy", ".json") else p
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """Where the model's sidecar is written: STEM.model.json."""
+    return Path(f"{stem_of(path)}{SIDECAR_SUFFIX}")
+
+
 def temp_name(path: Path) -> Path:
     """A unique temporary name beside `path` (same directory, so rename is atomic)."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -226,14 +243,22 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def save_npy(path: str | os.PathLike, array: np.ndarray, digest: bool = True) -> dict | None:
     """Write `array` atomically as .npy; returns {"size", "sha256"} for a manifest (with
-    `digest`: reading the file again costs about as much as writing it)."""
+    `digest`: of the bytes as written, hashed from memory rather than read back)."""
+    import io
     array = np.ascontiguousarray(array)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
+    parts = (header.getvalue(), array.data if array.ndim else array.tobytes())
     with atomic_path(path, needed=array.nbytes) as tmp:
         with open(tmp, "wb") as fh:
-            np.lib.format.write_array_header_1_0(fh, np.lib.format.header_data_from_array_1_0(array))
-            # plain writes, not numpy's tofile: a full disk is then an OSError with ENOSPC
-            fh.write(array.data if array.ndim else array.tobytes())
-    return file_digest(path) if digest else None
+            for part in parts:  # plain writes, not numpy's tofile: a full disk is then an
+                fh.write(part)  # OSError with ENOSPC
+    if not digest:
+        return None
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part)
+    return {"size": len(parts[0]) + array.nbytes, "sha256": h.hexdigest()}
 
 
 def file_digest(path: str | os.PathLike, chunk: int = 1 << 22) -> dict:

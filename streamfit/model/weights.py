@@ -32,6 +32,7 @@ from . import kernels
 from ..errors import FormatError, OptionError, StreamfitError
 from ..data.featurize import (Examples, TokenArrays, batch_examples, distinct_inputs,
                               slice_examples, take_examples, window_examples)
+from ..io.files import SIDECAR_SUFFIX, sidecar_path, stem_of  # noqa: F401 (importers)
 from ..io.files import (NpyWriter, OutputLock, check_array_entries, check_csr, check_fields,
                         load_listed_arrays,
                         create_memmap, disk_full, fault_point, file_digest, fsync_dir, fsync_path,
@@ -63,23 +64,6 @@ def locks_output(fn):
         with OutputLock(stem_of(out)):
             return fn(*args, **kwargs)
     return locked
-
-
-SIDECAR_SUFFIX = ".model.json"  # distinct, so that `evaluate … --json > m.json` cannot clobber it
-
-
-def stem_of(path: str | os.PathLike) -> Path:
-    """`weights.npy`, `weights.model.json`, `weights.json` and `weights` all name the model
-    `weights`."""
-    p = Path(path)
-    if p.name.endswith(SIDECAR_SUFFIX):
-        return p.with_name(p.name[:-len(SIDECAR_SUFFIX)])
-    return p.with_suffix("") if p.suffix in (".npy", ".json") else p
-
-
-def sidecar_path(path: str | os.PathLike) -> Path:
-    """Where the model's sidecar is written: STEM.model.json."""
-    return Path(f"{stem_of(path)}{SIDECAR_SUFFIX}")
 
 
 def _legacy_sidecar(path: str | os.PathLike) -> Path | None:

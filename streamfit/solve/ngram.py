@@ -858,7 +858,7 @@ def finalize_ngram(stats, out, *, form: str = "blocks", heldout=None, source: di
     the held-out token batches `heldout`, every prediction of them); `cache` adds the
     document cache (`model.cache`), its weights fitted on `heldout` too."""
     from .. import __version__
-    from ..model.weights import sidecar_path, stem_of
+    from ..io.files import sidecar_path, stem_of
     if form not in NGRAM_FORMS:
         raise OptionError(f"n-gram statistics finalize as --form kneser-ney or blocks, not {form!r}")
     if form == "blocks" and heldout is None:
