@@ -226,31 +226,44 @@ def _dense_row(key, row_bits, lm_rows, width):
     return r
 
 
+NGRAM_GROUP = 16  # count_ngrams: keys built together, then added together
+
+
 @njit(cache=True, nogil=True)
 def count_ngrams(tokens, doc_offsets, order, bits, eos, start_doc, start_pos,
                  slots, vals, n_used, max_used, shift):
     """Count every order-`order` n-gram: each token with its order-1 previous tokens (BOS
     before the document start), and with `eos` an end-of-document token after each
     document's last. Keys as in `data.limits` (id + 1, BOS 0, EOS all ones). Resumes at
-    (start_doc, start_pos) and returns (doc, pos, n_used); doc == n_docs when done."""
+    (start_doc, start_pos) and returns (doc, pos, n_used); doc == n_docs when done.
+
+    Keys are built by groups of up to NGRAM_GROUP of a document, then added: a loop of
+    adds alone lets the processor overlap their cache misses (the same table, about 1.5x
+    faster than building and adding each key in turn once the table is past the caches)."""
     mask = slots.size // 2 - 1
     n_docs = doc_offsets.size - 1
     eos_value = (np.int64(1) << bits) - 1
+    group = np.empty(NGRAM_GROUP, np.int64)
     for d in range(start_doc, n_docs):
         lo = doc_offsets[d]
         hi = doc_offsets[d + 1]
-        first = lo + start_pos if d == start_doc else lo
+        t = lo + start_pos if d == start_doc else lo
         end = hi + 1 if eos else hi
-        for t in range(first, end):
-            if n_used + 1 > max_used:
+        while t < end:
+            g = min(NGRAM_GROUP, end - t, max_used - n_used)
+            if g <= 0:
                 return d, t - lo, n_used
-            key = np.int64(0)
-            for j in range(t - order + 1, t):
-                v = np.int64(tokens[j]) + 1 if j >= lo else np.int64(0)
-                key = (key << bits) | v
-            target = np.int64(tokens[t]) + 1 if t < hi else eos_value
-            key = (key << bits) | target
-            n_used += _add(slots, vals, key, np.int64(1), shift, mask)
+            for i in range(g):
+                u = t + i
+                key = np.int64(0)
+                for j in range(u - order + 1, u):
+                    v = np.int64(tokens[j]) + 1 if j >= lo else np.int64(0)
+                    key = (key << bits) | v
+                target = np.int64(tokens[u]) + 1 if u < hi else eos_value
+                group[i] = (key << bits) | target
+            for i in range(g):
+                n_used += _add(slots, vals, group[i], np.int64(1), shift, mask)
+            t += g
     return n_docs, 0, n_used
 
 
