@@ -153,6 +153,7 @@ def refine_into(saved_path: Path, args) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_lm-") as tmp:
         tmp = Path(tmp)
         for name in args.names:
+            part = time.perf_counter()   # this corpus's wall time, not since the command began
             res = saved["results"][name]
             folder = corpus(name, Path(args.data))
             for order in orders:
@@ -167,7 +168,7 @@ def refine_into(saved_path: Path, args) -> int:
                 shutil.rmtree(stats_dir, ignore_errors=True)
             res.setdefault("refined_by", []).append(
                 {"command": command("bench_lm.py", None), "date": utc_now(), "orders": orders,
-                 "load_start": load_start, "wall_s": time.perf_counter() - started})
+                 "load_start": load_start, "wall_s": time.perf_counter() - part})
     save_and_render(saved_path, saved, render, Path(args.out), plots=not args.no_plots)
     log(f"{saved_path}: maximum-entropy rows added ({(time.perf_counter() - started) / 60:.1f} min)")
     return 0
@@ -255,13 +256,14 @@ def timing_into(saved_path: Path, args) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_lm-") as tmp:
         tmp = Path(tmp)
         for name in args.names:
+            part = time.perf_counter()   # this corpus's wall time, not since the command began
             res = saved["results"][name]
             folder = corpus(name, Path(args.data))
             for order in res["key_orders"]:
                 for key, eos in (("ngram", False), ("ngram_eos", True)):
                     new = ngram_models(folder, tmp, order, eos, refine=False)
-                    for part, saved_part in res[key][str(order)].items():   # maxent, cache
-                        new.setdefault(part, saved_part)
+                    for kind, saved_part in res[key][str(order)].items():   # maxent, cache
+                        new.setdefault(kind, saved_part)
                     res[key][str(order)] = new
             if args.kenlm:
                 res["kenlm"] = kenlm(Path(args.kenlm), folder, tmp, res["orders"])
@@ -271,7 +273,7 @@ def timing_into(saved_path: Path, args) -> int:
                                               args.rounds)
             res["timed_by"] = [{"command": command("bench_lm.py", None), "date": utc_now(),
                                 "load_start": load_start, "paired": name == "gcide",
-                                "wall_s": time.perf_counter() - started}]
+                                "wall_s": time.perf_counter() - part}]
     save_and_render(saved_path, saved, render, Path(args.out), plots=not args.no_plots)
     log(f"{saved_path}: timings measured again ({(time.perf_counter() - started) / 60:.1f} min)")
     return 0
