@@ -184,6 +184,25 @@ def test_switching_paths_mid_stream_counts_as_hashing(batches, window, order, sp
 
 
 @SETTINGS
+@given(docs=documents, order=st.integers(1, 4), eos=st.booleans(), bits=st.integers(2, 9))
+def test_ngram_table_items_equal_the_argsort_of_its_slots(docs, order, eos, bits):
+    """An n-gram table's items (kernels.occupied_keys, a sort, kernels.values_of) are the
+    argsort of its occupied slots (reference.table_items), and the n-grams of the numpy
+    twin, at table sizes from 4 slots (many collisions, growth mid-group) up."""
+    tokens, offsets = as_arrays(docs, np.int64)
+    tokens = tokens % 1000  # n-gram ids must fit 63 // order bits
+    table = CountTable(np.int64, capacity_bits=bits, ngram=True)
+    table.force_path = "hashing"
+    table.add_ngrams(tokens, offsets, order, eos)
+    keys, counts = table.items()
+    want = ref.table_items(table.slots, table.vals)
+    np.testing.assert_array_equal(keys, want[0])
+    np.testing.assert_array_equal(counts, want[1])
+    np.testing.assert_array_equal(np.stack((keys, counts)),
+                                  np.stack(ref.count_ngrams(tokens, offsets, order, eos)))
+
+
+@SETTINGS
 @given(keys=st.lists(st.integers(0, 2**62), max_size=300), bits=st.integers(1, 12))
 def test_partition_by_hash_is_a_stable_sort_by_the_hash_top_bits(keys, bits):
     keys = np.array(keys, dtype=np.int64)

@@ -267,6 +267,35 @@ def count_ngrams(tokens, doc_offsets, order, bits, eos, start_doc, start_pos,
     return n_docs, 0, n_used
 
 
+@njit(cache=True, nogil=True)
+def occupied_keys(slots, out):
+    """The keys of the occupied slots, in slot order, into out[:n]; returns n."""
+    n = 0
+    for i in range(slots.size // 2):
+        k = slots[2 * i]
+        if k != EMPTY:
+            out[n] = k
+            n += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
+def values_of(keys, slots, vals, shift, out):
+    """out[i] = the value at keys[i], each present in the table: the home slots of a group
+    of NGRAM_GROUP keys computed before they are probed, as in count_ngrams."""
+    mask = slots.size // 2 - 1
+    home = np.empty(NGRAM_GROUP, np.int64)
+    for lo in range(0, keys.size, NGRAM_GROUP):
+        hi = min(lo + NGRAM_GROUP, keys.size)
+        for i in range(lo, hi):
+            home[i - lo] = _slot(keys[i], shift)
+        for i in range(lo, hi):
+            h = home[i - lo]
+            while slots[2 * h] != keys[i]:
+                h = (h + 1) & mask
+            out[i] = vals[2 * h + 1]
+
+
 # --- the partitioned path: for batches whose keys are mostly new to a large table -------------
 # Inserting keys in the order they come hits a random slot of the table each time: past the
 # caches, a memory round trip each. Instead a chunk of keys is built first, ordered by the

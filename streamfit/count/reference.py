@@ -82,3 +82,12 @@ def merge_runs(a_keys, a_vals, b_keys, b_vals) -> tuple[np.ndarray, np.ndarray]:
     sums = np.zeros(keys.size, dtype=np.result_type(a_vals, b_vals))
     np.add.at(sums, inverse, np.concatenate([a_vals, b_vals]))
     return keys, sums
+
+
+def table_items(slots: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The occupied (key, value) pairs of a count table (keys at slots[2h], values at
+    vals[2h + 1]) sorted by key: an argsort."""
+    keys = slots[0::2]
+    occupied = keys != -1
+    order = np.argsort(keys[occupied])
+    return keys[occupied][order], vals[1::2][occupied][order]
