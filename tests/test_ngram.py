@@ -201,6 +201,27 @@ def kn_oracle(docs, order, eos, vocab):
     return lambda ctx, y: prob(order - 1, tuple(ctx), y), classes
 
 
+@pytest.mark.parametrize("load", [0.3, 0.7, 0.97])
+def test_slot_table_is_a_linear_probing_table(load):
+    """Every key sits at the end of an occupied run from its home slot (what a lookup
+    probes: the linear-probing invariant, checked slot by slot in Python), and the scorer's
+    lookup finds each key where slot_table says and no other key; tables crowded at their
+    end make keys wrap round."""
+    from streamfit.model.ngram import find_slot, home_slots, slot_table
+    rng = np.random.default_rng(int(load * 100))
+    for n in list(range(0, 30)) + [200, 1000]:
+        keys = rng.choice(1 << 50, n, replace=False).astype(np.int64)
+        table, bits, slot = slot_table(keys, 3, load=load)
+        size = 1 << bits
+        np.testing.assert_array_equal(table[slot, 0], keys)
+        assert (table[:, 0] != -1).sum() == n
+        for k, h, s in zip(keys, home_slots(keys, bits), slot):
+            assert all(table[(h + j) % size, 0] != -1 for j in range((s - h) % size + 1))
+            assert find_slot(table, bits, k) == s
+        for k in rng.integers(1 << 50, 1 << 51, 10):
+            assert find_slot(table, bits, k) == -1
+
+
 @pytest.mark.parametrize("high", [5, 1000, 10**12, 2**60])  # counted, counted, packed sort, argsort
 def test_unique_keys_equal_numpys_without_the_minus_ones(high):
     rng = np.random.default_rng(high)
