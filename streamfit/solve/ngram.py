@@ -93,18 +93,22 @@ def unique_keys(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         first[inverse[ok]] = np.flatnonzero(ok)
         return uniq.astype(np.int64), first, inverse
     index_bits = max(1, (key.size - 1).bit_length())
-    if top.bit_length() + index_bits <= 62:
-        packed = np.sort((key.astype(np.int64) << index_bits) | np.arange(key.size))
-        sorted_keys = packed >> index_bits            # −1 keys first (arithmetic shift)
-        order = packed & ((np.int64(1) << index_bits) - 1)
+    if top.bit_length() + index_bits <= 62:   # in place where it can: fewer fresh pages
+        order = np.asarray(key, np.int64) << index_bits
+        order |= np.arange(key.size)
+        order.sort()
+        sorted_keys = order >> index_bits             # −1 keys first (arithmetic shift)
+        order &= (np.int64(1) << index_bits) - 1
     else:
         order = np.argsort(key)
         sorted_keys = key[order]
     new = np.empty(key.size, bool)
     new[:1] = True
     np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=new[1:])
+    rank = np.cumsum(new, dtype=np.int64)
+    rank -= 1
     inverse = np.empty(key.size, np.int64)
-    inverse[order] = np.cumsum(new) - 1
+    inverse[order] = rank
     uniq, first = sorted_keys[new], order[new]
     if uniq.size and uniq[0] == -1:
         uniq, first, inverse = uniq[1:], first[1:], inverse - 1
