@@ -10,8 +10,10 @@ statistics are their sorted keys: the merge writes the keys themselves.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -20,7 +22,7 @@ import numpy as np
 from . import kernels
 from .stats import array_file
 from ..errors import FormatError, StreamfitError
-from ..io.files import NpyWriter, atomic_path, disk_full, fault_point, file_digest, no_space, save_npy
+from ..io.files import NpyWriter, atomic_path, disk_full, fault_point, no_space, save_npy
 
 RUN_ENTRY_BYTES = 16
 MERGE_FAN_IN = 128  # runs merged at once (two open files each); more are merged in levels,
@@ -138,17 +140,22 @@ class _RunReader:
             if shape != (self.n,):
                 raise FormatError(f"{directory}: run {entry['name']} is damaged (size mismatch)")
             self._files.append((fh, fh.tell(), dtype))
-        self._start, self._keys, self._vals = 0, np.empty(0, np.int64), np.empty(0)
+        self._start = 0
+        self._keys, self._vals = (np.empty(0, dtype) for _, _, dtype in self._files)
 
     def window(self) -> tuple[np.ndarray, np.ndarray]:
         """At least one entry from the current position (refilled when under half full)."""
         have = self._start + self._keys.size - self.pos
         if have < min(self.step // 2, self.end - self.pos) or have <= 0:
-            count = min(self.step, self.end - self.pos)
+            # Keep what is left of the window and read only what follows it.
+            have = max(have, 0)  # none: a reader that starts past 0 ("lo")
+            lo, at = self.pos - self._start, self.pos + have
+            count = min(self.step - have, self.end - at)
             arrays = []
-            for fh, offset, dtype in self._files:
-                fh.seek(offset + self.pos * dtype.itemsize)
-                arrays.append(np.fromfile(fh, dtype=dtype, count=count))
+            for (fh, offset, dtype), old in zip(self._files, (self._keys, self._vals)):
+                fh.seek(offset + at * dtype.itemsize)
+                arrays.append(np.concatenate([old[lo:lo + have],
+                                              np.fromfile(fh, dtype=dtype, count=count)]))
             self._start, (self._keys, self._vals) = self.pos, arrays
         lo = self.pos - self._start
         return self._keys[lo:], self._vals[lo:]
@@ -342,62 +349,74 @@ def merge_runs(directory: Path, runs: list[dict], *, task: str, vocab_size: int,
 
     With `parts` > 1 the key space is cut into that many ranges (`split_runs`), merged
     apart — `map_parts(merge_part, [keyword arguments, ...])` runs them, in parallel
-    processes where it can, each within memory / parts — into pieces in `directory` that
-    are then concatenated: the same arrays as one merge. `progress`: a bar of the entries
-    merged (one per level)."""
+    processes where it can, each within memory / parts — the first straight into the
+    output files, the others into pieces in `directory` that are then appended: the same
+    arrays as one merge. `progress`: a bar of the entries merged (one per level)."""
     first = "keys" if ngram else "indices"
+    dtypes = {first: np.int64 if ngram else np.int32, "data": value_dtype}
     paths = {name: out_dir / array_file(generation, name) for name in (first, "data")}
     common = dict(task=task, vocab_size=vocab_size, n_features=n_features,
                   value_dtype=value_dtype, ngram=ngram)
     pieces = split_runs(directory, runs, parts) if parts > 1 else [runs]
     with atomic_path(paths[first]) as ti, atomic_path(paths["data"]) as td:
-        if len(pieces) == 1:
-            row_counts = merge_part(directory, runs, paths={first: ti, "data": td},
-                                    memory=memory, progress=progress, **common)
-        else:
-            names = [{name: directory / f".{uuid.uuid4().hex[:12]}.tmp-{name}.npy"
-                      for name in (first, "data")} for _ in pieces]
-            try:
-                counts = (map_parts or _map_here)(merge_part, [
-                    dict(directory=directory, runs=piece, paths=piece_paths,
-                         memory=max(memory // len(pieces), 1 << 16), **common)
-                    for piece, piece_paths in zip(pieces, names)])
-                row_counts = np.sum(counts, axis=0)
-                wi = NpyWriter(ti, np.int64 if ngram else np.int32)
-                wd = NpyWriter(td, value_dtype)
-                try:
-                    for piece_paths in names:
-                        wi.append_npy(piece_paths[first])
-                        wd.append_npy(piece_paths["data"])
-                        fault_point("mid_merge")
-                except BaseException:
-                    wi.abort()
-                    wd.abort()
-                    raise
-                wi.close(sync=False)  # atomic_path syncs
-                wd.close(sync=False)
-            finally:
-                for piece_paths in names:
-                    for path in piece_paths.values():
-                        path.unlink(missing_ok=True)
-    if ngram:
-        out = {}
-        for name in ("keys", "data"):
-            path = out_dir / array_file(generation, name)
-            arr = np.load(path, mmap_mode="r")
-            out[name] = {"file": path.name, "dtype": str(arr.dtype), "shape": list(arr.shape),
-                         **file_digest(path)}
-        return out
-    indptr = np.zeros(n_features + 1, dtype=np.int64)
-    np.cumsum(row_counts, out=indptr[1:])
-    entries = {"indptr": (indptr, save_npy(out_dir / array_file(generation, "indptr"), indptr))}
+        targets = {first: ti, "data": td}
+        names = [targets] + [{name: directory / f".{uuid.uuid4().hex[:12]}.tmp-{name}.npy"
+                              for name in targets} for _ in pieces[1:]]
+        try:
+            counts = (map_parts if len(pieces) > 1 and map_parts else _map_here)(merge_part, [
+                dict(directory=directory, runs=piece, paths=piece_paths,
+                     memory=max(memory // len(pieces), 1 << 16), progress=progress and len(pieces) == 1,
+                     **common) for piece, piece_paths in zip(pieces, names)])
+            row_counts = np.sum(counts, axis=0)
+            # Both arrays at once (hashing and file I/O release the GIL): this part is serial.
+            with ThreadPoolExecutor(2) as pool:
+                digests = dict(zip(targets, pool.map(
+                    lambda name: _concatenated(targets[name], [n[name] for n in names[1:]],
+                                               dtypes[name]), targets)))
+        finally:
+            for piece_paths in names[1:]:
+                for path in piece_paths.values():
+                    path.unlink(missing_ok=True)
     out = {}
-    for name in ("indptr", "indices", "data"):
-        path = out_dir / array_file(generation, name)
-        arr = np.load(path, mmap_mode="r")
-        digest = entries[name][1] if name in entries else file_digest(path)
-        out[name] = {"file": path.name, "dtype": str(arr.dtype), "shape": list(arr.shape), **digest}
+    if not ngram:
+        indptr = np.zeros(n_features + 1, dtype=np.int64)
+        np.cumsum(row_counts, out=indptr[1:])
+        path = out_dir / array_file(generation, "indptr")
+        out["indptr"] = {"file": path.name, "dtype": str(indptr.dtype),
+                         "shape": list(indptr.shape), **save_npy(path, indptr)}
+    for name in (first, "data"):
+        path = paths[name]
+        out[name] = {"file": path.name, "dtype": str(np.dtype(dtypes[name])),
+                     "shape": [(digests[name]["size"] - NpyWriter.HEADER_BYTES)
+                               // np.dtype(dtypes[name]).itemsize], **digests[name]}
     return out
+
+
+def _concatenated(target: Path, pieces: list[Path], dtype, chunk: int = 1 << 22) -> dict:
+    """Append the elements of the NpyWriter files `pieces` to the NpyWriter file `target`,
+    give it the header of the whole and fsync it; returns its {"size", "sha256"}, hashed
+    on the way (one read of every byte, no second pass)."""
+    itemsize = np.dtype(dtype).itemsize
+    header = NpyWriter.HEADER_BYTES
+    n = sum((os.path.getsize(p) - header) // itemsize for p in [target, *pieces])
+    h = hashlib.sha256()
+    with open(target, "r+b") as fh:
+        head = NpyWriter.header(dtype, n)
+        fh.write(head)
+        h.update(head)
+        while block := fh.read(chunk):
+            h.update(block)
+        fh.seek(0, os.SEEK_END)
+        for piece in pieces:
+            with open(piece, "rb") as src:
+                src.seek(header)
+                while block := src.read(chunk):
+                    h.update(block)
+                    fh.write(block)
+                    fault_point("mid_merge")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return {"size": header + n * itemsize, "sha256": h.hexdigest()}
 
 
 def _map_here(fn, calls: list[dict]) -> list:

@@ -5,7 +5,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -331,40 +330,21 @@ class NpyWriter:
         self.dtype = np.dtype(dtype)
         self.n = 0
         self._fh = open(self.path, "wb")
-        self._fh.write(self._header(0))
+        self._fh.write(self.header(self.dtype, 0))
 
-    def _header(self, n: int) -> bytes:
-        body = repr({"descr": np.lib.format.dtype_to_descr(self.dtype),
+    @classmethod
+    def header(cls, dtype, n: int) -> bytes:
+        """The fixed-size header of such a file of `n` elements of `dtype`."""
+        body = repr({"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
                      "fortran_order": False, "shape": (n,)}).encode("latin1")
-        pad = self.HEADER_BYTES - 10 - len(body) - 1
-        return b"\x93NUMPY\x01\x00" + (self.HEADER_BYTES - 10).to_bytes(2, "little") + \
+        pad = cls.HEADER_BYTES - 10 - len(body) - 1
+        return b"\x93NUMPY\x01\x00" + (cls.HEADER_BYTES - 10).to_bytes(2, "little") + \
             body + b" " * pad + b"\n"
 
     def append(self, values: np.ndarray) -> None:
         values = np.ascontiguousarray(values, dtype=self.dtype)
         self._fh.write(values.tobytes())
         self.n += values.size
-
-    def append_npy(self, path: Path) -> None:
-        """Append the elements of another NpyWriter's file (same dtype), copied by the
-        kernel (copy_file_range) where it can, without passing through this process."""
-        with open(path, "rb") as src:
-            n = (os.fstat(src.fileno()).st_size - self.HEADER_BYTES) // self.dtype.itemsize
-            self._fh.flush()
-            left, offset = n * self.dtype.itemsize, self.HEADER_BYTES
-            while left and hasattr(os, "copy_file_range"):
-                try:
-                    done = os.copy_file_range(src.fileno(), self._fh.fileno(), left, offset)
-                except OSError:
-                    break  # not on this filesystem: the plain copy below
-                if not done:
-                    break
-                left, offset = left - done, offset + done
-            self._fh.seek(0, os.SEEK_END)
-            if left:
-                src.seek(offset)
-                shutil.copyfileobj(src, self._fh, 1 << 22)
-        self.n += n
 
     def abort(self) -> None:
         """Close without finishing (the caller removes the file); buffered bytes that cannot
@@ -374,7 +354,7 @@ class NpyWriter:
 
     def close(self, sync: bool = True) -> None:
         self._fh.seek(0)
-        self._fh.write(self._header(self.n))
+        self._fh.write(self.header(self.dtype, self.n))
         self._fh.flush()
         if sync:
             os.fsync(self._fh.fileno())
