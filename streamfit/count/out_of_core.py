@@ -23,6 +23,7 @@ import queue as queue_module
 import re
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -178,42 +179,59 @@ def _work(worker: int, units: list[tuple[str, int, int]], job: Job, report: Call
         fault_point("mid_batch_spill")
     acc.table.spill = spill_inside
 
+    # A spill's run is written, fsynced and reported by a thread while counting goes on
+    # (fsync waits for the disk without holding the GIL); one spill at a time, so at most
+    # one table's sorted items wait to be written. The report follows its run's fsync.
+    writer = ThreadPoolExecutor(1)
+    pending: list = []
+
     def spill(final: bool = False) -> None:
         nonlocal done, last, spilled, inside
         keys, vals, counts = acc.take()
         in_memory = final and keep_last and not spilled
-        runs = inside + ([write_run(work, keys, vals)] if keys.size and not in_memory else [])
+        msg = {"kind": "spill", "worker": worker, "runs": inside, "done": done,
+               "table": (keys, vals) if in_memory else None,
+               "partial": [current] if current else [], "counts": counts,
+               "extent": {"max_id": acc.max_id, "max_label": acc.max_label,
+                          "max_width": acc.max_width}}
+
+        def write_and_report() -> None:
+            if keys.size and not in_memory:
+                msg["runs"] = msg["runs"] + [write_run(work, keys, vals)]
+            report(msg)
+        while pending:
+            pending.pop().result()  # the previous spill's error, if any, is raised here
+        pending.append(writer.submit(write_and_report))
         spilled, inside = True, []
-        report({"kind": "spill", "worker": worker, "runs": runs, "done": done,
-                "table": (keys, vals) if in_memory else None,
-                "partial": [current] if current else [], "counts": counts,
-                "extent": {"max_id": acc.max_id, "max_label": acc.max_label,
-                           "max_width": acc.max_width}})
         done, last = [], time.monotonic()
 
-    for path, rg, skip_rows in units:
-        rows = skip_rows
-        current = (path, rg, rows)
-        for b in iter_batches(Path(path), acc.input_columns, row_groups=[rg],
-                              batch_rows=job.batch_rows):
-            n = b.data.num_rows
-            if b.row_offset + n <= skip_rows:
-                continue
-            data = b.data.slice(max(0, skip_rows - b.row_offset))
-            try:
-                acc.update(data)
-            except InputError as exc:
-                raise exc.located(path=path, row_group=rg,
-                                  row_offset=b.row_offset + (n - data.num_rows)) from None
-            rows += data.num_rows
+    try:
+        for path, rg, skip_rows in units:
+            rows = skip_rows
             current = (path, rg, rows)
-            report({"kind": "progress", "rows": data.num_rows})
-            fault_point("after_batch")
-            if acc.table.full or time.monotonic() - last >= job.checkpoint_seconds:
-                spill()
-        done.append((path, rg, rows))
-        current = None
-    spill(final=True)
+            for b in iter_batches(Path(path), acc.input_columns, row_groups=[rg],
+                                  batch_rows=job.batch_rows):
+                n = b.data.num_rows
+                if b.row_offset + n <= skip_rows:
+                    continue
+                data = b.data.slice(max(0, skip_rows - b.row_offset))
+                try:
+                    acc.update(data)
+                except InputError as exc:
+                    raise exc.located(path=path, row_group=rg,
+                                      row_offset=b.row_offset + (n - data.num_rows)) from None
+                rows += data.num_rows
+                current = (path, rg, rows)
+                report({"kind": "progress", "rows": data.num_rows})
+                fault_point("after_batch")
+                if acc.table.full or time.monotonic() - last >= job.checkpoint_seconds:
+                    spill()
+            done.append((path, rg, rows))
+            current = None
+        spill(final=True)
+        pending.pop().result()
+    finally:
+        writer.shutdown(wait=True)
 
 
 def _die_with_parent() -> None:
