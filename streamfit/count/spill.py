@@ -208,7 +208,10 @@ def _merged(directory: Path, runs: list[dict], memory: int, bar) -> Iterator[tup
             keys = np.concatenate(key_parts)
             vals = np.concatenate(val_parts)
             bar.update(keys.size)
-            order = np.argsort(keys, kind="stable")
+            # Float sums add their terms in run order (a merge in key ranges sums as one
+            # merge does); integer sums are exact in any order, and the unstable sort is
+            # faster on many short sorted pieces (~10% of a --jobs 2 merge's CPU).
+            order = np.argsort(keys, kind="stable" if vals.dtype.kind == "f" else "quicksort")
             keys, vals = keys[order], vals[order]
             first = np.empty(keys.size, dtype=bool)
             first[0] = True
