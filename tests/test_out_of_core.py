@@ -149,32 +149,50 @@ def test_ngram_statistics_with_jobs_equal_one_process(tmp_path, wide_token_files
 
 
 @pytest.mark.parametrize("parts", [2, 5, 40])
-def test_merge_in_key_ranges_is_the_one_merge(tmp_path, parts):
-    """split_runs + merge_part of each range, concatenated, against the merge of all runs at
-    once, on float sums (whose rounding depends on the order values meet) and runs with
-    keys shared between them, a run with no entries and a range restricted run."""
+@pytest.mark.parametrize("value_dtype", [np.float64, np.int64])
+def test_merge_in_key_ranges_is_the_one_merge(tmp_path, parts, value_dtype):
+    """split_runs + merge_part of each range, the first written in place and the others
+    appended, against the merge of all runs at once and against numpy (every key's values
+    summed in run order), on float sums (whose rounding depends on the order values meet)
+    and integer sums, runs with keys shared between them, a run with no entries and a
+    range restricted run; the recorded sha256 and sizes are those of the files."""
     from streamfit.count import spill
+    from streamfit.count.kernels import LABEL_BITS
+    from streamfit.io.files import file_digest
 
     rng = np.random.default_rng(parts)
     runs = []
-    for size in (0, 50, 3000, 700, 1):
-        keys = np.unique(rng.integers(0, 1 << 14, size)) << 3 | rng.integers(0, 8)
-        runs.append(spill.write_run(tmp_path, keys.astype(np.int64), rng.random(keys.size) * 1e3))
+    for size in (0, 50, 3000, 700, 1):  # (feature, label) keys
+        keys = np.unique(rng.integers(0, 1 << 14, size)) << LABEL_BITS | rng.integers(0, 8)
+        vals = rng.random(keys.size) * 1e3 if value_dtype == np.float64 else \
+            rng.integers(1, 1 << 40, keys.size)
+        runs.append(spill.write_run(tmp_path, keys.astype(np.int64), vals))
     runs[2] = {**runs[2], "lo": 5, "hi": runs[2]["n"] - 7}
     out = {}
     for n in (1, parts):
         d = tmp_path / f"out{n}"
         d.mkdir()
         entries = spill.merge_runs(tmp_path, runs, task="classify", vocab_size=8,
-                                   n_features=1 << 14, value_dtype=np.float64, out_dir=d,
+                                   n_features=1 << 14, value_dtype=value_dtype, out_dir=d,
                                    generation="g", memory=1 << 16, parts=n)
         out[n] = {k: np.load(d / e["file"]) for k, e in entries.items()}
-        assert entries["data"]["shape"][0] == out[n]["data"].size
+        for name, e in entries.items():
+            assert e["shape"] == [out[n][name].size]
+            assert {k: e[k] for k in ("size", "sha256")} == file_digest(d / e["file"]), name
     for name in ("indptr", "indices", "data"):
         assert np.array_equal(out[1][name], out[parts][name]), name
     keys = np.concatenate([np.load(tmp_path / f"{r['name']}.keys.npy")[r.get("lo", 0):r.get("hi")]
                            for r in runs])
-    assert out[1]["data"].size == np.unique(keys).size
+    vals = np.concatenate([np.load(tmp_path / f"{r['name']}.vals.npy")[r.get("lo", 0):r.get("hi")]
+                           for r in runs])
+    order = np.argsort(keys, kind="stable")  # run order within a key
+    unique, starts = np.unique(keys[order], return_index=True)
+    sums = [sum(vals[order][a:b].tolist(), value_dtype(0))
+            for a, b in zip(starts, [*starts[1:], keys.size])]
+    rows, cols = unique >> LABEL_BITS, unique & ((1 << LABEL_BITS) - 1)
+    assert np.array_equal(out[parts]["indptr"], np.searchsorted(rows, np.arange((1 << 14) + 1)))
+    assert np.array_equal(out[parts]["indices"], cols)
+    assert np.array_equal(out[parts]["data"], np.array(sums, dtype=value_dtype))
     assert not list(tmp_path.glob(".*.tmp-*"))  # the pieces are gone
 
 
