@@ -2,12 +2,13 @@
 """Benchmark: streamfit on a local Dask cluster of 1 and 2 worker processes against one
 process and `accumulate --jobs 2`, all in the same run (compare ratios, not absolute times).
 
-What it measures, on token corpora: by default two synthetic ones written here (documents
+What it measures, on token corpora: by default three synthetic ones written here (documents
 of 400 tokens of a first-order Markov chain over ``--vocab`` states, deterministic from the
 seed, in one file each): *small row groups*, ``--row-groups`` row groups of 1,000 documents
 (0.4M tokens, ~1.6 MB), and *large row groups*, ``--large-row-groups`` row groups of 10,000
-documents (4M tokens, ~16 MB, closer to what Parquet writers produce); or ``--corpus``
-Parquet files:
+documents (4M tokens, ~16 MB, closer to what Parquet writers produce), and *more large row
+groups*, ``--more-row-groups`` (24) of them (96M tokens: a command's fixed costs — the tasks'
+start-up, the final merge — weigh less); or ``--corpus`` Parquet files:
 
 - accumulate (window ``--window``) on every corpus: ``count.out_of_core.accumulate_into`` with jobs
   1 and 2, and ``distributed.accumulate_distributed`` on a LocalCluster of 1 and 2 workers
@@ -24,7 +25,7 @@ command, not per task. All statistics must have the same checksum and all evalua
 same cross-entropy (to 1e-9): the tool stops otherwise. Calls are in-process through the
 Python API (no interpreter start-up).
 
-    python tools/bench_dask.py                 # ~5 min on 2 cores; writes docs/distributed.md's figures
+    python tools/bench_dask.py                 # ~8 min on 2 cores; writes docs/distributed.md's figures
     python tools/bench_dask.py --corpus data/gcide/train.parquet --window 2 --no-write
 
 Evaluating a model of a large vocabulary is slow (minutes for GCIDE's 16,384 classes): keep
@@ -182,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--large-row-groups", type=int, default=8,
                     help="large-row-group corpus: row groups of 10,000 documents (default: 8; "
                          "0: none)")
+    ap.add_argument("--more-row-groups", type=int, default=24,
+                    help="a third corpus of large row groups, more of them (default: 24, "
+                         "96M tokens; 0: none)")
     ap.add_argument("--window", type=int, default=1, help="accumulate window (default: 1)")
     ap.add_argument("--workers", default="1,2", help="local Dask worker counts (default: 1,2)")
     ap.add_argument("--repeat", type=int, default=3, help="timed rounds (default: 3)")
@@ -211,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
                 corpora["large row groups"] = [synthetic_corpus(Path(tmp), args.vocab,
                                                                 args.large_row_groups, docs=10_000)]
                 described["large row groups"] = f"synthetic ({chain}), 10,000 documents a row group"
+            if args.more_row_groups:
+                corpora["more large row groups"] = [synthetic_corpus(
+                    Path(tmp), args.vocab, args.more_row_groups, docs=10_000)]
+                described["more large row groups"] = \
+                    f"synthetic ({chain}), 10,000 documents a row group"
         res = run(corpora, args.window, [int(w) for w in args.workers.split(",")],
                   args.repeat, Path(tmp))
     for name, text in described.items():
