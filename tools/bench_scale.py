@@ -60,7 +60,9 @@ What it measures
     on-disk kernel cache); every corpus size with --jobs 1 at the budget; the
     ``--jobs-scale`` corpus (10x) with --jobs 2, then ``--jobs-rounds`` (3) interleaved
     rounds of --jobs 1 and 2 on it, whose median ratio is the --jobs figure (with each
-    run's CPU seconds, user + system of the whole tree, and the load average); the ``--spill-scale`` corpus (10x) with a
+    run's CPU seconds, user + system of the whole tree, also by phase: the tree's at the
+    moment the merge begins, when the counting workers have been waited for — and the
+    load average); the ``--spill-scale`` corpus (10x) with a
     budget under which it does not spill (128 bytes per slot of the final hash table:
     16 GiB at the default, which allocates ~4 GiB) — and, for comparison, at the budget
     with accumulate's own default ``--batch-rows 4096`` (the budget is checked between
@@ -262,6 +264,7 @@ def tokens_for(ratio: float, budget: int, window: int) -> int:
 # ------------------------------------------------------------------------- measuring
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+TICKS = os.sysconf("SC_CLK_TCK")
 
 # Started by the benchmark, it starts the measured command and reports its wall time, exit
 # status and ru_maxrss. The detour matters: a process's ru_maxrss includes the RSS of the
@@ -314,6 +317,17 @@ def statm(pid: int) -> tuple[int, int]:
         return int(f[1]) * PAGE, (int(f[1]) - int(f[2])) * PAGE
     except (OSError, IndexError, ValueError):
         return 0, 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of a process and of its children that it has waited for
+    (/proc/PID/stat: utime, stime, cutime, cstime); 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            f = fh.read().rsplit(")", 1)[1].split()
+        return sum(int(x) for x in f[11:15]) / TICKS
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def pss(pid: int) -> tuple[int, int]:
@@ -375,7 +389,7 @@ def measure(cmd: list[str], *, poll: float, dir_every: float, pss_every: float, 
     zero = {"rss": 0, "anon": 0, "pss": 0, "pss_anon": 0}
     phase = {"count": dict(zero), "merge": dict(zero)}
     seen = {"procs": 0, "samples": 0, "pss_samples": 0, "runs": 0, "run_bytes": 0,
-            "merge_at": None}
+            "merge_at": None, "count_cpu": None}
     with open(out_path, "wb") as fo, open(err_path, "wb") as fe:
         t0 = time.monotonic()
         launcher = subprocess.Popen([sys.executable, "-S", "-c", LAUNCHER, str(result), *cmd],
@@ -385,6 +399,9 @@ def measure(cmd: list[str], *, poll: float, dir_every: float, pss_every: float, 
             now = time.monotonic()
             if stats is not None and seen["merge_at"] is None and _merge_started(stats):
                 seen["merge_at"] = now - t0  # a small directory: looked at every sample
+            if seen["merge_at"] is not None and seen["count_cpu"] is None:
+                # The counting workers have been waited for: their CPU is their parent's.
+                seen["count_cpu"] = sum(cpu_seconds(p) for p in descendants(launcher.pid))
             # The runs directory every sample while it is small (a short run's runs live
             # briefly), every `dir_every` seconds once it holds many (their merge is long).
             if now >= next_dir or seen["runs"] < 128:
@@ -393,6 +410,7 @@ def measure(cmd: list[str], *, poll: float, dir_every: float, pss_every: float, 
                     runs, pieces = run_files(temp)
                     if pieces and seen["merge_at"] is None:
                         seen["merge_at"] = now - t0
+                        seen["count_cpu"] = sum(cpu_seconds(p) for p in descendants(launcher.pid))
                     if len(runs) > 2 * seen["runs"]:  # runs stay until the merge has ended
                         size = 0
                         for e in runs:
@@ -431,6 +449,7 @@ def measure(cmd: list[str], *, poll: float, dir_every: float, pss_every: float, 
             "peak_pss_tree": both["pss"], "peak_pss_anon_tree": both["pss_anon"],
             "maxrss_process": r["maxrss_kib"] * 1024,  # Linux: KiB
             "count_phase": {"seconds": None if merge_s is None else r["seconds"] - merge_s,
+                            "cpu_seconds": seen["count_cpu"],
                             **{f"peak_{k}_tree": v for k, v in phase["count"].items()}},
             "merge_phase": {"seconds": merge_s,
                             **{f"peak_{k}_tree": v for k, v in phase["merge"].items()}},
@@ -589,8 +608,9 @@ def format_report(r: dict) -> str:
         for i, p in enumerate(j.get("rounds", [])):
             one, two = p["1"], p["2"]
             lines.append(f"  round {i + 1}: --jobs 1 {one['seconds']:.2f}s (CPU "
-                         f"{one['cpu_seconds']:.2f}s, merge {secs(one['merge_seconds'])}s), "
-                         f"--jobs 2 {two['seconds']:.2f}s (CPU {two['cpu_seconds']:.2f}s, merge "
+                         f"{one['cpu_seconds']:.2f}s{cpu_phases(one)}, merge "
+                         f"{secs(one['merge_seconds'])}s), --jobs 2 {two['seconds']:.2f}s (CPU "
+                         f"{two['cpu_seconds']:.2f}s{cpu_phases(two)}, merge "
                          f"{secs(two['merge_seconds'])}s): {p['ratio']:.2f}x; load "
                          f"{one['load_average']:.1f} / {two['load_average']:.1f}")
         lines.append(f"  --jobs 2 vs --jobs 1 on {j['corpus']}: {j['ratio']:.2f}x throughput "
@@ -614,6 +634,13 @@ def format_report(r: dict) -> str:
 
 
 # --------------------------------------------------------------------------------- main
+
+def cpu_phases(run: dict) -> str:
+    """The CPU seconds of the process tree by phase (counting, merge), when measured."""
+    if run.get("count_cpu_seconds") is None or run.get("merge_cpu_seconds") is None:
+        return ""
+    return f": counting {run['count_cpu_seconds']:.2f} + merge {run['merge_cpu_seconds']:.2f}"
+
 
 def readme_table(r: dict) -> list[str]:
     """The README's table: the corpus sizes at the budget, --jobs 1."""
@@ -900,14 +927,19 @@ def main(argv=None) -> int:
                                                              "load_average")}
                         pair[str(jobs)]["count_seconds"] = m["count_phase"]["seconds"]
                         pair[str(jobs)]["merge_seconds"] = m["merge_phase"]["seconds"]
+                        count_cpu = m["count_phase"]["cpu_seconds"]
+                        pair[str(jobs)]["count_cpu_seconds"] = count_cpu
+                        pair[str(jobs)]["merge_cpu_seconds"] = None if count_cpu is None \
+                            or m["cpu_seconds"] is None else m["cpu_seconds"] - count_cpu
                     if len(pair) == 2:
                         one, two = pair["1"], pair["2"]
                         pair["ratio"] = one["seconds"] / two["seconds"]
                         jobs_cmp["rounds"].append(pair)
                         log(f"  round {i + 1}: --jobs 1 {one['seconds']:.2f}s "
-                            f"(CPU {one['cpu_seconds']:.2f}s), --jobs 2 "
-                            f"{two['seconds']:.2f}s (CPU {two['cpu_seconds']:.2f}s): "
-                            f"{pair['ratio']:.2f}x, load {two['load_average']:.1f}")
+                            f"(CPU {one['cpu_seconds']:.2f}s{cpu_phases(one)}), --jobs 2 "
+                            f"{two['seconds']:.2f}s (CPU {two['cpu_seconds']:.2f}s"
+                            f"{cpu_phases(two)}): {pair['ratio']:.2f}x, load "
+                            f"{two['load_average']:.1f}")
                 if jobs_cmp["rounds"]:
                     ratio = float(np.median([p["ratio"] for p in jobs_cmp["rounds"]]))
                     jobs_cmp.update(ratio=ratio, met=ratio >= 1.8, ratio_from="median of rounds")
