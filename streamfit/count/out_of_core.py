@@ -187,6 +187,8 @@ def _work(worker: int, units: list[tuple[str, int, int]], job: Job, report: Call
 
     def spill(final: bool = False) -> None:
         nonlocal done, last, spilled, inside
+        while pending:  # first, so that no two spills' items are held at once
+            pending.pop().result()  # the previous spill's error, if any, is raised here
         keys, vals, counts = acc.take()
         in_memory = final and keep_last and not spilled
         msg = {"kind": "spill", "worker": worker, "runs": inside, "done": done,
@@ -199,8 +201,6 @@ def _work(worker: int, units: list[tuple[str, int, int]], job: Job, report: Call
             if keys.size and not in_memory:
                 msg["runs"] = msg["runs"] + [write_run(work, keys, vals)]
             report(msg)
-        while pending:
-            pending.pop().result()  # the previous spill's error, if any, is raised here
         pending.append(writer.submit(write_and_report))
         spilled, inside = True, []
         done, last = [], time.monotonic()
