@@ -226,7 +226,7 @@ def test_the_path_is_picked_by_the_share_of_new_keys(monkeypatch):
     offsets = np.array([0, 3000, 6000, 7500, 9000, 10500, 12000], dtype=np.int64)
     runs = []
     table = CountTable(np.int64, capacity_bits=2, max_bits=12)
-    table.spill = lambda k, v: runs.append((k, v))
+    table.spill = lambda k, v: runs.append((k.copy(), v.copy()))  # views into the table
     table.add_windows(tokens, offsets, 2)
     runs.append(table.items())
     keys = np.concatenate([k for k, _ in runs])
@@ -414,3 +414,83 @@ def test_score_sparse_extreme_logits():
         np.testing.assert_allclose(nll, want_nll, rtol=1e-9, atol=1e-9)
         np.testing.assert_array_equal(top, want_top)
         np.testing.assert_allclose(top_logp, want_logp, rtol=1e-9, atol=1e-9)
+
+
+# --- spilling inside the table ------------------------------------------------------------
+@SETTINGS
+@given(data=st.data(), block=st.integers(1, 9))
+def test_sorted_in_place_gives_what_is_counted(data, block):
+    """CountTable.sorted_in_place (the pairs moved to the front `block` slots at a time,
+    then sorted behind them) gives the numpy twins' counts: windows, n-grams (argsort
+    path) and float feature masses (the raw bits of the values move)."""
+    from streamfit.count import accumulate
+
+    docs = data.draw(documents)
+    window = data.draw(st.integers(1, 3))
+    tokens, offsets = as_arrays(docs, np.int64)
+    tables = [CountTable(np.int64, capacity_bits=2), CountTable(np.int64, capacity_bits=2, ngram=True),
+              CountTable(np.float64, capacity_bits=2)]
+    tables[0].add_windows(tokens, offsets, window)
+    tables[1].add_ngrams(tokens % 1000, offsets, window, False)
+    rows = data.draw(st.lists(feature_row, min_size=0, max_size=10))
+    fr = as_feature_rows(rows, data.draw(st.lists(st.integers(0, 4), min_size=len(rows),
+                                                  max_size=len(rows))))
+    tables[2].add_rows(fr)
+    want = [ref.count_windows(tokens, offsets, window),
+            ref.count_ngrams(tokens % 1000, offsets, window, False),
+            ref.add_feature_rows(fr.indptr, fr.indices, fr.values, fr.labels)]
+    saved, accumulate.COMPACT_BLOCK = accumulate.COMPACT_BLOCK, block
+    try:
+        for table, (want_keys, want_vals) in zip(tables, want):
+            keys, vals = table.sorted_in_place()
+            np.testing.assert_array_equal(keys, want_keys)
+            np.testing.assert_allclose(vals, want_vals, rtol=1e-12, atol=0)
+            assert keys.size == 0 or (np.shares_memory(keys, table.slots)
+                                      and np.shares_memory(vals, table.slots))
+    finally:
+        accumulate.COMPACT_BLOCK = saved
+
+
+def test_a_spilling_table_never_holds_two_tables(monkeypatch, tmp_path):
+    """With a spill, growing into the cap hands the table over before the capped one is
+    allocated, and a spill sorts inside the table: counting allocates (tracemalloc: numpy's
+    arrays) at most the capped table and its partition buffers — not 1.5x the table (the
+    grown copy), nor a sorted copy. The runs still add up to the numpy twin's counts."""
+    import tracemalloc
+
+    from streamfit.count import accumulate
+
+    rng = np.random.default_rng(5)
+    tokens = rng.integers(0, 2000, 60000).astype(np.int64)  # rows dense enough to be sorted
+    #                                                         by counting (kernels.sorted_items)
+    offsets = np.array([0, 20000, 40000, 60000], dtype=np.int64)
+    want_keys, want_counts = ref.count_windows(tokens, offsets, 2)
+    max_bits = 15  # grown 14 -> 15: the old table is half the new one
+    cap = 16 << max_bits
+    buffers = 2 * 8 * (1 << (max_bits - 3))  # partitioned: and the last ones, half as large
+    row_counts = 2 * 8 * (2 * 2002 + 1)  # the counting sort's (positions x contexts)
+    monkeypatch.setattr(accumulate, "COMPACT_BLOCK", 256)  # its copies: 4 KiB
+    for path, traced in (("hashing", False), ("partitioned", False), ("hashing", True),
+                         ("partitioned", True)):  # the kernels loaded before tracing
+        table = CountTable(np.int64, capacity_bits=8, max_bits=max_bits)
+        table.force_path = path
+        files = [open(tmp_path / f"{path}{traced}.{part}", "wb") for part in ("keys", "vals")]
+        table.spill = lambda k, v: (k.tofile(files[0]), v.tofile(files[1]))  # no copy
+        if traced:
+            tracemalloc.start()
+        try:
+            table.add_windows(tokens, offsets, 2)
+            if traced:
+                _, peak = tracemalloc.get_traced_memory()
+                assert peak <= cap + 1.5 * buffers + row_counts + (16 << 10), (path, peak, cap)
+        finally:
+            tracemalloc.stop()
+        table.spill(*table.items())
+        for f in files:
+            f.close()
+        keys, vals = (np.fromfile(f.name, dtype=np.int64) for f in files)
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        np.testing.assert_array_equal(uniq, want_keys)
+        np.testing.assert_array_equal(np.bincount(inverse, weights=vals).astype(np.int64),
+                                      want_counts)
+        assert keys.size > uniq.size  # it spilled

@@ -32,6 +32,7 @@ PATHS = ("hashing", "partitioned", "sorted")  # how a chunk of keys is counted (
 CHUNK_KEYS = 1 << 20        # keys counted at a time (at most an eighth of the table's bytes)
 PARTITION_MIN_BITS = 20     # tables of 2^20 slots (16 MiB) and more are past the caches ...
 REGION_BITS = 14            # the partitioned path's regions: 2^14 slots (256 KiB)
+COMPACT_BLOCK = 1 << 16    # slots moved at a time by CountTable.sorted_in_place (1 MiB)
 PARTITION_NEW_SHARE = 0.25  # ... and when this share of a chunk's keys is new, the next
 #                             chunk goes in by the partitioned path (kernels.partition_by_hash)
 SORT_NEW_SHARE = 0.5        # ... and from this share, by the sorted path (kernels.run_lengths)
@@ -50,8 +51,10 @@ class CountTable:
         self.ngram = ngram  # keys are packed n-grams, kept as they are (no row layout)
         self.max_bits = max_bits  # growth stops here unless a batch needs more
         # Called with the sorted (keys, values) when the table is full at max_bits in the
-        # middle of a batch: it takes them (e.g. writes a run) and the table is emptied
-        # instead of grown, so a long document or batch stays within the budget.
+        # middle of a batch (or about to grow into max_bits): it takes them (e.g. writes a
+        # run) and the table is emptied instead of grown, so a long document or batch stays
+        # within the budget. They are views inside the table (`sorted_in_place`), valid
+        # during the call only: a callback that keeps them copies them.
         self.spill: Callable[[np.ndarray, np.ndarray], None] | None = None
         # Of the last chunk's keys, those new to the table (hashing, partitioned) or the
         # distinct ones (sorted): what picks the next chunk's path (`next_path`).
@@ -113,16 +116,23 @@ class CountTable:
 
     def grow(self) -> None:
         """Double the capacity (quadruple while small: rehashing is the cost of growth); at
-        max_bits with a `spill`, hand the table over and empty it instead."""
-        if self.spill is not None and self.max_bits is not None and self.bits >= self.max_bits:
-            keys, vals = self.items()
-            self.spill(keys, vals)
-            self.clear(self.bits)
-            return
-        old, n_used = self.slots, self.n_used
+        max_bits with a `spill`, hand the table over and empty it instead. Growing into
+        max_bits with a `spill`, the table is handed over too and the new one allocated
+        empty after the old one is freed: the two never coexist, and the table's peak is
+        its cap's bytes, not 1.5 or 1.25 times them."""
         bits = self.bits + (2 if self.bits < 22 else 1)
         if self.max_bits is not None:
             bits = min(bits, max(self.max_bits, self.bits + 1))
+        if self.spill is not None and self.max_bits is not None and bits >= self.max_bits:
+            keys, vals = self.sorted_in_place()
+            self.spill(keys, vals)
+            if self.bits >= self.max_bits:
+                self.clear(self.bits)
+            else:
+                self.slots = self.vals = keys = vals = None  # freed before the new one
+                self._allocate(bits)
+            return
+        old, n_used = self.slots, self.n_used
         self._allocate(bits)
         kernels.rehash(old, self.slots, self.shift)
         self.n_used = n_used
@@ -252,6 +262,30 @@ class CountTable:
             if row == rows.n_rows:
                 return
             self.grow()
+
+    def sorted_in_place(self) -> tuple[np.ndarray, np.ndarray]:
+        """The occupied (key, value) pairs sorted by key, like `items`, but inside the table's
+        own array: views valid until the table is cleared, which must come next. A spill
+        then holds no second copy of what it writes (0.4x the table's bytes at a spill's
+        load). The pairs are first moved to the front, a block at a time (the table is at
+        most half full, so the sorted keys and values fit behind them)."""
+        n = self.n_used
+        pairs = self.slots.reshape(-1, 2)  # raw bits move: float values are kept exactly
+        w = 0
+        for a in range(0, pairs.shape[0], COMPACT_BLOCK):
+            block = pairs[a:a + COMPACT_BLOCK]
+            moved = block[block[:, 0] != kernels.EMPTY]  # a copy: the target may overlap
+            pairs[w:w + moved.shape[0]] = moved
+            w += moved.shape[0]
+        keys, vals = self.slots[2 * n:3 * n], self.vals[3 * n:4 * n]
+        lm = self.value_dtype == np.int64
+        if not self.ngram and kernels.sorted_items(self.slots[:2 * n], self.vals[:2 * n], n,
+                                kernels.TOKEN_BITS if lm else kernels.LABEL_BITS, lm, keys, vals):
+            return keys, vals
+        order = np.argsort(self.slots[0:2 * n:2])
+        np.take(self.slots[0:2 * n:2], order, out=keys)
+        np.take(self.vals[1:2 * n:2], order, out=vals)
+        return keys, vals
 
     def items(self) -> tuple[np.ndarray, np.ndarray]:
         """(key, value) pairs sorted by key: the table's, summed with the sorted path's

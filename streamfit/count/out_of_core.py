@@ -152,15 +152,23 @@ class Journal:
         return {(p, int(rg)) for p, groups in self.done.items() for rg in groups}
 
 
+def table_bits(budget: int) -> int:
+    """The largest hash table (2^bits slots of 16 bytes) for a worker's `budget` bytes: at
+    most half of it. The table never coexists with a grown copy of itself (CountTable.grow),
+    a spill inside a batch sorts inside it (sorted_in_place), and a spill at a batch's end
+    holds one sorted copy of its pairs while a thread writes it (0.4x the table), so the
+    rest holds that copy, the partition buffers (an eighth of the table at most), the
+    counting sort's row counts and a decoded batch."""
+    return max(10, int(np.log2(max(budget // 2 // 16, 1024))))
+
+
 def _work(worker: int, units: list[tuple[str, int, int]], job: Job, report: Callable,
           keep_last: bool = False) -> None:
     """Accumulate `units` (path, row group, rows already journalled), spilling a run and
     reporting it whenever the table reaches the budget or a checkpoint is due. With
     `keep_last`, a table that never had to spill is reported in memory ("table": sorted
     keys and values) instead of as a run."""
-    # The table may take half the budget (16 bytes a slot); spilling it takes about as much.
-    acc = Accumulator(job.task, table_bits=max(10, int(np.log2(max(job.budget // 2 // 16, 1024)))),
-                      **job.options)
+    acc = Accumulator(job.task, table_bits=table_bits(job.budget), **job.options)
     work = Path(job.work)
     done: list = []
     last = time.monotonic()
