@@ -112,6 +112,7 @@ def _cluster(args):
 
 def cmd_accumulate(args) -> int:
     from .count.out_of_core import accumulate_into, parse_size
+    from .io.memory import bound_retained_memory  # freed memory returned: RSS within --memory
 
     sizes = dict(vocab_size=args.vocab_size, n_classes=args.classes, n_features=args.n_features)
     if args.encoding is not None:
@@ -142,6 +143,7 @@ def cmd_accumulate(args) -> int:
         for given, option in ((args.shards, "--shards"), (args.unit_values, "--unit-values")):
             if given is not None:
                 raise StreamfitError(f"{option} is for a Dask run (--scheduler or --dask-workers)")
+        bound_retained_memory()
         summary = accumulate_into(args.stats, args.paths, task=args.task, window=args.window,
                                   overwrite=args.overwrite, memory=parse_size(args.memory),
                                   temp=args.temp, jobs=args.jobs, batch_rows=args.batch_rows,
@@ -589,11 +591,13 @@ def cmd_grow(args) -> int:
 
 def cmd_merge(args) -> int:
     from .count.out_of_core import merge_into, parse_size
+    from .io.memory import bound_retained_memory  # freed memory returned: RSS within --memory
 
     if _on_dask(args):
         with _cluster(args) as client:
             manifest = _distributed().merge_distributed(client, args.out, args.dirs, memory=parse_size(args.memory))
     else:
+        bound_retained_memory()
         manifest = merge_into(args.out, args.dirs, memory=parse_size(args.memory),
                               progress=_progress(args))
     print(f"{args.out}: merged {len(args.dirs)} shards, {manifest['n_examples']:,} examples, "
