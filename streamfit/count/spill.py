@@ -25,6 +25,7 @@ from ..errors import FormatError, StreamfitError
 from ..io.files import NpyWriter, atomic_path, disk_full, fault_point, no_space, save_npy
 
 RUN_ENTRY_BYTES = 16
+MERGE_CHUNK = 1 << 18  # entries a merge step sorts at most (~2 MiB arrays, whatever the budget)
 MERGE_FAN_IN = 128  # runs merged at once (two open files each); more are merged in levels,
 #                    which read and write everything once more (--jobs 2 spills twice as
 #                    many runs, half the size, as --jobs 1)
@@ -196,7 +197,10 @@ def _merged(directory: Path, runs: list[dict], memory: int, bar) -> Iterator[tup
             live = [r for r in readers if r.pos < r.end]
             if not live:
                 return
-            windows = [r.window() for r in live]
+            # A step sorts the first MERGE_CHUNK / runs entries of each window: its arrays
+            # stay small (reused by the allocator) however large the budget's windows are.
+            share = max(1, MERGE_CHUNK // len(live))
+            windows = [(keys[:share], vals[:share]) for keys, vals in (r.window() for r in live)]
             # Every key <= bound of every run lies in its window: bounded slices of each.
             bound = min(int(keys[-1]) for keys, _ in windows)
             key_parts, val_parts = [], []
