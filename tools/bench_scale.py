@@ -17,9 +17,9 @@ What it measures
                      processes counts 1/n in each — the fair figure for forked workers, whose
                      RSS sum counts the shared libraries n times). RSS and anon are sampled
                      every ``--poll`` seconds (0.02), PSS every ``--pss-every`` (0.5: reading
-                     it costs ~2 ms a process). Spilled runs are merged through memory maps:
-                     the pages of them read so far are resident and count in RSS and PSS
-                     (not in anon) until the merge ends, although the kernel may drop them.
+                     it costs ~2 ms a process). Spilled runs are read by the merge with
+                     plain reads into buffers of its own (anon), not through memory maps;
+                     the parallel merge samples its key ranges through memory maps.
     max proc         ``ru_maxrss`` of the largest single process of the tree: exact, the
                      kernel's high-water mark (``os.wait4``). The command is started through a
                      bare ``python -S`` launcher with ``posix_spawn``, because a process's
