@@ -24,9 +24,9 @@ def _python(code: str) -> str:
 
 
 def test_settings_are_set_once_and_say_what():
-    out = _python("from streamfit.io.memory import bound_retained_memory as b, release_free_memory\n"
+    out = _python("from streamfit.io.memory import bound_retained_memory as b\n"
                   "import pyarrow as pa\n"
-                  "first = b(); assert b() == first; release_free_memory()\n"
+                  "first = b(); assert b() == first\n"
                   "print(first['glibc'], first['arrow_pool'], pa.default_memory_pool().backend_name)")
     glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert out.split() == [str(glibc), "system", "system"]
@@ -34,8 +34,8 @@ def test_settings_are_set_once_and_say_what():
 
 def test_elsewhere_than_glibc_nothing_is_set_and_nothing_breaks():
     out = _python("import sys; sys.platform = 'darwin'\n"
-                  "from streamfit.io.memory import bound_retained_memory, release_free_memory\n"
-                  "release_free_memory(); print(bound_retained_memory()['glibc'])")
+                  "from streamfit.io.memory import bound_retained_memory\n"
+                  "print(bound_retained_memory()['glibc'])")
     assert out == "False"
 
 

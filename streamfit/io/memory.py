@@ -33,7 +33,6 @@ def _glibc():
         libc = ctypes.CDLL(None)
         libc.gnu_get_libc_version  # noqa: B018 (musl and others lack it)
         libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
     except (OSError, AttributeError):
         return None
     return libc
@@ -54,10 +53,3 @@ def bound_retained_memory() -> dict:
     _state.update(glibc=glibc, arrow_pool=pa.default_memory_pool().backend_name)
     return dict(_state)
 
-
-def release_free_memory() -> None:
-    """Return the free pages inside glibc's heap to the system (malloc_trim), e.g. after a
-    phase whose arrays are all freed; nothing elsewhere than glibc."""
-    libc = _glibc()
-    if libc is not None:
-        libc.malloc_trim(0)
