@@ -126,11 +126,9 @@ class CountTable:
         if self.spill is not None and self.max_bits is not None and bits >= self.max_bits:
             keys, vals = self.sorted_in_place()
             self.spill(keys, vals)
-            if self.bits >= self.max_bits:
-                self.clear(self.bits)
-            else:
+            if self.bits < self.max_bits:
                 self.slots = self.vals = keys = vals = None  # freed before the new one
-                self._allocate(bits)
+            self.clear(bits)
             return
         old, n_used = self.slots, self.n_used
         self._allocate(bits)
@@ -268,7 +266,10 @@ class CountTable:
         own array: views valid until the table is cleared, which must come next. A spill
         then holds no second copy of what it writes (0.4x the table's bytes at a spill's
         load). The pairs are first moved to the front, a block at a time (the table is at
-        most half full, so the sorted keys and values fit behind them)."""
+        most half full, so the sorted keys and values fit behind them). With runs of the
+        sorted path, which live outside the table, their merge with it (`items`)."""
+        if self.runs or self.pending:
+            return self.items()
         n = self.n_used
         pairs = self.slots.reshape(-1, 2)  # raw bits move: float values are kept exactly
         w = 0
