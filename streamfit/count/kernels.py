@@ -229,6 +229,18 @@ def _dense_row(key, row_bits, lm_rows, width):
 NGRAM_GROUP = 16  # count_ngrams: keys built together, then added together
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _ngram_key(tokens, lo, hi, t, order, bits, eos_value):
+    """The packed key of the order-`order` n-gram ending at position t of the document
+    tokens[lo:hi] (t == hi: the end-of-document token): ids + 1, BOS 0 before lo."""
+    key = np.int64(0)
+    for j in range(t - order + 1, t):
+        v = np.int64(tokens[j]) + 1 if j >= lo else np.int64(0)
+        key = (key << bits) | v
+    target = np.int64(tokens[t]) + 1 if t < hi else eos_value
+    return (key << bits) | target
+
+
 @njit(cache=True, nogil=True)
 def count_ngrams(tokens, doc_offsets, order, bits, eos, start_doc, start_pos,
                  slots, vals, n_used, max_used, shift):
@@ -254,13 +266,7 @@ def count_ngrams(tokens, doc_offsets, order, bits, eos, start_doc, start_pos,
             if g <= 0:
                 return d, t - lo, n_used
             for i in range(g):
-                u = t + i
-                key = np.int64(0)
-                for j in range(u - order + 1, u):
-                    v = np.int64(tokens[j]) + 1 if j >= lo else np.int64(0)
-                    key = (key << bits) | v
-                target = np.int64(tokens[u]) + 1 if u < hi else eos_value
-                group[i] = (key << bits) | target
+                group[i] = _ngram_key(tokens, lo, hi, t + i, order, bits, eos_value)
             for i in range(g):
                 n_used += _add(slots, vals, group[i], np.int64(1), shift, mask)
             t += g
@@ -340,12 +346,7 @@ def ngram_keys(tokens, doc_offsets, order, bits, eos, start_doc, start_pos, out)
         for t in range(first, end):
             if n + 1 > out.size:
                 return d, t - lo, n
-            key = np.int64(0)
-            for j in range(t - order + 1, t):
-                v = np.int64(tokens[j]) + 1 if j >= lo else np.int64(0)
-                key = (key << bits) | v
-            target = np.int64(tokens[t]) + 1 if t < hi else eos_value
-            out[n] = (key << bits) | target
+            out[n] = _ngram_key(tokens, lo, hi, t, order, bits, eos_value)
             n += 1
     return n_docs, 0, n
 
