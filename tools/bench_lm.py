@@ -161,34 +161,39 @@ def maxent_model(folder: Path, tmp: Path, stats, blocks) -> dict:
                       r["kept_iteration"], "heldout": r["heldout"]} for r in info["runs"]]}
 
 
-def refine_into(saved_path: Path, args) -> int:
-    """Add the maximum-entropy rows to a saved run (accumulate and the block model again,
-    then refine), re-rendering the page: the rest of the run is left as it was saved."""
+def corpora_again(saved: dict, args):
+    """For a rerun into a saved page: each corpus of --datasets as (its name, its saved
+    results, its folder, a scratch folder, the time its part began: its own wall time, not
+    since the command began), after an untimed warm-up."""
     import tempfile
-    from harness import command, load_average, load_results, save_and_render, utc_now
-    saved = load_results(saved_path)
-    started, load_start = time.perf_counter(), load_average()
-    orders = [int(o) for o in args.refine_orders.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench_lm-") as tmp:
         tmp = Path(tmp)
         warm_up(corpus(args.names[0], Path(args.data)), tmp)
         for name in args.names:
-            part = time.perf_counter()   # this corpus's wall time, not since the command began
-            res = saved["results"][name]
-            folder = corpus(name, Path(args.data))
-            for order in orders:
-                stats_dir = tmp / f"stats-{order}"
-                accumulate_into(stats_dir, [folder / "train.parquet"], order=order, overwrite=True)
-                stats = load_stats(stats_dir)
-                path = tmp / f"blocks-{order}.npy"
-                finalize_ngram(stats, path, form="blocks", heldout=token_batches(
-                    [folder / "valid.parquet"], vocab_size=stats.n_classes))
-                res["ngram"][str(order)]["maxent"] = maxent_model(folder, tmp, stats,
-                                                                  load_model(path))
-                shutil.rmtree(stats_dir, ignore_errors=True)
-            res.setdefault("refined_by", []).append(
-                {"command": command("bench_lm.py", None), "date": utc_now(), "orders": orders,
-                 "load_start": load_start, "wall_s": time.perf_counter() - part})
+            yield name, saved["results"][name], corpus(name, Path(args.data)), tmp, time.perf_counter()
+
+
+def refine_into(saved_path: Path, args) -> int:
+    """Add the maximum-entropy rows to a saved run (accumulate and the block model again,
+    then refine), re-rendering the page: the rest of the run is left as it was saved."""
+    from harness import command, load_average, load_results, save_and_render, utc_now
+    saved = load_results(saved_path)
+    started, load_start = time.perf_counter(), load_average()
+    orders = [int(o) for o in args.refine_orders.split(",")]
+    for name, res, folder, tmp, part in corpora_again(saved, args):
+        for order in orders:
+            stats_dir = tmp / f"stats-{order}"
+            accumulate_into(stats_dir, [folder / "train.parquet"], order=order, overwrite=True)
+            stats = load_stats(stats_dir)
+            path = tmp / f"blocks-{order}.npy"
+            finalize_ngram(stats, path, form="blocks", heldout=token_batches(
+                [folder / "valid.parquet"], vocab_size=stats.n_classes))
+            res["ngram"][str(order)]["maxent"] = maxent_model(folder, tmp, stats,
+                                                              load_model(path))
+            shutil.rmtree(stats_dir, ignore_errors=True)
+        res.setdefault("refined_by", []).append(
+            {"command": command("bench_lm.py", None), "date": utc_now(), "orders": orders,
+             "load_start": load_start, "wall_s": time.perf_counter() - part})
     save_and_render(saved_path, saved, render, Path(args.out), plots=not args.no_plots)
     log(f"{saved_path}: maximum-entropy rows added ({(time.perf_counter() - started) / 60:.1f} min)")
     return 0
@@ -239,27 +244,21 @@ def cache_into(saved_path: Path, args) -> int:
     """Add the document-cache rows to a saved run (accumulate again, `finalize --cache`,
     refine on it for --cache-refine-orders), re-rendering the page: the rest of the run is
     left as it was saved."""
-    import tempfile
     from harness import command, load_average, load_results, save_and_render, utc_now
     saved = load_results(saved_path)
     started, load_start, date = time.perf_counter(), load_average(), utc_now()
     orders = [int(o) for o in args.cache_orders.split(",")]
     refine = {int(o) for o in args.cache_refine_orders.split(",") if o}
-    with tempfile.TemporaryDirectory(prefix="bench_lm-") as tmp:
-        tmp = Path(tmp)
-        for name in args.names:
-            part = time.perf_counter()
-            res = saved["results"][name]
-            folder = corpus(name, Path(args.data))
-            for order in orders:
-                stats_dir = tmp / f"stats-{order}"
-                accumulate_into(stats_dir, [folder / "train.parquet"], order=order, overwrite=True)
-                res["ngram"][str(order)]["cache"] = cache_models(
-                    folder, tmp, load_stats(stats_dir), refine=order in refine)
-                shutil.rmtree(stats_dir, ignore_errors=True)
-            res["cached_by"] = {"command": command("bench_lm.py", None), "date": date,
-                                "orders": orders, "load_start": load_start,
-                                "wall_s": time.perf_counter() - part}
+    for name, res, folder, tmp, part in corpora_again(saved, args):
+        for order in orders:
+            stats_dir = tmp / f"stats-{order}"
+            accumulate_into(stats_dir, [folder / "train.parquet"], order=order, overwrite=True)
+            res["ngram"][str(order)]["cache"] = cache_models(
+                folder, tmp, load_stats(stats_dir), refine=order in refine)
+            shutil.rmtree(stats_dir, ignore_errors=True)
+        res["cached_by"] = {"command": command("bench_lm.py", None), "date": date,
+                            "orders": orders, "load_start": load_start,
+                            "wall_s": time.perf_counter() - part}
     save_and_render(saved_path, saved, render, Path(args.out), plots=not args.no_plots)
     log(f"{saved_path}: document-cache rows added ({(time.perf_counter() - started) / 60:.1f} min)")
     return 0
@@ -269,32 +268,25 @@ def timing_into(saved_path: Path, args) -> int:
     """Measure the timings of a saved run again — every n-gram model but the refined ones,
     KenLM, the paired ×10 rounds — and re-render the page: the window, maximum-entropy and
     document-cache rows are kept as saved."""
-    import tempfile
     from harness import command, load_results, save_and_render, utc_now
     saved = load_results(saved_path)
     started, load_start = time.perf_counter(), load_average()
-    with tempfile.TemporaryDirectory(prefix="bench_lm-") as tmp:
-        tmp = Path(tmp)
-        warm_up(corpus(args.names[0], Path(args.data)), tmp)
-        for name in args.names:
-            part = time.perf_counter()   # this corpus's wall time, not since the command began
-            res = saved["results"][name]
-            folder = corpus(name, Path(args.data))
-            for order in res["key_orders"]:
-                for key, eos in (("ngram", False), ("ngram_eos", True)):
-                    new = ngram_models(folder, tmp, order, eos, refine=False)
-                    for kind, saved_part in res[key][str(order)].items():   # maxent, cache
-                        new.setdefault(kind, saved_part)
-                    res[key][str(order)] = new
-            if args.kenlm:
-                res["kenlm"] = kenlm(Path(args.kenlm), folder, tmp, res["orders"])
-            if name == "gcide":
-                res.pop("scaled", None)
-                res["paired"] = paired_scaled(folder, tmp, Path(args.kenlm) if args.kenlm else None,
-                                              args.rounds)
-            res["timed_by"] = [{"command": command("bench_lm.py", None), "date": utc_now(),
-                                "load_start": load_start, "paired": name == "gcide",
-                                "wall_s": time.perf_counter() - part}]
+    for name, res, folder, tmp, part in corpora_again(saved, args):
+        for order in res["key_orders"]:
+            for key, eos in (("ngram", False), ("ngram_eos", True)):
+                new = ngram_models(folder, tmp, order, eos, refine=False)
+                for kind, saved_part in res[key][str(order)].items():   # maxent, cache
+                    new.setdefault(kind, saved_part)
+                res[key][str(order)] = new
+        if args.kenlm:
+            res["kenlm"] = kenlm(Path(args.kenlm), folder, tmp, res["orders"])
+        if name == "gcide":
+            res.pop("scaled", None)
+            res["paired"] = paired_scaled(folder, tmp, Path(args.kenlm) if args.kenlm else None,
+                                          args.rounds)
+        res["timed_by"] = [{"command": command("bench_lm.py", None), "date": utc_now(),
+                            "load_start": load_start, "paired": name == "gcide",
+                            "wall_s": time.perf_counter() - part}]
     save_and_render(saved_path, saved, render, Path(args.out), plots=not args.no_plots)
     log(f"{saved_path}: timings measured again ({(time.perf_counter() - started) / 60:.1f} min)")
     return 0
