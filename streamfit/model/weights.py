@@ -32,7 +32,7 @@ from . import kernels
 from ..errors import FormatError, OptionError, StreamfitError
 from ..data.featurize import (Examples, TokenArrays, batch_examples, distinct_inputs,
                               slice_examples, take_examples, window_examples)
-from ..io.files import SIDECAR_SUFFIX, sidecar_path, stem_of  # noqa: F401 (importers)
+from ..io.files import sidecar_path, stem_of
 from ..io.files import (NpyWriter, OutputLock, check_array_entries, check_csr, check_fields,
                         load_listed_arrays,
                         create_memmap, disk_full, fault_point, file_digest, fsync_dir, fsync_path,
