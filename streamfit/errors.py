@@ -42,23 +42,26 @@ class OptionError(StreamfitError, ValueError):
 
 class DiskFullError(StreamfitError, OSError):
     """No space left where a file was being written: names the file, the space it needed
-    where known, and the space that is free there — measured when the message is first
-    shown, after the partial files were removed on the way out."""
+    where known, and the space that was free there when the write failed (measured when
+    the error is made, before the partial files are removed on the way out)."""
 
     def __init__(self, path, needed: int | None = None, free: int | None = None):
-        super().__init__(str(path))
-        self.path, self.needed, self.free = str(path), needed, free
-
-    def __str__(self) -> str:
         import contextlib
         import shutil
         from pathlib import Path
 
-        if self.free is None:
-            for p in Path(self.path).parents:
+        super().__init__(str(path))
+        if free is None:
+            for p in Path(path).parents:
                 with contextlib.suppress(OSError):
-                    self.free = shutil.disk_usage(p).free
+                    free = shutil.disk_usage(p).free
                     break
+        self.path, self.needed, self.free = str(path), needed, free
+
+    def __reduce__(self):  # from a worker process to its parent, with the figures measured
+        return type(self), (self.path, self.needed, self.free)
+
+    def __str__(self) -> str:
         need = f"writing it needs {_human(self.needed)}, " if self.needed is not None else ""
         have = f"{_human(self.free)} free there" if self.free is not None else "free space unknown"
         return (f"{self.path}: no space left on device ({need}{have}); free some space or write "

@@ -725,6 +725,22 @@ def test_11_a_refused_reservation_is_reported_with_the_size_needed(tmp_path, sta
     assert not leftovers(tmp_path) and not list(tmp_path.glob("w.*"))
 
 
+def test_11_the_free_space_quoted_is_the_space_when_the_write_failed(tmp_path, monkeypatch):
+    """Not the space after the partial files were removed (that read "needs 2.0 MiB, 20.0 MiB
+    free there"), also after the error travelled from a worker process to its parent."""
+    import pickle
+    from collections import namedtuple
+
+    from streamfit.errors import DiskFullError
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(2 ** 30, 2 ** 30 - 4096, 4096))
+    err = DiskFullError(tmp_path / "run.keys.npy", needed=3 * 2 ** 20)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(2 ** 30, 0, 2 ** 30))
+    for e in (err, pickle.loads(pickle.dumps(err))):
+        assert "needs 3.0 MiB, 4.0 KiB free there" in str(e) and "run.keys.npy" in str(e)
+
+
 # --- 13: numba's cache where it can be written, else none ---------------------------------------
 def read_only_install(tmp_path: Path) -> dict:
     """A copy of the package where no cache can be written beside it (each __pycache__ a

@@ -60,11 +60,13 @@ def unjournalled_run(directory: Path, value_dtype,
         for w in writers:
             w.close(sync=False)
     except BaseException as exc:
+        full = no_space(writers[0].path) if disk_full(exc) and not isinstance(
+            exc, StreamfitError) else None  # the free space before the run is removed
         for w in writers:
             w.abort()
         remove_run(directory, entry)
-        if disk_full(exc) and not isinstance(exc, StreamfitError):
-            raise no_space(writers[0].path) from None
+        if full is not None:
+            raise full from None
         raise
     entry["n"] = writers[0].n
 

@@ -203,9 +203,10 @@ def create_memmap(path: Path, dtype, shape: tuple[int, ...], name: Path | None =
             reserve(fd, 0, os.path.getsize(path))
         except OSError as exc:
             if disk_full(exc):
+                full = no_space(name or path, size)  # the free space before the file goes
                 del out
                 Path(path).unlink(missing_ok=True)
-                raise no_space(name or path, size) from None
+                raise full from None
             import errno
             if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                 raise
