@@ -126,6 +126,25 @@ def test_run_lengths_matches_reference(keys):
     np.testing.assert_array_equal(out_counts[:m], want_counts)
 
 
+@SETTINGS
+@given(docs=st.lists(st.lists(st.integers(0, 5), max_size=12), max_size=8),
+       window=st.integers(1, 4), extra=st.one_of(st.none(), st.integers(0, 3)))
+def test_window_csr_kernels_match_reference(docs, window, extra):
+    """Rows (k, context; the document start in each block's last row) and columns of the
+    sorted keys, with the vocabulary given (`extra` ids past the largest) or found."""
+    keys, _ = ref.count_windows(*as_arrays(docs, np.int32), window)
+    cols = np.full(keys.size, -1, dtype=np.int32)
+    top = kernels.window_targets(keys, cols)
+    v = top + 1 if extra is None else top + 1 + extra
+    indptr = np.zeros(window * (v + 1) + 1, dtype=np.int64)
+    kernels.window_row_counts(keys, v, indptr)
+    np.cumsum(indptr, out=indptr)
+    want_indptr, want_cols, want_v = ref.window_csr(keys, window, None if extra is None else v)
+    assert v == want_v
+    np.testing.assert_array_equal(indptr, want_indptr)
+    np.testing.assert_array_equal(cols, want_cols)
+
+
 distinct_run = st.lists(st.integers(0, 40), unique=True, max_size=30).map(sorted)
 
 

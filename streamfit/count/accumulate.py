@@ -500,26 +500,26 @@ class Accumulator:
             v = self.n_classes if self.n_classes is not None else self.max_id + 1
             return Statistics.of_ngrams(keys, vals, order=self.order, eos=self.eos, vocab_size=v,
                                         n_examples=self.n_examples, sources=list(self.sources))
-        if self.task == "lm":
-            k = keys >> 56
-            ctx = (keys >> kernels.TOKEN_BITS) & kernels.TOKEN_MASK
-            target = keys & kernels.TOKEN_MASK
-            v = self.n_classes if self.n_classes is not None else \
-                (int(target.max()) + 1 if target.size else 0)
-            rows = k * (v + 1) + np.where(ctx == kernels.BOS_KEY, v, ctx)
-            cols, n_classes, n_features = target, v, self.window * (v + 1)
+        if self.task == "lm":  # in two passes over the keys, without temporaries
+            cols = np.empty(keys.size, dtype=np.int32)
+            top = kernels.window_targets(keys, cols)
+            v = self.n_classes if self.n_classes is not None else top + 1
+            n_classes, n_features = v, self.window * (v + 1)
+            indptr = np.zeros(n_features + 1, dtype=np.int64)
+            kernels.window_row_counts(keys, v, indptr)
+            np.cumsum(indptr, out=indptr)
             l1_sum = float(self.n_examples * self.window)
         else:
             rows = keys >> kernels.LABEL_BITS
-            cols = keys & kernels.LABEL_MASK
+            cols = (keys & kernels.LABEL_MASK).astype(np.int32)
             n_classes = self.n_classes if self.n_classes is not None else self.max_label + 1
             n_features = self.n_features_fixed if self.n_features_fixed is not None else \
                 max(self.max_width, int(rows.max()) + 1 if rows.size else 0)
+            indptr = np.zeros(n_features + 1, dtype=np.int64)
+            np.cumsum(np.bincount(rows, minlength=n_features), out=indptr[1:])
             l1_sum = self.l1_sum
-        indptr = np.zeros(n_features + 1, dtype=np.int64)
-        np.cumsum(np.bincount(rows, minlength=n_features), out=indptr[1:])
         return Statistics(task=self.task, n_classes=n_classes, n_features=n_features,
-                          window=self.window, indptr=indptr, indices=cols.astype(np.int32),
+                          window=self.window, indptr=indptr, indices=cols,
                           data=vals, n_examples=self.n_examples, l1_sum=l1_sum,
                           empty_rows=self.empty_rows, sources=list(self.sources),
                           encoding=self.encoding)

@@ -439,3 +439,32 @@ def merge_runs(a_keys, a_vals, b_keys, b_vals, out_keys, out_vals):
         j += 1
         n += 1
     return n
+
+
+# --- from sorted window keys to CSR ---------------------------------------------------------
+# The statistics' row of a window key is k * (V + 1) + context (the document start, BOS,
+# in the block's last row), its column the target. Done in numpy this makes half a dozen
+# temporary arrays the size of the keys, each paid again in fresh pages.
+
+@njit(cache=True, nogil=True)
+def window_targets(keys, out):
+    """Each key's target (its column) into `out` (int32). Returns the largest, -1 if none."""
+    top = -1
+    for i in range(keys.size):
+        t = keys[i] & TOKEN_MASK
+        out[i] = t
+        if t > top:
+            top = t
+    return top
+
+
+@njit(cache=True, nogil=True)
+def window_row_counts(keys, vocab_size, out):
+    """Adds to out[row + 1] the number of keys in each row of a vocabulary of `vocab_size`
+    (so that a cumulative sum of `out` is the CSR's indptr)."""
+    for i in range(keys.size):
+        key = keys[i]
+        ctx = (key >> TOKEN_BITS) & TOKEN_MASK
+        if ctx == BOS_KEY:
+            ctx = vocab_size
+        out[(key >> 56) * (vocab_size + 1) + ctx + 1] += 1

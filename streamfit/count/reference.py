@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels import BOS_KEY, LABEL_BITS, TOKEN_BITS
+from .kernels import BOS_KEY, LABEL_BITS, TOKEN_BITS, TOKEN_MASK
 
 
 def window_keys(tokens: np.ndarray, doc_offsets: np.ndarray, window: int) -> np.ndarray:
@@ -91,3 +91,18 @@ def table_items(slots: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.nda
     occupied = keys != -1
     order = np.argsort(keys[occupied])
     return keys[occupied][order], vals[1::2][occupied][order]
+
+
+def window_csr(keys: np.ndarray, window: int, vocab_size: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Sorted keys of a `window` as CSR of the statistics: (indptr, column per key, vocab
+    size), the vocabulary one past the largest target unless given (twin of window_targets
+    and window_row_counts)."""
+    k = keys >> 56
+    ctx = (keys >> TOKEN_BITS) & TOKEN_MASK
+    target = keys & TOKEN_MASK
+    v = vocab_size if vocab_size is not None else (int(target.max()) + 1 if target.size else 0)
+    rows = k * (v + 1) + np.where(ctx == BOS_KEY, v, ctx)
+    indptr = np.zeros(window * (v + 1) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=window * (v + 1)), out=indptr[1:])
+    return indptr, target.astype(np.int32), v
