@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import streamfit
 from streamfit.errors import StreamfitError
@@ -194,6 +195,38 @@ def test_merge_in_key_ranges_is_the_one_merge(tmp_path, parts, value_dtype):
     assert np.array_equal(out[parts]["indices"], cols)
     assert np.array_equal(out[parts]["data"], np.array(sums, dtype=value_dtype))
     assert not list(tmp_path.glob(".*.tmp-*"))  # the pieces are gone
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 5), st.integers(1, 62), st.integers(0, 62), st.integers(-3, 40),
+       st.sampled_from(["int64", "float64"]), st.integers(0, 2**32 - 1))
+def test_a_merge_step_sums_each_keys_values_in_run_order(pieces, key_bits, base_bits,
+                                                         value_bits, dtype, seed):
+    """spill.summed (a merge step) against numpy: the distinct keys of sorted pieces
+    concatenated, each with the sum of its values in the pieces' order — integer values
+    packed below their keys where the key range and the values leave room (small ranges
+    and values here), by an argsort where they do not (wide ranges, large or negative
+    values, floats)."""
+    from streamfit.count import spill
+
+    rng = np.random.default_rng(seed)
+    parts = [np.unique(rng.integers(0, 1 << key_bits, rng.integers(0, 60)))
+             for _ in range(pieces)]
+    base = int(rng.integers(0, 1 << base_bits)) if key_bits < 62 else 0
+    keys = np.concatenate([np.zeros(0, np.int64), *parts]).astype(np.int64)
+    keys = np.minimum(keys, (1 << 63) - 1 - base) + base
+    if dtype == "float64":
+        vals = rng.random(keys.size) * 10.0 ** rng.integers(-3, 12, keys.size)
+    else:
+        vals = rng.integers(-(1 << 3) if value_bits < 0 else 0, 1 << abs(value_bits), keys.size)
+    order = np.argsort(keys, kind="stable")
+    unique, starts = np.unique(keys[order], return_index=True)
+    expected = [sum(vals[order][a:b].tolist(), vals.dtype.type(0))
+                for a, b in zip(starts, [*starts[1:], keys.size])]
+    got_keys, got_vals = spill.summed(keys.copy(), vals)
+    assert np.array_equal(got_keys, unique)
+    assert got_vals.dtype == vals.dtype
+    assert np.array_equal(got_vals, np.array(expected, dtype=vals.dtype))
 
 
 def test_extending_existing_statistics_through_runs(tmp_path, token_files, spills):
