@@ -127,46 +127,55 @@ def statistics_as_run(stats, directory: Path, chunk_rows: int = 1 << 16) -> dict
 
 
 class _RunReader:
-    """A run's keys and values, read a window at a time with plain reads — not through a
-    memory map, whose pages would stay resident and grow RSS with the corpus. An entry with
-    "lo" / "hi" positions (`split_runs`) is read over that range only."""
+    """A run's keys and values, read a window at a time with plain reads into buffers of
+    its own — not through a memory map, whose pages would stay resident and grow RSS with
+    the corpus. An entry with "lo" / "hi" positions (`split_runs`) is read over that range
+    only."""
 
     def __init__(self, directory: Path, entry: dict, step: int):
-        self.n, self.step = entry["n"], step
+        self.n, self.step, self.name = entry["n"], step, entry["name"]
         self.pos, self.end = entry.get("lo", 0), entry.get("hi", entry["n"])
         self._files = []
         for part in ("keys", "vals"):
-            fh = open(directory / f"{entry['name']}.{part}.npy", "rb")
+            fh = open(directory / f"{entry['name']}.{part}.npy", "rb", buffering=0)
+            self._files.append(fh)  # closed by close(), also when the next line fails
             version = np.lib.format.read_magic(fh)
             read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
                 np.lib.format.read_array_header_2_0
             shape, _, dtype = read_header(fh)
             if shape != (self.n,):
                 raise FormatError(f"{directory}: run {entry['name']} is damaged (size mismatch)")
-            self._files.append((fh, fh.tell(), dtype))
-        self._start = 0
-        self._keys, self._vals = (np.empty(0, dtype) for _, _, dtype in self._files)
+            self._files[-1] = (fh, fh.tell(), np.empty(min(step, self.end - self.pos), dtype))
+        self._start, self._count = self.pos, 0  # the buffers hold entries _start.._start+_count
 
-    def window(self) -> tuple[np.ndarray, np.ndarray]:
-        """At least one entry from the current position (refilled when under half full)."""
-        have = self._start + self._keys.size - self.pos
-        if have < min(self.step // 2, self.end - self.pos) or have <= 0:
-            # Keep what is left of the window and read only what follows it.
-            have = max(have, 0)  # none: a reader that starts past 0 ("lo")
+    def window(self, need: int) -> tuple[np.ndarray, np.ndarray]:
+        """The entries from the current position on, at least `need` (at most the step) of
+        them or all that are left; views of the buffers, valid until the next call. What is
+        left of the window is moved to the front, and what follows it read behind (plain
+        reads: numpy's fromfile costs ~50 us a call on a file object, most of a merge's
+        reading with many small windows)."""
+        have = self._start + self._count - self.pos
+        if have < min(need, self.end - self.pos):
             lo, at = self.pos - self._start, self.pos + have
-            count = min(self.step - have, self.end - at)
-            arrays = []
-            for (fh, offset, dtype), old in zip(self._files, (self._keys, self._vals)):
-                fh.seek(offset + at * dtype.itemsize)
-                arrays.append(np.concatenate([old[lo:lo + have],
-                                              np.fromfile(fh, dtype=dtype, count=count)]))
-            self._start, (self._keys, self._vals) = self.pos, arrays
-        lo = self.pos - self._start
-        return self._keys[lo:], self._vals[lo:]
+            for fh, offset, buf in self._files:
+                count = min(buf.size - have, self.end - at)
+                buf[:have] = buf[lo:lo + have]
+                view = memoryview(buf[have:have + count]).cast("B")
+                fh.seek(offset + at * buf.itemsize)
+                done = 0
+                while done < view.nbytes:
+                    got = fh.readinto(view[done:])
+                    if not got:
+                        raise FormatError(f"run {self.name} is damaged (shorter than its header "
+                                          f"says)")
+                    done += got
+            self._start, self._count = self.pos, have + count
+        lo, hi = self.pos - self._start, self._count
+        return self._files[0][2][lo:hi], self._files[1][2][lo:hi]
 
     def close(self) -> None:
-        for fh, _, _ in self._files:
-            fh.close()
+        for f in self._files:
+            (f[0] if isinstance(f, tuple) else f).close()
 
 
 def fan_in() -> int:
@@ -203,14 +212,14 @@ def _merged(directory: Path, runs: list[dict], memory: int, bar) -> Iterator[tup
                 return
             # A step takes at most MERGE_CHUNK entries (its arrays stay small and are reused
             # by the allocator, however large the windows are), from each run in proportion
-            # to what is left of it, and no more than half its window: a window, refilled
-            # when under half full, always holds its share, so that the slices of all runs
-            # end near the same key and a step merges about MERGE_CHUNK entries.
+            # to what is left of it and at most its window, which is refilled to hold that
+            # share: the slices of all runs end near the same key, and a step merges about
+            # MERGE_CHUNK entries (or all the windows hold).
             left = sum(r.end - r.pos for r in live)
             windows = []
             for r in live:
-                keys, vals = r.window()
-                share = max(1, min(r.step // 2, MERGE_CHUNK * (r.end - r.pos) // left))
+                share = max(1, min(r.step, MERGE_CHUNK * (r.end - r.pos) // left))
+                keys, vals = r.window(share)
                 windows.append((keys[:share], vals[:share], r.pos + share >= r.end))
             # Every key <= bound of every run lies in its window: bounded slices of each. A
             # window that holds the rest of its run bounds nothing.
