@@ -229,6 +229,29 @@ def test_a_merge_step_sums_each_keys_values_in_run_order(pieces, key_bits, base_
     assert np.array_equal(got_vals, np.array(expected, dtype=vals.dtype))
 
 
+@pytest.mark.parametrize("in_kernel", [True, False])
+def test_pieces_of_a_parallel_merge_are_appended_whole(tmp_path, monkeypatch, in_kernel):
+    """spill._concatenated: the pieces' elements after the target's, under the header of
+    the whole, with the recorded size and sha256 those of the file — by os.copy_file_range
+    and, where it is missing, by reads and writes (copies of several blocks)."""
+    from streamfit.count import spill
+    from streamfit.io.files import NpyWriter, file_digest
+
+    if not in_kernel:
+        monkeypatch.delattr(os, "copy_file_range", raising=False)
+    rng = np.random.default_rng(5)
+    parts = [rng.integers(-1 << 40, 1 << 40, n) for n in (1000, 0, 70_000, 3)]
+    paths = []
+    for i, part in enumerate(parts):
+        w = NpyWriter(tmp_path / f"p{i}.npy", np.int64)
+        w.append(part)
+        w.close(sync=False)
+        paths.append(tmp_path / f"p{i}.npy")
+    digest = spill._concatenated(paths[0], paths[1:], np.int64, chunk=1 << 12)
+    assert np.array_equal(np.load(paths[0]), np.concatenate(parts))
+    assert digest == file_digest(paths[0])
+
+
 def test_extending_existing_statistics_through_runs(tmp_path, token_files, spills):
     accumulate_into(tmp_path / "stats", token_files[:1], window=2)
     assert len(spills) == 1  # the whole table, once, at the end
