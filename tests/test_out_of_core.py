@@ -203,7 +203,8 @@ def test_merge_in_key_ranges_is_the_one_merge(tmp_path, parts, value_dtype):
 def test_a_merge_step_sums_each_keys_values_in_run_order(pieces, key_bits, base_bits,
                                                          value_bits, dtype, seed):
     """spill.summed (a merge step) against numpy: the distinct keys of sorted pieces
-    concatenated, each with the sum of its values in the pieces' order — integer values
+    concatenated, each with the sum of its values in the pieces' order (np.add.reduce's
+    float rounding, which is not Python's left-to-right sum) — integer values
     packed below their keys where the key range and the values leave room (small ranges
     and values here), by an argsort where they do not (wide ranges, large or negative
     values, floats)."""
@@ -221,7 +222,7 @@ def test_a_merge_step_sums_each_keys_values_in_run_order(pieces, key_bits, base_
         vals = rng.integers(-(1 << 3) if value_bits < 0 else 0, 1 << abs(value_bits), keys.size)
     order = np.argsort(keys, kind="stable")
     unique, starts = np.unique(keys[order], return_index=True)
-    expected = [sum(vals[order][a:b].tolist(), vals.dtype.type(0))
+    expected = [np.add.reduce(vals[order][a:b])  # numpy's float sum, as one merge adds
                 for a, b in zip(starts, [*starts[1:], keys.size])]
     got_keys, got_vals = spill.summed(keys.copy(), vals)
     assert np.array_equal(got_keys, unique)

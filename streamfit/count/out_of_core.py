@@ -662,8 +662,10 @@ def _merge_into(stats_dir: Path, work: Path, journal: Journal, previous, templat
     fault_point("before_commit")
     manifest = commit(stats_dir, header, arrays)
     fault_point("after_commit")
-    for r in journal.runs:
-        remove_run(work, r)
+    # Several at once: an unlink waits on the file system more than it computes (206 runs
+    # of the bench's 10x corpus: 0.70 s one by one, 0.33 s four at a time, load 5.5).
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda r: remove_run(work, r), journal.runs))
     return manifest
 
 

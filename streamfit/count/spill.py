@@ -379,7 +379,9 @@ def merge_part(directory: Path, runs: list[dict], *, task: str, vocab_size: int,
                         wi.append(keys)
                     else:
                         rows, cols = cells(keys, task, vocab_size)
-                        row_counts += np.bincount(rows, minlength=n_features)
+                        first_row = int(rows[0])  # rows increase: count those of this step only
+                        counts = np.bincount(rows - first_row)
+                        row_counts[first_row:first_row + counts.size] += counts
                         wi.append(cols.astype(np.int32))
                     wd.append(sums)
                     fault_point("mid_merge")
