@@ -379,7 +379,7 @@ def merge_part(directory: Path, runs: list[dict], *, task: str, vocab_size: int,
                         wi.append(keys)
                     else:
                         rows, cols = cells(keys, task, vocab_size)
-                        first_row = int(rows[0])  # rows increase: count those of this step only
+                        first_row = int(rows.min())  # count the rows of this step only
                         counts = np.bincount(rows - first_row)
                         row_counts[first_row:first_row + counts.size] += counts
                         wi.append(cols.astype(np.int32))
