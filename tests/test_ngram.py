@@ -222,6 +222,40 @@ def test_slot_table_is_a_linear_probing_table(load):
             assert find_slot(table, bits, k) == -1
 
 
+@pytest.mark.parametrize("parts", [1, 2, 3, 7])
+def test_split_by_cost_covers_every_item_once_in_balanced_ranges(parts):
+    rng = np.random.default_rng(parts)
+    for n in list(range(0, 12)) + [100, 1000]:
+        cost = rng.integers(0, 50, n).astype(float)
+        ranges = sn.split_by_cost(cost, parts)
+        assert len(ranges) <= max(parts, 1)
+        covered = np.concatenate([np.arange(lo, hi) for lo, hi in ranges])
+        np.testing.assert_array_equal(covered, np.arange(n))
+        assert all(lo < hi for lo, hi in ranges) or n == 0
+        if n >= 100:  # no range above a fair share by more than its largest item
+            share = cost.sum() / len(ranges)
+            assert max(cost[lo:hi].sum() for lo, hi in ranges) <= share + cost.max()
+
+
+def test_threaded_sweeps_give_the_same_bits_as_one_thread(corpus, tmp_path, monkeypatch):
+    """The block fit's sweeps (held-out positions, Newton moments, log Z) shared out among
+    threads write the same model, byte for byte, as one thread: every group and prediction
+    is summed by one thread in one order."""
+    train, held, *_ = corpus
+    stats = streamfit.accumulate([train], order=3, eos=True)
+    files = {}
+    for threads, min_cost in ((1, 10**9), (3, 1), (8, 1)):
+        monkeypatch.setattr(sn, "sweep_threads", lambda: threads)
+        monkeypatch.setattr(sn, "MIN_COST_PER_THREAD", min_cost)
+        out = tmp_path / f"t{threads}" / "lm.npy"
+        sn.finalize_ngram(stats, out, form="blocks",
+                          heldout=sn.token_batches([held], vocab_size=stats.n_classes))
+        files[threads] = {f.name: f.read_bytes() for f in out.parent.glob("lm.*.npy")}
+        meta = streamfit.load_model(out).meta
+        files[threads]["theta"] = meta["theta"]
+    assert len(files[1]) == 5 and files[1] == files[3] == files[8]
+
+
 @pytest.mark.parametrize("high", [5, 1000, 10**12, 2**60])  # counted, counted, packed sort, argsort
 def test_unique_keys_equal_numpys_without_the_minus_ones(high):
     rng = np.random.default_rng(high)

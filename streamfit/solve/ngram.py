@@ -23,7 +23,9 @@ context is computed once here, so scoring (`model.ngram`) is a few lookups per t
 from __future__ import annotations
 
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +46,42 @@ N_BUCKETS = 16         # per block: 0 unseen, 1 + floor(log2 count) capped at 15
 FALLBACK_DISCOUNTS = np.array([0.0, 0.5, 1.0, 1.5])
 MAX_STEP = 4.0         # the block fit's Newton steps move no τ further than this
 BYTES_PER_NGRAM_PER_ORDER = 160  # finalize's peak, measured: ~480 B an n-gram at order 3
+MIN_COST_PER_THREAD = 100_000  # rows (support entries, predictions) a sweep's thread gets at least
+
+
+def sweep_threads() -> int:
+    """Threads for the block model's sweeps: the CPUs this process may run on. Every group
+    (or prediction) is summed by one thread in one order, so results do not depend on it."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this platform
+        return os.cpu_count() or 1
+
+
+def split_by_cost(cost: np.ndarray, parts: int) -> list[tuple[int, int]]:
+    """At most `parts` contiguous ranges [lo, hi) covering the items, about equal in total
+    cost (cost ≥ 0 per item)."""
+    n = cost.size
+    if parts <= 1 or n <= 1:
+        return [(0, n)]
+    cum = np.cumsum(cost, dtype=np.float64)
+    cuts = np.searchsorted(cum, cum[-1] * np.arange(1, parts) / parts, side="left") + 1
+    bounds = np.unique(np.concatenate([[0], np.minimum(cuts, n), [n]]))
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def in_threads(sweep, cost: np.ndarray) -> None:
+    """sweep(lo, hi) over ranges of items that cover them all, on as many threads as the
+    cost is worth (MIN_COST_PER_THREAD each, at most `sweep_threads()`): the kernels release
+    the GIL and write disjoint rows of their outputs."""
+    parts = min(sweep_threads(), int(cost.sum() // MIN_COST_PER_THREAD))
+    ranges = split_by_cost(cost, parts)
+    if len(ranges) == 1:
+        sweep(*ranges[0])
+        return
+    with ThreadPoolExecutor(len(ranges)) as pool:
+        for done in [pool.submit(sweep, lo, hi) for lo, hi in ranges]:
+            done.result()
 
 
 def discounts(adjusted: np.ndarray) -> tuple[np.ndarray, list[int], bool]:
@@ -301,19 +339,22 @@ def positions(levels: Levels, context: np.ndarray, target: np.ndarray, tables=No
     batches."""
     tables = tables or lookup_tables(levels)
     arrays = arrays or position_arrays(levels)
-    return _positions(np.ascontiguousarray(context, np.int64), np.asarray(target, np.int64),
-                      levels.order, *tables, *arrays)
+    context = np.ascontiguousarray(context, np.int64)
+    target = np.ascontiguousarray(target, np.int64)
+    n = target.size
+    deepest, lp = np.empty(n, np.int64), np.empty((n, levels.order))
+    chain = np.full((n, levels.order), -1, np.int64)
+    in_threads(lambda lo, hi: _positions(lo, hi, deepest, chain, lp, context, target,
+                                         levels.order, *tables, *arrays), np.ones(n))
+    return deepest, chain, lp
 
 
 @njit(cache=True, nogil=True)
-def _positions(context, target, order, ctable, cbits, ntable, nbits, ctx_off, lp_off, lp_flat,
-               log_gamma):
-    n = target.size
-    deepest = np.zeros(n, np.int64)
-    chain = np.full((n, order), -1, np.int64)
-    lp = np.zeros((n, order))
+def _positions(lo, hi, deepest, chain, lp, context, target, order, ctable, cbits, ntable, nbits,
+               ctx_off, lp_off, lp_flat, log_gamma):
+    """Rows lo..hi of `positions` (chain −1 on entry)."""
     cslot = np.zeros(order, np.int64)
-    for i in range(n):
+    for i in range(lo, hi):
         chain[i, 0] = 0
         m = context_chain(ctable, cbits, context, i, order, cslot)
         for L in range(1, m + 1):
@@ -328,7 +369,6 @@ def _positions(context, target, order, ctable, cbits, ntable, nbits, ctx_off, lp
                 lp[i, L] = log_gamma[ctx_off[L] + chain[i, L]] + lp[i, L - 1]
         for L in range(m + 1, order):
             lp[i, L] = lp[i, m]
-    return deepest, chain, lp
 
 
 # --- the block model ------------------------------------------------------------------------
@@ -464,19 +504,28 @@ def group_tau(theta, g_param, g, t, tau):
     return total
 
 
-@njit(cache=True, nogil=True)
 def group_sums(theta, D, parent, row_off, g_level, g_start, g_end, g_param, lp_off, lp_flat, order,
-           grad):
+               grad):
     """Per group: the sums over its support of its own shell's weights and of its parent
     shell's (W), and with grad the same weighted by each log P_j (WL). D: each entry's
     summed refinement offset (train.ngram), indexed through row_off and parent; empty for
-    the finalized model (no offsets)."""
+    the finalized model (no offsets). Groups are shared out among threads."""
     G = g_level.size
     W = np.zeros((G, 2))
     WL = np.zeros((G, 2, order)) if grad else np.zeros((1, 2, order))
+    in_threads(lambda lo, hi: _group_sums(lo, hi, W, WL, theta, D, parent, row_off, g_level,
+                                          g_start, g_end, g_param, lp_off, lp_flat, order, grad),
+               g_end - g_start + 1)
+    return W, WL
+
+
+@njit(cache=True, nogil=True)
+def _group_sums(lo, hi, W, WL, theta, D, parent, row_off, g_level, g_start, g_end, g_param, lp_off,
+                lp_flat, order, grad):
+    """Groups lo..hi of `group_sums`, into W and WL (zero on entry)."""
     tau = np.zeros(order)
     offsets = D.size > 0
-    for g in range(G):
+    for g in range(lo, hi):
         t = g_level[g]
         Tt = group_tau(theta, g_param, g, t, tau)
         Ttm1 = Tt + (tau[t - 1] if t >= 1 else 0.0)
@@ -511,7 +560,6 @@ def group_sums(theta, D, parent, row_off, g_level, g_start, g_end, g_param, lp_o
                     WL[g, 1, j] += wc * lp_flat[p + j]
         W[g, 0] = w0
         W[g, 1] = w1
-    return W, WL
 
 
 @njit(cache=True, nogil=True)
@@ -619,19 +667,30 @@ def heldout_objective(blocks: Blocks, deepest: np.ndarray, chain: np.ndarray, lp
     return objective
 
 
-@njit(cache=True, nogil=True)
 def group_moments(theta, g_level, g_start, g_end, g_param, lp_off, lp_flat, order, lp0_values,
                   lp0_counts):
     """`group_sums` of the finalized model (no offsets) with second moments too: per group
     and shell (own 0, parent 1) W = Σ w, WL[j] = Σ w log P_j, WLL[i, j] = Σ w log P_i log P_j
     (i ≥ j filled) over its support. Level 0's support, every class, is summed over the
-    distinct values of log P_0 (lp0_values, each lp0_counts times)."""
+    distinct values of log P_0 (lp0_values, each lp0_counts times). Groups are shared out
+    among threads."""
     G = g_level.size
     W = np.zeros((G, 2))
     WL = np.zeros((G, 2, order))
     WLL = np.zeros((G, 2, order, order))
+    cost = np.where(g_level == 0, lp0_values.size, g_end - g_start) + 1
+    in_threads(lambda lo, hi: _group_moments(lo, hi, W, WL, WLL, theta, g_level, g_start, g_end,
+                                             g_param, lp_off, lp_flat, order, lp0_values,
+                                             lp0_counts), cost)
+    return W, WL, WLL
+
+
+@njit(cache=True, nogil=True)
+def _group_moments(lo, hi, W, WL, WLL, theta, g_level, g_start, g_end, g_param, lp_off, lp_flat,
+                   order, lp0_values, lp0_counts):
+    """Groups lo..hi of `group_moments`, into W, WL and WLL (zero on entry)."""
     tau = np.zeros(order)
-    for g in range(G):
+    for g in range(lo, hi):
         t = g_level[g]
         Tt = group_tau(theta, g_param, g, t, tau)
         if t == 0:
@@ -670,7 +729,6 @@ def group_moments(theta, g_level, g_start, g_end, g_param, lp_off, lp_flat, orde
                 WL[g, 1, i] += a
                 for j in range(i + 1):
                     WLL[g, 1, i, j] += a * lp_flat[p + j]
-    return W, WL, WLL
 
 
 @njit(cache=True, nogil=True)
