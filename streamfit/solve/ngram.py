@@ -70,6 +70,17 @@ def split_by_cost(cost: np.ndarray, parts: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+def in_threads_each(task, items) -> list:
+    """[task(item) for item in items], on up to `sweep_threads()` threads (for numpy work
+    that releases the GIL), in order."""
+    items = list(items)
+    workers = min(sweep_threads(), len(items))
+    if workers <= 1:
+        return [task(item) for item in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(task, items))
+
+
 def in_threads(sweep, cost: np.ndarray) -> None:
     """sweep(lo, hi) over ranges of items that cover them all, on as many threads as the
     cost is worth (MIN_COST_PER_THREAD each, at most `sweep_threads()`): the kernels release
@@ -231,8 +242,9 @@ def kneser_ney(stats) -> Levels:
         ctx_parent.append(uniq & ((1 << CID_BITS) - 1))
         ctx_tok.append(uniq >> CID_BITS)
     ng_key, raw, rep, ng_inverse = [], [], [], []
-    for L in range(order):
-        uniq, first, inverse = unique_pairs(cid[L], y, C, TOK_BITS, valid[L])
+    # each level's n-grams apart (numpy's sorts release the GIL: the levels on threads)
+    for L, (uniq, first, inverse) in enumerate(in_threads_each(
+            lambda L: unique_pairs(cid[L], y, C, TOK_BITS, valid[L]), range(order))):
         ng_inverse.append(inverse)
         ng_key.append(uniq)
         rep.append(first)  # one top-order row holding this n-gram
@@ -269,7 +281,12 @@ def kneser_ney(stats) -> Levels:
         + math.exp(log_gamma[0][0]) / C
     ng_key[0] = np.arange(C, dtype=np.int64)
     ctx_start[0], ctx_end[0] = np.array([0]), np.array([C])
-    lps = [np.log(p0)[:, None]]
+    # every level's log P end to end in one buffer (Blocks sweeps it as it is)
+    rows = [k.size for k in ng_key]
+    lp_flat = np.empty(sum(n * (L + 1) for L, n in enumerate(rows)))
+    ends = np.cumsum([n * (L + 1) for L, n in enumerate(rows)])
+    lps = [lp_flat[e - n * (L + 1):e].reshape(n, L + 1) for L, (n, e) in enumerate(zip(rows, ends))]
+    np.log(p0, out=lps[0][:, 0])
     for L in range(1, order):
         keys = ng_key[L]
         c = keys >> TOK_BITS
@@ -279,9 +296,10 @@ def kneser_ney(stats) -> Levels:
         else:  # the suffix n-gram: the level-(L−1) n-gram of a top-order row holding it
             parent_row = ng_inverse[L - 1][rep[L]]
         a = adjusted[L]
-        lower = lps[L - 1][parent_row]
-        p = (a - D[L][np.minimum(a, 3)]) / totals[L][c] + np.exp(log_gamma[L][c] + lower[:, L - 1])
-        lps.append(np.concatenate([lower, np.log(p)[:, None]], axis=1))
+        lp = lps[L]
+        np.take(lps[L - 1], parent_row, axis=0, out=lp[:, :L], mode="clip")  # unbuffered: rows valid
+        p = (a - D[L][np.minimum(a, 3)]) / totals[L][c] + np.exp(log_gamma[L][c] + lp[:, L - 1])
+        np.log(p, out=lp[:, L])
     return Levels(order=order, vocab_size=V, n_classes=C, ctx_key=ctx_key,
                   ctx_parent=ctx_parent, ctx_raw=ctx_raw, ctx_start=ctx_start, ctx_end=ctx_end,
                   ng_key=ng_key, lps=lps, log_gamma=log_gamma, discounts=list(D),
@@ -321,14 +339,24 @@ def position_arrays(levels: Levels, blocks: "Blocks | None" = None) -> tuple:
     ctx_off = np.zeros(levels.order + 1, np.int64)
     for L in range(levels.order):
         ctx_off[L + 1] = ctx_off[L] + levels.ctx_key[L].size
-    if blocks is not None:
-        lp_off, lp_flat = blocks.lp_off, blocks.lp_flat
-    else:
-        lp_off = np.zeros(levels.order + 1, np.int64)
-        for L in range(levels.order):
-            lp_off[L + 1] = lp_off[L] + levels.lps[L].size
-        lp_flat = np.concatenate([x.ravel() for x in levels.lps])
+    lp_off, lp_flat = (blocks.lp_off, blocks.lp_flat) if blocks is not None else flat_lps(levels)
     return ctx_off, lp_off, lp_flat, np.concatenate(levels.log_gamma)
+
+
+def flat_lps(levels: Levels) -> tuple[np.ndarray, np.ndarray]:
+    """Every level's log P end to end (lp_flat) and where each level starts (lp_off): the
+    buffer `kneser_ney` built them in when they are still its views, a copy otherwise
+    (levels whose log P were replaced, as `solve.shrink` does)."""
+    lp_off = np.zeros(levels.order + 1, np.int64)
+    lp_off[1:] = np.cumsum([x.size for x in levels.lps])
+    base = levels.lps[0].base
+    if (base is not None and base.ndim == 1 and base.dtype == np.float64
+            and base.size == lp_off[-1]
+            and all(x.base is base and x.flags.c_contiguous
+                    and x.ctypes.data == base.ctypes.data + 8 * int(at)
+                    for x, at in zip(levels.lps, lp_off))):
+        return lp_off, base
+    return lp_off, np.concatenate([x.ravel() for x in levels.lps])
 
 
 def positions(levels: Levels, context: np.ndarray, target: np.ndarray, tables=None,
@@ -410,10 +438,7 @@ class Blocks:
         self.order = levels.order
         self.bucket = [np.zeros(1, np.int64)] + [bucket_of(levels.ctx_raw[L])
                                                  for L in range(1, self.order)]
-        self.lp_off = np.zeros(self.order + 1, np.int64)
-        for L in range(self.order):
-            self.lp_off[L + 1] = self.lp_off[L] + levels.lps[L].size
-        self.lp_flat = np.concatenate([x.ravel() for x in levels.lps])
+        self.lp_off, self.lp_flat = flat_lps(levels)
         # level 0's classes by their log P_0: a few hundred values (one per adjusted count)
         values, counts = np.unique(levels.lps[0][:, 0], return_counts=True)
         self.lp0_values, self.lp0_counts = values, counts.astype(np.float64)
