@@ -254,13 +254,18 @@ def _score(context, target, order, ctable, cvalues, cbits, ntable, nvalues, nbit
 
 def save_ngram_model(stem: Path, sidecar_path: Path, model: NgramModel, meta: dict) -> dict:
     """Write the arrays as STEM.<name>.npy and then the sidecar (each atomically, the
-    sidecar last); returns the sidecar."""
-    entries = {}
-    for name in ARRAYS:
+    sidecar last); returns the sidecar. The two tables are written and hashed side by side
+    (writes, fsync and hashing release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def save(name: str) -> dict:
         arr = getattr(model, name)
         file = Path(f"{stem}.{name}.npy")
-        entries[name] = {"file": file.name, "dtype": str(arr.dtype), "shape": list(arr.shape),
-                         **save_npy(file, arr)}
+        return {"file": file.name, "dtype": str(arr.dtype), "shape": list(arr.shape),
+                **save_npy(file, arr)}
+
+    with ThreadPoolExecutor(2) as pool:
+        entries = dict(zip(ARRAYS, pool.map(save, ARRAYS)))
     sidecar = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "task": "lm",
                "kind": "ngram", "order": model.order, "vocab_size": model.vocab_size,
                "n_classes": model.n_classes, "eos": model.eos, **meta, "arrays": entries}

@@ -313,16 +313,17 @@ def key_tables(levels: Levels, widths: tuple[int, int] = (2, 2)):
     each key (levels 1.. in order). At the model file's widths (5, 3) they are its tables
     with the keys in place: `scoring_model` fills the rest, the row ids included."""
     N = levels.order
-    ck = np.concatenate([np.zeros(0, np.int64)] +
-                        [(np.int64(L) << LEVEL_SHIFT) | levels.ctx_key[L] for L in range(1, N)])
-    nk = np.concatenate([np.zeros(0, np.int64)] +
-                        [(np.int64(L) << LEVEL_SHIFT) | levels.ng_key[L] for L in range(1, N)])
-    ctable, cbits, cslot = slot_table(ck, widths[0])
-    ctable[cslot, 1] = np.concatenate([np.zeros(0, np.int64)] +
-                                      [np.arange(levels.ctx_key[L].size) for L in range(1, N)])
-    ntable, nbits, nslot = slot_table(nk, widths[1])
-    ntable[nslot, 1] = np.concatenate([np.zeros(0, np.int64)] +
-                                      [np.arange(levels.ng_key[L].size) for L in range(1, N)])
+
+    def table(level_keys, width):
+        keys = np.concatenate([np.zeros(0, np.int64)] +
+                              [(np.int64(L) << LEVEL_SHIFT) | level_keys[L] for L in range(1, N)])
+        table, bits, slot = slot_table(keys, width)
+        table[slot, 1] = np.concatenate([np.zeros(0, np.int64)] +
+                                        [np.arange(level_keys[L].size) for L in range(1, N)])
+        return table, bits, slot
+
+    (ctable, cbits, cslot), (ntable, nbits, nslot) = in_threads_each(
+        lambda args: table(*args), [(levels.ctx_key, widths[0]), (levels.ng_key, widths[1])])
     return ctable, cbits, cslot, ntable, nbits, nslot
 
 
