@@ -381,6 +381,29 @@ def test_newton_terms_of_the_heldout_fit_equal_the_full_softmax(corpus, order):
         np.testing.assert_allclose(objective(theta)[1], g, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_level_one_table_of_the_moments_gives_the_same_bits(corpus, order):
+    """The Newton moments with level 1's parent-shell weights taken from the table over the
+    distinct values of log P_0 equal, bit for bit, the moments with one exp per row (which
+    the full-softmax test above checks)."""
+    train, held, *_ = corpus
+    stats = streamfit.accumulate([train], order=order, eos=True)
+    levels = sn.kneser_ney(stats)
+    blocks = sn.Blocks(levels)
+    deepest, chain, _ = sn.heldout_positions(
+        levels, sn.token_batches([held], vocab_size=stats.n_classes), True)
+    q = blocks.queries(deepest, chain[np.arange(deepest.size), deepest])
+    value_of_row, combo = sn.level_one_combos(blocks, q)
+    assert (combo >= 0).sum() >= 3 and (combo[q["g_level"] != 1] == -1).all()
+    np.testing.assert_array_equal(blocks.lp0_values[value_of_row], levels.lps[1][:, 0])
+    theta = sn.kneser_ney_theta(order) + np.random.default_rng(order).normal(0, 0.3, sn.n_params(order))
+    args = (theta, q["g_level"], q["g_start"], q["g_end"], q["g_param"], blocks.lp_off,
+            blocks.lp_flat, order, blocks.lp0_values, blocks.lp0_counts, value_of_row)
+    for got, want in zip(sn.group_moments(*args, combo),
+                         sn.group_moments(*args, np.full_like(combo, -1))):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_the_newton_fit_reaches_the_minimum(corpus):
     """The fitted τ zero the gradient on every τ the held-out data reaches, and no other
     τ moves from Kneser-Ney's."""

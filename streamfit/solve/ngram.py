@@ -672,6 +672,7 @@ def heldout_objective(blocks: Blocks, deepest: np.ndarray, chain: np.ndarray, lp
     _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     weight = np.bincount(inverse).astype(np.float64)
     q = blocks.queries(deepest[first], chain[first, deepest[first]])
+    value_of_row, g_combo = level_one_combos(blocks, q)
 
     def objective(theta):
         logz, E = blocks.log_z(theta, q, grad=True)
@@ -684,7 +685,7 @@ def heldout_objective(blocks: Blocks, deepest: np.ndarray, chain: np.ndarray, lp
     def newton(theta):
         W, WL, WLL = group_moments(theta, q["g_level"], q["g_start"], q["g_end"], q["g_param"],
                                    blocks.lp_off, blocks.lp_flat, N, blocks.lp0_values,
-                                   blocks.lp0_counts)
+                                   blocks.lp0_counts, value_of_row, g_combo)
         total, g, H = assemble_newton(theta, weight, q["deepest"], q["group"], q["log_gamma"],
                                       q["param"], W, WL, WLL, N, phi.size)
         return (total - phi @ theta) / n, (g - phi) / n, H / n
@@ -694,31 +695,65 @@ def heldout_objective(blocks: Blocks, deepest: np.ndarray, chain: np.ndarray, lp
 
 
 def group_moments(theta, g_level, g_start, g_end, g_param, lp_off, lp_flat, order, lp0_values,
-                  lp0_counts):
+                  lp0_counts, value_of_row, g_combo):
     """`group_sums` of the finalized model (no offsets) with second moments too: per group
     and shell (own 0, parent 1) W = Σ w, WL[j] = Σ w log P_j, WLL[i, j] = Σ w log P_i log P_j
     (i ≥ j filled) over its support. Level 0's support, every class, is summed over the
-    distinct values of log P_0 (lp0_values, each lp0_counts times). Groups are shared out
-    among threads."""
+    distinct values of log P_0 (lp0_values, each lp0_counts times); level 1's parent shell
+    too where `g_combo` (`level_one_combos`) says it pays. Groups are shared out among
+    threads."""
     G = g_level.size
     W = np.zeros((G, 2))
     WL = np.zeros((G, 2, order))
     WLL = np.zeros((G, 2, order, order))
     cost = np.where(g_level == 0, lp0_values.size, g_end - g_start) + 1
+    n_combos = int(g_combo.max()) + 1 if G else 0
     in_threads(lambda lo, hi: _group_moments(lo, hi, W, WL, WLL, theta, g_level, g_start, g_end,
                                              g_param, lp_off, lp_flat, order, lp0_values,
-                                             lp0_counts), cost)
+                                             lp0_counts, value_of_row, g_combo, n_combos), cost)
     return W, WL, WLL
+
+
+def level_one_combos(blocks: "Blocks", q: dict) -> tuple[np.ndarray, np.ndarray]:
+    """For `group_moments`: each level-1 row's index among the distinct values of log P_0,
+    and per group the index of its τ combination (its g_param row) among level-1 groups,
+    −1 where a table of exp over those values would not pay (a combination whose groups'
+    supports hold fewer rows than there are values) and for groups of other levels."""
+    combo = np.full(q["g_level"].size, -1, np.int64)
+    if blocks.order < 2:
+        return np.zeros(0, np.int64), combo
+    value_of_row = np.searchsorted(blocks.lp0_values, blocks.levels.lps[1][:, 0])
+    one = np.flatnonzero(q["g_level"] == 1)
+    if one.size:
+        _, inverse = np.unique(q["g_param"][one], axis=0, return_inverse=True)
+        inverse = inverse.ravel()
+        rows = np.bincount(inverse, weights=q["g_end"][one] - q["g_start"][one])
+        worth = rows > blocks.lp0_values.size
+        renumber = np.where(worth, np.cumsum(worth) - 1, -1)
+        combo[one] = renumber[inverse]
+    return value_of_row, combo
 
 
 @njit(cache=True, nogil=True)
 def _group_moments(lo, hi, W, WL, WLL, theta, g_level, g_start, g_end, g_param, lp_off, lp_flat,
-                   order, lp0_values, lp0_counts):
-    """Groups lo..hi of `group_moments`, into W, WL and WLL (zero on entry)."""
+                   order, lp0_values, lp0_counts, value_of_row, g_combo, n_combos):
+    """Groups lo..hi of `group_moments`, into W, WL and WLL (zero on entry). A level-1 group
+    with g_combo ≥ 0 takes its parent-shell weights exp(Ttm1 log P_0) from a table over the
+    distinct values of log P_0 (value_of_row: a level-1 row's), one row per τ combination
+    (groups with the same g_param have the same Ttm1), filled when first needed: the same
+    numbers, one exp per row instead of two."""
     tau = np.zeros(order)
+    parent_weight = np.empty((n_combos, lp0_values.size))
+    filled = np.zeros(n_combos, np.bool_)
     for g in range(lo, hi):
         t = g_level[g]
         Tt = group_tau(theta, g_param, g, t, tau)
+        combo = g_combo[g]
+        if combo >= 0 and not filled[combo]:
+            Ttm1 = Tt + tau[0]
+            for k in range(lp0_values.size):
+                parent_weight[combo, k] = math.exp(0.0 + Ttm1 * lp0_values[k])
+            filled[combo] = True
         if t == 0:
             for r in range(lp0_values.size):
                 v = lp0_values[r]
@@ -737,7 +772,10 @@ def _group_moments(lo, hi, W, WL, WLL, theta, g_level, g_start, g_end, g_param, 
                 low += tau[j] * lp_flat[p + j]
             if t >= 1:
                 ws = math.exp(low + tau[t - 1] * lp_flat[p + t - 1] + Tt * lp_flat[p + t])
-                wc = math.exp(low + Ttm1 * lp_flat[p + t - 1])
+                if combo >= 0:
+                    wc = parent_weight[combo, value_of_row[r]]
+                else:
+                    wc = math.exp(low + Ttm1 * lp_flat[p + t - 1])
             else:
                 ws = math.exp(Tt * lp_flat[p])
                 wc = 0.0
