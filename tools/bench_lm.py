@@ -35,6 +35,7 @@ more than the 63 of a packed n-gram key: it is measured for KenLM only.
     python tools/bench_lm.py --refine-into docs/lm.json          # add the refined rows to a run
     python tools/bench_lm.py --cache-into docs/lm.json           # add the document-cache rows
     python tools/bench_lm.py --timing-into docs/lm.json --kenlm DIR   # timings again (~15 min)
+    python tools/bench_lm.py --timing-into docs/lm.json --kenlm DIR --paired-only  # ×10 pairs only
 """
 from __future__ import annotations
 
@@ -272,6 +273,10 @@ def timing_into(saved_path: Path, args) -> int:
     saved = load_results(saved_path)
     started, load_start = time.perf_counter(), load_average()
     for name, res, folder, tmp, part in corpora_again(saved, args):
+        if args.paired_only:
+            if name == "gcide":
+                paired_again(res, folder, tmp, args, load_start, part)
+            continue
         for order in res["key_orders"]:
             for key, eos in (("ngram", False), ("ngram_eos", True)):
                 new = ngram_models(folder, tmp, order, eos, refine=False)
@@ -290,6 +295,18 @@ def timing_into(saved_path: Path, args) -> int:
     save_and_render(saved_path, saved, render, Path(args.out), plots=not args.no_plots)
     log(f"{saved_path}: timings measured again ({(time.perf_counter() - started) / 60:.1f} min)")
     return 0
+
+
+def paired_again(res: dict, folder: Path, tmp: Path, args, load_start: float, part: float) -> None:
+    """--paired-only: the ×10 paired rounds measured again, every other row kept as saved;
+    the earlier timing run is still credited for its rows but no longer for the pairs."""
+    from harness import command, utc_now
+    res["paired"] = paired_scaled(folder, tmp, Path(args.kenlm) if args.kenlm else None,
+                                  args.rounds)
+    earlier = [dict(r, paired=False) for r in res.get("timed_by", []) if not r.get("paired_only")]
+    res["timed_by"] = earlier + [{"command": command("bench_lm.py", None), "date": utc_now(),
+                                  "load_start": load_start, "paired": True, "paired_only": True,
+                                  "wall_s": time.perf_counter() - part}]
 
 
 def window_model(folder: Path, tmp: Path, window: int) -> dict:
@@ -775,6 +792,11 @@ def page_lines(results: dict, meta: dict) -> list[str]:
                       "refines them with the cache; the rest is the run above.", ""]
     for res in results.values():
         for r in res.get("timed_by", []):
+            if r.get("paired_only"):
+                lines += [f"{res['name']}: the ×10 pairs were measured again by `{r['command']}` "
+                          f"on {r['date']} (load average {r['load_start']:.1f} at its start, "
+                          f"{r['wall_s'] / 60:.0f} min).", ""]
+                continue
             lines += [f"{res['name']}: the streamfit n-gram rows (Kneser-Ney and blocks, with and "
                       f"without eos), the KenLM rows{' and the ×10 pairs' if r['paired'] else ''} "
                       f"were measured again by `{r['command']}` on {r['date']} (load average "
@@ -815,6 +837,9 @@ def options(ap) -> None:
                     help="measure the timings of a saved run (lm.json) again — n-gram models "
                          "but the refined ones, KenLM, the paired ×10 rounds — and render the "
                          "page again")
+    ap.add_argument("--paired-only", action="store_true",
+                    help="with --timing-into: measure only the paired ×10 rounds again (GCIDE), "
+                         "keeping every other row as saved")
     ap.add_argument("--rounds", type=int, default=2,
                     help="paired rounds on the ×10 corpus (default: %(default)s)")
 
