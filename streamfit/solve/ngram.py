@@ -669,7 +669,7 @@ def heldout_objective(blocks: Blocks, deepest: np.ndarray, chain: np.ndarray, lp
     for j in range(N):
         phi += np.bincount(P[:, j], weights=lp[:, j], minlength=phi.size)
     key = deepest * (np.int64(1) << 40) + chain[np.arange(n), deepest]
-    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    _, first, inverse = unique_keys(key)   # any prediction of a context stands for it
     weight = np.bincount(inverse).astype(np.float64)
     q = blocks.queries(deepest[first], chain[first, deepest[first]])
     value_of_row, g_combo = level_one_combos(blocks, q)
@@ -725,8 +725,10 @@ def level_one_combos(blocks: "Blocks", q: dict) -> tuple[np.ndarray, np.ndarray]
     value_of_row = np.searchsorted(blocks.lp0_values, blocks.levels.lps[1][:, 0])
     one = np.flatnonzero(q["g_level"] == 1)
     if one.size:
-        _, inverse = np.unique(q["g_param"][one], axis=0, return_inverse=True)
-        inverse = inverse.ravel()
+        code = np.zeros(one.size, np.int64)   # the g_param row as one number (τ indices < P)
+        for j in range(blocks.order):
+            code = code * n_params(blocks.order) + q["g_param"][one, j]
+        _, _, inverse = unique_keys(code)
         rows = np.bincount(inverse, weights=q["g_end"][one] - q["g_start"][one])
         worth = rows > blocks.lp0_values.size
         renumber = np.where(worth, np.cumsum(worth) - 1, -1)
