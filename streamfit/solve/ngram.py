@@ -46,7 +46,7 @@ N_BUCKETS = 16         # per block: 0 unseen, 1 + floor(log2 count) capped at 15
 FALLBACK_DISCOUNTS = np.array([0.0, 0.5, 1.0, 1.5])
 MAX_STEP = 4.0         # the block fit's Newton steps move no τ further than this
 BYTES_PER_NGRAM_PER_ORDER = 160  # finalize's peak, measured: ~480 B an n-gram at order 3
-MIN_COST_PER_THREAD = 100_000  # rows (support entries, predictions) a sweep's thread gets at least
+MIN_COST_PER_THREAD = 20_000  # rows (support entries, predictions) a sweep's thread gets at least
 
 
 def sweep_threads() -> int:
