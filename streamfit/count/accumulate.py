@@ -8,6 +8,7 @@ large table, into sorted runs (`CountTable.next_path`).
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Callable, Iterable
@@ -39,6 +40,8 @@ SORT_NEW_SHARE = 0.5        # ... and from this share, by the sorted path (kerne
 SORT_CHUNK_KEYS = 1 << 27   # keys sorted at a time (1 GiB, touched as it fills: 8 bytes a key,
 #                             less than the 16 of a run's entry when most keys are distinct;
 #                             under a budget at most a quarter of max_bits' slots)
+PARKED_BITS = 2             # the table's size while the sorted path counts outside it
+SPILL_LOAD = 0.4            # a capped table spills at this share of its max_bits' slots
 
 
 class CountTable:
@@ -65,6 +68,9 @@ class CountTable:
         # holds other counts of the same keys, summed by items().
         self.runs: list[tuple[np.ndarray, np.ndarray]] = []
         self.pending = 0  # keys waiting in the sorted path's buffer
+        # On the sorted path the table is idle: its array is freed (`_park`) and this is
+        # the size it comes back at (`_unpark`); None while the table counts.
+        self.parked: int | None = None
         self._sorting: np.ndarray | None = None
         self._buffers: tuple[np.ndarray, np.ndarray] | None = None
         self._allocate(capacity_bits)
@@ -81,6 +87,10 @@ class CountTable:
         the array is emptied in place: no new pages to fault in after every spill."""
         bits = capacity_bits if self.max_bits is None else min(capacity_bits, self.max_bits)
         self.runs, self.pending = [], 0
+        if self.parked is not None and bits == self.bits:
+            return  # parked, and stays so (a spill on the sorted path): nothing in the table
+        if self.parked is not None:  # unparked at `capacity_bits`: the sort buffer goes too
+            self.parked, self._sorting = None, None
         if bits != self.bits:
             self._allocate(bits)
             return
@@ -99,8 +109,11 @@ class CountTable:
     def full(self) -> bool:
         """Holding as many entries (in the table and the sorted runs, 16 bytes each) as the
         table at its maximum size near the load that would make it grow."""
-        return self.max_bits is not None and \
-            self.n_used + self.run_entries + self.pending >= 0.4 * (1 << self.max_bits)
+        return self.max_bits is not None and self._entries >= SPILL_LOAD * (1 << self.max_bits)
+
+    @property
+    def _entries(self) -> int:
+        return self.n_used + self.run_entries + self.pending
 
     @property
     def shift(self) -> int:
@@ -150,7 +163,8 @@ class CountTable:
         when a quarter were; else "hashing"."""
         if self.force_path is not None:
             return self.force_path
-        if self.bits < PARTITION_MIN_BITS or self.new_share < PARTITION_NEW_SHARE:
+        bits = self.bits if self.parked is None else self.parked
+        if bits < PARTITION_MIN_BITS or self.new_share < PARTITION_NEW_SHARE:
             return "hashing"
         return "sorted" if self.new_share >= SORT_NEW_SHARE else "partitioned"
 
@@ -169,16 +183,22 @@ class CountTable:
         while doc < n_docs:
             path = self.next_path()
             if path == "sorted":  # keys wait in a buffer (across batches) until it is full
-                if self.n_used:  # the table's counts join the runs: no pass over all at the end
-                    run = self._table_items()
-                    self._empty_slots()
-                    self._add_run(*run)
+                if self.parked is None:
+                    self._park()
                 keys = self._sort_buffer()
-                doc, pos, n = fill(*args, doc, pos, keys[self.pending:])
+                room = keys.size - self.pending
+                if self.spill is not None and self.max_bits is not None:
+                    # no more keys than the spill point leaves room for (whole tokens):
+                    # the runs, merged, never outgrow what the table would hold
+                    left = math.ceil(SPILL_LOAD * (1 << self.max_bits)) - self._entries
+                    room = min(room, max(left, keys_per_token))
+                doc, pos, n = fill(*args, doc, pos, keys[self.pending:self.pending + room])
                 self.pending += n
                 if doc < n_docs:
                     self.flush()
                 continue
+            if self.parked is not None:
+                self._unpark()
             self.chunks[path] += 1
             chunk = min(CHUNK_KEYS, 1 << max(self.bits - 3, 10))
             before, inserted = self.n_used, 0
@@ -215,6 +235,23 @@ class CountTable:
             inserted += self.n_used - before
             if seen:
                 self.new_share = inserted / seen
+
+    def _park(self) -> None:
+        """Onto the sorted path, which counts outside the table: the table's counts join
+        the runs (no pass over all at the end) and its array is freed, with the partitioned
+        path's buffers, for the runs' room (a table of PARKED_BITS slots stays)."""
+        run = self._table_items() if self.n_used else None
+        self.parked, self._buffers = self.bits, None
+        self._allocate(PARKED_BITS)
+        if run is not None:
+            self._add_run(*run)
+
+    def _unpark(self) -> None:
+        """Back to the table: the keys waiting in the sort buffer become a run, the buffer
+        is freed and the table allocated at its size again."""
+        self.flush()
+        bits, self.parked, self._sorting = self.parked, None, None
+        self._allocate(bits)
 
     def _sort_buffer(self) -> np.ndarray:
         """The sorted path's buffer of keys waiting to be sorted (its pages are touched
