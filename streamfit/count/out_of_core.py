@@ -157,8 +157,9 @@ def table_bits(budget: int) -> int:
     most half of it. The table never coexists with a grown copy of itself (CountTable.grow),
     a spill inside a batch sorts inside it (sorted_in_place), and a spill at a batch's end
     holds one sorted copy of its pairs while a thread writes it (0.4x the table), so the
-    rest holds that copy, the partition buffers (an eighth of the table at most), the
-    counting sort's row counts and a decoded batch."""
+    rest holds that copy, the key buffers of the partitioned or the sorted path (an eighth
+    of the table; each path frees the other's, and the sorted path the table itself, while
+    it counts), the counting sort's row counts and a decoded batch."""
     return max(10, int(np.log2(max(budget // 2 // 16, 1024))))
 
 
