@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from ..defaults import ENCODINGS
 from ..errors import InputError
+from ..io.arrow import numeric_array
 from .limits import MAX_FEATURE, MAX_LABEL, MAX_TOKEN_ID
 
 
@@ -364,7 +365,7 @@ def batch_examples(batch: pa.RecordBatch, *, task: str, window: int, n_classes: 
         features = None
     has_label = label in names
     if not has_label:
-        batch = batch.append_column(label, pa.array(np.zeros(batch.num_rows, np.int64)))
+        batch = batch.append_column(label, numeric_array(np.zeros(batch.num_rows), pa.int64()))
     rows = feature_rows(batch, label=label, features=features, indices=indices, values=values,
                         n_features=raw_width(n_features, encoding), n_classes=n_classes)
     ex = feature_examples(encode_rows(rows, encoding, features or values))

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import InputError, OptionError
+from ..io.arrow import list_array, numeric_array, string_array
 from ..io.files import atomic_directory, check_output_folder, header_checksum, read_document
 from ..io.parquet import DEFAULT_BATCH_ROWS, iter_batches, open_parquet, resolve_paths
 from .text import (DEFAULT_MAX_WORDS, SUBWORD_KINDS, WordCounter,
@@ -161,8 +162,8 @@ def token_list_array(ids: list[np.ndarray]) -> pa.Array:
     np.cumsum([a.size for a in ids], out=offsets[1:])
     if offsets[-1] > np.iinfo(np.int32).max:
         raise InputError("more than 2^31 tokens in one batch: lower the batch size")
-    values = np.concatenate(ids).astype(np.int32) if ids else np.zeros(0, np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values))
+    values = np.concatenate(ids) if ids else np.zeros(0, np.int32)
+    return list_array(offsets, numeric_array(values, pa.int32()))
 
 
 def is_tokenize_output(folder: Path) -> bool:
@@ -224,8 +225,8 @@ def tokenize(paths, out: str | os.PathLike, *, tokenizer: str | os.PathLike | No
                 if pending:
                     ids, where, rows = zip(*pending)
                     writer.write_table(pa.table({
-                        "tokens": token_list_array(list(ids)), "path": pa.array(where, pa.string()),
-                        "row": pa.array(rows, pa.int64())}, schema=schema),
+                        "tokens": token_list_array(list(ids)), "path": string_array(list(where)),
+                        "row": numeric_array(np.array(rows), pa.int64())}, schema=schema),
                         row_group_size=len(pending))
                 pending, pending_tokens = [], 0
 

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..data.featurize import TokenArrays, token_arrays
+from ..io.arrow import numeric_array
 from ..data.tokenize import text_input
 
 LM_COLUMNS = ("n_tokens", "log_prob", "perplexity")
@@ -38,9 +39,9 @@ def lm_scores(n_tokens: np.ndarray, log_prob: np.ndarray) -> pa.Table:
     document without tokens."""
     has = n_tokens > 0
     ppl = np.exp(-np.divide(log_prob, n_tokens, out=np.zeros_like(log_prob), where=has))
-    return pa.table({"n_tokens": pa.array(n_tokens, pa.int64()),
-                     "log_prob": pa.array(log_prob, pa.float64()),
-                     "perplexity": pa.array(ppl, pa.float64(), mask=~has)})
+    return pa.table({"n_tokens": numeric_array(n_tokens, pa.int64()),
+                     "log_prob": numeric_array(log_prob, pa.float64()),
+                     "perplexity": numeric_array(ppl, pa.float64(), valid=has)})
 
 
 def score_documents(model, data, *, column: str = "tokens", text_column: str | None = None,
@@ -58,5 +59,5 @@ def score_documents(model, data, *, column: str = "tokens", text_column: str | N
         arrays = token_arrays(batch, column, model.vocab_size)
         return lm_scores(*document_log_probs(arrays, model.token_log_probs(arrays)))
     _, top, top_logp = model.score(model.examples(batch, column=column, **columns), top_k=1)
-    return pa.table({"predicted": pa.array(top[:, 0], pa.int64()),
-                     "probability": pa.array(np.exp(top_logp[:, 0]), pa.float64())})
+    return pa.table({"predicted": numeric_array(top[:, 0], pa.int64()),
+                     "probability": numeric_array(np.exp(top_logp[:, 0]), pa.float64())})

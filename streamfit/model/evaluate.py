@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from ..errors import InputError, OptionError
 from ..data.featurize import Examples, batch_examples
 from ..data.tokenize import text_input
+from ..io.arrow import list_array, numeric_array
 from ..io.files import atomic_path
 from .compact import CompactNgramModel
 from .ngram import NgramModel, evaluate_ngram
@@ -157,10 +158,10 @@ def predict(model: Model, paths: Iterable[str | os.PathLike], out: str | os.Path
                 top, probs = model.top_k(ex, top_k)
                 k = min(top_k, model.n_classes)
                 top, probs = top[:, :k], probs[:, :k]
-                offsets = pa.array(np.arange(0, ex.n * k + 1, k, dtype=np.int32))
+                offsets = np.arange(0, ex.n * k + 1, k)
                 writer.write_table(pa.table({
-                    "top_classes": pa.ListArray.from_arrays(offsets, pa.array(top.ravel().astype(np.int32))),
-                    "top_probabilities": pa.ListArray.from_arrays(offsets, pa.array(probs.ravel().astype(np.float32))),
+                    "top_classes": list_array(offsets, numeric_array(top, pa.int32())),
+                    "top_probabilities": list_array(offsets, numeric_array(probs, pa.float32())),
                 }, schema=schema))
                 n += ex.n
     return n
