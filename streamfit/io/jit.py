@@ -181,10 +181,15 @@ class Kernel:
         return getattr(self.build(), name)
 
     def __reduce__(self):
-        return getattr, (importlib.import_module(self.__module__), self.__name__)
+        return _named_kernel, (self.__module__, self.__name__)
 
     def __repr__(self) -> str:
         return f"<kernel {self.__module__}.{self.__qualname__}>"
+
+
+def _named_kernel(module: str, name: str):
+    """The kernel `name` of `module` (by reference, as functions pickle)."""
+    return getattr(importlib.import_module(module), name)
 
 
 def njit(*args, **options):
