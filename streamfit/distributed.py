@@ -41,13 +41,13 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
-from tqdm.auto import tqdm
 
 from .count.accumulate import accumulator_for
 from .defaults import INSTALL_HINT, MERGE_FAN_IN, MIN_UNITS, UNIT_VALUES
 from .errors import OptionError, StreamfitError
 from .model.evaluate import Scores, metrics, score_examples, unit_examples
 from .io.files import DirectoryLock, fault_point, fsync_dir
+from .io.progress import progress_bar
 from .model.weights import load_model
 from .count.out_of_core import (DEFAULT_MEMORY, count_units, first_dense_width, merge_into,
                                 refuse_duplicates, work_directory)
@@ -199,8 +199,8 @@ def _map_reduce(client, fn: Callable, units: Sequence[Unit], args: tuple, combin
     rows = {f.key: u.rows for f, u in zip(mapped, units)}
     done = distributed.as_completed(mapped)
     del mapped  # results are released as soon as their reduction has used them
-    with tqdm(total=sum(rows.values()), unit="rows", unit_scale=True, desc=desc,
-              disable=None if progress else True) as bar:
+    with progress_bar(progress, total=sum(rows.values()), unit="rows", unit_scale=True,
+                      desc=desc) as bar:
         for f in done:
             if f.status == "error":
                 f.result()  # raises the task's own exception

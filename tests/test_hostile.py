@@ -497,9 +497,11 @@ class RecordingBar:
 
 
 def test_14_evaluate_progress_counts_scored_batches(tmp_path, stats_dir, corpus, monkeypatch):
+    import tqdm.auto
+
     from streamfit.model import evaluate as ev
 
-    monkeypatch.setattr(ev, "tqdm", RecordingBar)
+    monkeypatch.setattr(tqdm.auto, "tqdm", RecordingBar)  # progress_bar imports it when shown
     RecordingBar.log = []
     model = streamfit.finalize(streamfit.load_stats(stats_dir), tmp_path / "w.npy")
     scored = []

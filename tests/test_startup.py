@@ -16,6 +16,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from conftest import write_tokens
 from streamfit.io.arrow import list_array, numeric_array, string_array
 
 
@@ -91,6 +92,26 @@ def test_writers_import_no_pandas():
         print('pandas' in sys.modules)
     """)
     assert got == ["False"]
+
+
+def test_quiet_commands_import_no_tqdm_pandas_or_scipy_linalg(tmp_path):
+    """accumulate, finalize (window and n-gram statistics) and evaluate, each in a fresh
+    process; finalize of window statistics calls no kernel, so imports no numba either."""
+    write_tokens(tmp_path / "t.parquet", [[1, 2, 3, 1, 2], [3, 3, 1]])
+    heavy = ("tqdm", "pandas", "scipy.linalg", "numba")
+    steps = [["accumulate", "t.parquet", "--window", "1", "--stats", "st"],
+             ["finalize", "--stats", "st", "--out", "w.npy"],
+             ["accumulate", "t.parquet", "--order", "2", "--stats", "ng"],
+             ["finalize", "--stats", "ng", "--out", "ng.npy", "--heldout", "t.parquet"],
+             ["evaluate", "--weights", "ng.npy", "t.parquet"]]
+    loaded = []
+    for argv in steps:
+        code = (f"import sys; from streamfit.cli import main; main({argv + ['--quiet']!r}); "
+                f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+        out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                             text=True, check=True)
+        loaded.append(out.stdout.strip().splitlines()[-1])
+    assert loaded == ["['numba']", "[]", "['numba']", "['numba']", "['numba']"], loaded
 
 
 NUMERIC = [pa.int32(), pa.int64(), pa.float32(), pa.float64()]

@@ -15,7 +15,6 @@ from typing import Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
-from tqdm.auto import tqdm
 
 from . import kernels
 from ..errors import InputError, OptionError
@@ -24,6 +23,7 @@ from ..data.featurize import (FeatureRows, TokenArrays, check_encoding, check_fe
                               token_arrays)
 from ..data.limits import MAX_ORDER, max_ngram_token, ngram_bits
 from ..data.tokenize import text_input
+from ..io.progress import progress_bar
 from ..io.parquet import (DEFAULT_BATCH_ROWS, FEATURES, INDICES, LABEL, TOKENS, VALUES,
                       detect_task, iter_batches, open_parquet, resolve_paths)
 from .stats import Statistics
@@ -605,8 +605,8 @@ def consume(acc: Accumulator, paths: Iterable[Path], *, skip: set[tuple[str, int
         rows = sum(pf.metadata.row_group(rg).num_rows for rg in groups)
         plan.append((p, key, groups, rows, os.path.getsize(p)))
     unit = "docs" if acc.task == "lm" else "rows"
-    with tqdm(total=sum(r for *_, r, _ in plan), unit=unit, unit_scale=True,
-              disable=None if progress else True, desc="accumulate") as bar:
+    with progress_bar(progress, total=sum(r for *_, r, _ in plan), unit=unit, unit_scale=True,
+                      desc="accumulate") as bar:
         for p, key, groups, _, size in plan:
             for rg in groups:
                 n_rows = 0

@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .accumulate import Accumulator, accumulator_for
 from ..defaults import CHECKPOINT_SECONDS, DEFAULT_MEMORY
 from ..errors import InputError, OptionError, StreamfitError
 from ..io.files import DirectoryLock, fault_point, write_json
+from ..io.progress import progress_bar
 from ..io.parquet import DEFAULT_BATCH_ROWS, iter_batches, open_parquet, resolve_paths
 from .spill import cells, merge_runs, remove_run, statistics_as_run, write_run
 from .stats import (MANIFEST, check_mergeable, combined_sources, commit, describe, load,
@@ -477,8 +477,8 @@ def _accumulate_locked(stats_dir, work, files, task, window, overwrite, memory, 
                   str(work), checkpoint_seconds)
         assignments = balanced(units, unit_rows, jobs)
         unit = "docs" if template.task == "lm" else "rows"
-        with tqdm(total=total_rows, unit=unit, unit_scale=True, desc="accumulate",
-                  disable=None if progress else True) as bar:
+        with progress_bar(progress, total=total_rows, unit=unit, unit_scale=True,
+                          desc="accumulate") as bar:
             def on_report(msg: dict) -> None:
                 if msg["kind"] == "progress":
                     bar.update(msg["rows"])

@@ -23,6 +23,7 @@ import numpy as np
 from . import kernels
 from .stats import array_file
 from ..errors import FormatError, StreamfitError
+from ..io.progress import progress_bar
 from ..io.files import NpyWriter, atomic_path, disk_full, fault_point, no_space, save_npy
 
 RUN_ENTRY_BYTES = 16
@@ -284,13 +285,11 @@ def _merge_level(directory: Path, runs: list[dict], width: int, value_dtype, mem
     Merged runs live only until the next level has read them and are never journalled (a
     merge killed midway starts over from the journalled runs), so they are written
     without fsync, under run names that a resume removes as unjournalled."""
-    from tqdm.auto import tqdm
-
     out: list[dict] = []
     made: list[dict] = []  # this level's runs, removed again if it fails
     try:
-        with tqdm(total=sum(span(r) for r in runs), unit="entries", unit_scale=True,
-                  desc=f"merge (level {level})", disable=None if progress else True) as bar:
+        with progress_bar(progress, total=sum(span(r) for r in runs), unit="entries",
+                          unit_scale=True, desc=f"merge (level {level})") as bar:
             for lo in range(0, len(runs), width):
                 group = runs[lo:lo + width]
                 if len(group) == 1:
@@ -405,8 +404,6 @@ def merge_part(directory: Path, runs: list[dict], *, task: str, vocab_size: int,
     """Merge runs (more than `fan_in()` first in levels) into the two NpyWriter files
     `paths` — packed keys (n-gram) or int32 class ids ("keys" / "indices"), and the summed
     values ("data") — and return the entries per statistics row (n-gram: none)."""
-    from tqdm.auto import tqdm
-
     width, level = fan_in(), 0
     row_counts = np.zeros(0 if ngram else n_features, dtype=np.int64)
     first = "keys" if ngram else "indices"
@@ -414,8 +411,8 @@ def merge_part(directory: Path, runs: list[dict], *, task: str, vocab_size: int,
         while len(runs) > width:
             level += 1
             runs = _merge_level(directory, runs, width, value_dtype, memory, progress, level)
-        with tqdm(total=sum(span(r) for r in runs), unit="entries", unit_scale=True,
-                  desc="merge", disable=None if progress else True) as bar:
+        with progress_bar(progress, total=sum(span(r) for r in runs), unit="entries",
+                          unit_scale=True, desc="merge") as bar:
             wi = NpyWriter(paths[first], np.int64 if ngram else np.int32)
             wd = NpyWriter(paths["data"], value_dtype)
             try:

@@ -14,7 +14,6 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from ..errors import InputError, OptionError
 from ..data.featurize import Examples, batch_examples
@@ -24,6 +23,7 @@ from ..io.files import atomic_path
 from .compact import CompactNgramModel
 from .ngram import NgramModel, evaluate_ngram
 from .weights import Model
+from ..io.progress import progress_bar
 from ..io.parquet import (DEFAULT_BATCH_ROWS, FEATURES, INDICES, LABEL, TOKENS, VALUES,
                       iter_batches, open_parquet, resolve_paths)
 
@@ -46,8 +46,8 @@ def iter_examples(paths: Iterable[str | os.PathLike], *, task: str, window: int,
     """Examples of every batch of the files, in the layout of a model or statistics."""
     files = resolve_paths(paths)
     total = sum(open_parquet(p).metadata.num_rows for p in files)
-    with tqdm(total=total, unit="docs" if task == "lm" else "rows", unit_scale=True,
-              disable=None if progress else True, desc=desc) as bar:
+    with progress_bar(progress, total=total, unit="docs" if task == "lm" else "rows",
+                      unit_scale=True, desc=desc) as bar:
         for p in files:
             for ex, rows in _file_examples(p, None, task, window, n_classes, n_features,
                                            need_label, batch_rows, columns):

@@ -346,18 +346,18 @@ def evaluate_ngram(model: NgramModel, paths, *, progress: bool = False,
     """Cross-entropy and perplexity of an n-gram model over every token of Parquet token
     files (the end token's predictions, with eos, reported apart: `perplexity` is over the
     same tokens a window model predicts)."""
-    from tqdm.auto import tqdm
     from ..data.featurize import token_arrays
     from ..errors import InputError
     from ..io.parquet import DEFAULT_BATCH_ROWS, iter_batches, open_parquet, resolve_paths
+    from ..io.progress import progress_bar
     from ..data.tokenize import text_input
     text = text_input({"text_column": text_column, "tokenizer": tokenizer, "column": column},
                       model.vocab_size)
     files = resolve_paths(paths)
     n = n_end = 0
     nll = nll_end = 0.0
-    with tqdm(total=sum(open_parquet(p).metadata.num_rows for p in files), unit="docs",
-              unit_scale=True, disable=None if progress else True, desc="evaluate") as bar:
+    with progress_bar(progress, total=sum(open_parquet(p).metadata.num_rows for p in files),
+                      unit="docs", unit_scale=True, desc="evaluate") as bar:
         for p in files:
             for b in iter_batches(p, [text.text_column if text else column],
                                   batch_rows=batch_rows or DEFAULT_BATCH_ROWS):

@@ -1026,16 +1026,16 @@ def token_batches(paths, *, vocab_size: int, column: str = "tokens",
     """TokenArrays of every record batch of Parquet token files (or of their `text_column`
     tokenized with `tokenizer`), validated (ids beyond the vocabulary are errors that name
     the file, row group, row and column)."""
-    from tqdm.auto import tqdm
     from ..data.featurize import token_arrays
     from ..data.tokenize import text_input
     from ..errors import InputError
     from ..io.parquet import DEFAULT_BATCH_ROWS, iter_batches, open_parquet, resolve_paths
+    from ..io.progress import progress_bar
     text = text_input({"text_column": text_column, "tokenizer": tokenizer, "column": column},
                       vocab_size)
     files = resolve_paths(paths)
-    with tqdm(total=sum(open_parquet(p).metadata.num_rows for p in files), unit="docs",
-              unit_scale=True, disable=None if progress else True, desc=desc) as bar:
+    with progress_bar(progress, total=sum(open_parquet(p).metadata.num_rows for p in files),
+                      unit="docs", unit_scale=True, desc=desc) as bar:
         for p in files:
             for b in iter_batches(p, [text.text_column if text else column],
                                   batch_rows=batch_rows or DEFAULT_BATCH_ROWS):
