@@ -307,6 +307,31 @@ def test_killed_runs_resume_to_identical_statistics(tmp_path, token_files, fault
     assert not (stats / ".work").exists()
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_damaged_run_of_an_interrupted_accumulate_is_a_one_line_error(tmp_path, token_files,
+                                                                      jobs):
+    """A journalled run cut short after the kill (a damaged disk, a user's hand): the rerun
+    stops with one line naming the run and the way out (--jobs 2 searched the cut points of
+    its key ranges in it and crashed with an IndexError), and --overwrite counts again."""
+    import json
+
+    stats = tmp_path / "stats"
+    args = ["accumulate", *token_files, "--stats", stats, "--window", 2, "--quiet",
+            "--checkpoint", 0, "--batch-rows", 8, "--jobs", jobs]
+    assert _cli(args, fault="after_batch:12").returncode != 0
+    runs = json.loads((stats / ".work" / "journal.json").read_text())["runs"]
+    keys = stats / ".work" / f"{max(runs, key=lambda r: r['n'])['name']}.keys.npy"
+    os.truncate(keys, keys.stat().st_size - 8)
+    again = _cli(args)
+    lines = again.stderr.strip().splitlines()
+    assert again.returncode == 1 and len(lines) == 1, again.stderr
+    assert "is damaged" in lines[0] and keys.stem.split(".")[0] in lines[0]
+    assert "--overwrite" in lines[0]
+    assert _cli([*args, "--overwrite"]).returncode == 0
+    same_counts(streamfit.load_stats(stats, check=True),
+                streamfit.accumulate(token_files, window=2))
+
+
 def test_killed_before_the_first_spill_leaves_no_statistics(tmp_path, token_files):
     stats = tmp_path / "stats"
     args = ["accumulate", *token_files, "--stats", stats, "--quiet", "--batch-rows", 8]

@@ -27,6 +27,8 @@ from ..io.progress import progress_bar
 from ..io.files import NpyWriter, atomic_path, disk_full, fault_point, no_space, save_npy
 
 RUN_ENTRY_BYTES = 16
+DAMAGED_RUN = ("is damaged ({}): its interrupted work cannot be resumed; run accumulate again "
+               "with --overwrite to count from the start")
 MERGE_CHUNK = 1 << 18  # entries a merge step sorts at most (~2 MiB arrays, whatever the budget)
 WINDOW_SHARE = 8  # the runs' windows take 1 / WINDOW_SHARE of a merge's memory
 MERGE_FAN_IN = 128  # runs merged at once (two open files each); more are merged in levels,
@@ -146,7 +148,8 @@ class _RunReader:
                 np.lib.format.read_array_header_2_0
             shape, _, dtype = read_header(fh)
             if shape != (self.n,):
-                raise FormatError(f"{directory}: run {entry['name']} is damaged (size mismatch)")
+                raise FormatError(f"{directory}: run {entry['name']} "
+                                  + DAMAGED_RUN.format("size mismatch"))
             self._files[-1] = (fh, fh.tell(), np.empty(min(step, self.end - self.pos), dtype))
         self._start, self._count = self.pos, 0  # the buffers hold entries _start.._start+_count
 
@@ -168,8 +171,8 @@ class _RunReader:
                 while done < view.nbytes:
                     got = fh.readinto(view[done:])
                     if not got:
-                        raise FormatError(f"run {self.name} is damaged (shorter than its header "
-                                          f"says)")
+                        raise FormatError(f"run {self.name} " + DAMAGED_RUN.format(
+                            "shorter than its header says"))
                     done += got
             self._start, self._count = self.pos, have + count
         lo, hi = self.pos - self._start, self._count
@@ -323,13 +326,16 @@ class _KeysOnDisk:
     whole files (the kernel maps pages around a fault): every run's keys, ~400 MiB of page
     cache in the parent's RSS at 10x a 64M budget with --jobs 2, for a few thousand keys."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, n: int):
         with open(path, "rb") as fh:
             major, _ = np.lib.format.read_magic(fh)
             header = np.lib.format.read_array_header_1_0 if major == 1 else \
                 np.lib.format.read_array_header_2_0
-            self.dtype = header(fh)[2]
+            shape, _, self.dtype = header(fh)
             self.offset = fh.tell()
+            if shape != (n,) or os.fstat(fh.fileno()).st_size < self.offset + n * self.dtype.itemsize:
+                raise FormatError(f"{path.parent}: run {path.name} " + DAMAGED_RUN.format(
+                    "shorter than its journal entry says"))
         self.fd = os.open(path, os.O_RDONLY)
 
     def at(self, positions) -> np.ndarray:
@@ -361,7 +367,7 @@ def split_runs(directory: Path, runs: list[dict], parts: int,
     keys: dict[str, _KeysOnDisk] = {}
     try:
         for r in runs:
-            keys[r["name"]] = _KeysOnDisk(directory / f"{r['name']}.keys.npy")
+            keys[r["name"]] = _KeysOnDisk(directory / f"{r['name']}.keys.npy", r["n"])
         return _split(runs, parts, samples, keys)
     finally:
         for k in keys.values():
