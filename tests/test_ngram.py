@@ -350,17 +350,23 @@ def test_gradient_of_the_heldout_fit_matches_finite_differences(corpus):
         assert abs(fd - g[k]) <= 1e-6 * max(1.0, abs(g[k])), k
 
 
+def heldout_fit(corpus, order):
+    """The eos statistics of the corpus's train split, their Kneser-Ney levels and blocks,
+    and the held-out split's positions (deepest level, chain, log P) in them."""
+    train, held, *_ = corpus
+    stats = streamfit.accumulate([train], order=order, eos=True)
+    levels = sn.kneser_ney(stats)
+    positions = sn.heldout_positions(
+        levels, sn.token_batches([held], vocab_size=stats.n_classes), True)
+    return stats, levels, sn.Blocks(levels), positions
+
+
 @pytest.mark.parametrize("order", [2, 3, 4])
 def test_newton_terms_of_the_heldout_fit_equal_the_full_softmax(corpus, order):
     """Value, gradient and Hessian of the held-out fit (group moments by shells) against
     the numpy twin over every class of every held-out prediction."""
     from streamfit.solve import reference as ref
-    train, held, *_ = corpus
-    stats = streamfit.accumulate([train], order=order, eos=True)
-    levels = sn.kneser_ney(stats)
-    blocks = sn.Blocks(levels)
-    deepest, chain, lp = sn.heldout_positions(
-        levels, sn.token_batches([held], vocab_size=stats.n_classes), True)
+    stats, levels, blocks, (deepest, chain, lp) = heldout_fit(corpus, order)
     objective = sn.heldout_objective(blocks, deepest, chain, lp)
     C = levels.n_classes
     tokens, offsets = flat(corpus[3])
@@ -386,12 +392,7 @@ def test_level_one_table_of_the_moments_gives_the_same_bits(corpus, order):
     """The Newton moments with level 1's parent-shell weights taken from the table over the
     distinct values of log P_0 equal, bit for bit, the moments with one exp per row (which
     the full-softmax test above checks)."""
-    train, held, *_ = corpus
-    stats = streamfit.accumulate([train], order=order, eos=True)
-    levels = sn.kneser_ney(stats)
-    blocks = sn.Blocks(levels)
-    deepest, chain, _ = sn.heldout_positions(
-        levels, sn.token_batches([held], vocab_size=stats.n_classes), True)
+    _, levels, blocks, (deepest, chain, _) = heldout_fit(corpus, order)
     q = blocks.queries(deepest, chain[np.arange(deepest.size), deepest])
     value_of_row, combo = sn.level_one_combos(blocks, q)
     assert (combo >= 0).sum() >= 3 and (combo[q["g_level"] != 1] == -1).all()
