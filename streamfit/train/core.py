@@ -148,25 +148,40 @@ def checkpoint_paths(out: Path) -> tuple[Path, Path]:
     return Path(f"{stem}.ckpt.npy"), Path(f"{stem}.ckpt.json")
 
 
+STATE_KEY = "__state__"  # the checkpoint state inside its arrays' file
+
+
 def save_checkpoint(out: Path, state: dict, arrays: dict[str, np.ndarray]) -> None:
+    """The arrays and the state (pass, log, settings) in one atomic file, OUT.ckpt.npy (the
+    state also in OUT.ckpt.json, for people and tools): two files renamed one after the
+    other could be killed in between, and a resume then paired new weights with the previous
+    pass's state (one pass run twice)."""
     npy, meta = checkpoint_paths(out)
     with atomic_path(npy) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            np.savez(fh, **arrays, **{STATE_KEY: np.frombuffer(
+                json.dumps(state, sort_keys=True).encode(), dtype=np.uint8)})
+    fault_point("mid_checkpoint")
     write_json(meta, state)
     fault_point("after_checkpoint")
 
 
 def load_checkpoint(out: Path, settings: dict) -> tuple[dict, dict] | None:
     npy, meta = checkpoint_paths(out)
-    if not (npy.exists() and meta.exists()):
+    if not npy.exists():
         return None
-    state = json.loads(meta.read_text())
+    with np.load(npy) as z:
+        arrays = {k: z[k] for k in z.files if k != STATE_KEY}
+        if STATE_KEY in z.files:
+            state = json.loads(z[STATE_KEY].tobytes())
+        elif meta.exists():  # a checkpoint of an earlier version: the state beside it
+            state = json.loads(meta.read_text())
+        else:
+            return None
     if state.get("settings") != settings:
         raise StreamfitError(f"{meta} is a checkpoint of another refinement "
                              f"({state.get('settings')}); delete it or use the same options")
-    with np.load(npy) as z:
-        return state, {k: z[k] for k in z.files}
+    return state, arrays
 
 
 def gis_pass(w, train, pass_fn, opt, observed):
