@@ -560,19 +560,27 @@ def checkpoint_files(out: Path) -> tuple[Path, Path]:
     return Path(f"{stem}.ckpt.npy"), Path(f"{stem}.ckpt.json")
 
 
-@pytest.mark.parametrize("method,extra", [("gis", []), ("adam", ["--lr", "0.05",
-                                                                 "--batch-size", "128"]),
-                                          ("newton", ["--l2", "1e-4"])])
-def test_killed_refine_resumes_to_the_uninterrupted_result(cli_data, tmp_path, method, extra):
+def straight_and_killed(cli_data, tmp_path, method, extra, fault):
+    """A 4-pass refine of the token corpus run through, and the same SIGKILLed at `fault`:
+    its arguments (without --out), the straight output and the killed run's output path."""
     data = cli_data["tokens"]
     args = ["refine", "--weights", data["weights"], data["train"], "--method", method,
             "--passes", 4, "--quiet", *extra]
     straight = tmp_path / "straight.npy"
     ok(*args, "--out", straight)
-
     out = tmp_path / "refined.npy"
-    killed = run_cli([*args, "--out", out], fault="after_checkpoint:2")
-    assert killed.returncode == -9, killed.stderr  # SIGKILL right after pass 2's checkpoint
+    killed = run_cli([*args, "--out", out], fault=fault)
+    assert killed.returncode == -9, killed.stderr
+    return args, straight, out
+
+
+@pytest.mark.parametrize("method,extra", [("gis", []), ("adam", ["--lr", "0.05",
+                                                                 "--batch-size", "128"]),
+                                          ("newton", ["--l2", "1e-4"])])
+def test_killed_refine_resumes_to_the_uninterrupted_result(cli_data, tmp_path, method, extra):
+    # SIGKILL right after pass 2's checkpoint
+    args, straight, out = straight_and_killed(cli_data, tmp_path, method, extra,
+                                              "after_checkpoint:2")
     npy, meta = checkpoint_files(out)
     assert npy.exists() and meta.exists() and not out.exists()
     state = json.loads(meta.read_text())
@@ -602,14 +610,8 @@ def test_a_kill_between_a_checkpoints_two_files_resumes_to_the_same_result(cli_d
     """Killed after pass 2's arrays were written but before its state file: the state kept
     inside the arrays' file is pass 2's, so no pass is run twice (with the state file alone,
     the resume paired pass 2's weights with pass 1's state: tools/torture.py found it)."""
-    data = cli_data["tokens"]
-    args = ["refine", "--weights", data["weights"], data["train"], "--method", method,
-            "--passes", 4, "--quiet", *extra]
-    straight = tmp_path / "straight.npy"
-    ok(*args, "--out", straight)
-    out = tmp_path / "refined.npy"
-    killed = run_cli([*args, "--out", out], fault="mid_checkpoint:2")
-    assert killed.returncode == -9, killed.stderr
+    args, straight, out = straight_and_killed(cli_data, tmp_path, method, extra,
+                                              "mid_checkpoint:2")
     assert json.loads(checkpoint_files(out)[1].read_text())["pass"] == 1  # the stale state file
     ok(*args, "--out", out)
     np.testing.assert_allclose(weights_of(out), weights_of(straight), rtol=0, atol=1e-6)
