@@ -618,6 +618,22 @@ def test_a_kill_between_a_checkpoints_two_files_resumes_to_the_same_result(cli_d
     assert [e["pass"] for e in load_model(out).meta["refinement"]["log"]] == [1, 2, 3, 4]
 
 
+def test_a_damaged_checkpoint_is_a_one_line_error_and_restart_starts_over(cli_data, tmp_path):
+    data = cli_data["tokens"]
+    args = ["refine", "--weights", data["weights"], data["train"], "--method", "gis",
+            "--passes", 2, "--quiet", "--out", tmp_path / "r.npy"]
+    assert run_cli(args, fault="after_checkpoint:1").returncode == -9
+    npy = checkpoint_files(tmp_path / "r.npy")[0]
+    with open(npy, "r+b") as fh:
+        fh.truncate(npy.stat().st_size // 2)
+    again = run_cli(args)
+    lines = again.stderr.strip().splitlines()
+    assert again.returncode == 1 and len(lines) == 1, again.stderr
+    assert "damaged checkpoint" in lines[0] and "--restart" in lines[0]
+    ok(*args, "--restart")
+    assert not npy.exists()
+
+
 def test_restart_ignores_a_checkpoint_and_other_settings_are_refused(cli_data, tmp_path, capsys):
     data = cli_data["features"]
     args = ["refine", "--weights", data["weights"], data["train"], "--method", "gis",

@@ -7,6 +7,7 @@ method module imports this one, and none imports another method.
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -16,7 +17,7 @@ import scipy.sparse as sp
 from scipy.special import log_softmax
 
 from ..data.featurize import Examples, distinct_inputs, slice_examples
-from ..errors import StreamfitError
+from ..errors import FormatError, StreamfitError
 from ..io.files import atomic_path, fault_point, write_json
 from ..model.weights import Model, stem_of
 
@@ -170,14 +171,20 @@ def load_checkpoint(out: Path, settings: dict) -> tuple[dict, dict] | None:
     npy, meta = checkpoint_paths(out)
     if not npy.exists():
         return None
-    with np.load(npy) as z:
-        arrays = {k: z[k] for k in z.files if k != STATE_KEY}
-        if STATE_KEY in z.files:
-            state = json.loads(z[STATE_KEY].tobytes())
-        elif meta.exists():  # a checkpoint of an earlier version: the state beside it
-            state = json.loads(meta.read_text())
-        else:
-            return None
+    try:
+        with np.load(npy) as z:
+            arrays = {k: z[k] for k in z.files if k != STATE_KEY}
+            if STATE_KEY in z.files:
+                state = json.loads(z[STATE_KEY].tobytes())
+            elif meta.exists():  # a checkpoint of an earlier version: the state beside it
+                state = json.loads(meta.read_text())
+            else:
+                return None
+        if not isinstance(state, dict):
+            raise ValueError("the state is not a JSON object")
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise FormatError(f"{npy} is a damaged checkpoint ({exc}); run again with --restart "
+                          f"to start the refinement over") from None
     if state.get("settings") != settings:
         raise StreamfitError(f"{meta} is a checkpoint of another refinement "
                              f"({state.get('settings')}); delete it or use the same options")
