@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,8 @@ from . import kernels
 from .stats import array_file
 from ..errors import FormatError, StreamfitError
 from ..io.progress import progress_bar
-from ..io.files import NpyWriter, atomic_path, disk_full, fault_point, no_space, save_npy
+from ..io.files import (NpyWriter, atomic_path, disk_full, drop_cached, fault_point,
+                        file_digest, no_space, prefetch, save_npy)
 
 RUN_ENTRY_BYTES = 16
 DAMAGED_RUN = ("is damaged ({}): its interrupted work cannot be resumed; run accumulate again "
@@ -34,16 +34,29 @@ WINDOW_SHARE = 8  # the runs' windows take 1 / WINDOW_SHARE of a merge's memory
 MERGE_FAN_IN = 128  # runs merged at once (two open files each); more are merged in levels,
 #                    which read and write everything once more (--jobs 2 spills twice as
 #                    many runs, half the size, as --jobs 1)
+FENCES = 32  # keys of a run kept in its journal entry, evenly spaced: a key range's cut is
+#             found in every run by reading one block of keys, not by a binary search of
+#             reads that, with the run's pages dropped, each wait for the disk
 
 
 def write_run(directory: Path, keys: np.ndarray, vals: np.ndarray) -> dict:
     """Write one sorted run crash-safely; returns its journal entry. A run that cannot be
     written whole (a full disk) leaves no file."""
-    entry = {"name": f"run-{uuid.uuid4().hex[:12]}", "n": int(keys.size)}
+    n, f = int(keys.size), min(int(keys.size), FENCES)
+    entry = {"name": f"run-{uuid.uuid4().hex[:12]}", "n": n,
+             "fences": keys[np.arange(f) * n // f].tolist() if f else []}
     try:
-        save_npy(directory / f"{entry['name']}.keys.npy", keys, digest=False)
-        fault_point("mid_spill")
-        save_npy(directory / f"{entry['name']}.vals.npy", vals, digest=False)
+        for part, array in (("keys", keys), ("vals", vals)):
+            path = directory / f"{entry['name']}.{part}.npy"
+            save_npy(path, array, digest=False)
+            # On the disk now (fsynced), and read only by the merge: out of the cache.
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                drop_cached(fd)
+            finally:
+                os.close(fd)
+            if part == "keys":
+                fault_point("mid_spill")
     except BaseException:
         remove_run(directory, entry)
         raise
@@ -174,6 +187,11 @@ class _RunReader:
                         raise FormatError(f"run {self.name} " + DAMAGED_RUN.format(
                             "shorter than its header says"))
                     done += got
+                # What was read is in the buffer: its pages can go (whole pages only, so
+                # from the last window's end), and the next window is read ahead.
+                end = offset + (at + count) * buf.itemsize
+                drop_cached(fh.fileno(), offset + at * buf.itemsize & ~4095, end)
+                prefetch(fh.fileno(), end, offset + min(at + count + buf.size, self.end) * buf.itemsize)
             self._start, self._count = self.pos, have + count
         lo, hi = self.pos - self._start, self._count
         return self._files[0][2][lo:hi], self._files[1][2][lo:hi]
@@ -324,9 +342,12 @@ class _KeysOnDisk:
     """A run's sorted keys, read where they lie a few at a time (os.pread): sampling and
     searching them maps no page. Through a memory map, the samples' page faults mapped the
     whole files (the kernel maps pages around a fault): every run's keys, ~400 MiB of page
-    cache in the parent's RSS at 10x a 64M budget with --jobs 2, for a few thousand keys."""
+    cache in the parent's RSS at 10x a 64M budget with --jobs 2, for a few thousand keys.
+    The run's "fences" (`write_run`), where its entry has them, narrow a search to one
+    block read."""
 
-    def __init__(self, path: Path, n: int):
+    def __init__(self, path: Path, entry: dict):
+        n = entry["n"]
         with open(path, "rb") as fh:
             major, _ = np.lib.format.read_magic(fh)
             header = np.lib.format.read_array_header_1_0 if major == 1 else \
@@ -336,6 +357,9 @@ class _KeysOnDisk:
             if shape != (n,) or os.fstat(fh.fileno()).st_size < self.offset + n * self.dtype.itemsize:
                 raise FormatError(f"{path.parent}: run {path.name} " + DAMAGED_RUN.format(
                     "shorter than its journal entry says"))
+        self.path, self.n = path, n
+        self.fences = np.asarray(entry.get("fences", []), dtype=np.int64)
+        self.fence_at = np.arange(self.fences.size) * n // max(self.fences.size, 1)
         self.fd = os.open(path, os.O_RDONLY)
 
     def at(self, positions) -> np.ndarray:
@@ -345,6 +369,18 @@ class _KeysOnDisk:
 
     def searchsorted(self, lo: int, hi: int, key) -> int:
         """The first position in [lo, hi) whose key is not below `key` (hi if none)."""
+        if self.fences.size:
+            i = int(np.searchsorted(self.fences, key))  # fences[:i] < key <= fences[i:]
+            a = max(lo, int(self.fence_at[i - 1]) + 1) if i else lo
+            b = min(hi, int(self.fence_at[i])) if i < self.fences.size else hi
+            if a >= b:
+                return min(a, hi)
+            size = self.dtype.itemsize
+            block = os.pread(self.fd, (b - a) * size, self.offset + a * size)
+            if len(block) != (b - a) * size:
+                raise FormatError(f"{self.path.parent}: run {self.path.name} " +
+                                  DAMAGED_RUN.format("shorter than its header says"))
+            return a + int(np.searchsorted(np.frombuffer(block, self.dtype), key))
         while lo < hi:
             mid = (lo + hi) // 2
             if self.at([mid])[0] < key:
@@ -352,6 +388,14 @@ class _KeysOnDisk:
             else:
                 hi = mid
         return lo
+
+    def sample(self, lo: int, hi: int, samples: int) -> np.ndarray:
+        """Keys evenly spaced over [lo, hi), about `samples` of them: the fences where the
+        range is the whole run."""
+        if self.fences.size and (lo, hi) == (0, self.n):
+            return self.fences
+        k = min(hi - lo, samples)
+        return self.at(lo + np.arange(k) * (hi - lo) // k)
 
     def close(self) -> None:
         os.close(self.fd)
@@ -367,7 +411,7 @@ def split_runs(directory: Path, runs: list[dict], parts: int,
     keys: dict[str, _KeysOnDisk] = {}
     try:
         for r in runs:
-            keys[r["name"]] = _KeysOnDisk(directory / f"{r['name']}.keys.npy", r["n"])
+            keys[r["name"]] = _KeysOnDisk(directory / f"{r['name']}.keys.npy", r)
         return _split(runs, parts, samples, keys)
     finally:
         for k in keys.values():
@@ -380,15 +424,18 @@ def _split(runs: list[dict], parts: int, samples: int, keys: dict) -> list[list[
     for r in runs:
         lo, m = r.get("lo", 0), span(r)
         if m:
-            k = min(m, samples)
-            picked.append(keys[r["name"]].at(lo + np.arange(k) * m // k))
-            weights.append(np.full(k, m / k))
+            picked.append(keys[r["name"]].sample(lo, lo + m, samples))
+            weights.append(np.full(picked[-1].size, m / picked[-1].size))
     if parts <= 1 or not picked:
         return [runs]
     order = np.argsort(np.concatenate(picked), kind="stable")
     sample = np.concatenate(picked)[order]
     mass = np.cumsum(np.concatenate(weights)[order])
-    cuts = np.unique(sample[np.searchsorted(mass, mass[-1] * np.arange(1, parts) / parts)])
+    # A run holds (samples below a key) blocks below it, less half a block on average (each
+    # sample opens its block): without that, the first part came out ~3% short (32 fences).
+    shift = 0.5 * sum(w[0] for w in weights)
+    at = np.searchsorted(mass, mass[-1] * np.arange(1, parts) / parts + shift)
+    cuts = np.unique(sample[np.minimum(at, sample.size - 1)])
     cuts = cuts[cuts > sample[0]]  # part i holds the keys in [cuts[i - 1], cuts[i])
     out = []
     for i in range(cuts.size + 1):
@@ -508,7 +555,6 @@ def _concatenated(target: Path, pieces: list[Path], dtype, chunk: int = 1 << 22)
     itemsize = np.dtype(dtype).itemsize
     header = NpyWriter.HEADER_BYTES
     n = sum((os.path.getsize(p) - header) // itemsize for p in [target, *pieces])
-    h = hashlib.sha256()
     with open(target, "r+b", buffering=0) as fh:
         fh.seek(0, os.SEEK_END)
         for piece in pieces:
@@ -520,12 +566,10 @@ def _concatenated(target: Path, pieces: list[Path], dtype, chunk: int = 1 << 22)
         with ThreadPoolExecutor(1) as pool:
             synced = pool.submit(os.fsync, fh.fileno())
             try:
-                with open(target, "rb") as whole:
-                    while block := whole.read(chunk):
-                        h.update(block)
+                digest = file_digest(target, chunk)
             finally:
                 synced.result()
-    return {"size": header + n * itemsize, "sha256": h.hexdigest()}
+    return {"size": header + n * itemsize, "sha256": digest["sha256"]}
 
 
 def _append(dst, src, start: int, count: int) -> None:
