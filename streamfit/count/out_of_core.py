@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import json
 import math
@@ -307,8 +308,12 @@ def _run_workers(assignments: list[list], job: Job, on_report: Callable) -> None
     q = ctx.Queue()
     procs = [ctx.Process(target=_process_worker, args=(w, units, job, q), daemon=True)
              for w, units in enumerate(assignments)]
-    for p in procs:
-        p.start()
+    gc.freeze()  # the parent's objects out of the children's collections (no copied pages)
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        gc.unfreeze()
     running = len(procs)
     try:
         while running:
@@ -346,8 +351,12 @@ def map_processes(fn: Callable, calls: list[dict]) -> list:
     q = ctx.Queue()
     procs = [ctx.Process(target=_process_call, args=(i, fn, kw, q), daemon=True)
              for i, kw in enumerate(calls)]
-    for p in procs:
-        p.start()
+    gc.freeze()  # the parent's objects out of the children's collections (no copied pages)
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        gc.unfreeze()
     results: dict[int, object] = {}
     try:
         while len(results) < len(procs):

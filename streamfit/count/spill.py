@@ -151,6 +151,7 @@ class _RunReader:
 
     def __init__(self, directory: Path, entry: dict, step: int):
         self.n, self.step, self.name = entry["n"], step, entry["name"]
+        self.synced = "fences" in entry
         self.pos, self.end = entry.get("lo", 0), entry.get("hi", entry["n"])
         self._files = []
         for part in ("keys", "vals"):
@@ -188,9 +189,12 @@ class _RunReader:
                             "shorter than its header says"))
                     done += got
                 # What was read is in the buffer: its pages can go (whole pages only, so
-                # from the last window's end), and the next window is read ahead.
+                # from the last window's end) if they are on the disk (a run of write_run,
+                # which has fences; dropping a merge's own unsynced run would write it
+                # out), and the next window is read ahead.
                 end = offset + (at + count) * buf.itemsize
-                drop_cached(fh.fileno(), offset + at * buf.itemsize & ~4095, end)
+                if self.synced:
+                    drop_cached(fh.fileno(), offset + at * buf.itemsize & ~4095, end)
                 prefetch(fh.fileno(), end, offset + min(at + count + buf.size, self.end) * buf.itemsize)
             self._start, self._count = self.pos, have + count
         lo, hi = self.pos - self._start, self._count

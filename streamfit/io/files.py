@@ -372,7 +372,7 @@ class NpyWriter:
 
     def append(self, values: np.ndarray) -> None:
         values = np.ascontiguousarray(values, dtype=self.dtype)
-        self._fh.write(values.tobytes())
+        self._fh.write(memoryview(values).cast("B"))  # the array's own bytes, not a copy
         self.n += values.size
 
     def abort(self) -> None:
