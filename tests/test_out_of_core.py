@@ -226,6 +226,22 @@ def test_search_by_fences_is_numpy_searchsorted(tmp_path_factory, n, seed, bound
         plain.close()
 
 
+def test_fences_unlike_the_run_are_a_damaged_run(tmp_path):
+    """A run whose keys are not those its journal entry's fences say (a file replaced or
+    damaged) stops the cut with a one-line error, rather than cutting it wrong."""
+    from streamfit.count import spill
+    from streamfit.errors import FormatError
+
+    entry = spill.write_run(tmp_path, np.arange(0, 4000, 2), np.ones(2000, np.int64))
+    keys = spill._KeysOnDisk(tmp_path / f"{entry['name']}.keys.npy",
+                             {**entry, "fences": [f + 1 for f in entry["fences"]]})
+    try:
+        with pytest.raises(FormatError, match="journal entry"):
+            keys.searchsorted(0, entry["n"], 1001)
+    finally:
+        keys.close()
+
+
 def _random_run(directory, rng, n: int) -> dict:
     keys = np.unique(rng.integers(0, 1 << 40, n))
     from streamfit.count import spill

@@ -373,18 +373,19 @@ class _KeysOnDisk:
 
     def searchsorted(self, lo: int, hi: int, key) -> int:
         """The first position in [lo, hi) whose key is not below `key` (hi if none)."""
-        if self.fences.size:
+        if self.fences.size:  # the first key not below `key` lies between two fences
             i = int(np.searchsorted(self.fences, key))  # fences[:i] < key <= fences[i:]
-            a = max(lo, int(self.fence_at[i - 1]) + 1) if i else lo
-            b = min(hi, int(self.fence_at[i])) if i < self.fences.size else hi
-            if a >= b:
-                return min(a, hi)
+            start = int(self.fence_at[i - 1]) if i else 0
+            stop = int(self.fence_at[i]) + 1 if i < self.fences.size else self.n
             size = self.dtype.itemsize
-            block = os.pread(self.fd, (b - a) * size, self.offset + a * size)
-            if len(block) != (b - a) * size:
+            data = os.pread(self.fd, (stop - start) * size, self.offset + start * size)
+            block = np.frombuffer(data[:len(data) // size * size], self.dtype)
+            if block.size != stop - start or (i and block[0] != self.fences[i - 1]) or \
+                    (i < self.fences.size and block[-1] != self.fences[i]):
                 raise FormatError(f"{self.path.parent}: run {self.path.name} " +
-                                  DAMAGED_RUN.format("shorter than its header says"))
-            return a + int(np.searchsorted(np.frombuffer(block, self.dtype), key))
+                                  DAMAGED_RUN.format("its keys are not those its journal "
+                                                     "entry says"))
+            return min(max(start + int(np.searchsorted(block, key)), lo), hi)
         while lo < hi:
             mid = (lo + hi) // 2
             if self.at([mid])[0] < key:
