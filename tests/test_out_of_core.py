@@ -6,6 +6,7 @@ parallel or killed-and-resumed run must end with exactly the same statistics.
 """
 from __future__ import annotations
 
+import base64
 import math
 import os
 import subprocess
@@ -211,7 +212,9 @@ def test_search_by_fences_is_numpy_searchsorted(tmp_path_factory, n, seed, bound
     rng = np.random.default_rng(seed)
     keys = np.unique(rng.integers(0, 1 << 40, n))
     entry = spill.write_run(directory, keys, np.ones(keys.size, np.int64))
-    assert len(entry["fences"]) == min(keys.size, spill.FENCES)
+    assert spill.fences_of(entry).size == min(keys.size, spill.FENCES)
+    assert np.array_equal(spill.fences_of(entry), keys[np.arange(spill.fences_of(entry).size)
+                                                       * keys.size // min(keys.size, spill.FENCES)])
     lo, hi = sorted(int(b * keys.size) for b in bounds)
     path = directory / f"{entry['name']}.keys.npy"
     fenced = spill._KeysOnDisk(path, entry)
@@ -233,8 +236,8 @@ def test_fences_unlike_the_run_are_a_damaged_run(tmp_path):
     from streamfit.errors import FormatError
 
     entry = spill.write_run(tmp_path, np.arange(0, 4000, 2), np.ones(2000, np.int64))
-    keys = spill._KeysOnDisk(tmp_path / f"{entry['name']}.keys.npy",
-                             {**entry, "fences": [f + 1 for f in entry["fences"]]})
+    shifted = base64.b64encode((spill.fences_of(entry) + 1).astype("<i8").tobytes()).decode()
+    keys = spill._KeysOnDisk(tmp_path / f"{entry['name']}.keys.npy", {**entry, "fences": shifted})
     try:
         with pytest.raises(FormatError, match="journal entry"):
             keys.searchsorted(0, entry["n"], 1001)

@@ -297,6 +297,17 @@ def _load_kernels(unit: tuple[str, int, int], job: Job) -> None:
             return
 
 
+def _start(procs: list) -> None:
+    """Start (fork) the processes with the parent's objects frozen out of garbage collection:
+    a child's collections then leave them, and the pages they lie on, alone."""
+    gc.freeze()
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        gc.unfreeze()
+
+
 def _run_workers(assignments: list[list], job: Job, on_report: Callable) -> None:
     if len(assignments) == 1:
         _work(0, assignments[0], job, on_report)
@@ -308,12 +319,7 @@ def _run_workers(assignments: list[list], job: Job, on_report: Callable) -> None
     q = ctx.Queue()
     procs = [ctx.Process(target=_process_worker, args=(w, units, job, q), daemon=True)
              for w, units in enumerate(assignments)]
-    gc.freeze()  # the parent's objects out of the children's collections (no copied pages)
-    try:
-        for p in procs:
-            p.start()
-    finally:
-        gc.unfreeze()
+    _start(procs)
     running = len(procs)
     try:
         while running:
@@ -351,12 +357,7 @@ def map_processes(fn: Callable, calls: list[dict]) -> list:
     q = ctx.Queue()
     procs = [ctx.Process(target=_process_call, args=(i, fn, kw, q), daemon=True)
              for i, kw in enumerate(calls)]
-    gc.freeze()  # the parent's objects out of the children's collections (no copied pages)
-    try:
-        for p in procs:
-            p.start()
-    finally:
-        gc.unfreeze()
+    _start(procs)
     results: dict[int, object] = {}
     try:
         while len(results) < len(procs):

@@ -9,6 +9,7 @@ statistics are their sorted keys: the merge writes the keys themselves.
 """
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import os
@@ -36,15 +37,18 @@ MERGE_FAN_IN = 128  # runs merged at once (two open files each); more are merged
 #                    many runs, half the size, as --jobs 1)
 FENCES = 32  # keys of a run kept in its journal entry, evenly spaced: a key range's cut is
 #             found in every run by reading one block of keys, not by a binary search of
-#             reads that, with the run's pages dropped, each wait for the disk
+#             reads that, with the run's pages dropped, each wait for the disk. They are
+#             one base64 string of little-endian int64s: as JSON lists, the journal saved
+#             after every spill took 0.1 s to write at 686 runs (100x a 64M budget)
 
 
 def write_run(directory: Path, keys: np.ndarray, vals: np.ndarray) -> dict:
     """Write one sorted run crash-safely; returns its journal entry. A run that cannot be
     written whole (a full disk) leaves no file."""
     n, f = int(keys.size), min(int(keys.size), FENCES)
+    fences = keys[np.arange(f) * n // f] if f else keys[:0]
     entry = {"name": f"run-{uuid.uuid4().hex[:12]}", "n": n,
-             "fences": keys[np.arange(f) * n // f].tolist() if f else []}
+             "fences": base64.b64encode(fences.astype("<i8").tobytes()).decode()}
     try:
         for part, array in (("keys", keys), ("vals", vals)):
             path = directory / f"{entry['name']}.{part}.npy"
@@ -87,6 +91,11 @@ def unjournalled_run(directory: Path, value_dtype,
             raise full from None
         raise
     entry["n"] = writers[0].n
+
+
+def fences_of(entry: dict) -> np.ndarray:
+    """A run's fences (`write_run`): none for runs written without them."""
+    return np.frombuffer(base64.b64decode(entry.get("fences", "")), "<i8").astype(np.int64)
 
 
 def remove_run(directory: Path, entry: dict) -> None:
@@ -362,7 +371,7 @@ class _KeysOnDisk:
                 raise FormatError(f"{path.parent}: run {path.name} " + DAMAGED_RUN.format(
                     "shorter than its journal entry says"))
         self.path, self.n = path, n
-        self.fences = np.asarray(entry.get("fences", []), dtype=np.int64)
+        self.fences = fences_of(entry)
         self.fence_at = np.arange(self.fences.size) * n // max(self.fences.size, 1)
         self.fd = os.open(path, os.O_RDONLY)
 
