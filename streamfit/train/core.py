@@ -149,6 +149,15 @@ def checkpoint_paths(out: Path) -> tuple[Path, Path]:
     return Path(f"{stem}.ckpt.npy"), Path(f"{stem}.ckpt.json")
 
 
+def remove_checkpoints(out: Path) -> None:
+    """The checkpoint files of `out` and what killed writes of them left (their temporary
+    names: the output's lock is held, so no live writer's)."""
+    for path in checkpoint_paths(out):
+        path.unlink(missing_ok=True)
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):
+            stale.unlink(missing_ok=True)
+
+
 STATE_KEY = "__state__"  # the checkpoint state inside its arrays' file
 
 

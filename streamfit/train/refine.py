@@ -64,9 +64,9 @@ from ..errors import OptionError, StreamfitError
 from ..io.files import available_memory
 from ..model.weights import Model, load_model, locks_output, sidecar_path, stem_of, write_model
 from .core import (BLOCK_BYTES, DEFAULT_LR, FULL_COVARIANCE_LIMIT, Optimizer, PassFn,
-                   PassResult, checkpoint_paths, dense_parameters, feature_moments, full_pass,
-                   gis_pass, heldout_loss, load_checkpoint, minibatches, save_checkpoint,
-                   sgd_pass)
+                   PassResult, dense_parameters, feature_moments, full_pass,
+                   gis_pass, heldout_loss, load_checkpoint, minibatches, remove_checkpoints,
+                   save_checkpoint, sgd_pass)
 from .grow import Layers, model_header, write_layers
 from .lbfgs import Whitening, lbfgs
 from .newton import check_size, newton
@@ -299,7 +299,8 @@ def refine(model: Model, train: Callable[[], Iterator[Examples]], out: str | os.
     rows = max(1, BLOCK_BYTES // (4 * max(model.n_classes, 1)))
     path = write_model(out, header, bias=prior, dense={"dtype": "float32", "blocks": (
         (lo, w[lo:lo + rows].astype(np.float32)) for lo in range(0, w.shape[0], rows))})
-    for p in (*checkpoint_paths(out), *work_files(out)):
+    remove_checkpoints(out)
+    for p in work_files(out):
         p.unlink(missing_ok=True)
     return load_model(path)
 
