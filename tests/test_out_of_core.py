@@ -243,6 +243,8 @@ def test_fences_unlike_the_run_are_a_damaged_run(tmp_path):
             keys.searchsorted(0, entry["n"], 1001)
     finally:
         keys.close()
+    for unreadable in ([1, 2], "not base64!", base64.b64encode(b"seven b").decode()):
+        assert spill.fences_of({**entry, "fences": unreadable}).size == 0  # keys read instead
 
 
 def _random_run(directory, rng, n: int) -> dict:

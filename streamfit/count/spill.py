@@ -94,8 +94,13 @@ def unjournalled_run(directory: Path, value_dtype,
 
 
 def fences_of(entry: dict) -> np.ndarray:
-    """A run's fences (`write_run`): none for runs written without them."""
-    return np.frombuffer(base64.b64decode(entry.get("fences", "")), "<i8").astype(np.int64)
+    """A run's fences (`write_run`): none for runs written without them, or whose fences
+    cannot be read (a cut is then found by reading the run's own keys)."""
+    try:
+        return np.frombuffer(base64.b64decode(entry.get("fences", ""), validate=True),
+                             "<i8").astype(np.int64)
+    except (TypeError, ValueError):
+        return np.zeros(0, np.int64)
 
 
 def remove_run(directory: Path, entry: dict) -> None:

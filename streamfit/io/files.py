@@ -167,9 +167,9 @@ def drop_cached(fd: int, start: int = 0, end: int = 0) -> None:
     (end 0: to the end of the file) — data already written to the disk, or read into
     buffers of our own. A spill's files are read once, much later: cached, they only grow
     the page cache, and where a virtual machine hands its free memory back to the host
-    (free page reporting), every page the cache takes anew costs a fault on the host,
-    about 15 s per GiB seen on this project's 2-core machines, against 0.1 s for pages
-    just freed. Only clean pages go; elsewhere than Linux, nothing is done."""
+    (free page reporting), every page the cache takes anew costs a fault on the host:
+    6-15 s per GiB measured on this project's 2-core machines, against about 0.1 s for
+    pages just freed. Only clean pages go; elsewhere than Linux, nothing is done."""
     advise = getattr(os, "posix_fadvise", None)
     if advise is not None:
         with contextlib.suppress(OSError):
