@@ -36,6 +36,12 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
+def stale_temps(path: Path) -> list[Path]:
+    """The temporary files of `path` (`temp_name`) that killed writes left beside it; for a
+    writer that holds the output's lock, so none is a live writer's."""
+    return sorted(path.parent.glob(f".{path.name}.tmp-*"))
+
+
 def header_checksum(document: dict) -> str:
     """sha256 of a manifest's or sidecar's own fields (all but `written` and itself): an
     edited or damaged document is caught on load without reading the arrays it names."""

@@ -36,7 +36,7 @@ from ..io.files import sidecar_path, stem_of
 from ..io.files import (NpyWriter, OutputLock, check_array_entries, check_csr, check_fields,
                         load_listed_arrays,
                         create_memmap, disk_full, fault_point, file_digest, fsync_dir, fsync_path,
-                        header_checksum, no_space, read_document, temp_name,
+                        header_checksum, no_space, read_document, stale_temps, temp_name,
                         write_json)
 
 FORMAT = "streamfit-weights"
@@ -313,7 +313,7 @@ def write_model(out: str | os.PathLike, header: dict, *, dense: dict | None = No
     # Temporary files of this model that a killed run left (no live writer's: the output's
     # lock is held); only this model's own names, not another model's sharing the prefix.
     for suffix in MODEL_FILES:
-        for stale in stem.parent.glob(f".{stem.name}{suffix}.tmp-*"):
+        for stale in stale_temps(stem.with_name(stem.name + suffix)):
             stale.unlink(missing_ok=True)
     staged: dict[str, tuple[Path, Path]] = {}
     try:

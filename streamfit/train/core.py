@@ -18,7 +18,7 @@ from scipy.special import log_softmax
 
 from ..data.featurize import Examples, distinct_inputs, slice_examples
 from ..errors import FormatError, StreamfitError
-from ..io.files import atomic_path, fault_point, write_json
+from ..io.files import atomic_path, fault_point, stale_temps, write_json
 from ..model.weights import Model, stem_of
 
 DENSE_LIMIT_BYTES = 8 << 30
@@ -153,9 +153,8 @@ def remove_checkpoints(out: Path) -> None:
     """The checkpoint files of `out` and what killed writes of them left (their temporary
     names: the output's lock is held, so no live writer's)."""
     for path in checkpoint_paths(out):
-        path.unlink(missing_ok=True)
-        for stale in path.parent.glob(f".{path.name}.tmp-*"):
-            stale.unlink(missing_ok=True)
+        for p in (path, *stale_temps(path)):
+            p.unlink(missing_ok=True)
 
 
 STATE_KEY = "__state__"  # the checkpoint state inside its arrays' file
