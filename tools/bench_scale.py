@@ -69,7 +69,11 @@ What it measures
     rounds of --jobs 1 and 2 on it, whose median ratio is the --jobs figure (with each
     run's CPU seconds, user + system of the whole tree, also by phase: the tree's at the
     moment the merge begins, when the counting workers have been waited for — and the
-    load average); the ``--spill-scale`` corpus (10x) with a
+    load average), each round ending with two --jobs 1 runs started at once: twice the
+    time of one alone over theirs is this machine's ceiling for two processes that share
+    nothing, and with the tiny corpus's time taken as serial (start-up, commit; the rest
+    sped up by the ceiling) it bounds --jobs 2 (Amdahl's law, an upper bound: the
+    merge's end is serial too); the ``--spill-scale`` corpus (10x) with a
     budget under which it does not spill (128 bytes per slot of the final hash table:
     16 GiB at the default, which allocates ~4 GiB) — and, for comparison, at the budget
     with accumulate's own default ``--batch-rows 4096`` (the budget is checked between
@@ -476,6 +480,23 @@ def accumulate_cmd(files, stats: Path, temp: Path, memory: str, jobs: int, args,
             "--batch-rows", str(batch_rows or args.batch_rows)]
 
 
+def two_at_once(cmd_a: list[str], cmd_b: list[str], workdir: Path) -> dict:
+    """Wall time of two commands started together, until both have ended: two --jobs 1
+    accumulates of the same corpus at once show what this machine gives two processes
+    that share nothing (memory bandwidth, page faults, the disk, the host), a ceiling for
+    --jobs 2. Their outputs are removed."""
+    start = time.perf_counter()
+    procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for c in (cmd_a, cmd_b)]
+    errs = [p.communicate()[1] for p in procs]
+    seconds = time.perf_counter() - start
+    for name in ("stats-a", "temp-a", "stats-b", "temp-b"):
+        shutil.rmtree(workdir / name, ignore_errors=True)
+    return {"seconds": seconds,
+            "problems": [f"two --jobs 1 at once: exit status {p.returncode}: {e.strip()}"
+                         for p, e in zip(procs, errs) if p.returncode != 0]}
+
+
 def manifest_of(stats: Path) -> dict:
     return json.loads((stats / "manifest.json").read_text())
 
@@ -623,11 +644,20 @@ def format_report(r: dict) -> str:
                          f"{secs(one['merge_seconds'])}s), --jobs 2 {two['seconds']:.2f}s (CPU "
                          f"{two['cpu_seconds']:.2f}s{cpu_phases(two)}, merge "
                          f"{secs(two['merge_seconds'])}s): {p['ratio']:.2f}x; load "
-                         f"{one['load_average']:.1f} / {two['load_average']:.1f}")
+                         f"{one['load_average']:.1f} / {two['load_average']:.1f}"
+                         + (f"; two --jobs 1 at once {p['two_jobs1_at_once_s']:.2f}s: ceiling "
+                            f"{p['ceiling']:.2f}x, bound {p['bound']:.2f}x" if "ceiling" in p
+                            else ""))
         lines.append(f"  --jobs 2 vs --jobs 1 on {j['corpus']}: {j['ratio']:.2f}x throughput "
                      f"({j.get('ratio_from', 'one run each')}; best runs {j['jobs1_s']:.2f}s -> "
                      f"{j['jobs2_s']:.2f}s), target >= {j['target']} "
                      f"-> {'met' if j['met'] else 'NOT met'}")
+        if j.get("ceiling"):
+            lines.append(f"  this machine's ceiling for two processes: {j['ceiling']:.2f}x (two "
+                         f"--jobs 1 at once against one alone, median); with the "
+                         f"{j['fixed_s']:.2f}s a tiny corpus takes (start-up, commit) serial, "
+                         f"at most {j['bound']:.2f}x for --jobs 2: it reached "
+                         f"{j['ratio'] / j['bound']:.0%} of that")
     sp = t["spill"]
     if sp:
         lines.append(f"  spilling vs in memory on {sp['corpus']}: {sp['ratio']:.2f}x the time "
@@ -958,15 +988,35 @@ def main(argv=None) -> int:
                     if len(pair) == 2:
                         one, two = pair["1"], pair["2"]
                         pair["ratio"] = one["seconds"] / two["seconds"]
+                        both = two_at_once(accumulate_cmd(files, workdir / "stats-a",
+                                                          workdir / "temp-a", args.memory, 1,
+                                                          args),
+                                           accumulate_cmd(files, workdir / "stats-b",
+                                                          workdir / "temp-b", args.memory, 1,
+                                                          args), workdir)
+                        if both["problems"]:
+                            failures.extend(both["problems"])
+                        else:
+                            pair["two_jobs1_at_once_s"] = both["seconds"]
+                            pair["ceiling"] = 2 * one["seconds"] / both["seconds"]
+                            fixed = baselines["tiny_jobs1"]["seconds"]
+                            pair["bound"] = one["seconds"] / (
+                                fixed + (one["seconds"] - fixed) / pair["ceiling"])
                         jobs_cmp["rounds"].append(pair)
                         log(f"  round {i + 1}: --jobs 1 {one['seconds']:.2f}s "
                             f"(CPU {one['cpu_seconds']:.2f}s{cpu_phases(one)}), --jobs 2 "
                             f"{two['seconds']:.2f}s (CPU {two['cpu_seconds']:.2f}s"
                             f"{cpu_phases(two)}): {pair['ratio']:.2f}x, load "
-                            f"{two['load_average']:.1f}")
+                            f"{two['load_average']:.1f}; two --jobs 1 at once "
+                            f"{both['seconds']:.2f}s: ceiling {pair.get('ceiling', math.nan):.2f}x, "
+                            f"bound {pair.get('bound', math.nan):.2f}x")
                 if jobs_cmp["rounds"]:
                     ratio = float(np.median([p["ratio"] for p in jobs_cmp["rounds"]]))
                     jobs_cmp.update(ratio=ratio, met=ratio >= 1.8, ratio_from="median of rounds")
+                    for k in ("ceiling", "bound"):
+                        got = [p[k] for p in jobs_cmp["rounds"] if k in p]
+                        jobs_cmp[k] = float(np.median(got)) if got else None
+                    jobs_cmp["fixed_s"] = baselines["tiny_jobs1"]["seconds"]
         if args.spill_scale in kept:
             x = args.spill_scale
             res1 = kept[x][0]
