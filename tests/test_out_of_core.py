@@ -66,7 +66,13 @@ def spills(monkeypatch) -> list[int]:
     def counted(directory, keys, vals):
         sizes.append(int(keys.size))
         return write_run(directory, keys, vals)
+
+    class Counted(out_of_core.PendingRun):  # the runs spilled inside a batch
+        def __init__(self, directory, keys, vals):
+            sizes.append(int(keys.size))
+            super().__init__(directory, keys, vals)
     monkeypatch.setattr(out_of_core, "write_run", counted)
+    monkeypatch.setattr(out_of_core, "PendingRun", Counted)
     return sizes
 
 
@@ -505,3 +511,21 @@ def test_an_edited_sidecar_is_refused(tmp_path, token_files):
     weights.with_suffix(".model.json").write_text(json.dumps(meta))
     with pytest.raises(FormatError, match="checksum"):
         streamfit.load_model(weights)
+
+
+def test_a_pending_run_is_a_run_only_once_finished(tmp_path):
+    """Written inside a batch, a run lies under temporary names (which a resume removes)
+    until the thread's finish names it; abort leaves nothing."""
+    from streamfit.count.spill import PendingRun
+
+    keys = np.arange(0, 300, 3, dtype=np.int64)
+    vals = np.arange(keys.size, dtype=np.int64) + 1
+    run = PendingRun(tmp_path, keys, vals)
+    assert not list(tmp_path.glob("run-*")) and len(list(tmp_path.glob(".run-*.tmp-*"))) == 2
+    entry = run.finish()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{entry['name']}.keys.npy",
+                                                          f"{entry['name']}.vals.npy"]
+    assert np.array_equal(np.load(tmp_path / f"{entry['name']}.keys.npy"), keys)
+    assert np.array_equal(np.load(tmp_path / f"{entry['name']}.vals.npy"), vals)
+    PendingRun(tmp_path, keys, vals).abort()
+    assert len(list(tmp_path.iterdir())) == 2

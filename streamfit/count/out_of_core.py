@@ -37,7 +37,7 @@ from ..errors import InputError, OptionError, StreamfitError
 from ..io.files import DirectoryLock, fault_point, write_json
 from ..io.progress import progress_bar
 from ..io.parquet import DEFAULT_BATCH_ROWS, iter_batches, open_parquet, resolve_paths
-from .spill import cells, merge_runs, remove_run, statistics_as_run, write_run
+from .spill import PendingRun, cells, merge_runs, remove_run, statistics_as_run, write_run
 from .stats import (MANIFEST, check_mergeable, combined_sources, commit, describe, load,
                     manifest_header, new_generation, remove_uncommitted, save_arrays, summary)
 
@@ -156,9 +156,10 @@ class Journal:
 def table_bits(budget: int) -> int:
     """The largest hash table (2^bits slots of 16 bytes) for a worker's `budget` bytes: at
     most half of it. The table never coexists with a grown copy of itself (CountTable.grow),
-    and a spill holds one sorted copy of its pairs while a thread writes it (0.4x the
-    table: a spill inside a batch sorts inside the table, then copies), so the rest holds
-    that copy, the key buffers of the partitioned or the sorted path (an eighth
+    a spill inside a batch sorts inside it (sorted_in_place) and writes from there, and a
+    spill at a batch's end holds one sorted copy of its pairs while a thread writes it
+    (0.4x the table), so the rest holds that copy, the key buffers of the partitioned or
+    the sorted path (an eighth
     of the table; each path frees the other's, and the sorted path the table itself, while
     it counts), the counting sort's row counts and a decoded batch."""
     return max(10, int(np.log2(max(budget // 2 // 16, 1024))))
@@ -183,29 +184,24 @@ def _work(worker: int, units: list[tuple[str, int, int]], job: Job, report: Call
     pending: list = []
     spilled = False
     inside: list = []  # runs spilled inside a batch (futures), reported with the next spill
-    copy: list = []    # the one buffer a run spilled inside a batch is written from
 
     def spill_inside(keys: np.ndarray, vals: np.ndarray) -> None:
-        # The table is full in the middle of a batch: a run, not a bigger table. It is
-        # copied out of the table (a view) and written by the thread while counting goes
-        # on: written in place, it held the counting up for the write and the fsync (1.1-1.4
-        # s of each worker's 2.7-5 s on the bench_scale 10x corpus). It is journalled only
-        # with the next spill (at a batch's end), so a run killed before that recounts the
-        # batch and the resume removes this run as unjournalled.
+        # The table is full in the middle of a batch: a run, not a bigger table. Its files
+        # are written here (into the page cache: the table, whose views these are, is then
+        # free) and fsynced by the thread while counting goes on: fsynced here too, the
+        # counting waited 1.0-1.6 s of a worker's 2.7-5 s on the bench_scale 10x corpus.
+        # It is journalled only with the next spill (at a batch's end), so a run killed
+        # before that recounts the batch and the resume removes this run as unjournalled.
         nonlocal spilled
-        while pending:
+        while pending:  # one run at a time in the page cache, waiting for the disk
             pending.pop().result()
-        n = keys.size
-        if not copy or copy[0].size < n:
-            copy[:] = [np.empty(n, keys.dtype), np.empty(n, vals.dtype)]
-        k, v = copy[0][:n], copy[1][:n]
-        k[...], v[...] = keys, vals
+        run = PendingRun(work, keys, vals)
 
-        def write_inside() -> dict:
-            entry = write_run(work, k, v)
+        def finish() -> dict:
+            entry = run.finish()
             fault_point("mid_batch_spill")
             return entry
-        pending.append(writer.submit(write_inside))
+        pending.append(writer.submit(finish))
         inside.append(pending[-1])
         spilled = True
     acc.table.spill = spill_inside
@@ -214,7 +210,6 @@ def _work(worker: int, units: list[tuple[str, int, int]], job: Job, report: Call
         nonlocal done, last, spilled, inside
         while pending:  # first, so that no two spills' items are held at once
             pending.pop().result()  # the previous spill's error, if any, is raised here
-        copy.clear()
         keys, vals, counts = acc.take()
         in_memory = final and keep_last and not spilled
         msg = {"kind": "spill", "worker": worker, "runs": [f.result() for f in inside],

@@ -25,7 +25,8 @@ from .stats import array_file
 from ..errors import FormatError, StreamfitError
 from ..io.progress import progress_bar
 from ..io.files import (NpyWriter, atomic_path, disk_full, drop_cached, fault_point,
-                        file_digest, no_space, prefetch, save_npy)
+                        file_digest, fsync_dir, fsync_path, no_space, prefetch, save_npy,
+                        temp_name, write_npy)
 
 RUN_ENTRY_BYTES = 16
 DAMAGED_RUN = ("is damaged ({}): its interrupted work cannot be resumed; run accumulate again "
@@ -42,29 +43,62 @@ FENCES = 32  # keys of a run kept in its journal entry, evenly spaced: a key ran
 #             after every spill took 0.1 s to write at 686 runs (100x a 64M budget)
 
 
+class PendingRun:
+    """A sorted run written to temporary files in the page cache, not yet on the disk:
+    `finish` fsyncs and names it and returns its journal entry (in a thread, while counting
+    goes on: the keys and values are no longer needed, so the table is free at once with
+    no copy of them held). `abort` removes what was written. A run that cannot be written
+    whole (a full disk) leaves no file."""
+
+    def __init__(self, directory: Path, keys: np.ndarray, vals: np.ndarray):
+        n, f = int(keys.size), min(int(keys.size), FENCES)
+        fences = keys[np.arange(f) * n // f] if f else keys[:0]
+        self.directory = directory
+        self.entry = {"name": f"run-{uuid.uuid4().hex[:12]}", "n": n,
+                      "fences": base64.b64encode(fences.astype("<i8").tobytes()).decode()}
+        self.files: list[tuple[Path, Path]] = []  # (temporary, final)
+        try:
+            for part, array in (("keys", keys), ("vals", vals)):
+                path = directory / f"{self.entry['name']}.{part}.npy"
+                self.files.append((temp_name(path), path))
+                write_npy(self.files[-1][0], array)
+        except BaseException as exc:
+            self.abort()
+            if disk_full(exc) and not isinstance(exc, StreamfitError):
+                raise no_space(path, int(keys.nbytes + vals.nbytes)) from None
+            raise
+
+    def finish(self) -> dict:
+        """fsync, rename, and drop from the page cache (on the disk now, and read only by
+        the merge, much later) each file; the run's journal entry."""
+        try:
+            for i, (tmp, path) in enumerate(self.files):
+                fsync_path(tmp)
+                os.replace(tmp, path)
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    drop_cached(fd)
+                finally:
+                    os.close(fd)
+                if i == 0:
+                    fault_point("mid_spill")
+            fsync_dir(self.directory)
+        except BaseException as exc:
+            self.abort()
+            if disk_full(exc) and not isinstance(exc, StreamfitError):
+                raise no_space(path) from None
+            raise
+        return self.entry
+
+    def abort(self) -> None:
+        for tmp, path in self.files:
+            tmp.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+
+
 def write_run(directory: Path, keys: np.ndarray, vals: np.ndarray) -> dict:
-    """Write one sorted run crash-safely; returns its journal entry. A run that cannot be
-    written whole (a full disk) leaves no file."""
-    n, f = int(keys.size), min(int(keys.size), FENCES)
-    fences = keys[np.arange(f) * n // f] if f else keys[:0]
-    entry = {"name": f"run-{uuid.uuid4().hex[:12]}", "n": n,
-             "fences": base64.b64encode(fences.astype("<i8").tobytes()).decode()}
-    try:
-        for part, array in (("keys", keys), ("vals", vals)):
-            path = directory / f"{entry['name']}.{part}.npy"
-            save_npy(path, array, digest=False)
-            # On the disk now (fsynced), and read only by the merge: out of the cache.
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                drop_cached(fd)
-            finally:
-                os.close(fd)
-            if part == "keys":
-                fault_point("mid_spill")
-    except BaseException:
-        remove_run(directory, entry)
-        raise
-    return entry
+    """Write one sorted run crash-safely (`PendingRun`, finished here); its journal entry."""
+    return PendingRun(directory, keys, vals).finish()
 
 
 @contextlib.contextmanager

@@ -270,20 +270,31 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def _npy_parts(array: np.ndarray) -> tuple:
+    """The .npy header and the bytes of the contiguous `array`."""
+    import io
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
+    return header.getvalue(), array.data if array.ndim else array.tobytes()
+
+
+def write_npy(path: Path, array: np.ndarray) -> None:
+    """Write `array` as .npy to `path` by plain writes (not numpy's tofile: a full disk is
+    then an OSError with ENOSPC), neither fsynced nor renamed: the caller's to do."""
+    with open(path, "wb") as fh:
+        for part in _npy_parts(np.ascontiguousarray(array)):
+            fh.write(part)
+
+
 def save_npy(path: str | os.PathLike, array: np.ndarray, digest: bool = True) -> dict | None:
     """Write `array` atomically as .npy; returns {"size", "sha256"} for a manifest (with
     `digest`: of the bytes as written, hashed from memory rather than read back)."""
-    import io
     array = np.ascontiguousarray(array)
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
-    parts = (header.getvalue(), array.data if array.ndim else array.tobytes())
     with atomic_path(path, needed=array.nbytes) as tmp:
-        with open(tmp, "wb") as fh:
-            for part in parts:  # plain writes, not numpy's tofile: a full disk is then an
-                fh.write(part)  # OSError with ENOSPC
+        write_npy(tmp, array)
     if not digest:
         return None
+    parts = _npy_parts(array)
     h = hashlib.sha256()
     for part in parts:
         h.update(part)
