@@ -183,7 +183,7 @@ def _work(worker: int, units: list[tuple[str, int, int]], job: Job, report: Call
     writer = ThreadPoolExecutor(1)
     pending: list = []
     spilled = False
-    inside: list = []  # runs spilled inside a batch (futures), reported with the next spill
+    inside: list[dict] = []  # runs spilled inside a batch, reported with the next spill
 
     def spill_inside(keys: np.ndarray, vals: np.ndarray) -> None:
         # The table is full in the middle of a batch: a run, not a bigger table. Its files
@@ -197,12 +197,10 @@ def _work(worker: int, units: list[tuple[str, int, int]], job: Job, report: Call
             pending.pop().result()
         run = PendingRun(work, keys, vals)
 
-        def finish() -> dict:
-            entry = run.finish()
+        def finish() -> None:
+            inside.append(run.finish())
             fault_point("mid_batch_spill")
-            return entry
         pending.append(writer.submit(finish))
-        inside.append(pending[-1])
         spilled = True
     acc.table.spill = spill_inside
 
@@ -212,7 +210,7 @@ def _work(worker: int, units: list[tuple[str, int, int]], job: Job, report: Call
             pending.pop().result()  # the previous spill's error, if any, is raised here
         keys, vals, counts = acc.take()
         in_memory = final and keep_last and not spilled
-        msg = {"kind": "spill", "worker": worker, "runs": [f.result() for f in inside],
+        msg = {"kind": "spill", "worker": worker, "runs": list(inside),
                "done": done, "table": (keys, vals) if in_memory else None,
                "partial": [current] if current else [], "counts": counts,
                "extent": {"max_id": acc.max_id, "max_label": acc.max_label,
