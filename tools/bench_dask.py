@@ -108,9 +108,9 @@ def run(corpora: dict[str, list[str]], window: int, workers: list[int], repeat: 
     model = load_model(weights)
     ref = evaluate(model, files[first], top_k=5)
 
-    def acc(name, d, fn):
+    def acc(name, d, fn):  # d: the statistics directory, or the pair's two
         fn()
-        return ("checksum", name, checksum_of(d))
+        return ("checksum", name, [checksum_of(x) for x in (d if isinstance(d, list) else [d])])
 
     def ev(fn):
         got = fn()
@@ -128,7 +128,7 @@ def run(corpora: dict[str, list[str]], window: int, workers: list[int], repeat: 
                     name, d, lambda: accumulate_into(d, fs, window=window, jobs=jobs, overwrite=True))))
             d2 = [tmp / f"{name}-pair{i}" for i in (0, 1)]
             configs.append(({"corpus": name, "task": "accumulate", "how": PAIR, "n": 2},
-                            lambda name=name, fs=fs, d2=d2: acc(name, d2[0], lambda: at_once(
+                            lambda name=name, fs=fs, d2=d2: acc(name, d2, lambda: at_once(
                                 [lambda d=d: accumulate_into(d, fs, window=window, overwrite=True)
                                  for d in d2]))))
         configs.append(({"corpus": first, "task": "evaluate", "how": "one process", "n": 1},
@@ -160,7 +160,7 @@ def run(corpora: dict[str, list[str]], window: int, workers: list[int], repeat: 
                 if r:
                     ts.append(time.perf_counter() - t)
                 if out is not None:
-                    checksums[out[1]].add(out[2])
+                    checksums[out[1]].update(out[2])
     differ = {name: c for name, c in checksums.items() if len(c) != 1}
     if differ:
         raise SystemExit(f"statistics differ between configurations: {differ}")
